@@ -1,0 +1,76 @@
+"""Typed configuration shared across packages. A bad value fails here, naming the field and range."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from feedbackgen.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Decoding(StrictModel):
+    """How text is decoded. Names follow Hugging Face `generate`."""
+
+    max_new_tokens: int = Field(25, ge=1, le=1024, description="most tokens generated per sample")
+    do_sample: bool = Field(False, description="sample instead of greedy / beam search")
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens when sampling (0 = off)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1 = off)")
+    num_beams: int = Field(1, ge=1, le=32)
+    repetition_penalty: float = Field(1.0, ge=1.0, le=10.0)
+    no_repeat_ngram_size: int = Field(0, ge=0, le=10)
+    batch_size: int = Field(128, ge=1, le=8192)
+    seed: int = Field(1, ge=0)
+
+
+def validate(model_cls: type[BaseModel], values: dict[str, Any] | BaseModel | None, what: str) -> Any:
+    """Build `model_cls` from `values`, turning pydantic's error into one readable ConfigError."""
+    if isinstance(values, model_cls):
+        return values
+    if isinstance(values, BaseModel):
+        values = values.model_dump()
+    try:
+        return model_cls.model_validate(values or {})
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+            problems.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"invalid {what}: " + "; ".join(problems)) from None
+
+
+def parse_set_options(pairs: list[str]) -> dict[str, Any]:
+    """Turn `--set key=value` pairs into a dict; values are parsed as JSON when they parse."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return data

@@ -1,0 +1,71 @@
+"""The request and response types every part of feedbackgen speaks.
+
+They live at the top of the package (not in `generation`) because `models` returns them and
+`generation` depends on `models`: the types are shared vocabulary, not a layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FeedbackRequest:
+    """Ask for the feedback `user_id` would give `item_id`, optionally about `aspect`.
+
+    `rating` may be given to condition the text on a known rating (generators that cannot use it
+    ignore it).
+    """
+
+    user_id: str
+    item_id: str
+    aspect: str | None = None
+    rating: float | None = None
+
+    def __post_init__(self):
+        for name in ("user_id", "item_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"FeedbackRequest.{name} must be a non-empty string, got {value!r}")
+        if self.aspect is not None and not isinstance(self.aspect, str):
+            raise ValueError(f"FeedbackRequest.aspect must be a string or None, got {self.aspect!r}")
+        if self.rating is not None and (
+            isinstance(self.rating, bool)
+            or not isinstance(self.rating, (int, float))
+            or not math.isfinite(self.rating)
+        ):
+            raise ValueError(f"FeedbackRequest.rating must be a finite number or None, got {self.rating!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeedbackRequest:
+        if not isinstance(d, dict):
+            raise ValueError(f"a request must be a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("user_id", "item_id") if k not in d]
+        if missing:
+            raise ValueError(f"request is missing field(s) {', '.join(missing)}")
+        uid, iid = d["user_id"], d["item_id"]
+        return cls(
+            user_id=str(uid) if isinstance(uid, (int, str)) else uid,
+            item_id=str(iid) if isinstance(iid, (int, str)) else iid,
+            aspect=d.get("aspect"),
+            rating=d.get("rating"),
+        )
+
+
+@dataclass
+class Feedback:
+    """What a generator says `user_id` would give `item_id`: a star rating and a text."""
+
+    user_id: str
+    item_id: str
+    rating: float
+    text: str
+    aspects: list[str] = field(default_factory=list)
+    model: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
