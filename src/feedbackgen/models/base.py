@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from feedbackgen.config import Decoding, StrictModel, validate
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import ConfigError, FeedbackgenError, NotFittedError
-from feedbackgen.io import atomic_write, atomic_write_json
+from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_jsonl
 from feedbackgen.types import Feedback, FeedbackRequest
 
 
@@ -120,6 +120,8 @@ class Generator(ABC):
         state = {**state, "rating_range": list(self.rating_range)}
         atomic_write(path / "model.safetensors", lambda p: save_file(tensors, str(p)))
         atomic_write_json(path / "state.json", state)
+        if getattr(self, "training_log", None):
+            atomic_write_jsonl(path / "training_log.jsonl", self.training_log)
         from feedbackgen import __version__
 
         atomic_write_json(path / "config.json", {"model": self.name, "config": self.config.model_dump(),

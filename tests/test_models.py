@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from feedbackgen.errors import ConfigError, NotFittedError
+from feedbackgen.generation import requests_from_split
+from feedbackgen.models import create, load
+from feedbackgen.types import FeedbackRequest
+
+
+def rmse(model, dataset, split="test"):
+    df = dataset.split(split)
+    pred = model.predict_rating(requests_from_split(dataset, split))
+    return float(np.sqrt(np.mean((pred - df["rating"].to_numpy()) ** 2)))
+
+
+def test_rating_baselines_learn_something(mi_dataset):
+    mean = rmse(create("global_mean").fit(mi_dataset), mi_dataset)
+    bias = rmse(create("bias").fit(mi_dataset), mi_dataset)
+    mf = rmse(create("mf").fit(mi_dataset), mi_dataset)
+    # the global mean on this skewed data is hard to beat by much, but biases must not be worse
+    assert 0.6 < mean < 1.2
+    assert bias < mean and mf < mean
+
+
+def test_bias_baseline_recovers_planted_biases():
+    import polars as pl
+
+    from feedbackgen.data.dataset import Dataset
+
+    rng = np.random.default_rng(0)
+    users, items = [f"u{k}" for k in range(30)], [f"i{k}" for k in range(20)]
+    bu, bi = rng.normal(0, 0.5, 30), rng.normal(0, 0.5, 20)
+    rows = [(users[u], items[i], 3.0 + bu[u] + bi[i]) for u in range(30) for i in range(20)]
+    df = pl.DataFrame(rows, schema=["user_id", "item_id", "rating"], orient="row").with_columns(
+        split=pl.lit("train"))
+    model = create("bias", {"reg_user": 0.0, "reg_item": 0.0, "iterations": 50}).fit(Dataset(df))
+    pred = model.predict_rating([FeedbackRequest(u, i) for u, i, _ in rows])
+    assert np.allclose(pred, np.clip([r for *_, r in rows], *model.rating_range), atol=1e-6)
+
+
+def test_unfitted_model_says_what_to_call():
+    with pytest.raises(NotFittedError, match="call fit"):
+        create("popular").generate([FeedbackRequest("u", "i")])
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(ConfigError, match="factors"):
+        create("mf", {"factors": 0})
+    with pytest.raises(ConfigError, match="unknown model"):
+        create("nope")
+
+
+def test_popular_returns_the_items_most_frequent_sentence(mi_small):
+    model = create("popular").fit(mi_small)
+    train = mi_small.train.drop_nulls("explanation")
+    item = train["item_id"][0]
+    texts = train.filter(train["item_id"] == item)["explanation"].to_list()
+    counts = {t: texts.count(t) for t in texts}
+    fb = model.generate([FeedbackRequest("someone", item)])[0]
+    assert counts[fb.text] == max(counts.values())
+    assert fb.model == "popular" and 1.0 <= fb.rating <= 5.0
+
+
+@pytest.mark.parametrize("target", ["explanation", "review"])
+def test_retrieval_picks_a_training_text_and_roundtrips(mi_small, tmp_path, target):
+    model = create("retrieval", {"target": target}).fit(mi_small)
+    reqs = requests_from_split(mi_small, "test")[:50]
+    out = model.generate(reqs)
+    col = "explanation" if target == "explanation" else "text"
+    pool = set(mi_small.train[col].drop_nulls().to_list())
+    assert all(fb.text in pool for fb in out)
+    # the text is never the requesting user's own review of the same item
+    train_pairs = {(u, i, t) for u, i, t in mi_small.train.select("user_id", "item_id", col).iter_rows()}
+    assert not any((fb.user_id, fb.item_id, fb.text) in train_pairs for fb in out)
+    model.save(tmp_path / "m")
+    assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors", "state.json"}
+    again = load(tmp_path / "m").generate(reqs)
+    assert [f.text for f in again] == [f.text for f in out]
+    assert np.allclose([f.rating for f in again], [f.rating for f in out])
+
+
+def test_unknown_users_and_items_fall_back(mi_small):
+    model = create("retrieval").fit(mi_small)
+    item = mi_small.train["item_id"][0]
+    user = mi_small.train["user_id"][0]
+    out = model.generate([FeedbackRequest("never-seen", item), FeedbackRequest(user, "never-seen"),
+                          FeedbackRequest("never-seen", "never-seen")])
+    assert all(fb.text for fb in out)
+    assert all(1.0 <= fb.rating <= 5.0 for fb in out)
