@@ -159,9 +159,9 @@ def evaluate(
     from feedbackgen.data.dataset import Dataset
     from feedbackgen.evaluation.report import evaluate as run_evaluate
 
-    run_evaluate(predictions, Dataset.load(dataset), out, split=split, target=target, embeddings=embeddings)
+    run_evaluate(predictions, Dataset.load(dataset), out, split=split, target=target, embeddings=embeddings,
+                 dataset_path=dataset)
     out_md = (out / "report.md").read_text()
-    out.mkdir(parents=True, exist_ok=True)
     print(out_md)
     err.print(f"[green]report[/green] written to {out / 'report.md'} (and report.json, plots)")
 

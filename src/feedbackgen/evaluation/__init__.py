@@ -1,0 +1,16 @@
+"""Judge generated feedback, whoever produced it: metrics and the report.
+
+    metrics   PETER / PEPLER metrics, exactly as the reference computes them (BLEU, ROUGE, USR,
+              FMR, FCR, DIV, RMSE, MAE) plus the official rouge-score variant
+    extra     beyond PETER: distinct-n, self-BLEU, embedding similarity, sentiment vs rating,
+              personalisation, lengths, memorisation
+    report    `evaluate(prediction files, dataset, out_dir)` -> report.json, report.md, plots
+
+Every metric key is documented (source and direction) in `METRICS` / `EXTRA_METRICS`. This
+package never imports `feedbackgen.models`: it scores text and ratings, not generators.
+"""
+
+from feedbackgen.evaluation.extra import EXTRA_METRICS
+from feedbackgen.evaluation.metrics import METRICS, Metric, metrics_from_files, peter_metrics
+
+__all__ = ["METRICS", "EXTRA_METRICS", "Metric", "peter_metrics", "metrics_from_files"]

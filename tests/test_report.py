@@ -1,0 +1,174 @@
+"""`evaluate` on a small real dataset (Musical Instruments) with hand-made prediction files."""
+
+import gzip
+import itertools
+import json
+
+import polars as pl
+import pytest
+
+from feedbackgen.data.dataset import Dataset
+from feedbackgen.data.text import split_sentences, tokenize
+from feedbackgen.errors import DataError
+from feedbackgen.evaluation.report import MAIN_COLUMNS, evaluate, read_predictions
+
+ASPECTS = ("cable", "cables", "mic", "sound", "quality", "price", "guitar", "strings", "pedal", "filter")
+N_ROWS = 300
+
+
+def _explanation(review: str) -> tuple[str, str | None]:
+    """The first sentence that mentions an aspect (and that aspect), else the first sentence."""
+    sentences = split_sentences(review) or [review]
+    for sentence in sentences:
+        for token in tokenize(sentence):
+            if token in ASPECTS:
+                return sentence, token
+    return sentences[0], None
+
+
+@pytest.fixture(scope="module")
+def dataset(data_root):
+    path = data_root / "amazon_musical_instruments_5core" / "reviews_Musical_Instruments_5.json.gz"
+    rows = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(itertools.islice(f, N_ROWS)):
+            r = json.loads(line)
+            explanation, aspect = _explanation(r["reviewText"])
+            rows.append({"user_id": r["reviewerID"], "item_id": r["asin"], "rating": r["overall"],
+                         "text": r["reviewText"], "summary": r["summary"], "timestamp": r["unixReviewTime"],
+                         "explanation": explanation, "aspect": aspect,
+                         "split": ("test", "valid", "train", "train", "train")[i % 5]})
+    return Dataset(pl.DataFrame(rows), manifest={"source": "test: first 300 Musical Instruments reviews"})
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prediction_files(dataset, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pred")
+    test, train = dataset.test.to_dicts(), dataset.train
+    first_train_text = {i: t for i, t in train.group_by("item_id", maintain_order=True)
+                        .agg(pl.col("explanation").first()).rows()}
+    decoding = {"max_new_tokens": 25, "do_sample": False}
+    copy = [{"user_id": r["user_id"], "item_id": r["item_id"], "rating": r["rating"], "text": r["explanation"],
+             "model": "copy", "target": "explanation", "decoding": decoding} for r in test]
+    copy.append({"user_id": "nobody", "item_id": "nothing", "rating": 3, "text": "x", "model": "copy"})
+    item = [{"user_id": r["user_id"], "item_id": r["item_id"], "rating": 4.0,
+             "text": first_train_text.get(r["item_id"], "good"), "model": "item-first-train"} for r in test]
+    mean = [{"user_id": r["user_id"], "item_id": r["item_id"], "rating": 7.5, "text": "", "model": "mean"}
+            for r in test[:-5]]  # a rating-only baseline that also skips five rows
+    return (_write_jsonl(folder / "copy.jsonl", copy),
+            _write_jsonl(folder / "baselines.jsonl", item + mean))
+
+
+@pytest.fixture(scope="module")
+def report(dataset, prediction_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    result = evaluate(list(prediction_files), dataset, out, embeddings=False, dataset_path="mem://mi300")
+    return out, result
+
+
+def test_copying_the_reference_scores_perfectly(report, dataset):
+    _, result = report
+    copy = result["models"]["copy"]
+    m = copy["metrics"]
+    assert copy["target"] == "explanation" and copy["reference_column"] == "explanation"
+    for key in ("bleu1", "bleu4", "rouge1_f", "rougeL_p", "rouge1_f_official"):
+        assert m[key] == pytest.approx(100, abs=1e-4), key
+    assert m["rmse"] == 0 and m["mae"] == 0
+    assert m["memorisation"] == 0 or m["longest_copied_span"] >= 8
+    assert m["length_gen_mean"] == m["length_ref_mean"]
+    n_test = len(dataset.test)
+    assert copy["counts"] == {"predictions": n_test + 1, "duplicate_predictions": 0, "matched": n_test,
+                              "predictions_without_reference": 1, "references_without_prediction": 0,
+                              "matched_without_reference_text": 0, "matched_with_rating": n_test}
+    assert copy["decoding"] == [{"do_sample": False, "max_new_tokens": 25}]
+    confusion = copy["rating_confusion"]["matrix"]
+    assert sum(map(sum, confusion)) == n_test
+    assert sum(confusion[i][i] for i in range(5)) == n_test  # all on the diagonal
+
+
+def test_baselines(report, dataset):
+    _, result = report
+    item = result["models"]["item-first-train"]["metrics"]
+    copy = result["models"]["copy"]["metrics"]
+    assert 0 < item["bleu1"] < 100 and item["bleu4"] < copy["bleu4"]
+    true = dataset.test["rating"].to_numpy()
+    assert item["mae"] == pytest.approx(float(abs(4.0 - true).mean()))
+    # copying training texts verbatim is what memorisation is for
+    assert item["memorisation"] > 0.5 and item["longest_copied_span"] >= 8
+    assert {"fmr", "fcr", "div", "usr", "distinct2", "self_bleu4", "sentiment_rating_rho"} <= set(item)
+    assert "embedding_sim" not in item  # embeddings=False
+
+    mean = result["models"]["mean"]
+    assert not mean["has_text"] and set(mean["metrics"]) == {"rmse", "mae"}
+    # 7.5 is clipped to 5 before the error
+    assert mean["metrics"]["mae"] == pytest.approx(float((5 - true[:-5]).mean()))
+    assert mean["counts"]["references_without_prediction"] == 5
+    assert mean["rating_confusion"]["matrix"][4][4] == int((true[:-5] == 5).sum())
+
+
+def test_report_files(report):
+    out, result = report
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["models"]["copy"]["metrics"]["bleu4"] == pytest.approx(result["models"]["copy"]["metrics"]["bleu4"])
+    assert on_disk["dataset"]["path"] == "mem://mi300"
+    assert on_disk["split"] == "test" and on_disk["feature_set_size"] > 3
+    for key in MAIN_COLUMNS:
+        assert on_disk["metric_definitions"][key]["direction"] in ("higher", "lower")
+    md = (out / "report.md").read_text()
+    assert "| copy | explanation | 100.00 | 100.00 |" in md
+    mean_row = next(line for line in md.splitlines() if line.startswith("| mean |"))
+    assert mean_row.count("—") == len(MAIN_COLUMNS) - 2  # only RMSE and MAE
+    assert "Self-BLEU-4" in md and "Metric definitions" in md
+    assert set(on_disk["plots"]) == {"metrics.png", "confusion.png", "lengths.png"}
+    for name in on_disk["plots"]:
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000, name
+    assert not list(out.glob("*.tmp"))
+
+
+def test_embedding_metrics_on_a_tiny_slice(dataset, tmp_path):
+    test = dataset.test.head(12).to_dicts()
+    rows = [{"user_id": r["user_id"], "item_id": r["item_id"], "rating": r["rating"], "text": r["explanation"],
+             "model": "copy"} for r in test]
+    rows += [{"user_id": r["user_id"], "item_id": r["item_id"], "rating": 3, "text": "the weather is nice today",
+              "model": "off-topic"} for r in test]
+    pred = _write_jsonl(tmp_path / "p.jsonl", rows)
+    result = evaluate([pred], dataset, tmp_path / "out", embeddings=True)
+    copy, off = result["models"]["copy"]["metrics"], result["models"]["off-topic"]["metrics"]
+    assert copy["embedding_sim"] == pytest.approx(1, abs=1e-4)
+    assert off["embedding_sim"] < 0.5
+    assert copy["personalisation_mrr"] == pytest.approx(1)  # its own reference is always first
+    assert copy["personalisation_candidates"] == 12  # 12 users: 11 distractors
+    assert off["personalisation_mean_rank"] == pytest.approx(6.5)  # one text for all: every candidate ties
+
+
+def test_bad_prediction_rows_name_file_line_and_field(tmp_path, dataset):
+    good = {"user_id": "u", "item_id": "i", "rating": 4, "text": "ok", "model": "m"}
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl, line 2: not valid JSON"):
+        read_predictions(p)
+    p.write_text(json.dumps(good) + "\n\n" + json.dumps({k: v for k, v in good.items() if k != "text"}) + "\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl, line 3, field 'text': missing field"):
+        read_predictions(p)
+    p.write_text(json.dumps({**good, "rating": "five"}) + "\n")
+    with pytest.raises(DataError, match=r"line 1, field 'rating'"):
+        evaluate([p], dataset, tmp_path / "out", embeddings=False)
+    p.write_text(json.dumps({**good, "target": "summary"}) + "\n")
+    with pytest.raises(DataError, match=r"field 'target'"):
+        read_predictions(p)
+
+
+def test_review_target_uses_the_text_column(tmp_path, dataset):
+    test = dataset.test.head(20).to_dicts()
+    pred = _write_jsonl(tmp_path / "p.jsonl", [{"user_id": r["user_id"], "item_id": r["item_id"], "rating": None,
+                                                "text": r["text"], "model": "copy-review"} for r in test])
+    result = evaluate([pred], dataset, tmp_path / "out", target="review", embeddings=False)
+    model = result["models"]["copy-review"]
+    assert model["reference_column"] == "text" and model["metrics"]["bleu4"] == pytest.approx(100)
+    assert "rmse" not in model["metrics"] and model["rating_confusion"] is None
