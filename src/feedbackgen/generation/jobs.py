@@ -34,37 +34,44 @@ def requests_from_split(dataset: Dataset, split: str = "test", with_aspect: bool
     return [FeedbackRequest(u, i, a) for u, i, a in zip(df["user_id"], df["item_id"], aspects)]
 
 
-def read_requests(path: str | Path, problems: Problems | None = None) -> list[FeedbackRequest]:
-    """Requests from JSONL, CSV or Parquet (columns user_id, item_id, optional aspect, rating)."""
-    path = Path(path)
-    problems = problems or Problems(strict=True)
-    if not path.exists():
-        raise DataError("file does not exist", source=str(path))
+def _request_records(path: Path, problems: Problems):
+    """(line number, record) pairs in file order; unparsable JSON lines are reported as met."""
     if path.suffix in (".jsonl", ".json"):
-        records: list[tuple[int, Any]] = []
         with open(path, encoding="utf-8", errors="strict") as f:
             try:
                 for n, line in enumerate(f, 1):
                     if not line.strip():
                         continue
                     try:
-                        records.append((n, json.loads(line)))
+                        yield n, json.loads(line)
                     except json.JSONDecodeError as e:
                         problems.report(str(path), n, None, f"not valid JSON ({e.msg})")
             except UnicodeDecodeError as e:
                 raise DataError(f"not UTF-8 text ({e.reason})", source=str(path)) from None
-    elif path.suffix in (".csv", ".parquet"):
-        df = pl.read_csv(path, infer_schema=False) if path.suffix == ".csv" else pl.read_parquet(path)
-        records = [(n, row) for n, row in enumerate(df.iter_rows(named=True), 2 if path.suffix == ".csv" else 1)]
+    elif path.suffix == ".csv":
+        yield from enumerate(pl.read_csv(path, infer_schema=False).iter_rows(named=True), 2)
+    elif path.suffix == ".parquet":
+        yield from enumerate(pl.read_parquet(path).iter_rows(named=True), 1)
     else:
         raise DataError("expected a .jsonl, .csv or .parquet requests file", source=str(path))
+
+
+def read_requests(path: str | Path, problems: Problems | None = None) -> list[FeedbackRequest]:
+    """Requests from JSONL, CSV or Parquet (columns user_id, item_id, optional aspect, rating).
+
+    Bad records are reported to `problems` (default: strict, so the first one raises)."""
+    path = Path(path)
+    problems = problems or Problems(strict=True)
+    if not path.exists():
+        raise DataError("file does not exist", source=str(path))
     out = []
-    for n, rec in records:
+    for n, rec in _request_records(path, problems):
         try:
-            if isinstance(rec, dict) and isinstance(rec.get("rating"), str):
-                rec = {**rec, "rating": float(rec["rating"]) if rec["rating"] else None}
-            if isinstance(rec, dict) and rec.get("aspect") == "":
-                rec = {**rec, "aspect": None}
+            if isinstance(rec, dict):
+                if isinstance(rec.get("rating"), str):
+                    rec = {**rec, "rating": float(rec["rating"]) if rec["rating"] else None}
+                if rec.get("aspect") == "":
+                    rec = {**rec, "aspect": None}
             out.append(FeedbackRequest.from_dict(rec))
         except ValueError as e:
             problems.report(str(path), n, None, str(e))

@@ -1,0 +1,155 @@
+"""The PETER / PEPLER input format: `reviews.pickle` plus `index_dir/N/{train,validation,test}.index`.
+
+reviews.pickle is a list of plain dicts
+    {'user': str, 'item': str, 'rating': float, 'template': (feature, adj, text, sentiment)}
+and each index file one line of space-separated positions in that list. We read it with an
+unpickler that refuses every class, so a pickle can only ever produce lists, dicts, tuples,
+strings and numbers — a crafted file cannot run code. We write it (`export_peter`) so the
+reference implementations can run on our prepared datasets.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from feedbackgen.data.problems import Problems
+from feedbackgen.errors import DataError
+from feedbackgen.io import atomic_write, atomic_write_text
+
+INDEX_FILES = {"train": "train.index", "valid": "validation.index", "test": "test.index"}
+PICKLE_PROTOCOL = 4  # what the reference code's Python versions read
+
+
+class PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles plain containers, strings and numbers only: no class or function is ever looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: this file may hold only plain lists, dicts, tuples, "
+            "strings and numbers")
+
+
+def load_plain_pickle(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return PlainDataUnpickler(f).load()
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except Exception as e:  # safe to catch broadly: nothing from the file was executed
+        raise DataError(f"not a plain-data pickle ({type(e).__name__}: {e})", source=str(path)) from None
+
+
+class _Malformed(Exception):
+    def __init__(self, field_name: str | None, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field_name, reason
+
+
+def _row(record: Any) -> dict[str, Any]:
+    """One PETER record as our columns; raises `_Malformed` naming the field."""
+    if not isinstance(record, dict):
+        raise _Malformed(None, f"expected a dict, got {type(record).__name__}")
+    for key in ("user", "item", "rating", "template"):
+        if key not in record:
+            raise _Malformed(key, "missing")
+    user, item, rating, template = (record[k] for k in ("user", "item", "rating", "template"))
+    for key, value in (("user", user), ("item", item)):
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
+            raise _Malformed(key, f"expected a non-empty string id, got {value!r:.40}")
+    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating):
+        raise _Malformed("rating", f"expected a finite number, got {rating!r:.40}")
+    if not isinstance(template, (tuple, list)) or len(template) != 4:
+        raise _Malformed("template", "expected (feature, adj, text, sentiment)")
+    feature, _adj, text, sentiment = template
+    if not isinstance(feature, str) or not isinstance(text, str):
+        raise _Malformed("template", "feature and text must be strings")
+    if isinstance(sentiment, bool) or not isinstance(sentiment, (int, float)) or sentiment not in (-1, 0, 1):
+        raise _Malformed("template", f"sentiment must be -1, 0 or 1, got {sentiment!r:.40}")
+    return {"user_id": str(user), "item_id": str(item), "rating": float(rating), "text": text,
+            "aspect": feature or None, "explanation": text, "sentiment": int(sentiment)}
+
+
+def read_index(folder: Path, n_rows: int) -> pl.Series | None:
+    """The split of each of `n_rows` rows from `folder/*.index`; None when the folder is absent."""
+    if not folder.is_dir():
+        return None
+    split: list[str | None] = [None] * n_rows
+    for name, file_name in INDEX_FILES.items():
+        path = folder / file_name
+        if not path.exists():
+            raise DataError(f"missing {file_name} (expected {', '.join(INDEX_FILES.values())})", source=str(folder))
+        for token in path.read_text().split():
+            try:
+                i = int(token)
+            except ValueError:
+                raise DataError(f"not a row index: {token!r}", source=str(path)) from None
+            if not 0 <= i < n_rows:
+                raise DataError(f"row index {i} out of range (the pickle has {n_rows} rows)", source=str(path))
+            if split[i] is not None:
+                raise DataError(f"row {i} is in both {split[i]} and {name}", source=str(path))
+            split[i] = name
+    return pl.Series("split", split, dtype=pl.Utf8)
+
+
+def read_peter(folder: str | Path, index_dir: str = "1",
+               problems: Problems | None = None) -> tuple[pl.DataFrame, pl.Series | None]:
+    """Read a PETER data folder: (interactions, split per row from `folder/index_dir`, or None).
+
+    Columns: user_id, item_id, rating, text (= the explanation), aspect, explanation, sentiment,
+    source_row (the position in reviews.pickle). Malformed records go to `problems` (strict when
+    not given).
+    """
+    folder = Path(folder)
+    problems = problems if problems is not None else Problems(strict=True)
+    path = folder / "reviews.pickle"
+    data = load_plain_pickle(path)
+    if not isinstance(data, list):
+        raise DataError(f"expected a list of reviews, got {type(data).__name__}", source=str(path))
+    rows, kept = [], []
+    for i, record in enumerate(data):
+        try:
+            rows.append(_row(record))
+            kept.append(i)
+        except _Malformed as bad:
+            problems.report(str(path), i, bad.field, f"record {i}: {bad.reason}")
+    columns = ("user_id", "item_id", "rating", "text", "aspect", "explanation", "sentiment")
+    dtypes = {"rating": pl.Float64, "sentiment": pl.Int8}
+    frame = pl.DataFrame([pl.Series(c, [r[c] for r in rows], dtype=dtypes.get(c, pl.Utf8)) for c in columns])
+    frame = frame.with_columns(pl.Series("source_row", kept, dtype=pl.Int64))
+    split = read_index(folder / index_dir, len(data))
+    if split is not None:
+        split = split.gather(kept)
+    return frame, split
+
+
+def export_peter(dataset, out_dir: str | Path, index_dir: str = "1") -> Path:
+    """Write `dataset` (prepared, split, with explanations) as a PETER data folder.
+
+    Only rows with an explanation are written, in the dataset's order; the index files give each
+    row's position in reviews.pickle. Returns `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    df = dataset.interactions
+    if not dataset.has_explanations:
+        raise DataError("this dataset has no explanations; prepare it with explanation extraction on")
+    if df["split"].null_count() == df.height:
+        raise DataError("this dataset has no split; prepare it with --split")
+    df = df.filter(pl.col("explanation").is_not_null() & pl.col("split").is_not_null())
+    records = [
+        {"user": u, "item": i, "rating": float(r), "template": (a or "", "", e, int(s or 0))}
+        for u, i, r, a, e, s in zip(df["user_id"], df["item_id"], df["rating"], df["aspect"],
+                                    df["explanation"], df["sentiment"])
+    ]
+    atomic_write(out_dir / "reviews.pickle",
+                 lambda p: p.write_bytes(pickle.dumps(records, protocol=PICKLE_PROTOCOL)))
+    positions = df.with_row_index("position").select("position", "split")
+    for name, file_name in INDEX_FILES.items():
+        index = positions.filter(pl.col("split") == name)["position"].to_list()
+        atomic_write_text(out_dir / index_dir / file_name, " ".join(map(str, index)))
+    return out_dir
