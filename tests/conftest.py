@@ -36,12 +36,12 @@ def mi_dataset(data_root):
 
 @pytest.fixture(scope="session")
 def mi_small(mi_dataset):
-    """The rows of the 40 most-reviewed items: big enough to learn from, small enough to be quick."""
+    """The rows of the 25 most-reviewed items: big enough to learn from, small enough to be quick."""
     import polars as pl
 
     from feedbackgen.data.dataset import Dataset
 
     top = (mi_dataset.interactions.group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])
-           .head(40)["item_id"])
+           .head(25)["item_id"])
     return Dataset(mi_dataset.interactions.filter(pl.col("item_id").is_in(top.implode())), mi_dataset.items,
                    manifest=mi_dataset.manifest)

@@ -61,29 +61,51 @@ def test_popular_returns_the_items_most_frequent_sentence(mi_small):
     assert fb.model == "popular" and 1.0 <= fb.rating <= 5.0
 
 
-@pytest.mark.parametrize("target", ["explanation", "review"])
-def test_retrieval_picks_a_training_text_and_roundtrips(mi_small, tmp_path, target):
-    model = create("retrieval", {"target": target}).fit(mi_small)
+@pytest.fixture(scope="module")
+def retrieval(mi_small):
+    return create("retrieval").fit(mi_small)
+
+
+def test_retrieval_picks_another_users_training_text_and_roundtrips(mi_small, retrieval, tmp_path):
     reqs = requests_from_split(mi_small, "test")[:50]
-    out = model.generate(reqs)
-    col = "explanation" if target == "explanation" else "text"
-    pool = set(mi_small.train[col].drop_nulls().to_list())
+    out = retrieval.generate(reqs)
+    pool = set(mi_small.train["explanation"].drop_nulls().to_list())
     assert all(fb.text in pool for fb in out)
-    # the text is never the requesting user's own review of the same item
-    train_pairs = {(u, i, t) for u, i, t in mi_small.train.select("user_id", "item_id", col).iter_rows()}
-    assert not any((fb.user_id, fb.item_id, fb.text) in train_pairs for fb in out)
-    model.save(tmp_path / "m")
+    # never the requesting user's own review of the same item
+    own = {(u, i, t) for u, i, t in mi_small.train.select("user_id", "item_id", "explanation").iter_rows()}
+    assert not any((fb.user_id, fb.item_id, fb.text) in own for fb in out)
+    # the chosen text comes from the item (by another user) or from the user (about another item)
+    assert all(fb.meta["source_item"] == fb.item_id or fb.meta["source_user"] == fb.user_id for fb in out)
+    retrieval.save(tmp_path / "m")
     assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors", "state.json"}
     again = load(tmp_path / "m").generate(reqs)
     assert [f.text for f in again] == [f.text for f in out]
     assert np.allclose([f.rating for f in again], [f.rating for f in out])
 
 
-def test_unknown_users_and_items_fall_back(mi_small):
-    model = create("retrieval").fit(mi_small)
+def test_retrieval_of_whole_reviews(mi_small):
+    import polars as pl
+
+    from feedbackgen.data.dataset import Dataset
+
+    items = mi_small.interactions["item_id"].unique().sort().head(8).implode()
+    tiny = Dataset(mi_small.interactions.filter(pl.col("item_id").is_in(items)))
+    model = create("retrieval", {"target": "review"}).fit(tiny)
+    out = model.generate(requests_from_split(tiny, "test"))
+    assert out and all(fb.text in set(tiny.train["text"].to_list()) for fb in out)
+
+
+def test_retrieval_prefers_the_requested_aspect(mi_small, retrieval):
+    train = mi_small.train.drop_nulls("aspect")
+    user, item, aspect = train.select("user_id", "item_id", "aspect").row(0)
+    fb = retrieval.generate([FeedbackRequest(user, item, aspect=aspect)])[0]
+    assert fb.text in set(train.filter(train["aspect"] == aspect)["explanation"].to_list())
+
+
+def test_unknown_users_and_items_fall_back(mi_small, retrieval):
     item = mi_small.train["item_id"][0]
     user = mi_small.train["user_id"][0]
-    out = model.generate([FeedbackRequest("never-seen", item), FeedbackRequest(user, "never-seen"),
-                          FeedbackRequest("never-seen", "never-seen")])
+    out = retrieval.generate([FeedbackRequest("never-seen", item), FeedbackRequest(user, "never-seen"),
+                              FeedbackRequest("never-seen", "never-seen")])
     assert all(fb.text for fb in out)
     assert all(1.0 <= fb.rating <= 5.0 for fb in out)

@@ -95,10 +95,11 @@ class BiasBaseline(RatingModel):
         bu, bi = np.zeros(len(self.users)), np.zeros(len(self.items))
         nu = np.bincount(u, minlength=len(self.users))
         ni = np.bincount(i, minlength=len(self.items))
+        # the unknown id (index 0) has no rows; a denominator of 1 keeps its bias at exactly 0
+        di, du = np.maximum(c.reg_item + ni, 1e-12), np.maximum(c.reg_user + nu, 1e-12)
         for _ in range(c.iterations):
-            bi = np.bincount(i, r - self.mean - bu[u], minlength=len(self.items)) / (c.reg_item + ni)
-            bu = np.bincount(u, r - self.mean - bi[i], minlength=len(self.users)) / (c.reg_user + nu)
-        bu[IdIndex.UNKNOWN] = bi[IdIndex.UNKNOWN] = 0.0
+            bi = np.bincount(i, r - self.mean - bu[u], minlength=len(self.items)) / di
+            bu = np.bincount(u, r - self.mean - bi[i], minlength=len(self.users)) / du
         self.user_bias, self.item_bias = bu, bi
         self.is_fitted = True
         return self
