@@ -161,8 +161,8 @@ def evaluate(
 
     run_evaluate(predictions, Dataset.load(dataset), out, split=split, target=target, embeddings=embeddings,
                  dataset_path=dataset)
-    out_md = (out / "report.md").read_text()
-    print(out_md)
+    main_table = (out / "report.md").read_text().split("## Other metrics")[0]
+    print(main_table.rstrip())
     err.print(f"[green]report[/green] written to {out / 'report.md'} (and report.json, plots)")
 
 
@@ -219,6 +219,275 @@ def list_models():
         out.print(f"[bold]{name}[/bold]  {fields}")
 
 
+def _load_model_and_dataset(model: Path, dataset: Path):
+    from feedbackgen.data.dataset import Dataset
+    from feedbackgen.models import load
+
+    return load(model), Dataset.load(dataset)
+
+
+@app.command()
+def recommend(
+    model: Annotated[Path, typer.Argument(help="a saved model folder")],
+    dataset: Annotated[Path, typer.Option(help="the prepared dataset the model was trained on")],
+    user: Annotated[Optional[str], typer.Option(help="recommend for this user")] = None,
+    k: Annotated[int, typer.Option(help="items per user")] = 10,
+    candidates: Annotated[Optional[Path], typer.Option(
+        help="items to rank (default: all the user has not interacted with): one id a line, or "
+             "CSV/Parquet with item_id [and user_id for per-user lists]")] = None,
+    users: Annotated[Optional[Path], typer.Option(
+        help="batch mode: users to recommend for, one id a line or CSV/Parquet with user_id")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Parquet file to write (needed with --users)")] = None,
+    explain: Annotated[bool, typer.Option(help="attach the generated feedback to each item")] = True,
+    evaluate: Annotated[bool, typer.Option(
+        help="instead: HR@K / NDCG@K on the test split (full and sampled protocols) beside "
+             "popularity and MF baselines")] = False,
+    max_users: Annotated[Optional[int], typer.Option(help="--evaluate on a seeded sample of test users")] = None,
+):
+    """Rank items for a user by predicted rating, each with the feedback the user would give.
+
+    Example: `feedbackgen recommend models/retrieval --dataset data/mi --user A2IBPI20UZIR0U --k 5`
+
+    Batch: `feedbackgen recommend models/retrieval --dataset data/mi --users users.txt --out recs.parquet`
+    """
+    from feedbackgen.data.problems import Problems
+    from feedbackgen.recommend import read_id_list, write_recommendations
+    from feedbackgen.recommend import recommend as rank_for_users
+
+    generator, ds = _load_model_and_dataset(model, dataset)
+    if evaluate:
+        from feedbackgen.models import create
+        from feedbackgen.recommend import Popularity, evaluate_ranking, markdown_table
+
+        t0 = time.time()
+        baselines = {"popularity": Popularity().fit(ds), "mf": create("mf").fit(ds)}
+        table = evaluate_ranking({**baselines, f"{generator.name} ({model.name})": generator}, ds,
+                                 max_users=max_users)
+        print(markdown_table(table))
+        err.print(f"[green]evaluated[/green] ranking in {time.time() - t0:.1f}s (higher is better; "
+                  "full: all unseen items, sampled: 1 positive + 99 negatives)")
+        return
+    if (user is None) == (users is None):
+        raise FeedbackgenError("give exactly one of --user (one user) or --users FILE (batch, with --out)")
+    if users is not None and out is None:
+        raise FeedbackgenError("--users writes a Parquet file: give --out recs.parquet")
+    user_ids = [user] if user is not None else read_id_list(users, "user_id")
+    if isinstance(user_ids, dict):
+        user_ids = list(user_ids)
+    candidate_ids = read_id_list(candidates, "item_id") if candidates is not None else None
+    problems = Problems() if users is not None or candidates is not None else None
+    t0 = time.time()
+    recs = rank_for_users(generator, ds, user_ids, k=k, candidates=candidate_ids, explain=explain,
+                          problems=problems)
+    if problems is not None and problems.count:
+        err.print(f"[yellow]{problems.describe()}[/yellow]")
+    if out is not None:
+        write_recommendations(recs, out)
+        err.print(f"[green]wrote[/green] {len(recs)} recommendations for {recs['user_id'].n_unique()} user(s) "
+                  f"to {out} in {time.time() - t0:.1f}s")
+    if user is not None:
+        from rich.table import Table
+
+        table = Table(title=f"top {k} for {user} ({generator.name})", show_lines=False)
+        for name, justify in (("rank", "right"), ("item", "left"), ("predicted", "right"), ("feedback", "left")):
+            table.add_column(name, justify=justify)
+        for r in recs.iter_rows(named=True):
+            item = r["item_id"] + (f"\n{r['title'][:40]}" if r["title"] else "")
+            table.add_row(str(r["rank"]), item, f"{r['predicted_rating']:.2f}", r["text"])
+        Console().print(table)
+
+
+@app.command()
+def simulate(
+    model: Annotated[Path, typer.Argument(help="a saved model folder: the simulated user")],
+    dataset: Annotated[Path, typer.Option(help="the prepared dataset the model was trained on")],
+    recommendations: Annotated[list[Path], typer.Option(
+        help="RECS file(s): CSV/Parquet/JSONL of user_id, item_id[, rank] from any recommender")],
+    more_recommendations: Annotated[Optional[list[Path]], typer.Argument(
+        hidden=True, help="further RECS files (`--recommendations A B` is read as A and B)")] = None,
+    k: Annotated[int, typer.Option(help="judge each user's top k")] = 10,
+    threshold: Annotated[Optional[float], typer.Option(
+        help="engage when the predicted rating is at least this (default: calibrated on the valid split)")] = None,
+    reviews: Annotated[bool, typer.Option(help="also write each review (off: ratings and decisions only)")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="folder for simulated items/users Parquet and the summary")] = None,
+):
+    """A simulated user rates, reviews and engages with or skips each recommended item.
+
+    Example: `feedbackgen simulate models/retrieval --dataset data/mi --recommendations recs_a.parquet recs_b.csv --out runs/sim`
+    """
+    from feedbackgen.recommend import simulate as run_simulation
+
+    generator, ds = _load_model_and_dataset(model, dataset)
+    files = [*recommendations, *(more_recommendations or [])]
+    names = [p.stem for p in files]
+    if len(set(names)) < len(names):
+        named = {f"{p.parent.name}/{p.stem}": p for p in files}
+        if len(named) < len(files):
+            raise FeedbackgenError("two RECS files have the same name; rename one")
+    else:
+        named = dict(zip(names, files))
+    t0 = time.time()
+    result = run_simulation(generator, ds, named, k=k, threshold=threshold, write=reviews)
+    print(result.markdown())
+    if out is not None:
+        result.save(out)
+        err.print(f"[green]wrote[/green] {out}/summary.md, summary.json, simulated_items.parquet, "
+                  f"simulated_users.parquet in {time.time() - t0:.1f}s")
+
+
+@app.command()
+def fidelity(
+    model: Annotated[Path, typer.Argument(help="a saved model folder: the simulated user")],
+    dataset: Annotated[Path, typer.Option(help="the prepared dataset the model was trained on")],
+    out: Annotated[Optional[Path], typer.Option(help="folder for fidelity.json, fidelity.md and the plot")] = None,
+    max_users: Annotated[Optional[int], typer.Option(help="a seeded sample of test users (faster)")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="engage threshold (default: calibrated on valid)")] = None,
+    review: Annotated[bool, typer.Option(help="generate texts and score them (AgentSociety review score)")] = True,
+    seed: Annotated[int, typer.Option(help="seed of the negative items and user sample")] = 1,
+):
+    """How far the simulated user matches real held-out behaviour: discrimination, ratings, reviews.
+
+    Example: `feedbackgen fidelity models/retrieval --dataset data/mi --out runs/fidelity`
+    """
+    from feedbackgen.recommend import fidelity as measure, fidelity_markdown, write_fidelity
+
+    generator, ds = _load_model_and_dataset(model, dataset)
+    t0 = time.time()
+    result = measure(generator, ds, max_users=max_users, threshold=threshold, review=review, seed=seed,
+                     name=f"{generator.name} ({model.name})")
+    print(fidelity_markdown([result], dataset.name))
+    if out is not None:
+        write_fidelity([result], out, dataset.name)
+        err.print(f"[green]wrote[/green] {out}/fidelity.md, fidelity.json, rating_distribution.png "
+                  f"in {time.time() - t0:.1f}s")
+
+
+@app.command()
+def serve(
+    models: Annotated[Optional[list[Path]], typer.Argument(help="saved model folder(s); each is served under its folder name")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(help="dataset for users, items, candidates and the explorer")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    annotate: Annotated[Optional[Path], typer.Option(help="also serve this annotation task at /annotate")] = None,
+    api_keys: Annotated[Optional[Path], typer.Option(help="file of hashed API keys (see `feedbackgen api-key`); "
+                                                          "with it, every /v1 call needs a key")] = None,
+    max_batch: Annotated[int, typer.Option(help="most requests per model batch (1 = no micro-batching)")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="longest a request waits for a batch to fill")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="requests waiting per model before 503")] = 1024,
+    max_requests: Annotated[int, typer.Option(help="most requests in one /v1/feedback call (more: 413)")] = 64,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body (more: 413)")] = 1 << 20,
+    unknown: Annotated[str, typer.Option(help="users/items without training reviews: fallback | reject (404)")] = "fallback",
+    graceful_timeout: Annotated[float, typer.Option(help="seconds to finish in-flight requests on shutdown")] = 30.0,
+):
+    """Serve feedback over HTTP (with micro-batching), the explorer at `/` and the API docs at `/docs`.
+
+    Example: `feedbackgen serve models/peter models/retrieval --dataset data/mi --port 8000`
+    """
+    from feedbackgen.config import validate
+    from feedbackgen.models.base import read_model_config
+    from feedbackgen.serve import ServeConfig, create_app, run
+    from feedbackgen.serve.keys import read_key_file
+
+    models = models or []
+    if not models and annotate is None:
+        raise FeedbackgenError("give at least one model folder (or --annotate TASK to serve only annotation)")
+    for folder in models:
+        read_model_config(folder)  # fail now, not after start-up, on a folder that holds no model
+    if dataset is not None and not (dataset / "interactions.parquet").exists():
+        raise FeedbackgenError(f"{dataset} is not a feedbackgen dataset (no interactions.parquet)")
+    config = validate(ServeConfig, dict(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                                        max_requests=max_requests, max_body_bytes=max_body_bytes,
+                                        unknown=unknown), "serve options")
+    key_hashes = read_key_file(api_keys) if api_keys is not None else None
+    try:
+        service_app = create_app(models, dataset, config, key_hashes=key_hashes, annotate=annotate)
+    except ValueError as e:
+        raise FeedbackgenError(str(e)) from None
+    err.print(f"serving {len(models)} model(s) on http://{host}:{port} (explorer at /, API docs at /docs"
+              f"{', annotation at /annotate' if annotate else ''}{', API keys required for /v1' if key_hashes else ''})")
+    run(service_app, host=host, port=port, graceful_timeout=graceful_timeout)
+
+
+@app.command("api-key")
+def api_key(
+    file: Annotated[Path, typer.Argument(help="keys file to append the new key's hash to (created if missing)")],
+    label: Annotated[str, typer.Option(help="who the key is for (kept beside the hash)")] = "",
+):
+    """Make a new API key: its hash goes into FILE, the key itself is printed once.
+
+    Example: `feedbackgen api-key keys.txt --label alice` then `feedbackgen serve ... --api-keys keys.txt`
+    """
+    from feedbackgen.serve.keys import add_key
+
+    print(add_key(file, label))
+    err.print(f"[green]added[/green] its hash to {file}; the key is not stored anywhere, keep it now")
+
+
+annotate_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                           help="Blind human evaluation: build a task, serve it, report on the judgements.")
+app.add_typer(annotate_app, name="annotate")
+
+
+@annotate_app.command("create")
+def annotate_create(
+    predictions: Annotated[list[Path], typer.Option(help="PRED.jsonl of two or more models (list them after "
+                                                         "the option, or repeat it)")],
+    dataset: Annotated[Path, typer.Option(help="the dataset the predictions are for (for the users' past reviews)")],
+    out: Annotated[Path, typer.Option(help="task folder to write")],
+    more: Annotated[Optional[list[Path]], typer.Argument(help="more PRED.jsonl files", show_default=False)] = None,
+    n: Annotated[int, typer.Option(help="number of items to judge")] = 50,
+    seed: Annotated[int, typer.Option(help="seed of the sample and of the A/B order")] = 1,
+):
+    """Build a blind pairwise task (model names hidden) from several models' predictions.
+
+    Example: `feedbackgen annotate create --predictions pred/peter.jsonl pred/retrieval.jsonl --dataset data/mi --out tasks/mi`
+    """
+    from feedbackgen.data.dataset import Dataset
+    from feedbackgen.evaluation.human import create_task
+
+    # click options take one value each: `--predictions A B` leaves B as an argument, gathered here
+    task = create_task([*predictions, *(more or [])], Dataset.load(dataset), out, n=n, seed=seed)
+    err.print(f"[green]wrote[/green] task {task} ({n} items at most); serve it with "
+              f"`feedbackgen annotate serve {task}` and send annotators to /annotate?annotator=NAME")
+
+
+@annotate_app.command("serve")
+def annotate_serve(
+    task: Annotated[Path, typer.Argument(help="a task folder from `feedbackgen annotate create`")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+):
+    """Serve only the annotation pages of TASK (no model needed).
+
+    Example: `feedbackgen annotate serve tasks/mi --port 8001`, then open /annotate?annotator=alice
+    """
+    from feedbackgen.serve import create_app, run
+
+    err.print(f"annotation of {task} at http://{host}:{port}/annotate")
+    run(create_app(annotate=task), host=host, port=port)
+
+
+@annotate_app.command("report")
+def annotate_report(
+    task: Annotated[Path, typer.Argument(help="a task folder with judgements")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
+    rating_metric: Annotated[str, typer.Option(help="alpha metric for the 1-5 ratings: ordinal | interval")] = "ordinal",
+):
+    """Per-model win rates (95% Wilson intervals), mean ratings and Krippendorff's alpha.
+
+    Example: `feedbackgen annotate report tasks/mi`
+    """
+    from feedbackgen.evaluation.human import report_markdown, task_report
+
+    if rating_metric not in ("ordinal", "interval"):
+        raise FeedbackgenError(f"--rating-metric must be ordinal or interval, got {rating_metric!r}")
+    result = task_report(task, rating_metric=rating_metric)
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(report_markdown(result))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
@@ -236,3 +505,9 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; rerun the same command to resume where a resumable step stopped")
         sys.exit(130)
+    except Exception as e:  # anything unforeseen still ends in one line, unless asked for more
+        if os.environ.get("FEEDBACKGEN_DEBUG"):
+            raise
+        err.print(f"[red]error:[/red] {type(e).__name__}: {e} (set FEEDBACKGEN_DEBUG=1 for the traceback)",
+                  highlight=False)
+        sys.exit(1)

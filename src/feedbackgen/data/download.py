@@ -105,3 +105,13 @@ def ensure_musical_instruments(data_dir: str | Path | None = None) -> Path:
     print(f"verified {MUSICAL_INSTRUMENTS_RECORDS:,} records with the expected fields; sha256 {sha}\n"
           "  (not checked against a pinned value: no official sha256 is known for this file)", file=sys.stderr)
     return cached
+
+
+if __name__ == "__main__":  # `python -m feedbackgen.data.download`: print the file's path
+    from feedbackgen.data.paths import data_dir
+
+    try:
+        print(ensure_musical_instruments(data_dir()))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

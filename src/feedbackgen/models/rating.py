@@ -131,8 +131,11 @@ class MFConfig(StrictModel):
 @register
 class BiasedMF(RatingModel):
     """Biased matrix factorisation r = mu + b_u + b_i + p_u . q_i (Koren, Bell, Volinsky, IEEE
-    Computer 2009), full-batch Adam with L2, early stopping on validation RMSE. Unknown ids fall
-    back to the bias-free, factor-free global mean term (their rows stay zero)."""
+    Computer 2009), full-batch Adam with L2, early stopping on validation RMSE.
+
+    The biases start from the regularised `bias` baseline, so training starts where that baseline
+    ends and early stopping keeps the factors only if they help on validation data. Unknown ids
+    fall back to the global mean term (their rows stay zero)."""
 
     name = "mf"
     Config = MFConfig
@@ -141,10 +144,11 @@ class BiasedMF(RatingModel):
         u, i, r = self._index(dataset)
         c = self.config
         g = torch.Generator().manual_seed(c.seed)
-        self.mean = float(r.mean())
+        biases = BiasBaseline().fit(dataset)
+        self.mean = biases.mean
         params = {
-            "user_bias": torch.zeros(len(self.users)),
-            "item_bias": torch.zeros(len(self.items)),
+            "user_bias": torch.from_numpy(biases.user_bias).float(),
+            "item_bias": torch.from_numpy(biases.item_bias).float(),
             "user_factors": torch.randn(len(self.users), c.factors, generator=g) * 0.05,
             "item_factors": torch.randn(len(self.items), c.factors, generator=g) * 0.05,
         }
@@ -157,9 +161,12 @@ class BiasedMF(RatingModel):
         valid = dataset.valid
         vreq = [FeedbackRequest(a, b) for a, b in zip(valid["user_id"], valid["item_id"])]
         vr = valid["rating"].to_numpy()
-        best, best_state, misses = np.inf, None, 0
         self.params = params
         self.training_log: list[dict[str, Any]] = []
+        best, misses = np.inf, 0
+        best_state = {k: v.detach().clone() for k, v in params.items()}
+        if len(vr):
+            best = float(np.sqrt(np.mean((self.predict_rating_raw(vreq) - vr) ** 2)))
         for step in range(c.max_epochs):
             opt.zero_grad()
             pred = self._forward(ut, it)
@@ -180,9 +187,7 @@ class BiasedMF(RatingModel):
                     misses += 1
                     if misses >= c.patience:
                         break
-        if best_state is not None:
-            self.params = best_state
-        self.params = {k: v.detach() for k, v in self.params.items()}
+        self.params = best_state if len(vr) else {k: v.detach() for k, v in params.items()}
         self.is_fitted = True
         return self
 
