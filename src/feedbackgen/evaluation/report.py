@@ -334,12 +334,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
 
 
+def _describe_source(source) -> str:
+    if not isinstance(source, dict):
+        return str(source)
+    files = ", ".join(f.get("name", "?") for f in source.get("files", []))
+    return f"{source.get('format', '?')} file(s) {files}" if files else str(source.get("format", "?"))
+
+
 def render_markdown(report: dict) -> str:
     models = report["models"]
     ds = report["dataset"]
     lines = ["# Evaluation report", "",
              f"Dataset: {ds.get('path') or '(in memory)'}"
-             + (f" (source: {ds['source']})" if ds.get("source") else "")
+             + (f" (from {_describe_source(ds['source'])})" if ds.get("source") else "")
              + f"; split `{report['split']}` with {report['references']} reference rows. "
              "↑ higher is better, ↓ lower is better; — not applicable (e.g. a rating-only model).", ""]
 
