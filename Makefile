@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench screenshots clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
+
+# docs/explorer.png and docs/annotate.png, taken by the browser tests (needs /usr/bin/chromium)
+screenshots: $(STAMP)
+	FEEDBACKGEN_SCREENSHOTS=$(CURDIR)/docs $(PY) -m pytest -q tests/serve/test_serve_browser.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -364,8 +364,10 @@ def fidelity(
 
 @app.command()
 def serve(
-    models: Annotated[Optional[list[Path]], typer.Argument(help="saved model folder(s); each is served under its folder name")] = None,
-    dataset: Annotated[Optional[Path], typer.Option(help="dataset for users, items, candidates and the explorer")] = None,
+    models: Annotated[Optional[list[Path]], typer.Argument(
+        help="saved model folder(s); each is served under its folder name")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(
+        help="dataset for users, items, candidates and the explorer")] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     annotate: Annotated[Optional[Path], typer.Option(help="also serve this annotation task at /annotate")] = None,
@@ -376,7 +378,8 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="requests waiting per model before 503")] = 1024,
     max_requests: Annotated[int, typer.Option(help="most requests in one /v1/feedback call (more: 413)")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body (more: 413)")] = 1 << 20,
-    unknown: Annotated[str, typer.Option(help="users/items without training reviews: fallback | reject (404)")] = "fallback",
+    unknown: Annotated[str, typer.Option(
+        help="users/items without training reviews: fallback | reject (404)")] = "fallback",
     graceful_timeout: Annotated[float, typer.Option(help="seconds to finish in-flight requests on shutdown")] = 30.0,
 ):
     """Serve feedback over HTTP (with micro-batching), the explorer at `/` and the API docs at `/docs`.
@@ -403,8 +406,8 @@ def serve(
         service_app = create_app(models, dataset, config, key_hashes=key_hashes, annotate=annotate)
     except ValueError as e:
         raise FeedbackgenError(str(e)) from None
-    err.print(f"serving {len(models)} model(s) on http://{host}:{port} (explorer at /, API docs at /docs"
-              f"{', annotation at /annotate' if annotate else ''}{', API keys required for /v1' if key_hashes else ''})")
+    extras = (", annotation at /annotate" if annotate else "") + (", API keys required for /v1" if key_hashes else "")
+    err.print(f"serving {len(models)} model(s) on http://{host}:{port} (explorer at /, API docs at /docs{extras})")
     run(service_app, host=host, port=port, graceful_timeout=graceful_timeout)
 
 
@@ -440,7 +443,8 @@ def annotate_create(
 ):
     """Build a blind pairwise task (model names hidden) from several models' predictions.
 
-    Example: `feedbackgen annotate create --predictions pred/peter.jsonl pred/retrieval.jsonl --dataset data/mi --out tasks/mi`
+    Example: `feedbackgen annotate create --predictions pred/peter.jsonl pred/retrieval.jsonl
+    --dataset data/mi --out tasks/mi`
     """
     from feedbackgen.data.dataset import Dataset
     from feedbackgen.evaluation.human import create_task
@@ -471,7 +475,8 @@ def annotate_serve(
 def annotate_report(
     task: Annotated[Path, typer.Argument(help="a task folder with judgements")],
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
-    rating_metric: Annotated[str, typer.Option(help="alpha metric for the 1-5 ratings: ordinal | interval")] = "ordinal",
+    rating_metric: Annotated[str, typer.Option(
+        help="alpha metric for the 1-5 ratings: ordinal | interval")] = "ordinal",
 ):
     """Per-model win rates (95% Wilson intervals), mean ratings and Krippendorff's alpha.
 

@@ -1,0 +1,205 @@
+"""The JSON API: `/v1` (feedback, recommendations, users, items, models) and the health endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from feedbackgen.config import Decoding
+from feedbackgen.serve.batching import QueueFull, ShuttingDown
+from feedbackgen.serve.ranking import rank_items
+from feedbackgen.serve.service import FieldError, ServedModel, Service
+from feedbackgen.types import Feedback, FeedbackRequest
+
+ID_FIELD = dict(min_length=1, max_length=256)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeedbackRequestIn(Strict):
+    user_id: str = Field(..., **ID_FIELD, examples=["A2IBPI20UZIR0U"])
+    item_id: str = Field(..., **ID_FIELD, examples=["1384719342"])
+    aspect: str | None = Field(None, min_length=1, max_length=100, description="ask about this aspect (PETER+)")
+    rating: float | None = Field(None, allow_inf_nan=False, description="condition the text on a known rating")
+
+
+class FeedbackCall(Strict):
+    requests: list[FeedbackRequestIn] = Field(..., min_length=1, description="1..max_requests requests")
+    model: str | None = Field(None, description="a loaded model's name (GET /v1/models); default: the first")
+    decoding: Decoding = Field(default_factory=Decoding, description="decoding settings, as in `generate`")
+
+
+class FeedbackOut(BaseModel):
+    user_id: str
+    item_id: str
+    rating: float
+    text: str
+    aspects: list[str]
+    model: str
+    meta: dict[str, Any]
+    fallback: list[str] | None = Field(
+        None, description="what the model did not know and answered with its fallback for: 'user', 'item' "
+                          "(null when the server has no dataset to tell)")
+
+
+class FeedbackAnswer(BaseModel):
+    model: str
+    feedback: list[FeedbackOut]
+
+
+class RecommendCall(Strict):
+    user_id: str = Field(..., **ID_FIELD)
+    k: int = Field(10, ge=1, le=100, description="how many items")
+    model: str | None = None
+    candidates: list[str] | None = Field(
+        None, min_length=1, max_length=10_000,
+        description="items to rank; default: every item with training reviews the user has not reviewed in training")
+    with_feedback: bool = Field(True, description="generate the feedback for each recommended item")
+    decoding: Decoding = Field(default_factory=Decoding)
+
+
+class Recommendation(BaseModel):
+    item_id: str
+    title: str | None
+    predicted_rating: float
+    feedback: FeedbackOut | None
+
+
+class RecommendAnswer(BaseModel):
+    user_id: str
+    model: str
+    candidates: int
+    items: list[Recommendation]
+
+
+health = APIRouter(tags=["health"])
+v1 = APIRouter(prefix="/v1", tags=["v1"])
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def ready_service(request: Request) -> Service:
+    svc: Service = request.app.state.service
+    if not svc.ready:
+        raise HTTPException(503, f"not ready: {svc.status_text()}", headers={"Retry-After": "2"})
+    return svc
+
+
+@health.get("/healthz", summary="the process is up")
+async def healthz():
+    return {"status": "ok"}
+
+
+@health.get("/readyz", summary="every model (and the dataset) is loaded")
+async def readyz(svc: Service = Depends(service)):
+    body = {"status": svc.status_text(), "models": list(svc.models)}
+    return JSONResponse(body, status_code=200 if svc.ready else 503)
+
+
+@health.get("/metrics", summary="Prometheus metrics")
+async def metrics(svc: Service = Depends(service)):
+    for name, served in svc.models.items():
+        svc.metrics.queue_depth.labels(name).set(served.batcher.depth)
+    return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
+
+
+def answer(fb: Feedback, svc: Service) -> FeedbackOut:
+    return FeedbackOut(**fb.to_dict(), fallback=svc.fallback_of(fb.user_id, fb.item_id))
+
+
+async def run_feedback(svc: Service, served: ServedModel, requests: list[FeedbackRequest],
+                       decoding: Decoding) -> list[Feedback]:
+    """Through the model's micro-batcher; a full queue is 503 with Retry-After, never a wait."""
+    try:
+        return await served.batcher.submit(requests, decoding)
+    except QueueFull as e:
+        svc.metrics.rejected.labels(served.name).inc(len(requests))
+        raise HTTPException(503, f"overloaded: {e}", headers={"Retry-After": str(e.retry_after)}) from None
+    except ShuttingDown as e:
+        raise HTTPException(503, str(e), headers={"Retry-After": "5"}) from None
+    except Exception as e:
+        svc.metrics.generation_errors.labels(served.name).inc(len(requests))
+        raise HTTPException(500, f"generation failed: {type(e).__name__}: {e}") from None
+
+
+@v1.get("/models", summary="the loaded models")
+async def list_models(svc: Service = Depends(ready_service)):
+    return [served.describe() for served in svc.models.values()]
+
+
+@v1.post("/feedback", response_model=FeedbackAnswer, summary="the feedback users would give items",
+         responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}})
+async def feedback(call: FeedbackCall, svc: Service = Depends(ready_service)):
+    """Answers 1..max_requests (user, item[, aspect]) requests with a rating and a text each.
+    Concurrent calls are batched together for the model."""
+    if len(call.requests) > svc.config.max_requests:
+        raise HTTPException(413, f"this call holds {len(call.requests)} requests; the limit is "
+                                 f"{svc.config.max_requests} per call (--max-requests)")
+    served = svc.model(call.model)
+    requests = []
+    for k, r in enumerate(call.requests):
+        svc.check_known("user", r.user_id, f"requests[{k}].user_id")
+        svc.check_known("item", r.item_id, f"requests[{k}].item_id")
+        requests.append(FeedbackRequest(r.user_id, r.item_id, r.aspect, r.rating))
+    results = await run_feedback(svc, served, requests, call.decoding)
+    return FeedbackAnswer(model=served.name, feedback=[answer(fb, svc) for fb in results])
+
+
+@v1.post("/recommend", response_model=RecommendAnswer, summary="top-k items for a user, with their feedback",
+         responses={401: {}, 404: {}, 422: {}, 503: {}})
+async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
+    """Ranks candidate items by the model's predicted rating and generates the feedback for the top k."""
+    served = svc.model(call.model)
+    svc.check_known("user", call.user_id, "user_id")
+    if call.candidates is not None:
+        for k, item in enumerate(call.candidates):
+            svc.check_known("item", item, f"candidates[{k}]")
+        candidates = list(dict.fromkeys(call.candidates))
+    elif svc.catalog is None:
+        raise FieldError("candidates", "this server has no dataset to draw candidates from (start it with "
+                                       "--dataset), so the call must list them")
+    else:
+        candidates = svc.catalog.candidate_items(call.user_id)
+    loop = asyncio.get_running_loop()
+    ranked = await loop.run_in_executor(served.executor, rank_items, served.generator, call.user_id,
+                                        candidates, call.k)
+    feedback: list[Feedback | None] = [None] * len(ranked)
+    if call.with_feedback and ranked:
+        requests = [FeedbackRequest(call.user_id, item) for item, _ in ranked]
+        feedback = await run_feedback(svc, served, requests, call.decoding)
+    items = [Recommendation(item_id=item, title=svc.title(item), predicted_rating=round(score, 4),
+                            feedback=answer(fb, svc) if fb else None)
+             for (item, score), fb in zip(ranked, feedback)]
+    return RecommendAnswer(user_id=call.user_id, model=served.name, candidates=len(candidates), items=items)
+
+
+@v1.get("/users", summary="find users by id prefix")
+async def search_users(q: str = Query("", max_length=256), limit: int = Query(20, ge=1, le=200),
+                       svc: Service = Depends(ready_service)):
+    return {"users": svc.need_catalog().search_users(q, limit)}
+
+
+@v1.get("/users/{user_id:path}", summary="a user's profile and review history (newest first)",
+        responses={404: {}})
+async def get_user(user_id: str, limit: int = Query(50, ge=1, le=1000), svc: Service = Depends(ready_service)):
+    user = svc.need_catalog().user(user_id, limit)
+    if user is None:
+        raise HTTPException(404, f"no user {user_id!r} in the dataset")
+    return user
+
+
+@v1.get("/items/{item_id:path}", summary="an item's metadata, statistics and reviews (newest first)",
+        responses={404: {}})
+async def get_item(item_id: str, limit: int = Query(50, ge=1, le=1000), svc: Service = Depends(ready_service)):
+    item = svc.need_catalog().item(item_id, limit)
+    if item is None:
+        raise HTTPException(404, f"no item {item_id!r} in the dataset")
+    return item

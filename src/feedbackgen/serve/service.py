@@ -1,0 +1,170 @@
+"""What one running service holds: its settings, loaded models with their batchers, the dataset.
+
+Models and the dataset load in the background after start-up, so `/healthz` answers at once and
+`/readyz` says when the service can answer `/v1` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import HTTPException
+from pydantic import Field
+
+from feedbackgen.config import StrictModel
+from feedbackgen.data.dataset import Dataset
+from feedbackgen.models.base import Generator
+from feedbackgen.serve.batching import MicroBatcher
+from feedbackgen.serve.catalog import Catalog
+from feedbackgen.serve.telemetry import Metrics
+
+log = logging.getLogger("feedbackgen.serve")
+
+
+class ServeConfig(StrictModel):
+    max_batch: int = Field(32, ge=1, le=4096, description="most requests in one model batch (1 = no micro-batching)")
+    max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0,
+                               description="longest a request waits for others to join its batch")
+    max_queue: int = Field(1024, ge=1, le=1_000_000,
+                           description="requests waiting per model; a call that does not fit gets 503")
+    max_requests: int = Field(64, ge=1, le=100_000, description="most requests in one /v1/feedback call (more: 413)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="largest request body (more: 413)")
+    unknown: Literal["fallback", "reject"] = Field(
+        "fallback", description="users/items without training reviews: answer with the model's fallback "
+                                "(and say so in `fallback`), or refuse with 404")
+
+
+class FieldError(Exception):
+    """A request field that is well-formed but not acceptable here; answered as 422 naming it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+@dataclass
+class ServedModel:
+    name: str
+    generator: Generator
+    batcher: MicroBatcher
+    executor: ThreadPoolExecutor
+    source: str
+
+    def describe(self) -> dict[str, Any]:
+        g = self.generator
+        return {"name": self.name, "model": g.name, "produces_text": g.produces_text,
+                "rating_range": list(g.rating_range), "config": g.config.model_dump(), "source": self.source}
+
+
+def model_names(paths: Sequence[str | Path]) -> dict[str, Path]:
+    """{name: folder}: each folder's own name, with the parent in front where two share one."""
+    paths = [Path(p) for p in paths]
+    names = [p.resolve().name for p in paths]
+    out = {}
+    for p, n in zip(paths, names):
+        name = f"{p.resolve().parent.name}/{n}" if names.count(n) > 1 else n
+        if name in out:
+            raise ValueError(f"model folder {p} is given twice")
+        out[name] = p
+    return out
+
+
+class Service:
+    def __init__(self, models: Mapping[str, Generator | str | Path], dataset: Dataset | str | Path | None,
+                 config: ServeConfig, key_hashes: dict[str, str] | None = None, task=None):
+        self.sources, self.dataset_source = dict(models), dataset
+        self.config, self.key_hashes, self.task = config, key_hashes, task
+        self.metrics = Metrics()
+        self.models: dict[str, ServedModel] = {}
+        self.catalog: Catalog | None = None
+        self.ready = False
+        self.error: str | None = None
+        self._loading: asyncio.Task | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loading = asyncio.get_running_loop().create_task(self._load(), name="load-models")
+
+    async def _load(self) -> None:
+        from feedbackgen.models import load
+
+        try:
+            for name, source in self.sources.items():
+                generator = source if isinstance(source, Generator) else await asyncio.to_thread(load, source)
+                executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+                batcher = MicroBatcher(
+                    generator.generate, executor, max_batch=self.config.max_batch,
+                    max_wait_s=self.config.max_wait_ms / 1000.0, max_queue=self.config.max_queue,
+                    on_batch=lambda size, s, name=name: self.metrics.observe_batch(name, size, s),
+                    on_depth=lambda depth, name=name: self.metrics.queue_depth.labels(name).set(depth))
+                batcher.start()
+                self.models[name] = ServedModel(name, generator, batcher, executor,
+                                                "in memory" if isinstance(source, Generator) else str(source))
+                log.info("loaded model %s (%s)", name, generator.name)
+            if self.dataset_source is not None:
+                ds = self.dataset_source
+                if not isinstance(ds, Dataset):
+                    ds = await asyncio.to_thread(Dataset.load, ds)
+                self.catalog = await asyncio.to_thread(Catalog, ds)
+                log.info("dataset ready: %s", ds.summary())
+            self.ready = True
+            self.metrics.ready.set(1)
+        except Exception as e:  # reported by /readyz; the process stays up to say so
+            self.error = f"{type(e).__name__}: {e}"
+            log.exception("loading failed")
+
+    async def stop(self) -> None:
+        """Called after the server stopped taking connections and answered the in-flight ones."""
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        for served in self.models.values():
+            await served.batcher.stop()
+            served.executor.shutdown(wait=True)
+
+    def status_text(self) -> str:
+        if self.ready:
+            return "ready"
+        return f"failed to load ({self.error})" if self.error else "loading models"
+
+    # -- lookups used by the routes ----------------------------------------------------------
+    def model(self, name: str | None) -> ServedModel:
+        if not self.models:
+            raise HTTPException(404, "this server has no model loaded (it serves annotation pages only)")
+        if name is None:
+            return next(iter(self.models.values()))
+        if name not in self.models:
+            raise FieldError("model", f"no model named {name!r}; loaded: {', '.join(self.models)}")
+        return self.models[name]
+
+    def need_catalog(self) -> Catalog:
+        if self.catalog is None:
+            raise HTTPException(404, "this server has no dataset (start it with --dataset DIR)")
+        return self.catalog
+
+    def fallback_of(self, user_id: str, item_id: str) -> list[str] | None:
+        if self.catalog is None:
+            return None
+        return ([] if self.catalog.knows_user(user_id) else ["user"]) + \
+               ([] if self.catalog.knows_item(item_id) else ["item"])
+
+    def check_known(self, kind: Literal["user", "item"], value: str, field: str) -> None:
+        """With `unknown=reject`, 404 for an id the models never saw in training."""
+        if self.config.unknown != "reject" or self.catalog is None:
+            return
+        known = self.catalog.knows_user if kind == "user" else self.catalog.knows_item
+        if not known(value):
+            raise HTTPException(404, {
+                "message": f"unknown {kind} {value!r}: no training reviews, so the models have nothing to go "
+                           "on (this server runs with unknown=reject; with fallback it would answer with "
+                           "the model's fallback)",
+                "field": field})
+
+    def title(self, item_id: str) -> str | None:
+        return self.catalog.titles.get(item_id) if self.catalog else None
+
