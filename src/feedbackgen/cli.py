@@ -141,6 +141,10 @@ def generate(
     dt = time.time() - t0
     err.print(f"[green]wrote[/green] {len(reqs)} feedback rows to {out} in {dt:.1f}s "
               f"({len(reqs) / max(dt, 1e-9):.1f} samples/s)")
+    answers = getattr(generator, "answer_counts", None)  # LLM generators: how the JSON answers went
+    if answers:
+        err.print("answers: " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items()))
+                  + " (fallback = still invalid after every retry; each row's meta says which)")
 
 
 @app.command()
@@ -249,6 +253,7 @@ def recommend(
     Example: `feedbackgen recommend models/retrieval --dataset data/mi --user A2IBPI20UZIR0U --k 5`
 
     Batch: `feedbackgen recommend models/retrieval --dataset data/mi --users users.txt --out recs.parquet`
+    (the terminal shows the first 240 characters of each text; `--out` keeps them whole).
     """
     from feedbackgen.data.problems import Problems
     from feedbackgen.recommend import read_id_list, write_recommendations
@@ -288,12 +293,13 @@ def recommend(
     if user is not None:
         from rich.table import Table
 
-        table = Table(title=f"top {k} for {user} ({generator.name})", show_lines=False)
+        table = Table(title=f"top {len(recs)} for {user} ({generator.name})", show_lines=False)
         for name, justify in (("rank", "right"), ("item", "left"), ("predicted", "right"), ("feedback", "left")):
             table.add_column(name, justify=justify)
         for r in recs.iter_rows(named=True):
             item = r["item_id"] + (f"\n{r['title'][:40]}" if r["title"] else "")
-            table.add_row(str(r["rank"]), item, f"{r['predicted_rating']:.2f}", r["text"])
+            text = r["text"] if len(r["text"]) <= 240 else r["text"][:240].rsplit(" ", 1)[0] + " …"
+            table.add_row(str(r["rank"]), item, f"{r['predicted_rating']:.2f}", text)
         Console().print(table)
 
 

@@ -1,0 +1,233 @@
+"""How far the simulated user can be trusted, measured against held-out real behaviour.
+
+    result = fidelity(model, dataset)              # a dict; fidelity_markdown([result, ...]) tabulates
+    write_fidelity([result, ...], "runs/fidelity") # fidelity.json, fidelity.md, rating_distribution.png
+
+Three protocols, all on the test split, with the engage rule of `feedbackgen.recommend.simulate`
+(threshold calibrated on the validation split, so nothing here is tuned on the test split):
+
+- **discrimination** (Agent4Rec, Zhang et al., SIGIR 2024, section 4.1): each test user's real test
+  items are mixed with items the user never interacted with, at 1:1, 1:3 and 1:9; the simulated
+  user engages or skips each; accuracy, precision, recall and F1 of "engage" against "real item",
+  pooled over all pairs. The negatives are drawn once (seeded) at the largest ratio and the smaller
+  ratios take a prefix of them, so every model and ratio sees the same items.
+- **rating fidelity**: RMSE and MAE of simulated against real ratings on the real test pairs
+  (`feedbackgen.evaluation.metrics`, PETER's definitions), and the two star distributions side by
+  side (simulated ratings rounded to the nearest star), with their total variation distance.
+- **review fidelity**, AgentSociety Challenge (WWW 2025) Track 1 style: preference estimation
+  1 - mean(|Δstars| / 5), and the review score with its emotion term left out and re-weighted,
+  1 - (0.25 sentiment error + 0.5 topic error) / 0.75, sentiment from VADER compound scores, topic
+  from all-MiniLM-L6-v2 cosine distance (the challenge used paraphrase-MiniLM-L6-v2 and a RoBERTa
+  emotion classifier, neither available offline). The generated text is compared with the real
+  text of the generator's own target: the explanation sentence for `target=explanation`
+  generators, the whole review otherwise.
+
+`ANCHORS` are published figures for LLM-agent simulators on other data, printed beside ours for
+scale only: they are not comparable numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from feedbackgen.config import Decoding
+from feedbackgen.data.dataset import Dataset
+from feedbackgen.errors import DataError
+from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
+from feedbackgen.recommend.metrics import (classification_metrics, preference_estimation,
+                                           review_score_without_emotion, sentiment_error, star_histogram,
+                                           topic_error, total_variation)
+from feedbackgen.recommend.ranking import UnseenSampler, model_name, score_pairs
+from feedbackgen.recommend.simulate import SimulatedUser, json_ready
+
+RATIOS = (1, 3, 9)
+STARS = (1, 2, 3, 4, 5)
+
+ANCHORS: tuple[dict[str, Any], ...] = (
+    {"model": "Agent4Rec (Zhang et al., SIGIR 2024)", "data": "MovieLens-1M, as published — different data",
+     "accuracy_1_1": 0.69, "rmse": 0.76},
+    {"model": "SimUSER (Bougie & Watanabe, 2025)", "data": "as published — different data",
+     "accuracy_1_1": 0.79, "rmse": 0.50},
+)
+
+
+def reference_column(model: Any, dataset: Dataset) -> str:
+    """The real text a generator's output is compared with: its target's column."""
+    target = getattr(getattr(model, "config", None), "target", "review")
+    if target == "explanation" and "explanation" in dataset.interactions.columns:
+        return "explanation"
+    return "text"
+
+
+def discrimination(user: SimulatedUser, dataset: Dataset, test: pl.DataFrame, rng: np.random.Generator,
+                   ratios: Sequence[int] = RATIOS) -> dict[str, dict[str, float]]:
+    """Accuracy / precision / recall / F1 of the engage decision at each positives:negatives ratio."""
+    sampler = UnseenSampler(dataset, rng)
+    per_user = test.group_by("user_id", maintain_order=True).agg(pl.col("item_id").unique(maintain_order=True))
+    users, items, real, first_ratio = [], [], [], []
+    for u, positives in per_user.iter_rows():
+        negatives = sampler.sample(u, max(ratios) * len(positives)).tolist()
+        users += [u] * (len(positives) + len(negatives))
+        items += [*positives, *negatives]
+        real += [True] * len(positives) + [False] * len(negatives)
+        # negative j (0-based) belongs to ratio r when j < r * |positives|
+        first_ratio += [0] * len(positives) + [-(-(j + 1) // len(positives)) for j in range(len(negatives))]
+    engage = user.decide(score_pairs(user.model, users, items))
+    real, first_ratio = np.array(real, dtype=bool), np.array(first_ratio)
+    out = {}
+    for r in ratios:
+        keep = first_ratio <= r
+        positives = int(real[keep].sum())
+        out[f"1:{r}"] = {**classification_metrics(engage[keep], real[keep]), "pairs": int(keep.sum()),
+                         "negatives_per_positive": (int(keep.sum()) - positives) / positives if positives else 0.0}
+    return out
+
+
+def fidelity(model: Any, dataset: Dataset, *, ratios: Sequence[int] = RATIOS, threshold: float | None = None,
+             seed: int = 1, max_users: int | None = None, review: bool = True,
+             decoding: Decoding | dict | None = None, name: str | None = None) -> dict[str, Any]:
+    """Discrimination, rating and review fidelity of `model` as a simulated user (see the module docstring).
+
+    max_users: evaluate a seeded sample of test users (all three protocols use the same users).
+    review: also generate the texts and compute the AgentSociety review score (needs a text model).
+    """
+    test = dataset.test
+    if not len(test):
+        raise DataError("the dataset's test split is empty: nothing to measure the simulator against")
+    rng = np.random.default_rng(seed)
+    users = sorted(test["user_id"].unique().to_list())
+    if max_users is not None and len(users) > max_users:
+        users = sorted(rng.choice(users, size=max_users, replace=False).tolist())
+        test = test.filter(pl.col("user_id").is_in(users))
+    simulated_user = SimulatedUser(model, dataset, threshold, seed)
+    result: dict[str, Any] = {
+        "model": name or model_name(model), "users": len(users),
+        "calibration": simulated_user.calibration.to_dict(),
+        "discrimination": discrimination(simulated_user, dataset, test, rng, ratios),
+    }
+
+    write = review and getattr(model, "produces_text", False)
+    frame = simulated_user.judge(test["user_id"].to_list(), test["item_id"].to_list(), decoding, write)
+    simulated, real = frame["rating"].to_numpy(), test["rating"].to_numpy()
+    from feedbackgen.evaluation.metrics import mean_absolute_error, root_mean_square_error
+
+    real_hist, sim_hist = star_histogram(real, STARS), star_histogram(simulated, STARS)
+    result["rating"] = {
+        "pairs": len(real), "rmse": root_mean_square_error(simulated, real),
+        "mae": mean_absolute_error(simulated, real), "stars": list(STARS),
+        "real_distribution": real_hist.tolist(), "simulated_distribution": sim_hist.tolist(),
+        "distribution_tvd": total_variation(real_hist, sim_hist),
+    }
+    result["agentsociety"] = {"preference_estimation": preference_estimation(simulated, real)}
+    if write:
+        scores = result["agentsociety"]
+        scores.update(review_fidelity(frame["text"].to_list(), test, reference_column(model, dataset)))
+        if scores["review_score_without_emotion"] is not None:
+            scores["overall_without_emotion"] = (scores["preference_estimation"]
+                                                 + scores["review_score_without_emotion"]) / 2
+    return result
+
+
+@lru_cache(maxsize=4)
+def _embed_once(embed: Callable[[list[str]], np.ndarray], texts: tuple[str, ...]) -> np.ndarray:
+    """The real texts are the same for every model measured on a dataset: embed them once."""
+    return embed(list(texts))
+
+
+def review_fidelity(generated: list[str], test: pl.DataFrame, column: str) -> dict[str, Any]:
+    """AgentSociety's sentiment and topic errors, and the review score without the emotion term."""
+    from feedbackgen.embeddings import embed
+    from feedbackgen.evaluation.extra import vader_compound
+
+    references = test[column].to_list()
+    keep = [n for n, (g, r) in enumerate(zip(generated, references))
+            if g and g.strip() and r and r.strip()]
+    gen, ref = [generated[n] for n in keep], [references[n] for n in keep]
+    s_err = sentiment_error(vader_compound(gen), vader_compound(ref))
+    t_err = topic_error(embed(gen), _embed_once(embed, tuple(ref)))
+    return {"review_pairs": len(keep), "reference": column, "sentiment_error": s_err, "topic_error": t_err,
+            "review_score_without_emotion": review_score_without_emotion(s_err, t_err) if keep else None}
+
+
+# -- output ------------------------------------------------------------------------------------
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def fidelity_markdown(results: Sequence[dict[str, Any]], dataset_label: str = "this dataset",
+                      anchors: Sequence[dict[str, Any]] = ANCHORS) -> str:
+    """The fidelity table (ours, then the published anchors), and the per-ratio precision/recall."""
+    ratios = list(results[0]["discrimination"]) if results else [f"1:{r}" for r in RATIOS]
+    head = (["simulator", "data"] + [f"acc {r}" for r in ratios] + [f"F1 {r}" for r in ratios]
+            + ["RMSE", "MAE", "star TVD", "pref. est.", "review (no emotion)†", "text vs"])
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 3) + ["---"]) + "|"]
+    for res in results:
+        d, r, a = res["discrimination"], res["rating"], res["agentsociety"]
+        cells = ([res["model"], dataset_label] + [_num(d[x]["accuracy"]) for x in ratios]
+                 + [_num(d[x]["f1"]) for x in ratios]
+                 + [_num(r["rmse"]), _num(r["mae"]), _num(r["distribution_tvd"]),
+                    _num(a["preference_estimation"]), _num(a.get("review_score_without_emotion")),
+                    a.get("reference", "–")])
+        lines.append("| " + " | ".join(cells) + " |")
+    for anchor in anchors:
+        cells = ([anchor["model"], anchor["data"]]
+                 + [_num(anchor.get("accuracy_1_1")) if x == "1:1" else "–" for x in ratios]
+                 + ["–"] * len(ratios) + [_num(anchor.get("rmse")), "–", "–", "–", "–", "–"])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Higher is better except RMSE, MAE and star TVD (total variation distance between the real "
+              "and simulated star distributions). acc / F1 1:r: discrimination of real test items from r× as "
+              "many unseen items (Agent4Rec protocol). † AgentSociety Track 1 review score with the emotion "
+              "term left out and re-weighted: 1 − (0.25·sentiment error + 0.5·topic error) / 0.75. Published "
+              "rows are on other data and other simulators (LLM agents): for scale, not comparison. text vs: the "
+              "real text the generated one is compared with (the generator's target).", ""]
+    lines += ["| simulator | engage threshold | " + " | ".join(f"P / R {r}" for r in ratios) + " |",
+              "|---|---:|" + "---:|" * len(ratios)]
+    for res in results:
+        d = res["discrimination"]
+        lines.append(f"| {res['model']} | {_num(res['calibration']['threshold'], 2)} | "
+                     + " | ".join(f"{_num(d[x]['precision'])} / {_num(d[x]['recall'])}" for x in ratios) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_rating_distributions(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Real and simulated star distributions side by side, one bar group per star."""
+    from matplotlib.figure import Figure  # the OO API: no pyplot, no global backend switch
+
+    stars = results[0]["rating"]["stars"]
+    series = [("real (test)", results[0]["rating"]["real_distribution"])]
+    series += [(f"simulated: {r['model']}", r["rating"]["simulated_distribution"]) for r in results]
+    fig = Figure(figsize=(6.5, 3.6))
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    x = np.arange(len(stars))
+    for n, (label, shares) in enumerate(series):
+        ax.bar(x + (n - (len(series) - 1) / 2) * width, shares, width, label=label)
+    ax.set_xticks(x, [f"{s}★" for s in stars])
+    ax.set_ylabel("share of test pairs")
+    ax.set_title("Star ratings: real vs simulated (rounded to the nearest star)")
+    ax.legend(fontsize=8, frameon=False)
+    return atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+
+
+def write_fidelity(results: Sequence[dict[str, Any]], out_dir: str | Path,
+                   dataset_label: str = "this dataset") -> Path:
+    """Write fidelity.json, fidelity.md and rating_distribution.png into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "fidelity.json", json_ready({"results": list(results), "anchors": list(ANCHORS)}))
+    atomic_write_text(out_dir / "fidelity.md", fidelity_markdown(results, dataset_label))
+    if results:
+        plot_rating_distributions(results, out_dir / "rating_distribution.png")
+    return out_dir
+
+
+__all__ = ["ANCHORS", "RATIOS", "discrimination", "fidelity", "fidelity_markdown", "plot_rating_distributions",
+           "reference_column", "review_fidelity", "write_fidelity"]

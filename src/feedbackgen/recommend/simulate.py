@@ -1,0 +1,377 @@
+"""A simulated user that judges any recommender's output.
+
+    sim = simulate(model, dataset, ["recs_a.parquet", "recs_b.csv"], k=10)
+    sim.summary        # one row per recommender: the comparison table
+    sim.save("runs/sim")
+
+RECS is a CSV, Parquet or JSONL file of (user_id, item_id, rank), one row per recommended item,
+from any recommender (RecBole-style `user_id:token` headers are accepted; without a `rank` column
+the file order within each user is the rank). Rows the simulator cannot judge are reported, counted
+and left out, never crashed on: users or items absent from the dataset's training split (the
+generator knows nothing about them), rows with a missing id or a rank that is not a positive
+integer, repeated (user, item) pairs (the best rank is kept), and ranks beyond `k`.
+
+For each recommended item the simulated user (a trained generator) gives
+
+- a rating: the generator's predicted rating; its star is that rating rounded to the nearest star;
+- a review: the generator's text for (user, item);
+- a decision, **engage** when the predicted rating is at least a threshold, else **skip**. The
+  threshold is calibrated on the *validation* split (`calibrate_threshold`): real (user, item)
+  pairs mixed 1:1 with items the user never interacted with, and the threshold on a 0.05 grid
+  that classifies them most accurately (the middle one when several tie). Validation rather than
+  train because the training ratings were fitted, so their predictions are optimistic.
+
+Per user: items judged, mean and best simulated rating, items engaged with, engagement (engaged /
+judged), share rated 4 stars or more, rank of the first engaged item, and `satisfied` (engaged with
+at least one item). Per recommender: users, items judged, mean simulated rating (over items),
+engagement@K (mean over users of engaged / judged among the top K), share of items rated 4 or more,
+share of users satisfied, and the counts of what was left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from feedbackgen.config import Decoding, validate
+from feedbackgen.data.dataset import Dataset
+from feedbackgen.errors import DataError, FeedbackgenError
+from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
+from feedbackgen.recommend.metrics import to_stars
+from feedbackgen.recommend.ranking import UnseenSampler, model_name, score_pairs
+from feedbackgen.types import FeedbackRequest
+
+THRESHOLD_STEP = 0.05
+MAX_LISTED = 20  # unknown ids listed in the report (all are counted)
+
+
+# -- the decision rule -------------------------------------------------------------------------
+
+@dataclass
+class Calibration:
+    """How the engage threshold was chosen, kept beside every result that uses it."""
+
+    threshold: float
+    accuracy: float
+    pairs: int
+    split: str
+    rule: str = "engage when the predicted rating >= threshold"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibrate_threshold(model: Any, dataset: Dataset, seed: int = 1) -> Calibration:
+    """The rating threshold that best separates real validation pairs from unseen items (1:1).
+
+    Falls back to the training split when the dataset has no validation rows.
+    """
+    split = "valid" if len(dataset.valid) else "train"
+    real = dataset.split(split).unique(["user_id", "item_id"], keep="first", maintain_order=True)
+    if not len(real):
+        raise DataError(f"cannot calibrate the engage threshold: the {split} split is empty")
+    sampler = UnseenSampler(dataset, np.random.default_rng(seed))
+    users, items, actual = [], [], []
+    for user, item in real.select("user_id", "item_id").iter_rows():
+        negative = sampler.sample(user, 1)
+        users += [user] * (1 + len(negative))
+        items += [item, *negative]
+        actual += [True] + [False] * len(negative)
+    scores = score_pairs(model, users, items)
+    actual = np.array(actual)
+    lo, hi = getattr(model, "rating_range", (1.0, 5.0))
+    grid = np.round(np.arange(lo, hi + THRESHOLD_STEP / 2, THRESHOLD_STEP), 4)
+    accuracy = np.array([np.mean((scores >= t) == actual) for t in grid])
+    best = grid[np.flatnonzero(accuracy == accuracy.max())]
+    threshold = float(best[len(best) // 2])
+    return Calibration(threshold, float(accuracy.max()), len(actual), split)
+
+
+class SimulatedUser:
+    """A generator acting as the users of a dataset: rates, reviews and decides, item by item."""
+
+    def __init__(self, model: Any, dataset: Dataset, threshold: float | None = None, seed: int = 1):
+        self.model = model
+        if threshold is None:
+            self.calibration = calibrate_threshold(model, dataset, seed)
+        else:
+            self.calibration = Calibration(float(threshold), float("nan"), 0, "given")
+        self.threshold = self.calibration.threshold
+
+    def decide(self, ratings: np.ndarray) -> np.ndarray:
+        return np.asarray(ratings, dtype=np.float64) >= self.threshold
+
+    def judge(self, user_ids: Sequence[str], item_ids: Sequence[str],
+              decoding: Decoding | dict | None = None, write: bool = True) -> pl.DataFrame:
+        """rating, stars, text and engage for each aligned (user, item) pair."""
+        if write and getattr(self.model, "produces_text", False) and len(user_ids):
+            feedback = self.model.generate([FeedbackRequest(u, i) for u, i in zip(user_ids, item_ids)],
+                                           validate(Decoding, decoding, "decoding settings"))
+            ratings = np.array([fb.rating for fb in feedback], dtype=np.float64)
+            texts = [fb.text for fb in feedback]
+        else:
+            ratings = score_pairs(self.model, list(user_ids), list(item_ids))
+            texts = [""] * len(ratings)
+        return pl.DataFrame({"rating": ratings, "stars": to_stars(ratings), "text": texts,
+                             "engage": self.decide(ratings)},
+                            schema={"rating": pl.Float64, "stars": pl.Int64, "text": pl.Utf8,
+                                    "engage": pl.Boolean})
+
+
+# -- reading a recommender's output ------------------------------------------------------------
+
+@dataclass
+class RecommendationsCheck:
+    """What was read from one RECS file and what was left out, and why."""
+
+    recommender: str
+    source: str
+    rows: int = 0
+    kept: int = 0
+    rank_from_order: bool = False
+    bad_rows: int = 0
+    bad_row_examples: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0
+    beyond_k: int = 0
+    unknown_user_rows: int = 0
+    unknown_item_rows: int = 0
+    unknown_users: int = 0
+    unknown_items: int = 0
+    unknown_user_ids: list[str] = field(default_factory=list)  # the first MAX_LISTED, sorted
+    unknown_item_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        parts = [f"{self.recommender}: {self.kept} of {self.rows} rows judged"]
+        if self.unknown_users:
+            parts.append(f"{self.unknown_users} unknown user(s) ({self.unknown_user_rows} rows; "
+                         + ", ".join(self.unknown_user_ids[:5]) + (" ..." if self.unknown_users > 5 else "") + ")")
+        if self.unknown_items:
+            parts.append(f"{self.unknown_items} unknown item(s) ({self.unknown_item_rows} rows; "
+                         + ", ".join(self.unknown_item_ids[:5]) + (" ..." if self.unknown_items > 5 else "") + ")")
+        if self.bad_rows:
+            parts.append(f"{self.bad_rows} bad row(s) (missing id or rank not a positive integer)")
+        if self.duplicates:
+            parts.append(f"{self.duplicates} repeated (user, item) row(s)")
+        if self.beyond_k:
+            parts.append(f"{self.beyond_k} row(s) ranked beyond k")
+        if self.rank_from_order:
+            parts.append("no rank column: file order within each user used as the rank")
+        return "; ".join(parts)
+
+
+def _read_table(path: Path) -> pl.DataFrame:
+    if not path.exists():
+        raise DataError("file does not exist", source=str(path))
+    try:
+        if path.suffix == ".parquet":
+            df = pl.read_parquet(path)
+        elif path.suffix in (".csv", ".tsv"):
+            df = pl.read_csv(path, infer_schema=False, separator="\t" if path.suffix == ".tsv" else ",")
+        elif path.suffix in (".jsonl", ".json"):
+            df = pl.read_ndjson(path, infer_schema_length=None)
+        else:
+            raise DataError("expected a .csv, .tsv, .parquet or .jsonl recommendations file", source=str(path))
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise DataError(f"cannot read it as a table ({type(e).__name__}: {str(e).splitlines()[0]})",
+                        source=str(path)) from None
+    # RecBole's atomic files name columns `field:type` (`user_id:token`)
+    return df.rename({c: c.split(":", 1)[0] for c in df.columns if ":" in c})
+
+
+def read_recommendations(source: str | Path | pl.DataFrame, dataset: Dataset, k: int | None = None,
+                         name: str | None = None) -> tuple[pl.DataFrame, RecommendationsCheck]:
+    """The judgeable rows of a RECS file (user_id, item_id, rank; sorted), and what was left out."""
+    if isinstance(source, pl.DataFrame):
+        df, where = source, "<table>"
+    else:
+        df, where = _read_table(Path(source)), str(source)
+    check = RecommendationsCheck(name or (Path(where).stem if where != "<table>" else "recommendations"),
+                                 where, rows=len(df))
+    missing = [c for c in ("user_id", "item_id") if c not in df.columns]
+    if missing:
+        raise DataError(f"no {', '.join(repr(c) for c in missing)} column(s) (columns: {', '.join(df.columns)}); "
+                        "expected user_id, item_id[, rank]", source=where)
+    df = df.with_row_index("row").with_columns(pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8))
+    if "rank" in df.columns:
+        df = df.with_columns(pl.col("rank").cast(pl.Float64, strict=False))
+        good_rank = pl.col("rank").is_not_null() & (pl.col("rank") >= 1) & (pl.col("rank") == pl.col("rank").floor())
+    else:
+        check.rank_from_order = True
+        df = df.with_columns(pl.lit(1.0).alias("rank"))
+        good_rank = pl.lit(True)
+    good_ids = (pl.col("user_id").is_not_null() & (pl.col("user_id").str.strip_chars() != "")
+                & pl.col("item_id").is_not_null() & (pl.col("item_id").str.strip_chars() != ""))
+    bad = df.filter(~(good_ids & good_rank))
+    check.bad_rows = len(bad)
+    first_line = 2 if Path(where).suffix in (".csv", ".tsv") else 1  # a CSV's first data row is line 2
+    check.bad_row_examples = [{"line": int(r["row"]) + first_line, "user_id": r["user_id"], "item_id": r["item_id"],
+                               "rank": r["rank"]} for r in bad.head(MAX_LISTED).iter_rows(named=True)]
+    df = df.filter(good_ids & good_rank)
+    if check.rank_from_order:
+        df = df.with_columns(pl.col("row").rank("ordinal").over("user_id").cast(pl.Float64).alias("rank"))
+    df = df.with_columns(pl.col("rank").cast(pl.Int64)).sort(["user_id", "rank", "row"])
+    deduped = df.unique(["user_id", "item_id"], keep="first", maintain_order=True)
+    check.duplicates = len(df) - len(deduped)
+    df = deduped
+    if k is not None:
+        check.beyond_k = int((df["rank"] > k).sum())
+        df = df.filter(pl.col("rank") <= k)
+
+    train = dataset.train
+    unknown_user = ~pl.col("user_id").is_in(train["user_id"].unique().implode())
+    unknown_item = ~pl.col("item_id").is_in(train["item_id"].unique().implode())
+    users = sorted(df.filter(unknown_user)["user_id"].unique().to_list())
+    items = sorted(df.filter(unknown_item)["item_id"].unique().to_list())
+    check.unknown_user_rows = int(df.select(unknown_user.sum()).item())
+    check.unknown_item_rows = int(df.select(unknown_item.sum()).item())
+    check.unknown_users, check.unknown_items = len(users), len(items)
+    check.unknown_user_ids, check.unknown_item_ids = users[:MAX_LISTED], items[:MAX_LISTED]
+    df = df.filter(~unknown_user & ~unknown_item).select("user_id", "item_id", "rank")
+    check.kept = len(df)
+    return df, check
+
+
+# -- the simulation ----------------------------------------------------------------------------
+
+@dataclass
+class Simulation:
+    """Everything one `simulate` call produced."""
+
+    items: pl.DataFrame        # recommender, user_id, rank, item_id, rating, stars, text, engage
+    users: pl.DataFrame        # recommender, user_id, per-user satisfaction summary
+    summary: pl.DataFrame      # one row per recommender: the comparison table
+    checks: list[RecommendationsCheck]
+    calibration: Calibration
+    k: int
+    model: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "k": self.k, "calibration": self.calibration.to_dict(),
+                "summary": self.summary.to_dicts(), "checks": [c.to_dict() for c in self.checks]}
+
+    def markdown(self) -> str:
+        k = self.k
+        head = ["recommender", "users", "items judged", "mean rating", f"engagement@{k}", "rated ≥ 4★",
+                "users engaging", "unknown users", "unknown items"]
+        lines = [f"Simulated user: `{self.model}`; engage when the predicted rating ≥ "
+                 f"{self.calibration.threshold:.2f} ({_calibration_note(self.calibration)}).", "",
+                 "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+        for r in self.summary.iter_rows(named=True):
+            lines.append(f"| {r['recommender']} | {r['users']} | {r['items']} | {_num(r['mean_rating'])} | "
+                         f"{_num(r['engagement_at_k'])} | {_num(r['share_rated_4_plus'])} | "
+                         f"{_num(r['share_users_engaging'])} | {r['unknown_users']} | {r['unknown_items']} |")
+        user_sets = [set(self.users.filter(pl.col("recommender") == r)["user_id"].to_list())
+                     for r in self.summary["recommender"]]
+        if len(user_sets) > 1 and any(s != user_sets[0] for s in user_sets):
+            common = set.intersection(*user_sets)
+            lines += ["", f"The recommenders cover different users ({len(common)} in common): compare with care."]
+        notes = [c.describe() for c in self.checks
+                 if c.kept != c.rows or c.rank_from_order]
+        if notes:
+            lines += ["", "Left out:"] + [f"- {n}" for n in notes]
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write simulated_items.parquet, simulated_users.parquet, summary.json and summary.md."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, df in (("simulated_items", self.items), ("simulated_users", self.users)):
+            atomic_write(out_dir / f"{name}.parquet",
+                         lambda p, df=df: df.write_parquet(p, compression="zstd", statistics=False))
+        atomic_write_json(out_dir / "summary.json", json_ready(self.to_dict()))
+        atomic_write_text(out_dir / "summary.md", self.markdown())
+        return out_dir
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
+
+
+def json_ready(obj: Any) -> Any:
+    """NaN is not JSON: write null instead."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def _calibration_note(c: Calibration) -> str:
+    if c.split == "given":
+        return "threshold given"
+    return f"calibrated on {c.pairs} {c.split} pairs mixed 1:1 with unseen items, accuracy {c.accuracy:.3f}"
+
+
+def _per_user(items: pl.DataFrame) -> pl.DataFrame:
+    return (items.group_by("recommender", "user_id", maintain_order=True).agg(
+        pl.len().alias("items"),
+        pl.col("rating").mean().alias("mean_rating"),
+        pl.col("rating").max().alias("best_rating"),
+        pl.col("engage").sum().cast(pl.Int64).alias("engaged"),
+        pl.col("engage").mean().alias("engagement"),
+        (pl.col("stars") >= 4).mean().alias("share_rated_4_plus"),
+        pl.col("rank").filter(pl.col("engage")).min().alias("first_engaged_rank"),
+    ).with_columns((pl.col("engaged") > 0).alias("satisfied")))
+
+
+def simulate(model: Any, dataset: Dataset,
+             recommendations: str | Path | pl.DataFrame | Sequence[str | Path | pl.DataFrame]
+             | Mapping[str, str | Path | pl.DataFrame],
+             k: int = 10, threshold: float | None = None, decoding: Decoding | dict | None = None,
+             seed: int = 1, write: bool = True) -> Simulation:
+    """Let `model` play the dataset's users and judge each recommender's top-`k` lists.
+
+    recommendations: one RECS file/table, a list of them (named after the files), or a mapping
+    name -> file/table. threshold: the engage threshold (default: calibrated, see the module
+    docstring). write: also generate each review (off: ratings and decisions only, much faster).
+    """
+    if not isinstance(k, int) or k < 1:
+        raise FeedbackgenError(f"k must be a positive integer, got {k!r}")
+    if isinstance(recommendations, (str, Path, pl.DataFrame)):
+        recommendations = [recommendations]
+    named = (dict(recommendations) if isinstance(recommendations, Mapping)
+             else {(Path(r).stem if not isinstance(r, pl.DataFrame) else f"recommender{n + 1}"): r
+                   for n, r in enumerate(recommendations)})
+    if len(named) < (len(recommendations)):
+        raise FeedbackgenError("two recommendation files share a name; pass a mapping name -> file")
+    user = SimulatedUser(model, dataset, threshold, seed)
+    judged, checks = [], []
+    for name, source in named.items():
+        recs, check = read_recommendations(source, dataset, k, name)
+        checks.append(check)
+        verdict = user.judge(recs["user_id"].to_list(), recs["item_id"].to_list(), decoding, write)
+        judged.append(pl.concat([recs.with_columns(pl.lit(name).alias("recommender")), verdict],
+                                how="horizontal"))
+    items = pl.concat(judged).select("recommender", "user_id", "rank", "item_id", "rating", "stars",
+                                     "text", "engage")
+    users = _per_user(items)
+    rows = []
+    for check in checks:
+        mine_items = items.filter(pl.col("recommender") == check.recommender)
+        mine_users = users.filter(pl.col("recommender") == check.recommender)
+        empty = not len(mine_items)
+        rows.append({
+            "recommender": check.recommender, "users": len(mine_users), "items": len(mine_items),
+            "mean_rating": None if empty else float(mine_items["rating"].mean()),
+            "engagement_at_k": None if empty else float(mine_users["engagement"].mean()),
+            "share_rated_4_plus": None if empty else float((mine_items["stars"] >= 4).mean()),
+            "share_users_engaging": None if empty else float(mine_users["satisfied"].mean()),
+            "unknown_users": check.unknown_users, "unknown_items": check.unknown_items,
+            "rows_left_out": check.rows - check.kept,
+        })
+    summary = pl.DataFrame(rows, schema={
+        "recommender": pl.Utf8, "users": pl.Int64, "items": pl.Int64, "mean_rating": pl.Float64,
+        "engagement_at_k": pl.Float64, "share_rated_4_plus": pl.Float64, "share_users_engaging": pl.Float64,
+        "unknown_users": pl.Int64, "unknown_items": pl.Int64, "rows_left_out": pl.Int64})
+    return Simulation(items, users, summary, checks, user.calibration, k, model_name(model))
+

@@ -1,0 +1,232 @@
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from feedbackgen.data.dataset import Dataset
+from feedbackgen.data.problems import Problems
+from feedbackgen.errors import FeedbackgenError
+from feedbackgen.recommend import Popularity, evaluate_ranking, read_id_list, recommend, write_recommendations
+from feedbackgen.recommend.metrics import (classification_metrics, hit_rate, ndcg, positions,
+                                           preference_estimation, ranking_metrics,
+                                           review_score_without_emotion, sentiment_error, star_histogram,
+                                           topic_error)
+from feedbackgen.recommend.ranking import ranking_queries
+
+
+# -- metrics on hand-computed cases ------------------------------------------------------------
+
+def test_hit_rate_and_ndcg_single_relevant_item():
+    # NCF's definitions: one relevant item at rank r -> HR@k = [r <= k], NDCG@k = 1/log2(r + 1)
+    assert hit_rate([[1]], 5) == 1.0 and ndcg([[1]], 5) == 1.0
+    assert hit_rate([[3]], 2) == 0.0 and ndcg([[3]], 2) == 0.0
+    assert ndcg([[3]], 5) == pytest.approx(0.5)                       # 1 / log2(4)
+    assert ndcg([[2]], 10) == pytest.approx(1 / math.log2(3))
+    # averaged over queries: ranks 1, 3 and 7 at k = 5
+    assert hit_rate([[1], [3], [7]], 5) == pytest.approx(2 / 3)
+    assert ndcg([[1], [3], [7]], 5) == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_ndcg_with_several_relevant_items():
+    # relevant at ranks 1 and 4: DCG@5 = 1 + 1/log2(5); ideal has them at 1 and 2: 1 + 1/log2(3)
+    expected = (1 + 1 / math.log2(5)) / (1 + 1 / math.log2(3))
+    assert ndcg([[1, 4]], 5) == pytest.approx(expected)
+    assert ndcg([[4, 1]], 5) == pytest.approx(expected)               # order of the list does not matter
+    # at k = 3 only rank 1 counts, but the ideal still holds two items
+    assert ndcg([[1, 4]], 3) == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    # three relevant items, k = 2: the ideal is capped at k items
+    assert ndcg([[1, 2, 9]], 2) == pytest.approx(1.0)
+    assert hit_rate([[6, 4]], 5) == 1.0
+    # a query with no relevant item ranked is a miss, never a division by zero
+    assert hit_rate([[]], 5) == 0.0 and ndcg([[]], 5) == 0.0
+
+
+def test_ranking_metrics_keys_and_monotone_hit_rate():
+    m = ranking_metrics([[1], [6], [15], [30]], ks=(5, 10, 20))
+    assert list(m) == ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20"]
+    assert (m["hr@5"], m["hr@10"], m["hr@20"]) == (0.25, 0.5, 0.75)
+    assert m["ndcg@20"] == pytest.approx((1 + 1 / math.log2(7) + 1 / math.log2(16)) / 4)
+
+
+def test_positions_sort_descending_and_break_ties_reproducibly():
+    assert positions(np.array([0.1, 0.9, 0.5]), np.random.default_rng(0)).tolist() == [3, 1, 2]
+    tied = np.array([1.0, 1.0, 1.0, 1.0, 2.0])
+    a = positions(tied, np.random.default_rng(7))
+    assert a[4] == 1 and sorted(a[:4].tolist()) == [2, 3, 4, 5]
+    assert a.tolist() == positions(tied, np.random.default_rng(7)).tolist()
+    # over many seeds each tied item takes each place: no order bias
+    firsts = {int(np.argmin(positions(tied[:4], np.random.default_rng(s)))) for s in range(50)}
+    assert firsts == {0, 1, 2, 3}
+    # with a tie-breaker, equal scores follow it (highest first); only full ties stay random
+    assert positions(tied, np.random.default_rng(7), tie_break=np.array([3, 9, 1, 5, 0])).tolist() == [4, 2, 5, 3, 1]
+
+
+def test_classification_metrics_by_hand():
+    # tp = 2, fp = 1, fn = 1, tn = 1
+    m = classification_metrics([True, True, False, False, True], [True, False, True, False, True])
+    assert m == pytest.approx({"accuracy": 3 / 5, "precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3})
+    never = classification_metrics([False, False], [True, False])
+    assert never == {"accuracy": 0.5, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_agentsociety_scores_by_hand():
+    # simulated 6 is clipped to 5 before the error, as the challenge's evaluator does
+    assert preference_estimation([5, 6, 2], [4, 5, 2]) == pytest.approx(1 - (1 / 5) / 3)
+    assert sentiment_error([1.0, -1.0], [-1.0, -1.0]) == pytest.approx((1.0 + 0.0) / 2)
+    same, orthogonal, opposite = np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]), np.array([[-3.0, 0.0]])
+    assert topic_error(same, same) == pytest.approx(0.0)
+    assert topic_error(same, orthogonal) == pytest.approx(0.5)        # cosine distance 1, halved
+    assert topic_error(same, opposite) == pytest.approx(1.0)
+    assert review_score_without_emotion(0.0, 0.0) == 1.0
+    assert review_score_without_emotion(1.0, 1.0) == pytest.approx(0.0)
+    assert review_score_without_emotion(0.3, 0.0) == pytest.approx(1 - 0.075 / 0.75)
+    assert star_histogram([1.2, 3.5, 4.49, 4.5, 7]).tolist() == [0.2, 0.0, 0.0, 0.4, 0.4]
+
+
+# -- ranking protocols on a planted dataset ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def planted():
+    """40 users; each has 6 train, 1 valid and 2 test items drawn at random from 300."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for u in range(40):
+        items = rng.choice(300, size=9, replace=False)
+        for n, i in enumerate(items):
+            split = "train" if n < 6 else "valid" if n == 6 else "test"
+            rows.append((f"u{u}", f"i{i:03d}", float(1 + (u + i) % 5), split))
+    return Dataset(pl.DataFrame(rows, schema=["user_id", "item_id", "rating", "split"], orient="row"))
+
+
+class Oracle:
+    """Scores a user's test items 1 and everything else 0 (or the reverse)."""
+
+    def __init__(self, dataset, invert=False):
+        self.test = set(dataset.test.select("user_id", "item_id").iter_rows())
+        self.invert = invert
+
+    def score(self, users, items):
+        hit = np.array([(u, i) in self.test for u, i in zip(users, items)], dtype=np.float64)
+        return 1 - hit if self.invert else hit
+
+
+def test_full_protocol_masks_history_and_ranks_test_items(planted):
+    q = ranking_queries(planted, "full")
+    catalogue = set(planted.interactions["item_id"])
+    assert len(q.users) == 40
+    for user, items, relevant in zip(q.users, q.items, q.relevant):
+        history = set(planted.interactions.filter((pl.col("user_id") == user) & (pl.col("split") != "test"))["item_id"])
+        assert set(items) == catalogue - history
+        assert relevant.sum() == 2
+    table = evaluate_ranking({"oracle": Oracle(planted), "worst": Oracle(planted, invert=True)}, planted,
+                             protocols=("full",))
+    best, worst = table.row(0, named=True), table.row(1, named=True)
+    assert best["hr@5"] == 1.0 and best["ndcg@5"] == pytest.approx(1.0)
+    assert worst["hr@20"] == 0.0 and worst["ndcg@20"] == 0.0
+
+
+def test_sampled_protocol_draws_99_unseen_negatives_per_test_row(planted):
+    q = ranking_queries(planted, "sampled", n_negatives=99, seed=5)
+    assert len(q.users) == len(planted.test)
+    for user, items, relevant in zip(q.users, q.items, q.relevant):
+        seen = set(planted.interactions.filter(pl.col("user_id") == user)["item_id"])
+        assert len(items) == 100 and relevant.tolist() == [True] + [False] * 99
+        assert not seen & set(items[1:]) and len(set(items)) == 100
+    again = ranking_queries(planted, "sampled", n_negatives=99, seed=5)
+    assert all((a == b).all() for a, b in zip(q.items, again.items))
+    table = evaluate_ranking({"oracle": Oracle(planted)}, planted, protocols=("sampled",))
+    assert table["hr@5"][0] == 1.0 and table["queries"][0] == 80
+
+
+def test_max_users_takes_a_seeded_sample(planted):
+    a = ranking_queries(planted, "full", max_users=4, seed=2)
+    b = ranking_queries(planted, "full", max_users=4, seed=2)
+    assert len(a.users) == 4 and a.users == b.users
+
+
+def test_bad_protocol_is_refused(planted):
+    with pytest.raises(FeedbackgenError, match="protocol"):
+        ranking_queries(planted, "leave-one-out")
+
+
+# -- recommend on a real slice -----------------------------------------------------------------
+
+def known_test_users(dataset, n):
+    """Test users who also have training rows (in a slice, some have none)."""
+    known = set(dataset.train["user_id"])
+    return sorted(u for u in set(dataset.test["user_id"]) if u in known)[:n]
+
+
+@pytest.fixture(scope="module")
+def popular(mi_small):
+    from feedbackgen.models import create
+
+    return create("popular", {"target": "review"}).fit(mi_small)
+
+
+def test_recommend_ranks_unseen_items_by_predicted_rating(mi_small, popular):
+    users = known_test_users(mi_small, 5)
+    recs = recommend(popular, mi_small, users, k=7)
+    assert recs.columns == ["user_id", "rank", "item_id", "predicted_rating", "text", "title", "model"]
+    assert len(recs) == 35 and recs["model"].unique().to_list() == ["popular"]
+    for user in users:
+        mine = recs.filter(pl.col("user_id") == user)
+        assert mine["rank"].to_list() == list(range(1, 8))
+        assert mine["predicted_rating"].to_list() == sorted(mine["predicted_rating"].to_list(), reverse=True)
+        seen = set(mi_small.interactions.filter(pl.col("user_id") == user)["item_id"])
+        assert not seen & set(mine["item_id"])
+    assert all(t for t in recs["text"])  # every item explained
+    # the explanation is the generator's feedback for that very pair
+    first = recs.row(0, named=True)
+    from feedbackgen.types import FeedbackRequest
+
+    fb = popular.generate([FeedbackRequest(first["user_id"], first["item_id"])])[0]
+    assert fb.text == first["text"] and fb.rating == pytest.approx(first["predicted_rating"])
+
+
+def test_recommend_breaks_rating_ties_by_popularity(mi_small):
+    class Flat:
+        """Rates everything 5: the ranking is then the tie-break alone."""
+
+        name = "flat"
+
+        def predict_rating(self, requests):
+            return np.full(len(requests), 5.0)
+
+    user = known_test_users(mi_small, 1)[0]
+    recs = recommend(Flat(), mi_small, [user], k=5)
+    counts = Popularity().fit(mi_small).count(recs["item_id"].to_list())
+    seen = set(mi_small.interactions.filter(pl.col("user_id") == user)["item_id"])
+    unseen_counts = sorted(Popularity().fit(mi_small).count(
+        [i for i in mi_small.interactions["item_id"].unique() if i not in seen]), reverse=True)
+    assert counts.tolist() == unseen_counts[:5]
+
+
+def test_recommend_candidates_and_unknown_ids(mi_small, popular, tmp_path):
+    user = known_test_users(mi_small, 1)[0]
+    items = sorted(mi_small.train["item_id"].unique().to_list())[:4]
+    recs = recommend(popular, mi_small, [user], k=10, candidates=items, explain=False)
+    assert sorted(recs["item_id"]) == items and set(recs["text"]) == {""}
+    with pytest.raises(FeedbackgenError, match="not in the dataset's training split"):
+        recommend(popular, mi_small, ["nobody"])
+    problems = Problems()
+    recs = recommend(popular, mi_small, [user, "nobody"], k=3, candidates=[*items, "no-such-item"],
+                     problems=problems)
+    assert recs["user_id"].unique().to_list() == [user]
+    assert problems.count == 2 and "nobody" in str(problems.examples) and "no-such-item" in str(problems.examples)
+    path = write_recommendations(recs, tmp_path / "recs.parquet")
+    assert pl.read_parquet(path).equals(recs)
+    (tmp_path / "users.txt").write_text(f"# users\n{user}\n\nnobody\n")
+    assert read_id_list(tmp_path / "users.txt", "user_id") == [user, "nobody"]
+    pl.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["x", "y", "x"]}).write_csv(tmp_path / "c.csv")
+    assert read_id_list(tmp_path / "c.csv", "item_id") == {"a": ["x", "y"], "b": ["x"]}
+
+
+def test_evaluate_ranking_on_a_real_slice(mi_small, popular):
+    table = evaluate_ranking({"popularity": Popularity().fit(mi_small), "popular": popular}, mi_small,
+                             max_users=60)
+    assert table.shape[0] == 4 and set(table["protocol"]) == {"full", "sampled"}
+    for row in table.iter_rows(named=True):
+        assert 0 <= row["hr@5"] <= row["hr@10"] <= row["hr@20"] <= 1
+        assert 0 <= row["ndcg@5"] <= 1 and row["queries"] > 0

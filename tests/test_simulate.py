@@ -1,0 +1,185 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from feedbackgen.errors import DataError
+from feedbackgen.recommend import (Popularity, calibrate_threshold, fidelity, fidelity_markdown,
+                                   read_recommendations, recommend, simulate, write_fidelity)
+
+
+def known_test_users(dataset, n):
+    known = set(dataset.train["user_id"])
+    return sorted(u for u in set(dataset.test["user_id"]) if u in known)[:n]
+
+
+@pytest.fixture(scope="module")
+def popular(mi_small):
+    from feedbackgen.models import create
+
+    return create("popular", {"target": "review"}).fit(mi_small)
+
+
+@pytest.fixture(scope="module")
+def two_recommenders(mi_small, popular):
+    users = known_test_users(mi_small, 12)
+    by_rating = recommend(popular, mi_small, users, k=5, explain=False).select("user_id", "item_id", "rank")
+    by_count = recommend(Popularity().fit(mi_small), mi_small, users, k=5, explain=False)
+    return {"by_rating": by_rating, "by_count": by_count.select("user_id", "item_id", "rank")}
+
+
+def test_simulation_on_a_small_real_slice(mi_small, popular, two_recommenders, tmp_path):
+    sim = simulate(popular, mi_small, two_recommenders, k=5)
+    assert sim.summary["recommender"].to_list() == ["by_rating", "by_count"]
+    assert sim.summary["users"].to_list() == [12, 12] and sim.summary["items"].to_list() == [60, 60]
+    items = sim.items
+    assert items.columns == ["recommender", "user_id", "rank", "item_id", "rating", "stars", "text", "engage"]
+    assert all(items["text"])  # every recommended item gets a review
+    # the decision rule: engage exactly when the predicted rating reaches the calibrated threshold
+    assert (items["engage"] == (items["rating"] >= sim.calibration.threshold)).all()
+    assert sim.calibration.split == "valid" and 0.0 <= sim.calibration.accuracy <= 1.0
+    assert (items["stars"] == np.clip(np.floor(items["rating"].to_numpy() + 0.5), 1, 5)).all()
+    for row in sim.summary.iter_rows(named=True):
+        mine = items.filter(pl.col("recommender") == row["recommender"])
+        per_user = sim.users.filter(pl.col("recommender") == row["recommender"])
+        assert row["mean_rating"] == pytest.approx(mine["rating"].mean())
+        assert row["share_rated_4_plus"] == pytest.approx((mine["stars"] >= 4).mean())
+        assert row["engagement_at_k"] == pytest.approx(per_user["engagement"].mean())
+        assert row["unknown_users"] == row["unknown_items"] == row["rows_left_out"] == 0
+    # the ranking by the simulator's own rating looks at least as good to it as the popularity one
+    means = dict(zip(sim.summary["recommender"], sim.summary["mean_rating"]))
+    assert means["by_rating"] >= means["by_count"]
+    first = sim.users.row(0, named=True)
+    assert first["satisfied"] == (first["engaged"] > 0) and first["items"] == 5
+    sim.save(tmp_path / "sim")
+    saved = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    assert saved["calibration"]["rule"].startswith("engage when") and len(saved["summary"]) == 2
+    assert pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet").shape == items.shape
+    assert "| by_rating |" in (tmp_path / "sim" / "summary.md").read_text()
+
+
+def test_bad_recommendations_are_reported_not_crashed_on(mi_small, popular, tmp_path):
+    user, other = known_test_users(mi_small, 2)
+    item = mi_small.train["item_id"][0]
+    path = tmp_path / "recs.csv"
+    path.write_text("user_id:token,item_id:token,rank:float\n"  # RecBole-style headers
+                    f"{user},{item},1\n"
+                    f"ghost-user,{item},1\n"
+                    f"ghost-user,{item}x,2\n"
+                    f"{other},ghost-item,1\n"
+                    f"{other},{item},zero\n"
+                    f"{other},{item},1.5\n"
+                    f",{item},3\n"
+                    f"{user},{item},2\n"          # repeated pair: the better rank (1) is kept
+                    f"{other},{item},12\n")      # beyond k
+    recs, check = read_recommendations(path, mi_small, k=10)
+    assert recs.to_dicts() == [{"user_id": user, "item_id": item, "rank": 1}]
+    assert (check.rows, check.kept, check.bad_rows, check.duplicates, check.beyond_k) == (9, 1, 3, 1, 1)
+    assert (check.unknown_users, check.unknown_user_rows, check.unknown_user_ids) == (1, 2, ["ghost-user"])
+    assert check.unknown_items == 2 and check.unknown_item_ids == sorted(["ghost-item", f"{item}x"])
+    assert [e["line"] for e in check.bad_row_examples] == [6, 7, 8]
+    assert "ghost-user" in check.describe() and "ghost-item" in check.describe()
+
+    sim = simulate(popular, mi_small, [path], k=10)
+    row = sim.summary.row(0, named=True)
+    counts = (row["users"], row["items"], row["unknown_users"], row["unknown_items"], row["rows_left_out"])
+    assert counts == (1, 1, 1, 2, 8)
+    assert "ghost-user" in sim.markdown()
+
+    # nothing judgeable at all: a row of zeros and blanks, not an exception
+    only_ghosts = pl.DataFrame({"user_id": ["ghost"], "item_id": ["ghost"], "rank": [1]})
+    sim = simulate(popular, mi_small, {"ghosts": only_ghosts}, write=False)
+    row = sim.summary.row(0, named=True)
+    assert row["users"] == 0 and row["mean_rating"] is None and row["unknown_users"] == 1
+
+
+def test_recommendations_without_ids_or_file_are_refused(mi_small, tmp_path):
+    (tmp_path / "r.csv").write_text("user,item\na,b\n")
+    with pytest.raises(DataError, match="user_id"):
+        read_recommendations(tmp_path / "r.csv", mi_small)
+    with pytest.raises(DataError, match="does not exist"):
+        read_recommendations(tmp_path / "missing.parquet", mi_small)
+    (tmp_path / "r.txt").write_text("a b\n")
+    with pytest.raises(DataError, match="expected a"):
+        read_recommendations(tmp_path / "r.txt", mi_small)
+
+
+def test_rank_defaults_to_file_order(mi_small):
+    user = known_test_users(mi_small, 1)[0]
+    items = mi_small.train["item_id"].unique().sort().to_list()[:3]
+    recs, check = read_recommendations(pl.DataFrame({"user_id": [user] * 3, "item_id": items[::-1]}), mi_small)
+    assert check.rank_from_order and recs["item_id"].to_list() == items[::-1] and recs["rank"].to_list() == [1, 2, 3]
+
+
+class Planted:
+    """A simulated user that rates the real (user, item) pairs of valid and test 5 and all else 1."""
+
+    name = "planted"
+    rating_range = (1.0, 5.0)
+
+    def __init__(self, dataset):
+        held_out = dataset.interactions.filter(pl.col("split") != "train")
+        self.real = set(held_out.select("user_id", "item_id").iter_rows())
+
+    def predict_rating(self, requests):
+        return np.array([5.0 if (r.user_id, r.item_id) in self.real else 1.0 for r in requests])
+
+
+def test_calibration_and_discrimination_on_a_planted_simulator(mi_small):
+    planted = Planted(mi_small)
+    calibration = calibrate_threshold(planted, mi_small)
+    assert calibration.accuracy == 1.0 and 1.0 < calibration.threshold <= 5.0
+    result = fidelity(planted, mi_small, review=False)
+    for ratio, scores in result["discrimination"].items():
+        assert scores["accuracy"] == scores["precision"] == scores["recall"] == scores["f1"] == 1.0
+    # mi_small has 40 items, so a user cannot always be given 9 unseen items per real one
+    assert result["discrimination"]["1:1"]["negatives_per_positive"] == pytest.approx(1.0)
+    assert 1.0 < result["discrimination"]["1:9"]["negatives_per_positive"] <= 9.0
+    test = mi_small.test["rating"].to_numpy()
+    assert result["rating"]["rmse"] == pytest.approx(np.sqrt(np.mean((5.0 - test) ** 2)))
+
+
+def test_fidelity_of_a_real_generator(mi_small, popular, tmp_path):
+    result = fidelity(popular, mi_small, max_users=25)
+    assert result["users"] == 25 and set(result["discrimination"]) == {"1:1", "1:3", "1:9"}
+    assert 0 < result["rating"]["rmse"] < 2 and sum(result["rating"]["real_distribution"]) == pytest.approx(1)
+    a = result["agentsociety"]
+    assert a["reference"] == "text" and a["review_pairs"] > 0
+    assert 0 <= a["sentiment_error"] <= 1 and 0 <= a["topic_error"] <= 1
+    assert a["review_score_without_emotion"] == pytest.approx(1 - (0.25 * a["sentiment_error"]
+                                                                   + 0.5 * a["topic_error"]) / 0.75)
+    table = fidelity_markdown([result], "MI slice")
+    assert "Agent4Rec" in table and "different data" in table and "emotion term left out" in table
+    write_fidelity([result], tmp_path / "fid", "MI slice")
+    assert {p.name for p in (tmp_path / "fid").iterdir()} == {"fidelity.json", "fidelity.md", "rating_distribution.png"}
+
+
+def test_cli_recommend_simulate_fidelity(mi_small, popular, two_recommenders, tmp_path):
+    from typer.testing import CliRunner
+
+    from feedbackgen.cli import app
+
+    mi_small.save(tmp_path / "ds")
+    popular.save(tmp_path / "model")
+    user = known_test_users(mi_small, 1)[0]
+    runner = CliRunner()
+    res = runner.invoke(app, ["recommend", str(tmp_path / "model"), "--dataset", str(tmp_path / "ds"),
+                              "--user", user, "--k", "3"])
+    assert res.exit_code == 0, res.output
+    assert user in res.output
+    (tmp_path / "users.txt").write_text(f"{user}\nghost\n")
+    res = runner.invoke(app, ["recommend", str(tmp_path / "model"), "--dataset", str(tmp_path / "ds"),
+                              "--users", str(tmp_path / "users.txt"), "--out", str(tmp_path / "recs.parquet")])
+    assert res.exit_code == 0, res.output
+    assert pl.read_parquet(tmp_path / "recs.parquet")["user_id"].unique().to_list() == [user]
+    two_recommenders["by_count"].write_csv(tmp_path / "by_count.csv")
+    res = runner.invoke(app, ["simulate", str(tmp_path / "model"), "--dataset", str(tmp_path / "ds"),
+                              "--recommendations", str(tmp_path / "recs.parquet"), str(tmp_path / "by_count.csv"),
+                              "--out", str(tmp_path / "sim")])
+    assert res.exit_code == 0, res.output
+    assert "| recs |" in res.output and "| by_count |" in res.output
+    res = runner.invoke(app, ["fidelity", str(tmp_path / "model"), "--dataset", str(tmp_path / "ds"),
+                              "--no-review", "--max-users", "10"])
+    assert res.exit_code == 0, res.output
+    assert "acc 1:9" in res.output
