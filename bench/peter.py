@@ -1,0 +1,268 @@
+"""PETER on the PETER-format Musical Instruments (split 1) next to the baselines: one Markdown table.
+
+    python bench/peter.py                      # every row, presets' own epoch limits
+    python bench/peter.py --epochs 8           # cap every PETER row at 8 epochs
+    python bench/peter.py --dataset DATA/mi    # a prepared feedbackgen dataset (its own aspects)
+    python bench/peter.py --quick              # a tiny run that checks the bench works
+
+Rows: `popular`, `retrieval`, `peter (reference preset)`, `peter (default)`, `peter+ (aspect)`.
+Each row runs in its own subprocess (so each peak memory is its own), trains on the train split
+(early stopping on valid), then answers every test (user, item[, aspect]) greedily at batch 128
+with at most 20 new tokens. The parent scores the texts with the PETER metrics
+(`feedbackgen.evaluation.metrics.peter_metrics`; BLEU/ROUGE ×100) and the mean all-MiniLM-L6-v2
+cosine between each text and its reference, and prints:
+
+- s/epoch: median seconds per training epoch; train/s: training samples per second of the best
+  epoch (the machine is shared: the best epoch is the least disturbed one);
+- gen/s: generated samples per second; peak MB: the subprocess's peak resident memory;
+- FLOP %: achieved training FLOP/s (FLOPs of a training step counted by torch's FlopCounterMode
+  × the best epoch's steps per second) as a share of this machine's fp32 matmul rate, measured in
+  the same run with a 2048² × 2048² `torch.matmul`.
+
+The reference implementation's own figures on this data are in the data folder's README.md.
+Times depend on what else runs on the machine; the bench never asserts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROWS = {
+    "popular": ("popular", {}),
+    "retrieval": ("retrieval", {}),
+    "peter (reference preset)": ("peter", {"preset": "reference", "max_epochs": 8}),
+    "peter (default)": ("peter", {"preset": "default"}),
+    "peter+ (aspect)": ("peter", {"preset": "default", "use_aspect": True}),
+}
+MAX_NEW_TOKENS = 20  # PETER's --words 20
+QUICK = {"rows": 600, "epochs": 1, "test_rows": 100}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * repeats / best / 1e9
+
+
+def load_data(args):
+    import polars as pl
+
+    from feedbackgen.data.dataset import Dataset
+
+    if args.dataset:
+        ds = Dataset.load(args.dataset)
+    else:
+        from feedbackgen.data.paths import data_dir
+        from feedbackgen.data.peter_format import read_peter
+
+        df, split = read_peter(data_dir() / "peter_format_musical_instruments")
+        ds = Dataset(df.with_columns(split))
+    if args.rows or args.test_rows:
+        parts = []
+        for s in ("train", "valid", "test"):
+            part = ds.split(s)
+            n = args.rows if s == "train" else (args.test_rows or max(1, (args.rows or len(part)) // 8))
+            parts.append(part.head(n) if n else part)
+        ds = Dataset(pl.concat(parts, how="diagonal_relaxed"), ds.items, ds.users, ds.manifest)
+    return ds
+
+
+# -- one row, in a subprocess --------------------------------------------------------------------
+
+def training_flops_per_sample(model) -> float | None:
+    """FLOPs of forward + backward for a few training batches, per sample (PETER only)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if getattr(model, "model", None) is None or not hasattr(model, "_batch"):
+        return None
+    # a training batch like those fit() drew: re-encode a sample of the training rows
+    data = model._bench_train
+    n = len(data["user"])
+    gen = torch.Generator().manual_seed(0)
+    total, samples = 0, 0
+    weights = (model.config.text_weight, model.config.context_weight, model.config.rating_weight)
+    model.model.train()
+    for _ in range(3):
+        idx = torch.randperm(n, generator=gen)[:model.config.batch_size]
+        batch = model._batch(data, idx)
+        with FlopCounterMode(display=False) as counter:
+            model.model.losses(batch, weights)["loss"].backward()
+        total += counter.get_total_flops()
+        samples += len(idx)
+    model.model.zero_grad(set_to_none=True)
+    model.model.eval()
+    return total / samples
+
+
+def run_row(name: str, args) -> dict:
+    import torch
+
+    from feedbackgen.models import create
+    from feedbackgen.types import FeedbackRequest
+
+    torch.set_num_threads(args.threads)
+    kind, cfg = ROWS[name]
+    cfg = dict(cfg)
+    if kind == "peter":
+        cfg["progress"] = False
+        if args.epochs:
+            cfg["max_epochs"] = args.epochs
+    ds = load_data(args)
+    model = create(kind, cfg)
+    t = time.perf_counter()
+    model.fit(ds)
+    fit_seconds = time.perf_counter() - t
+    out = {"row": name, "fit_seconds": fit_seconds}
+    if kind == "peter":
+        log = model.training_log
+        best = max(log, key=lambda e: e["samples_per_s"])
+        out.update(epochs=len(log), best_epoch=max((e["epoch"] for e in log if e["best"]), default=0),
+                   epoch_seconds=statistics.median(e["seconds"] for e in log),
+                   train_samples_per_s=best["samples_per_s"])
+        model._bench_train = model._encode(model._rows(ds, "train"))
+        flops = training_flops_per_sample(model)
+        out["train_flops_per_s"] = flops * best["samples_per_s"] if flops else None
+    test = ds.test
+    aspect = kind == "peter" and cfg.get("use_aspect")
+    has_aspect = "aspect" in test.columns
+    reqs = [FeedbackRequest(u, i, (a or None) if aspect else None)
+            for u, i, a in test.select("user_id", "item_id",
+                                       "aspect" if has_aspect else "user_id").iter_rows()]
+    t = time.perf_counter()
+    fb = model.generate(reqs, {"max_new_tokens": MAX_NEW_TOKENS, "batch_size": 128})
+    gen_seconds = time.perf_counter() - t
+    out.update(gen_samples_per_s=len(reqs) / gen_seconds, texts=[f.text for f in fb],
+               ratings=[f.rating for f in fb],
+               peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+def score(result: dict, ds, feature_set) -> dict:
+    from feedbackgen.data.text import tokenize
+    from feedbackgen.evaluation.extra import embedding_similarity
+    from feedbackgen.evaluation.metrics import peter_metrics
+
+    test = ds.test
+    refs = test["explanation"].to_list()
+    ref_features = test["aspect"].to_list() if "aspect" in test.columns else None
+    m = peter_metrics([t.split() for t in result["texts"]], [tokenize(r) for r in refs], feature_set,
+                      ref_features, result["ratings"], test["rating"].to_list())
+    m["emb"] = embedding_similarity(result["texts"], refs)
+    return m
+
+
+def fmt(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=None, help="cap on PETER epochs (default: each preset's)")
+    p.add_argument("--dataset", default=None, help="a prepared feedbackgen dataset folder")
+    p.add_argument("--rows", type=int, default=None, help="use the first N training rows (valid/test N/8)")
+    p.add_argument("--test-rows", type=int, default=None, help="use the first N valid and test rows")
+    p.add_argument("--quick", action="store_true", help=f"a tiny check run: {QUICK}")
+    p.add_argument("--only", nargs="*", default=None, help="run only these rows", choices=list(ROWS))
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rows = args.rows or QUICK["rows"]
+        args.epochs = args.epochs or QUICK["epochs"]
+        args.test_rows = args.test_rows or QUICK["test_rows"]
+    if args.worker:
+        Path(args.out).write_text(json.dumps(run_row(args.worker, args)))
+        return
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from feedbackgen.models import REGISTRY
+
+    rate = matmul_gflops()
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, "
+          f"{args.threads} threads; fp32 matmul {rate:.0f} GFLOP/s")
+    ds = load_data(args)
+    source = args.dataset or "PETER-format Musical Instruments, split 1"
+    print(f"data: {source}: {len(ds.train)} train / {len(ds.valid)} valid / {len(ds.test)} test rows"
+          + (f"; epochs capped at {args.epochs}" if args.epochs else ""))
+    feature_set = sorted(set(ds.interactions["aspect"].drop_nulls().to_list())) \
+        if "aspect" in ds.interactions.columns else None
+
+    results = []
+    for name in args.only or list(ROWS):
+        kind = ROWS[name][0]
+        if kind not in REGISTRY:
+            print(f"  {name}: model {kind!r} is not in this version's registry; skipped", flush=True)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "row.json"
+            cmd = [sys.executable, __file__, "--worker", name, "--out", str(out), "--threads", str(args.threads)]
+            for flag in ("epochs", "dataset", "rows", "test_rows"):
+                if getattr(args, flag) is not None:
+                    cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd)
+            if proc.returncode != 0:
+                print(f"  {name}: failed (exit {proc.returncode})", flush=True)
+                continue
+            result = json.loads(out.read_text())
+        print(f"  {name}: done in {time.perf_counter() - t:.0f} s"
+              + (f" ({result['epochs']} epochs, best {result['best_epoch']})" if "epochs" in result else ""),
+              flush=True)
+        result["metrics"] = score(result, ds, feature_set)
+        results.append(result)
+
+    cols = ["BLEU-1", "BLEU-4", "R-1 F", "R-2 F", "R-L F", "USR", "FMR", "FCR", "DIV", "RMSE", "MAE", "emb",
+            "s/epoch", "train/s", "gen/s", "peak MB", "FLOP %"]
+    print()
+    print("| model | " + " | ".join(cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+    for r in results:
+        m = r["metrics"]
+        flops = r.get("train_flops_per_s")
+        cells = [fmt(m["bleu1"], ".2f"), fmt(m["bleu4"], ".2f"), fmt(m["rouge1_f"], ".2f"),
+                 fmt(m["rouge2_f"], ".2f"), fmt(m["rougeL_f"], ".2f"), fmt(m["usr"], ".3f"),
+                 fmt(m.get("fmr"), ".3f"), fmt(m.get("fcr"), ".3f"), fmt(m.get("div"), ".3f"),
+                 fmt(m["rmse"], ".4f"), fmt(m["mae"], ".4f"), fmt(m["emb"], ".3f"),
+                 fmt(r.get("epoch_seconds"), ".1f"), fmt(r.get("train_samples_per_s"), ".0f"),
+                 fmt(r["gen_samples_per_s"], ".0f"), fmt(r["peak_mb"], ".0f"),
+                 fmt(100 * flops / (rate * 1e9) if flops else None, ".1f")]
+        print(f"| {r['row']} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""A small, resumable training loop for the neural generators (mini-batch SGD/AdamW, early stopping).
+
+The model supplies three functions: `make_batch(indices, train)` (rows -> tensors),
+`loss_fn(batch)` (a dict of scalar losses, with the optimised total under "loss") and
+`valid_fn()` (a dict of floats, the early-stopping criterion under "loss"). The trainer owns the
+rest:
+
+- epochs of shuffled mini-batches (a seeded `torch.Generator`, so the order is reproducible);
+- the optimiser (`sgd` or `adamw`), gradient clipping, and the learning-rate schedule:
+  `plateau` (multiply by `lr_decay` after every epoch whose validation loss did not improve, as
+  PETER does) or `cosine` (linear warm-up over `warmup_steps`, then cosine decay to
+  `MIN_LR_RATIO × lr` at the last step of `max_epochs`);
+- early stopping: the weights of the best validation epoch are kept, and training stops once
+  `patience` epochs in all have failed to improve on the best (PETER's `endure_times`);
+- a checkpoint after every epoch, when `checkpoint_dir` is set: one safetensors file
+  (`checkpoint.safetensors`, written to a temporary name and renamed) holding the current and best
+  weights, the optimiser's tensors and both random-number states, with everything else (epoch,
+  step, schedule, early-stopping counters, optimiser settings, the training log, the caller's
+  `extra` data) as JSON in the file's metadata. No pickles. Running `fit` again with the same
+  settings continues after the last finished epoch and ends exactly where an uninterrupted run ends;
+  a finished run is not repeated;
+- a tqdm progress bar with running losses, and one log entry per epoch (epoch, step, train and
+  validation losses, learning rate, seconds, samples/s).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from feedbackgen.errors import ConfigError
+from feedbackgen.io import atomic_write
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+MIN_LR_RATIO = 0.1
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainSettings:
+    optimizer: str = "adamw"  # "sgd" | "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    schedule: str = "cosine"  # "plateau" | "cosine"
+    warmup_steps: int = 0
+    lr_decay: float = 0.25
+    clip: float = 1.0
+    batch_size: int = 128
+    max_epochs: int = 10
+    patience: int = 5
+    seed: int = 1
+    checkpoint_dir: str | None = None
+    progress: bool = True
+    desc: str = "train"
+
+
+@dataclass
+class TrainResult:
+    log: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_valid: float = math.inf
+    resumed_from_epoch: int = 0
+
+
+class Trainer:
+    def __init__(self, module: torch.nn.Module, settings: TrainSettings, *, n_train: int,
+                 make_batch: Callable[[torch.Tensor, bool], Any],
+                 loss_fn: Callable[[Any], dict[str, torch.Tensor]],
+                 valid_fn: Callable[[], dict[str, float]],
+                 fingerprint: str = "", extra: dict[str, Any] | None = None):
+        if n_train < 1:
+            raise ConfigError("nothing to train on: the training split is empty")
+        self.module, self.s = module, settings
+        self.n_train, self.make_batch, self.loss_fn, self.valid_fn = n_train, make_batch, loss_fn, valid_fn
+        self.fingerprint, self.extra = fingerprint, dict(extra or {})
+        self.steps_per_epoch = math.ceil(n_train / settings.batch_size)
+        self.total_steps = self.steps_per_epoch * settings.max_epochs
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        if settings.optimizer == "sgd":
+            self.opt = torch.optim.SGD(self.params, lr=settings.lr, weight_decay=settings.weight_decay)
+        elif settings.optimizer == "adamw":
+            decay = [p for p in self.params if p.dim() >= 2]
+            no_decay = [p for p in self.params if p.dim() < 2]
+            self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                          {"params": no_decay, "weight_decay": 0.0}],
+                                         lr=settings.lr, betas=settings.betas)
+        else:
+            raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {settings.optimizer!r}")
+        self.shuffle_gen = torch.Generator().manual_seed(settings.seed)
+        # progress of the run (all of it goes into the checkpoint)
+        self.epoch = 0
+        self.step = 0
+        self.n_decays = 0
+        self.misses = 0
+        self.done = False
+        self.result = TrainResult()
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    # -- schedule ----------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        s = self.s
+        if s.schedule == "plateau":
+            lr = s.lr * s.lr_decay ** self.n_decays
+        else:
+            progress = min(1.0, step / max(1, self.total_steps - 1))
+            lr = s.lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
+        if s.warmup_steps and step < s.warmup_steps:
+            lr *= (step + 1) / s.warmup_steps
+        return lr
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        s = self.s
+        ckpt = Path(s.checkpoint_dir) / CHECKPOINT_FILE if s.checkpoint_dir else None
+        if ckpt is not None and ckpt.exists():
+            self._load_checkpoint(ckpt)
+            self.result.resumed_from_epoch = self.epoch
+        while not self.done:
+            self.epoch += 1
+            t0 = time.perf_counter()
+            train_losses = self._train_epoch()
+            seconds = time.perf_counter() - t0
+            valid = {k: float(v) for k, v in self.valid_fn().items()}
+            improved = valid["loss"] < self.result.best_valid
+            if improved:
+                self.result.best_valid, self.result.best_epoch = valid["loss"], self.epoch
+                self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+            else:
+                self.misses += 1
+                if s.schedule == "plateau":
+                    self.n_decays += 1
+            entry = {"epoch": self.epoch, "step": self.step, "train": train_losses, "valid": valid,
+                     "lr": self.opt.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                     "samples_per_s": round(self.n_train / seconds, 2), "best": improved}
+            self.result.log.append(entry)
+            if self.misses >= s.patience or self.epoch >= s.max_epochs:
+                self.done = True
+            if s.progress:
+                tqdm.write(f"{s.desc} epoch {self.epoch}: "
+                           + " ".join(f"{k} {v:.4f}" for k, v in train_losses.items())
+                           + " | valid " + " ".join(f"{k} {v:.4f}" for k, v in valid.items())
+                           + (" *" if improved else f" (miss {self.misses}/{s.patience})"))
+            if ckpt is not None:
+                self._save_checkpoint(ckpt)
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+        self.module.eval()
+        return self.result
+
+    def _train_epoch(self) -> dict[str, float]:
+        s = self.s
+        self.module.train()
+        order = torch.randperm(self.n_train, generator=self.shuffle_gen)
+        sums: dict[str, float] = {}
+        seen = 0
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{s.desc} epoch {self.epoch}/{s.max_epochs}",
+                   disable=not s.progress, leave=False, dynamic_ncols=True)
+        for b in range(self.steps_per_epoch):
+            idx = order[b * s.batch_size:(b + 1) * s.batch_size]
+            lr = self.lr_at(self.step)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            batch = self.make_batch(idx, True)
+            losses = self.loss_fn(batch)
+            self.opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if s.clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, s.clip)
+            self.opt.step()
+            self.step += 1
+            n = len(idx)
+            seen += n
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            bar.update(1)
+            if b % 10 == 0 or b == self.steps_per_epoch - 1:
+                bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
+        bar.close()
+        return {k: v / seen for k, v in sums.items()}
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _save_checkpoint(self, path: Path) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        for k, v in self.module.state_dict().items():
+            tensors[f"model.{k}"] = v
+        for k, v in (self.best_state or {}).items():
+            tensors[f"best.{k}"] = v
+        opt_tensors, opt_json = flatten_optimizer_state(self.opt.state_dict())
+        tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.shuffle"] = self.shuffle_gen.get_state()
+        meta = {"format": FORMAT_VERSION, "fingerprint": self.fingerprint, "epoch": self.epoch,
+                "step": self.step, "n_decays": self.n_decays, "misses": self.misses, "done": self.done,
+                "best_epoch": self.result.best_epoch, "best_valid": self.result.best_valid,
+                "has_best": self.best_state is not None, "log": self.result.log,
+                "optimizer": opt_json, "extra": self.extra}
+        # cloned: tied weights share storage, which safetensors refuses
+        tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+        atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"state": json.dumps(meta)}))
+
+    def _load_checkpoint(self, path: Path) -> None:
+        meta, tensors = read_checkpoint(path)
+        if meta.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"{path} belongs to a run with other settings or data; delete it or "
+                              "choose another checkpoint_dir")
+        model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.module.load_state_dict(model)
+        if meta["has_best"]:
+            self.best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        opt = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
+        self.opt.load_state_dict(unflatten_optimizer_state(opt, meta["optimizer"]))
+        torch.set_rng_state(tensors["rng.torch"])
+        self.shuffle_gen.set_state(tensors["rng.shuffle"])
+        self.epoch, self.step = meta["epoch"], meta["step"]
+        self.n_decays, self.misses, self.done = meta["n_decays"], meta["misses"], meta["done"]
+        self.result.best_epoch, self.result.best_valid = meta["best_epoch"], meta["best_valid"]
+        self.result.log = meta["log"]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(JSON state, tensors) of a checkpoint file written by `Trainer`."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["state"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return meta, tensors
+
+
+def read_checkpoint_extra(checkpoint_dir: str | Path | None) -> dict[str, Any] | None:
+    """The caller's `extra` data from a checkpoint in `checkpoint_dir`, or None when there is none."""
+    if not checkpoint_dir:
+        return None
+    path = Path(checkpoint_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["state"]).get("extra", {})
+
+
+def flatten_optimizer_state(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A torch optimizer `state_dict` as (named tensors, JSON): tensors by "state.<param>.<key>"."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{pid}.{key}"] = value
+            else:
+                plain.setdefault(str(pid), {})[key] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"plain": plain, "param_groups": groups}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, values in data["plain"].items():
+        state.setdefault(int(pid), {}).update(values)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in data["param_groups"]]
+    return {"state": state, "param_groups": groups}

@@ -1,0 +1,388 @@
+"""PETER: the mask, the heads, the losses, decoding, save/load, resuming, unknown IDs, overfitting.
+
+Tiny configurations on a few hundred real rows of the PETER-format Musical Instruments data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from feedbackgen.config import Decoding
+from feedbackgen.data.dataset import Dataset
+from feedbackgen.data.text import tokenize
+from feedbackgen.errors import ConfigError, NotFittedError
+from feedbackgen.models import create, load
+from feedbackgen.models import trainer as trainer_mod
+from feedbackgen.models.peter import PETER, Peter, PeterShape, peter_mask
+from feedbackgen.models.vocab import BOS, EOS, PAD, Vocab
+from feedbackgen.types import FeedbackRequest
+
+TINY = dict(emsize=32, nhead=2, nlayers=2, nhid=64, dropout=0.1, max_epochs=2, batch_size=32,
+            warmup_steps=5, lr=3e-3, progress=False, num_threads=1)
+
+
+def peter_slice(root: Path, n_train: int = 300, n_valid: int = 40, n_test: int = 40) -> Dataset:
+    from feedbackgen.data.peter_format import read_peter
+
+    df, split = read_peter(root / "peter_format_musical_instruments")
+    df = df.with_columns(split)
+    parts = [df.filter(pl.col("split") == s).head(n) for s, n in (("train", n_train), ("valid", n_valid),
+                                                                  ("test", n_test))]
+    return Dataset(pl.concat(parts))
+
+
+@pytest.fixture(scope="module")
+def ds(data_root) -> Dataset:
+    return peter_slice(data_root)
+
+
+@pytest.fixture(scope="module")
+def fitted(ds) -> Peter:
+    return create("peter", {**TINY, "max_epochs": 3}).fit(ds)
+
+
+def requests_of(df: pl.DataFrame, aspect: bool = False) -> list[FeedbackRequest]:
+    return [FeedbackRequest(u, i, a if aspect else None)
+            for u, i, a in df.select("user_id", "item_id", "aspect").iter_rows()]
+
+
+def tiny_net(n_aspects: int = 0, norm_first: bool = True) -> PETER:
+    torch.manual_seed(0)
+    shape = PeterShape(n_users=5, n_items=6, n_aspects=n_aspects, n_tokens=20, emsize=16, nhead=2,
+                       nlayers=2, nhid=32, dropout=0.0, norm_first=norm_first, max_len=64)
+    return PETER(shape, mean_rating=4.0).eval()
+
+
+# -- the mask and the heads ----------------------------------------------------------------------
+
+def test_peter_mask_is_causal_plus_user_sees_item():
+    expected = torch.tensor([
+        [1, 1, 0, 0, 0],   # user: itself and the item
+        [1, 1, 0, 0, 0],   # item
+        [1, 1, 1, 0, 0],   # <bos>
+        [1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(peter_mask(5), expected)
+    # the last two queries of a five-position sequence (a cached prefix): plain causal rows
+    assert torch.equal(peter_mask(2, 5), expected[3:])
+    assert peter_mask(1, 7).all()
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_heads_read_their_positions(norm_first):
+    net = tiny_net(norm_first=norm_first)
+    user, item = torch.tensor([1, 2, 3]), torch.tensor([1, 1, 4])
+    tokens = torch.tensor([[BOS, 5, 6, 7], [BOS, 8, 9, EOS], [BOS, 10, EOS, PAD]])
+    h = net(user, item, tokens)
+    assert h.shape == (3, 2 + 4, 16)
+    assert net.logits(h).shape == (3, 6, 20)
+    rating = net.rating(h[:, 0])
+    assert rating.shape == (3,)
+    # the rating head sits on the user position, which sees the item but no text
+    assert torch.allclose(net.predict_rating(user, item), rating, atol=1e-5)
+    other_text = torch.tensor([[BOS, 11, 12, 13]] * 3)
+    h2 = net(user, item, other_text)
+    assert torch.allclose(h2[:, :2], h[:, :2], atol=1e-5)  # user and item positions: text unseen
+    assert not torch.allclose(h2[:, 3:], h[:, 3:])
+    h3 = net(user, torch.tensor([2, 2, 2]), tokens)
+    assert not torch.allclose(net.rating(h3[:, 0]), rating)  # the user position sees the item
+
+
+def test_aspect_slot_shifts_the_text():
+    net = tiny_net(n_aspects=4)
+    assert net.prefix_len == 3
+    user, item, aspect = torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([1, 2])
+    tokens = torch.tensor([[BOS, 5], [BOS, 6]])
+    h = net(user, item, tokens, aspect)
+    assert h.shape == (2, 5, 16)
+    h2 = net(user, item, tokens, torch.tensor([3, 3]))
+    assert torch.allclose(h2[:, :2], h[:, :2], atol=1e-5)  # ids do not see the aspect
+    assert not torch.allclose(h2[:, 3:], h[:, 3:])  # the words do
+
+
+@torch.no_grad()
+def test_loss_terms_match_their_definitions():
+    net = tiny_net()
+    seq = torch.tensor([[BOS, 5, 6, 7, EOS], [BOS, 8, EOS, PAD, PAD]])
+    batch = {"user": torch.tensor([1, 2]), "item": torch.tensor([3, 4]), "inputs": seq[:, :-1],
+             "targets": seq[:, 1:], "rating": torch.tensor([5.0, 2.0]), "rating_mask": torch.ones(2)}
+    out = net.losses(batch, (1.0, 1.0, 0.1))
+    h = net(batch["user"], batch["item"], batch["inputs"])
+    logp = F.log_softmax(net.logits(h), -1)
+    # text: next-word NLL from <bos> on, pads ignored
+    nll = [-logp[0, 2 + j, t] for j, t in enumerate([5, 6, 7, EOS])] + [-logp[1, 2, 8], -logp[1, 3, EOS]]
+    assert math.isclose(float(out["text"]), float(torch.stack(nll).mean()), rel_tol=1e-5)
+    # context: the item position's distribution scored on every target word (not <eos>)
+    ctx = [-logp[0, 1, t] for t in (5, 6, 7)] + [-logp[1, 1, 8]]
+    assert math.isclose(float(out["context"]), float(torch.stack(ctx).mean()), rel_tol=1e-5)
+    r = net.rating(h[:, 0])
+    assert math.isclose(float(out["rating"]), float(((r - batch["rating"]) ** 2).mean()), rel_tol=1e-5)
+    assert math.isclose(float(out["loss"]), float(out["text"] + out["context"] + 0.1 * out["rating"]),
+                        rel_tol=1e-5)
+    w = net.losses(batch, (0.5, 0.0, 2.0))
+    assert math.isclose(float(w["loss"]), float(0.5 * out["text"] + 2.0 * out["rating"]), rel_tol=1e-5)
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+def test_presets_and_overrides():
+    ref = Peter({"preset": "reference"}).config
+    assert (ref.emsize, ref.nhead, ref.nlayers, ref.nhid, ref.dropout) == (512, 2, 2, 2048, 0.2)
+    assert (ref.optimizer, ref.lr, ref.lr_decay, ref.clip, ref.batch_size, ref.patience) == ("sgd", 1.0, 0.25, 1.0, 128, 5)
+    assert (ref.vocab, ref.vocab_size, ref.max_words, ref.rating_weight) == ("word", 20000, 20, 0.1)
+    d = Peter({"emsize": 64, "nhead": 2}).config
+    assert (d.preset, d.emsize, d.optimizer, d.schedule) == ("default", 64, "adamw", "cosine")
+    assert Peter({"target": "review"}).config.max_words == 60
+    # a saved config (every field filled in) loads back unchanged
+    assert Peter(ref.model_dump()).config == ref
+
+
+@pytest.mark.parametrize("bad,field", [({"dropout": 1.5}, "dropout"), ({"emsize": 30, "nhead": 4}, "divisible"),
+                                       ({"preset": "huge"}, "preset"), ({"optimizer": "adam"}, "optimizer"),
+                                       ({"colour": 1}, "colour")])
+def test_bad_config_names_the_field(bad, field):
+    with pytest.raises(ConfigError, match=field):
+        Peter(bad)
+
+
+def test_unfitted_model_says_what_to_call():
+    with pytest.raises(NotFittedError, match="fit"):
+        Peter(TINY).generate([FeedbackRequest("u", "i")])
+
+
+# -- vocabularies --------------------------------------------------------------------------------
+
+def test_word_and_bpe_vocabularies_round_trip(tmp_path):
+    sents = [tokenize("the strings sound great, and they're cheap!"), tokenize("great strings .")] * 3
+    words = Vocab.train_words(sents, size=10, min_count=2)
+    assert [words.token(i) for i in range(4)] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    assert len(words) == 10
+    ids = words.encode(tokenize("great strings zzz"))
+    assert words.decode(ids)[:2] == ["great", "strings"]  # an unknown word decodes to nothing
+    assert len(ids) == 3 and ids[2] == words.token_to_id("<unk>")
+    assert words.decode(ids + [EOS, 5]) == words.decode(ids)  # stops at <eos>
+    bpe = Vocab.train_bpe(sents, size=60, min_count=1)
+    alphabet = 4 + 2 * len({ch for s in sents for w in s for ch in w})  # specials, x and ##x
+    assert alphabet < len(bpe) <= 60
+    assert any(len(bpe.token(i).removeprefix("##")) > 1 for i in range(len(bpe)))  # merges learnt
+    for s in sents:
+        assert bpe.decode(bpe.encode(s)) == s
+    assert Vocab.train_bpe(sents, size=60, min_count=1).to_str() == bpe.to_str()  # deterministic
+    bpe.save(tmp_path)
+    again = Vocab.load(tmp_path)
+    assert again.kind == "bpe" and again.encode(sents[0]) == bpe.encode(sents[0])
+
+
+# -- fitting, saving, loading --------------------------------------------------------------------
+
+def test_fit_logs_and_save_load_round_trip(fitted, ds, tmp_path):
+    log = fitted.training_log
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    assert {"step", "train", "valid", "seconds", "samples_per_s", "lr"} <= set(log[0])
+    assert log[-1]["train"]["loss"] < log[0]["train"]["loss"]
+    fitted.save(tmp_path / "m")
+    names = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"config.json", "model.safetensors", "state.json", "training_log.jsonl", "tokenizer.json"} <= names
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model"] == "peter"
+    lines = (tmp_path / "m" / "training_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    again = load(tmp_path / "m")
+    assert isinstance(again, Peter)
+    reqs = requests_of(ds.test)
+    a, b = fitted.generate(reqs), again.generate(reqs)
+    assert [x.text for x in a] == [x.text for x in b]
+    assert np.array_equal([x.rating for x in a], [x.rating for x in b])
+    assert again.training_log == fitted.training_log
+
+
+def test_generated_text_is_tokenized_and_ratings_clipped(fitted, ds):
+    out = fitted.generate(requests_of(ds.test))
+    assert len(out) == len(ds.test)
+    for fb in out:
+        assert fb.text and fb.text == " ".join(tokenize(fb.text))
+        assert 1.0 <= fb.rating <= 5.0
+        assert fb.model == "peter" and fb.meta["stopped"] in ("eos", "length")
+
+
+def test_unknown_users_and_items_still_get_feedback(fitted):
+    reqs = [FeedbackRequest("nobody", "nothing"), FeedbackRequest("nobody", fitted.items.ids[0]),
+            FeedbackRequest(fitted.users.ids[0], "nothing")]
+    out = fitted.generate(reqs)
+    assert all(fb.text for fb in out)
+    assert [fb.meta["unknown_user"] for fb in out] == [True, True, False]
+    assert [fb.meta["unknown_item"] for fb in out] == [True, False, True]
+    assert all(fitted.rating_range[0] <= fb.rating <= fitted.rating_range[1] for fb in out)
+
+
+def test_aspect_conditioning(ds):
+    m = create("peter", {**TINY, "use_aspect": True, "max_epochs": 1}).fit(ds)
+    assert m.model.prefix_len == 3
+    reqs = [FeedbackRequest(u, i, a) for u, i, a in ds.test.select("user_id", "item_id", "aspect").head(5).iter_rows()]
+    reqs.append(FeedbackRequest(reqs[0].user_id, reqs[0].item_id, "no-such-aspect"))
+    out = m.generate(reqs)
+    assert all(fb.text for fb in out)
+    assert out[0].aspects == [reqs[0].aspect]
+    assert out[-1].meta["unknown_aspect"] is True and out[0].meta["unknown_aspect"] is False
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+def test_cached_and_uncached_decoding_agree(fitted, ds):
+    reqs = requests_of(ds.test)
+    for dec in (Decoding(max_new_tokens=15), Decoding(max_new_tokens=12, num_beams=3),
+                Decoding(max_new_tokens=12, do_sample=True, top_k=20, seed=3)):
+        cached, _ = fitted.generate_text(reqs, dec, use_cache=True)
+        plain, _ = fitted.generate_text(reqs, dec, use_cache=False)
+        assert cached == plain
+
+
+def test_beam_search_with_one_beam_is_greedy(fitted, ds):
+    users, items, aspects = fitted._ids(requests_of(ds.test))
+    dec = Decoding(max_new_tokens=20)
+    greedy, fin_g, _ = fitted.model.generate(users, items, aspects, dec)
+    beam, fin_b, _ = fitted.model._beam_search(users, items, aspects, dec, 1, True)
+    assert torch.equal(greedy, beam) and torch.equal(fin_g, fin_b)
+
+
+def test_beam_search_reports_its_scores(fitted, ds):
+    reqs = requests_of(ds.test)[:10]
+    _, metas = fitted.generate_text(reqs, Decoding(num_beams=4, max_new_tokens=20))
+    assert all("beam_score" in m for m in metas)
+
+
+def test_sampling_is_seeded_and_constraints_hold(fitted, ds):
+    reqs = requests_of(ds.test)
+    dec = Decoding(do_sample=True, temperature=1.5, top_p=0.95, seed=7, max_new_tokens=20)
+    a, _ = fitted.generate_text(reqs, dec)
+    b, _ = fitted.generate_text(reqs, dec)
+    c, _ = fitted.generate_text(reqs, dec.model_copy(update={"seed": 8}))
+    assert a == b and a != c
+    # top_k=1 sampling is greedy
+    k1, _ = fitted.generate_text(reqs, Decoding(do_sample=True, top_k=1, max_new_tokens=20))
+    greedy, _ = fitted.generate_text(reqs, Decoding(max_new_tokens=20))
+    assert k1 == greedy
+    # no_repeat_ngram_size: no token id bigram twice
+    users, items, aspects = fitted._ids(reqs)
+    out, _, _ = fitted.model.generate(users, items, aspects,
+                                      Decoding(max_new_tokens=25, no_repeat_ngram_size=2))
+    for row in out.tolist():
+        row = [t for t in row if t != PAD]
+        grams = list(zip(row, row[1:]))
+        assert len(grams) == len(set(grams))
+    # finished rows are padded after their <eos>
+    for row in out.tolist():
+        if EOS in row:
+            assert set(row[row.index(EOS) + 1:]) <= {PAD}
+
+
+def test_tiny_model_overfits_a_handful_of_samples(ds):
+    small = ds.interactions.filter(pl.col("split") == "train").head(6)
+    data = Dataset(pl.concat([small, small.with_columns(pl.lit("valid").alias("split"))]))
+    m = create("peter", {**TINY, "emsize": 64, "nhid": 128, "dropout": 0.0, "id_dropout": 0.0,
+                         "lr": 1e-2, "warmup_steps": 0, "max_epochs": 120, "patience": 120,
+                         "batch_size": 8, "min_count": 1})
+    m.fit(data)
+    log = m.training_log
+    assert log[-1]["train"]["text"] < 0.1 * log[0]["train"]["text"]
+    reqs = requests_of(small)
+    out = m.generate(reqs, {"max_new_tokens": 25})
+    refs = [" ".join(tokenize(t)[:20]) for t in small["explanation"]]
+    assert sum(fb.text == ref for fb, ref in zip(out, refs)) >= 5
+    ratings = m.predict_rating(reqs)
+    assert np.abs(ratings - small["rating"].to_numpy()).mean() < 0.5
+
+
+# -- resuming ------------------------------------------------------------------------------------
+
+def weights(m: Peter) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in m.model.state_dict().items()}
+
+
+def test_interrupted_fit_resumes_to_the_same_result(ds, tmp_path, monkeypatch):
+    cfg = {**TINY, "max_epochs": 3, "checkpoint_dir": str(tmp_path / "ckpt")}
+    straight = create("peter", {**cfg, "checkpoint_dir": None}).fit(ds)
+
+    real_save = trainer_mod.Trainer._save_checkpoint
+
+    def save_then_die(self, path):
+        real_save(self, path)
+        raise KeyboardInterrupt("killed after the first checkpoint")
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        create("peter", cfg).fit(ds)
+    monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", real_save)
+    meta, _ = trainer_mod.read_checkpoint(tmp_path / "ckpt" / trainer_mod.CHECKPOINT_FILE)
+    assert meta["epoch"] == 1 and not meta["done"]
+
+    resumed = create("peter", cfg).fit(ds)
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [e["epoch"] for e in resumed.training_log] == [1, 2, 3]
+    assert [e["valid"] for e in resumed.training_log] == [e["valid"] for e in straight.training_log]
+    # a finished run is not trained again
+    again = create("peter", cfg).fit(ds)
+    assert all(torch.equal(a[k], weights(again)[k]) for k in a)
+    # other settings in the same folder are refused
+    with pytest.raises(ConfigError, match="other settings"):
+        create("peter", {**cfg, "lr": 1e-3}).fit(ds)
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from safetensors.torch import save_file
+    sys.path.insert(0, {tests!r})
+    from test_peter import TINY, peter_slice
+    from feedbackgen.models import create
+    from feedbackgen.models import trainer as trainer_mod
+
+    root, ckpt, out, pause = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+    real_save = trainer_mod.Trainer._save_checkpoint
+    def save_and_pause(self, path):
+        real_save(self, path)
+        time.sleep(pause)  # a window for the parent's SIGKILL
+    trainer_mod.Trainer._save_checkpoint = save_and_pause
+    m = create("peter", {{**TINY, "max_epochs": 3, "checkpoint_dir": ckpt or None}}).fit(peter_slice(root))
+    save_file({{k: v.contiguous() for k, v in m.model.state_dict().items() if k != "head.weight"}}, out)
+""")
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(data_root, tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, str(script), str(Path(data_root).resolve())]
+    ckpt, ckpt_file = str(tmp_path / "ckpt"), tmp_path / "ckpt" / trainer_mod.CHECKPOINT_FILE
+
+    child = subprocess.Popen([*run, ckpt, str(tmp_path / "killed.safetensors"), "30"], env=env)
+    deadline = time.time() + 120
+    while not ckpt_file.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+    meta, _ = trainer_mod.read_checkpoint(ckpt_file)
+    assert meta["epoch"] == 1 and not meta["done"]
+    assert not (tmp_path / "killed.safetensors").exists()
+
+    subprocess.run([*run, ckpt, str(tmp_path / "resumed.safetensors"), "0"], env=env, check=True)
+    subprocess.run([*run, "", str(tmp_path / "straight.safetensors"), "0"], env=env, check=True)
+    a, b = load_file(str(tmp_path / "resumed.safetensors")), load_file(str(tmp_path / "straight.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
