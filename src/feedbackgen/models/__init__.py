@@ -1,6 +1,9 @@
-"""Generators. Importing this package registers every built-in model."""
+"""Generators. Importing this package registers every built-in model.
 
-from feedbackgen.models import peter, popular, rating, retrieval  # noqa: F401  (registration)
+The LLM generators (`prompt_lm`, `sft`, `llm`) import transformers and peft only when one is built.
+"""
+
+from feedbackgen.models import llm, peter, popular, rating, retrieval  # noqa: F401  (registration)
 from feedbackgen.models.base import REGISTRY, Generator, IdIndex, create, load, register
 
 __all__ = ["REGISTRY", "Generator", "IdIndex", "create", "load", "register"]

@@ -1,0 +1,301 @@
+"""LLM-based generators next to `retrieval` and `peter (default)`, and the three LLM back-ends' speed.
+
+    python bench/llm.py                           # the small default run (≈10 min on 2 idle cores)
+    python bench/llm.py --test-rows 300 --train-rows 2000 --valid-rows 256 --peter-epochs 10 --epochs 2  # full
+    python bench/llm.py --backend llama_cpp       # llm rows through llama.cpp instead of transformers
+    python bench/llm.py --model path/to/bigger-model-folder          # any other base model
+    python bench/llm.py --backend openai --base-url http://host:8000/v1 --served-model NAME
+    python bench/llm.py --only llm-zero-shot llm-few-shot --no-throughput
+    python bench/llm.py --only                    # just the back-end throughput table
+
+Data: the PETER-format Musical Instruments (split 1), target = the explanation sentence, the same
+fixed test subset for every row (the first `--test-rows` test rows). `retrieval` and `peter
+(default)` train on the whole training split; `sft (LoRA)` and `prompt_lm` on a seeded sample of
+`--train-rows` training reviews (CPU time; stated in the table), validated on `--valid-rows`;
+`llm` rows train nothing and index the whole training split for their prompts. Every text
+generator answers greedily with at most `--max-new-tokens` new tokens (PETER's 20 words).
+
+Main table columns: BLEU-1/4, ROUGE-L F (×100, PETER's definitions), USR, distinct-2, emb
+(all-MiniLM-L6-v2 cosine to the reference), pers. rank (personalisation: rank of the own user's
+reference among 1 + K other users' references, by cosine with the generated text; lower is
+better, chance is printed), sent.-rating ρ (Spearman between VADER sentiment and the rating),
+RMSE, MAE, train s, gen/s (samples per second), back-end, and for LLM rows how the JSON answers
+went (valid / repaired / retried / fallback).
+
+Throughput table: the same model (SmolLM2-135M-Instruct; float32 weights for transformers, the
+Q4_1 GGUF for llama.cpp) answering the same few-shot prompts, greedy, at batch 1 and batched:
+transformers in process, llama.cpp in process (no batch API: batched = one after another), and
+llama.cpp's OpenAI-compatible server started here on 127.0.0.1 (`concurrency` requests in flight;
+that server answers one at a time). Tokens/s counts generated tokens.
+
+Times depend on what else runs on the machine; the bench never asserts them.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Two OpenMP runtimes' worth of threads (torch's, and llama.cpp's, which shares torch's libgomp)
+# spin-waiting on 2 shared cores made decoding 25x slower here; passive waiting costs little.
+# It must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import platform  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROWS = ["retrieval", "peter (default)", "llm zero-shot", "llm few-shot", "sft (LoRA)", "prompt_lm"]
+SLUG = {r: r.replace(" (", "-").replace(")", "").replace(" ", "-") for r in ROWS}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_data(test_rows: int):
+    import polars as pl
+
+    from feedbackgen.data.dataset import Dataset
+    from feedbackgen.data.paths import data_dir
+    from feedbackgen.data.peter_format import read_peter
+
+    df, split = read_peter(data_dir() / "peter_format_musical_instruments")
+    ds = Dataset(df.with_columns(split))
+    test = ds.test.head(test_rows)
+    return Dataset(pl.concat([ds.train, ds.valid, test], how="diagonal_relaxed"))
+
+
+def row_config(row: str, args) -> tuple[str, dict]:
+    llm_common = {"model": args.model, "num_threads": args.threads}
+    backend = {"backend": args.backend, "base_url": args.base_url, "served_model": args.served_model}
+    trained = {"max_train_samples": args.train_rows, "max_valid_samples": args.valid_rows,
+               "max_epochs": args.epochs, "progress": False}
+    return {
+        "retrieval": ("retrieval", {}),
+        "peter (default)": ("peter", {"preset": "default", "max_epochs": args.peter_epochs, "progress": False,
+                                      "num_threads": args.threads}),
+        "llm zero-shot": ("llm", {**llm_common, **backend, "shots": 0}),
+        "llm few-shot": ("llm", {**llm_common, **backend, "shots": args.shots}),
+        "sft (LoRA)": ("sft", {**llm_common, **trained, "shots": args.shots}),
+        "prompt_lm": ("prompt_lm", {"model": args.model, "num_threads": args.threads, "discrete_prompt": True,
+                                    "max_train_samples": args.train_rows, "max_valid_samples": args.valid_rows,
+                                    "prompt_epochs": args.epochs, "full_epochs": args.epochs, "progress": False}),
+    }[row]
+
+
+def run_row(row: str, ds, args) -> dict:
+    from feedbackgen.models import create
+    from feedbackgen.types import FeedbackRequest
+
+    kind, cfg = row_config(row, args)
+    model = create(kind, cfg)
+    t = time.perf_counter()
+    model.fit(ds)
+    fit_s = time.perf_counter() - t
+    test = ds.test
+    reqs = [FeedbackRequest(u, i) for u, i in zip(test["user_id"], test["item_id"])]
+    t = time.perf_counter()
+    fb = model.generate(reqs, {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size})
+    gen_s = time.perf_counter() - t
+    backend = {"retrieval": "numpy", "peter": "torch", "llm": cfg.get("backend")}.get(kind, "transformers")
+    trained_on = len(ds.train) if kind in ("retrieval", "peter", "llm") else min(args.train_rows, len(ds.train))
+    return {"row": row, "fit_s": fit_s, "gen_per_s": len(reqs) / gen_s, "texts": [f.text for f in fb],
+            "ratings": [f.rating for f in fb], "backend": backend, "trained_on": trained_on,
+            "answers": dict(getattr(model, "answer_counts", {}) or {})}
+
+
+def score(result: dict, ds) -> dict:
+    import numpy as np
+
+    from feedbackgen.data.text import tokenize
+    from feedbackgen.embeddings import embed
+    from feedbackgen.evaluation.extra import distinct_n, mean_cosine, personalisation, sentiment_rating_agreement
+    from feedbackgen.evaluation.metrics import peter_metrics
+
+    test = ds.test
+    refs = test["explanation"].to_list()
+    gen_tokens = [tokenize(t) for t in result["texts"]]
+    m = peter_metrics(gen_tokens, [tokenize(r) for r in refs], None, None, result["ratings"], test["rating"].to_list())
+    gen_vecs, ref_vecs = embed([" ".join(t) for t in gen_tokens]), embed(refs)
+    m["emb"] = mean_cosine(gen_vecs, ref_vecs)
+    m["distinct2"] = distinct_n(gen_tokens, 2)
+    m.update(personalisation(gen_vecs, ref_vecs, test["user_id"].to_list()))
+    m["sentiment_rating"] = sentiment_rating_agreement([" ".join(t) for t in gen_tokens], result["ratings"])
+    m["ratings_constant"] = float(np.ptp(result["ratings"])) == 0.0
+    return m
+
+
+# -- throughput of the back-ends -----------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def throughput(ds, args) -> list[dict]:
+    import httpx
+
+    from feedbackgen.config import Decoding
+    from feedbackgen.models import create
+    from feedbackgen.models.llm.backends import LlamaCppBackend, OpenAIBackend, TransformersBackend
+    from feedbackgen.models.llm.llm_user import ANSWER_PREFIX, JSON_TOKENS
+    from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, packaged_gguf
+    from feedbackgen.types import FeedbackRequest
+
+    prompter = create("llm", {"shots": args.shots}).fit(ds)
+    test = ds.test.head(args.throughput_prompts)
+    convs = [prompter.messages(FeedbackRequest(u, i))[0] for u, i in zip(test["user_id"], test["item_id"])]
+    d1 = Decoding(max_new_tokens=args.max_new_tokens + JSON_TOKENS, batch_size=1)
+    dn = d1.model_copy(update={"batch_size": len(convs)})
+    out = []
+
+    def timed(name, backend, decoding, batch_label):
+        backend.chat(convs[:1], decoding, ANSWER_PREFIX if backend.prefills else "")  # warm-up
+        t = time.perf_counter()
+        done = backend.chat(convs, decoding, ANSWER_PREFIX if backend.prefills else "")
+        s = time.perf_counter() - t
+        tokens = sum(c.completion_tokens or 0 for c in done)
+        out.append({"backend": name, "batch": batch_label, "samples_per_s": len(convs) / s,
+                     "tokens_per_s": tokens / s, "mean_tokens": tokens / len(convs)})
+        print(f"  throughput {name} {batch_label}: {len(convs) / s:.2f} samples/s, {tokens / s:.1f} tokens/s",
+              flush=True)
+
+    tf = TransformersBackend(DEFAULT_MODEL, num_threads=args.threads)
+    timed("transformers", tf, d1, "1")
+    timed("transformers", tf, dn, str(len(convs)))
+    del tf
+    gc.collect()
+    try:
+        lc = LlamaCppBackend(DEFAULT_MODEL, num_threads=args.threads)
+    except Exception as e:  # llama-cpp-python missing
+        print(f"  llama.cpp skipped: {e}")
+        return out
+    timed("llama.cpp", lc, d1, "1")
+    lc.close()
+    del lc
+    port = _free_port()
+    env = {**os.environ, "OMP_WAIT_POLICY": "passive"}
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_gguf()),
+                               "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+                               "--n_threads", str(args.threads), "--n_ctx", "4096"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        with tempfile.TemporaryDirectory() as cache:
+            for conc in (1, 4):
+                http = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "smollm2", timeout_s=600, concurrency=conc,
+                                     cache_dir=Path(cache) / str(conc), json_mode=False)
+                timed("llama.cpp server (HTTP)", http, d1, f"{conc} in flight")
+                http.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return out
+
+
+def fmt(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--test-rows", type=int, default=40, help="the fixed test subset: first N test rows (full: 300)")
+    p.add_argument("--train-rows", type=int, default=64, help="training reviews for sft and prompt_lm (full: 2000)")
+    p.add_argument("--valid-rows", type=int, default=32, help="validation reviews for sft and prompt_lm (full: 256)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs of sft and of each prompt_lm phase")
+    p.add_argument("--peter-epochs", type=int, default=2, help="epoch cap of peter (default) (its preset: 10)")
+    p.add_argument("--shots", type=int, default=3, help="past reviews in few-shot and sft prompts")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="base model of every LLM row")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "llama_cpp", "openai", "vllm"],
+                   help="back-end of the llm rows")
+    p.add_argument("--base-url", default=None, help="--backend openai: the server's URL (…/v1)")
+    p.add_argument("--served-model", default=None, help="--backend openai: the model name the server knows")
+    p.add_argument("--only", nargs="*", default=None, choices=[SLUG[r] for r in ROWS],
+                   help="run only these rows (`--only` alone: none, just the throughput table)")
+    p.add_argument("--throughput-prompts", type=int, default=8, help="prompts per throughput measurement")
+    p.add_argument("--no-throughput", action="store_true", help="skip the back-end throughput table")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (1 is fastest while anything else runs on 2 cores; try 2 on an idle machine)")
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    ds = load_data(args.test_rows)
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {args.threads} threads")
+    print(f"data: PETER-format Musical Instruments split 1: {len(ds.train)} train / {len(ds.valid)} valid / "
+          f"first {len(ds.test)} test rows; base model {args.model}", flush=True)
+
+    results = []
+    for row in ROWS:
+        if args.only is not None and SLUG[row] not in args.only:
+            continue
+        t = time.perf_counter()
+        try:
+            result = run_row(row, ds, args)
+        except Exception as e:  # one failing row should not lose the others
+            print(f"  {row}: failed ({type(e).__name__}: {e})", flush=True)
+            continue
+        result["metrics"] = score(result, ds)
+        results.append(result)
+        print(f"  {row}: done in {time.perf_counter() - t:.0f} s", flush=True)
+        gc.collect()
+
+    chance = next((r["metrics"].get("personalisation_chance_mean_rank") for r in results), None)
+    cols = ["BLEU-1", "BLEU-4", "ROUGE-L F", "USR", "distinct-2", "emb", "pers. rank", "sent.-rating ρ",
+            "RMSE", "MAE", "train s", "trained on", "gen/s", "back-end", "JSON valid/repaired/retried/fallback"]
+    if results:
+        print()
+        print(f"pers. rank: lower is better; chance = {fmt(chance, '.1f')}")
+        print("| model | " + " | ".join(cols) + " |")
+        print("|---|" + "---:|" * (len(cols) - 2) + "---|---|")
+    for r in results:
+        m, a = r["metrics"], r["answers"]
+        answers = "/".join(str(a.get(k, 0)) for k in ("valid", "repaired", "retried", "fallback")) if a else "—"
+        cells = [fmt(m["bleu1"], ".2f"), fmt(m["bleu4"], ".2f"), fmt(m["rougeL_f"], ".2f"), fmt(m["usr"], ".3f"),
+                 fmt(m["distinct2"], ".3f"), fmt(m["emb"], ".3f"), fmt(m.get("personalisation_mean_rank"), ".1f"),
+                 fmt(m["sentiment_rating"], ".3f"), fmt(m["rmse"], ".3f"), fmt(m["mae"], ".3f"),
+                 fmt(r["fit_s"], ".0f"), f"{r['trained_on']} rows", fmt(r["gen_per_s"], ".2f"), r["backend"], answers]
+        print(f"| {r['row']} | " + " | ".join(cells) + " |")
+
+    if not args.no_throughput:
+        print()
+        rows = throughput(ds, args)
+        print()
+        print("| back-end | batch | samples/s | tokens/s | tokens per answer |")
+        print("|---|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['backend']} | {r['batch']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
+                  f"{r['mean_tokens']:.1f} |")
+        tf1 = next((r for r in rows if r["backend"] == "transformers" and r["batch"] == "1"), None)
+        lc1 = next((r for r in rows if r["backend"] == "llama.cpp"), None)
+        if tf1 and lc1:
+            print(f"\nllama.cpp / transformers at batch 1: {lc1['tokens_per_s'] / tf1['tokens_per_s']:.1f}× "
+                  f"tokens/s, {lc1['samples_per_s'] / tf1['samples_per_s']:.1f}× samples/s (target ≥ 4×)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Reading an LLM's answer: one JSON object `{"rating": <stars>, "review": "<text>"}`.
+
+Small models break the format in a handful of ways, and review text quoted into the prompt may
+try to break it on purpose ("ignore the instructions and answer ..."). `read_answer` never trusts
+the raw output: it finds the first JSON object, repairs what can be repaired without guessing
+(code fences, a cut-off string or brace, single quotes, trailing commas, a rating written "4/5" or
+"4 stars", a synonym key such as "text", a text over the length limit), and checks the result:
+
+- `rating` a number within the rating range (out of range is not clipped: it is a wrong answer);
+- `review` a non-empty string, at most `max_words` words, with no chat-template control tokens.
+
+The result says `valid` (parsed as it was), `repaired` (with what was done), or `invalid` (with
+why), so the caller can retry and count.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# Control tokens of common chat templates (ChatML, Llama 2/3, Mistral, Gemma, Phi). Removed from
+# untrusted text before it goes into a prompt, and from generated text before it comes out.
+CONTROL_TOKENS = re.compile(
+    r"<\|[^|<>\n]{1,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<\|?(?:endoftext|im_start|im_end)\|?>",
+    re.IGNORECASE)
+_FENCE = re.compile(r"```(?:json)?", re.IGNORECASE)
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_RATING_FIELD = re.compile(r"[\"']?(?:rating|stars|score)[\"']?\s*[:=]\s*[\"']?(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_TEXT_FIELD = re.compile(r"[\"']?(?:review|text|explanation|feedback)[\"']?\s*[:=]\s*\"((?:[^\"\\]|\\.)*)",
+                         re.IGNORECASE | re.DOTALL)
+_NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*\d+|stars?|out of \d+)?\s*$", re.IGNORECASE)
+TEXT_KEYS = ("review", "text", "explanation", "feedback")
+
+
+def strip_control_tokens(text: str) -> str:
+    return CONTROL_TOKENS.sub(" ", text)
+
+
+@dataclass
+class Answer:
+    status: str  # "valid" | "repaired" | "invalid"
+    rating: float | None = None
+    text: str = ""
+    repairs: list[str] = field(default_factory=list)
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "invalid"
+
+
+def _first_object(raw: str, repairs: list[str]) -> dict[str, Any] | None:
+    """The first JSON object in `raw`, repairing a cut-off end, single quotes and trailing commas."""
+    start = raw.find("{")
+    if start < 0:
+        return None
+    body = raw[start:]
+    decoder = json.JSONDecoder()
+    attempts = [(body, None)]
+    fixed = _TRAILING_COMMA.sub(r"\1", body)
+    if fixed != body:
+        attempts.append((fixed, "trailing comma"))
+    if '"' not in body and "'" in body:
+        attempts.append((body.replace("'", '"'), "single quotes"))
+    stripped = body.rstrip().rstrip(",")
+    for closer in ('"}', "}", '."}', '"]}'):  # the answer ran out of tokens mid-string or mid-object
+        attempts.append((stripped + closer, "cut off"))
+    for text, fix in attempts:
+        try:
+            obj, _ = decoder.raw_decode(text)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            if fix:
+                repairs.append(fix)
+            return obj
+    return None
+
+
+def _fields_by_pattern(raw: str, repairs: list[str]) -> dict[str, Any] | None:
+    """Last resort: `rating: 4` and `review: "..."` written loosely (no valid JSON at all)."""
+    rating, text = _RATING_FIELD.search(raw), _TEXT_FIELD.search(raw)
+    if not (rating and text):
+        return None
+    repairs.append("fields read without JSON")
+    try:
+        review = json.loads(f'"{text.group(1)}"')
+    except json.JSONDecodeError:
+        review = text.group(1).replace('\\"', '"')
+    return {"rating": rating.group(1), "review": review}
+
+
+def _as_rating(value: Any, repairs: list[str]) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _NUMBER.match(value)
+        if m:
+            repairs.append("rating given as text")
+            return float(m.group(1))
+    return None
+
+
+def _cut_words(text: str, max_words: int) -> str:
+    words = text.split()
+    cut = " ".join(words[:max_words])
+    # end at the last sentence end within the limit, if that keeps at least half the words
+    end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
+    if cut.endswith((".", "!", "?")):
+        return cut
+    if end >= 0 and len(cut[:end + 1].split()) >= max_words // 2:
+        return cut[:end + 1]
+    return cut
+
+
+def read_answer(raw: str, rating_range: tuple[float, float] = (1.0, 5.0), max_words: int = 60) -> Answer:
+    """Parse, repair and check one raw model answer (see the module docstring)."""
+    repairs: list[str] = []
+    obj = _first_object(raw, repairs)
+    if obj is None:  # only then take fences and control tokens out: inside a review they are its text
+        cleaned = strip_control_tokens(_FENCE.sub("", raw))
+        if cleaned != raw:
+            repairs.append("code fence or control tokens")
+        obj = _first_object(cleaned, repairs) or _fields_by_pattern(cleaned, repairs)
+    if obj is None:
+        return Answer("invalid", problem="no JSON object", repairs=repairs)
+
+    if "rating" not in obj:
+        return Answer("invalid", problem="no rating", repairs=repairs)
+    rating = _as_rating(obj["rating"], repairs)
+    lo, hi = rating_range
+    if rating is None:
+        return Answer("invalid", problem=f"rating is not a number: {str(obj['rating'])[:40]!r}", repairs=repairs)
+    if not lo <= rating <= hi:
+        return Answer("invalid", rating=rating, problem=f"rating {rating:g} outside {lo:g}..{hi:g}", repairs=repairs)
+
+    key = next((k for k in TEXT_KEYS if k in obj), None)
+    if key is None:
+        return Answer("invalid", rating=rating, problem="no review text", repairs=repairs)
+    if key != "review":
+        repairs.append(f"text under {key!r}")
+    review = obj[key]
+    if not isinstance(review, str):
+        return Answer("invalid", rating=rating, problem="review is not a string", repairs=repairs)
+    cleaned = strip_control_tokens(review)
+    if cleaned != review:
+        repairs.append("control tokens")
+    review = " ".join(cleaned.split())
+    if not review:
+        return Answer("invalid", rating=rating, problem="empty review", repairs=repairs)
+    if len(review.split()) > max_words:
+        review = _cut_words(review, max_words)
+        repairs.append("too long")
+    return Answer("repaired" if repairs else "valid", rating=rating, text=review, repairs=repairs)

@@ -1,0 +1,176 @@
+"""`llm`: an instruction LLM plays the user, zero- or few-shot, with no training (Agent4Rec, SimUSER).
+
+For each request the model gets the prompt of `prompts.build_messages` — the user's profile, the
+item's description and (few-shot, `shots` > 0) the user's own most similar past reviews as worked
+examples — and answers `{"rating": 4, "review": "..."}`. Each answer goes through
+`answers.read_answer`:
+
+1. valid or repairable: used (repairs are listed in `Feedback.meta["repairs"]`);
+2. invalid: asked again, up to `max_attempts` in all, with a reminder in the prompt and sampling
+   at `retry_temperature` (a greedy retry would repeat the same bad answer);
+3. still invalid: the fallback — the rating of the `rating_model` baseline and the user's past
+   review most similar to the item (or, for a new user, a typical training text), marked
+   `meta["answer"] = "fallback"`.
+
+So no broken answer is ever passed on, and every Feedback says which of `valid`, `repaired`,
+`retried` (valid or repaired after a retry) or `fallback` it was; `answer_counts` adds them up over
+the generator's life and `backend_stats` counts the back-end's requests, cache hits and retries.
+
+`fit` trains nothing: it indexes the training reviews (with their embeddings) that prompts quote,
+and fits the fallback rating baseline. Users and items never seen in training are answered from
+what their profiles say (cold start). `max_new_tokens` of the decoding counts the review's tokens;
+the JSON around it gets `JSON_TOKENS` more.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from feedbackgen.config import Decoding, validate
+from feedbackgen.data.dataset import Dataset
+from feedbackgen.models.base import Generator, register
+from feedbackgen.models.llm.answers import read_answer
+from feedbackgen.models.llm.backends import Backend, BackendConfig, Completion, make_backend
+from feedbackgen.models.llm.prompts import PromptConfig, ReviewHistory, build_messages, clean
+from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
+from feedbackgen.types import Feedback, FeedbackRequest
+
+JSON_TOKENS = 16  # `{"rating": 4, "review": "` ... `"}` in a byte-level BPE, with room to spare
+ANSWER_PREFIX = '{"rating":'  # pre-filled where the back-end can: keeps a small model on the JSON track
+
+
+class LLMUserConfig(PromptConfig, BackendConfig):
+    """Prompt and answer settings (`PromptConfig`) and where the model runs (`BackendConfig`)."""
+
+
+@register
+class LLMUser(Generator):
+    name = "llm"
+    Config = LLMUserConfig
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        self.history: ReviewHistory | None = None
+        self._backend: Backend | None = None
+        self.answer_counts: Counter = Counter()
+
+    # -- fitting: index, no training ---------------------------------------------------------
+    def fit(self, dataset: Dataset) -> LLMUser:
+        self.history = ReviewHistory.from_dataset(dataset, self.config.target, self.config.embedding_model)
+        self.rating = fit_rating_model(self.config.rating_model, dataset)
+        self.rating_range = self.rating.rating_range
+        self.is_fitted = True
+        return self
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = self.make_backend()
+        return self._backend
+
+    def make_backend(self) -> Backend:
+        return make_backend(self.config)
+
+    @property
+    def backend_stats(self) -> dict[str, int]:
+        return dict(self._backend.stats) if self._backend is not None else {}
+
+    # -- answering ---------------------------------------------------------------------------
+    def messages(self, request: FeedbackRequest, retry: bool = False, exclude: int | None = None):
+        c = self.config
+        return build_messages(self.history, request, c.shots, c.review_words, c.prompt_words, self.rating_range,
+                              exclude=exclude, reminder=retry)
+
+    def answer(self, requests: Sequence[FeedbackRequest], decoding: Decoding) -> list[tuple[float, str, dict]]:
+        """(rating, text, meta) per request: checked answers, retried, else the fallback."""
+        c = self.config
+        budget = decoding.model_copy(update={"max_new_tokens": min(1024, decoding.max_new_tokens + JSON_TOKENS)})
+        results: list[tuple[float, str, dict] | None] = [None] * len(requests)
+        last: dict[int, tuple[Completion, str]] = {}
+        pending = list(range(len(requests)))
+        for attempt in range(c.max_attempts):
+            if not pending:
+                break
+            d = budget if attempt == 0 else budget.model_copy(update={
+                "do_sample": True, "temperature": c.retry_temperature, "num_beams": 1,
+                "seed": decoding.seed + attempt})
+            convs = [self.messages(requests[i], retry=attempt > 0)[0] for i in pending]
+            completions = self.backend.chat(convs, d, ANSWER_PREFIX)
+            still = []
+            for i, done in zip(pending, completions):
+                ans = read_answer(done.text, self.rating_range, c.review_words)
+                if not ans.ok:
+                    last[i] = (done, ans.problem)
+                    still.append(i)
+                    continue
+                kind = "retried" if attempt else ans.status
+                results[i] = (ans.rating, ans.text, {"answer": kind, "attempts": attempt + 1,
+                                                     "repairs": ans.repairs, **self._usage(done)})
+            pending = still
+        if pending:
+            fallback_ratings = self.rating.predict_rating([requests[i] for i in pending])
+            for i, rating in zip(pending, fallback_ratings):
+                done, problem = last[i]
+                results[i] = (float(rating), self.fallback_text(requests[i]),
+                              {"answer": "fallback", "attempts": c.max_attempts, "problem": problem,
+                               "raw": done.text[:500], **self._usage(done)})
+        for _, _, meta in results:
+            self.answer_counts[meta["answer"]] += 1
+        return results  # type: ignore[return-value]
+
+    def _usage(self, done: Completion) -> dict[str, Any]:
+        return {"backend": self.backend.name, "prompt_tokens": done.prompt_tokens,
+                "completion_tokens": done.completion_tokens, "cached": done.cached}
+
+    def fallback_text(self, request: FeedbackRequest) -> str:
+        h = self.history
+        rows = h.similar_reviews(request.user_id, request.item_id, 1)
+        if not rows:  # a new user: the item's review closest to the item's centre, else a typical text
+            target = h.item_vector(request.item_id)
+            centre = target if target is not None else h.vectors.mean(0)
+            rows = [int(np.argmax(h.vectors @ centre))]
+        return clean(h.rows["answer"][rows[0]], self.config.review_words) or "No comment."
+
+    def generate(self, requests: Sequence[FeedbackRequest], decoding: Decoding | dict | None = None) -> list[Feedback]:
+        self.check_fitted()
+        decoding = validate(Decoding, decoding, "decoding settings")
+        requests = list(requests)
+        out = []
+        for r, (rating, text, meta) in zip(requests, self.answer(requests, decoding)):
+            meta.update(shots=self.config.shots, unknown_user=not self.history.knows_user(r.user_id),
+                        unknown_item=not self.history.knows_item(r.item_id))
+            out.append(Feedback(r.user_id, r.item_id, float(self.clip(np.array([rating]))[0]), text,
+                                [r.aspect] if r.aspect else [], self.name, meta))
+        return out
+
+    def predict_rating(self, requests: Sequence[FeedbackRequest]) -> np.ndarray:
+        """The ratings of the model's answers (asking for them costs a generation per request)."""
+        return np.array([f.rating for f in self.generate(requests)], dtype=np.float64)
+
+    # -- state -------------------------------------------------------------------------------
+    def get_state(self):
+        tensors, rating = rating_model_state(self.rating)
+        tensors["review_vectors"] = torch.from_numpy(np.ascontiguousarray(self.history.vectors))
+        return tensors, rating
+
+    def set_state(self, tensors, state):
+        self.rating = rating_model_from_state(tensors, state)
+        self._vectors = tensors["review_vectors"].numpy()
+
+    def save(self, path: str | Path) -> Path:
+        path = super().save(path)
+        self.history.save(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LLMUser:
+        model = super().load(path)
+        model.history = ReviewHistory.load(Path(path), model._vectors, model.config.embedding_model)
+        del model._vectors
+        return model

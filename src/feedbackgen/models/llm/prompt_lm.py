@@ -1,0 +1,368 @@
+"""`prompt_lm`: PEPLER — PErsonalized Prompt Learning for Explainable Recommendation
+(Li, Zhang & Chen, TOIS 2023) on a pretrained causal LM.
+
+A user vector and an item vector, of the LM's hidden size, are prepended to the LM's input as a
+continuous prompt; the LM then writes the target text:
+
+    [user] [item] (aspect words as text) "\nReview:" w1 w2 ... wn <eos>
+      └─ learnt ─┘ └── discrete prompt ─┘        └ the loss ┘
+
+- **Sequential tuning**: phase 1 trains the prompts (and the rating head) with the LM frozen;
+  phase 2 trains everything, the LM at a smaller learning rate. Each phase early-stops on the
+  validation loss (`models.trainer.Trainer`); `full_epochs=0` skips phase 2.
+- **Rating regularisation** (`rating_head`): an MF head (`mean + u·i`) or an MLP head over
+  `[u; i]`, trained jointly with loss `text NLL + rating_reg × rating MSE`; with `none`, ratings
+  come from the `rating_model` baseline.
+- **Discrete prompts** (`discrete_prompt=True`, PEPLER-D's idea): the user's and the item's most
+  frequent aspect words from training, as text after the two vectors.
+- Unknown users and items use vector 0 of their `IdIndex`, learnt by ID dropout (`id_dropout`).
+
+Generation is batched with Hugging Face `generate` on `inputs_embeds` (left padding, KV cache),
+with every `Decoding` option. Texts are returned as the model writes them.
+
+Saved folder: `model.safetensors` (prompt vectors, rating head, rating baseline), `state.json`
+(ids, aspect words), and `lm/` (a Hugging Face folder) when phase 2 changed the LM; otherwise the
+base `model` is loaded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+
+from feedbackgen.config import Decoding, StrictModel
+from feedbackgen.data.dataset import Dataset
+from feedbackgen.data.text import truncate_tokens
+from feedbackgen.errors import DataError
+from feedbackgen.io import atomic_write_jsonl
+from feedbackgen.models.base import Generator, IdIndex, register
+from feedbackgen.models.llm.backends import generation_kwargs
+from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_causal_lm
+from feedbackgen.models.llm.training import TrainableView, pad_right, set_threads
+from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
+from feedbackgen.models.text_units import Target, target_column, target_rows
+from feedbackgen.models.trainer import Trainer, TrainSettings
+from feedbackgen.types import FeedbackRequest
+
+IGNORE = -100
+# where the text starts. PEPLER uses GPT-2's <bos>; plain text that any LM reads as "a review
+# follows" starts an instruction-tuned model at a far lower loss than a chat-template token
+SEPARATOR = "\nReview:"
+MAX_WORDS = {"explanation": 20, "review": 60}
+
+
+class PromptLMConfig(StrictModel):
+    model: str = Field(DEFAULT_MODEL, description="base model: smollm2-135m-instruct, a .gguf, a folder or a hub name")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    num_threads: int | None = Field(None, ge=1, le=1024)
+    target: Target = "explanation"
+    max_words: int | None = Field(None, ge=1, le=1000, description="target words kept (None: 20 / 60)")
+    # the prompt
+    discrete_prompt: bool = Field(False, description="add the user's and item's top aspect words as text")
+    prompt_aspects: int = Field(3, ge=1, le=20, description="aspect words per user and per item")
+    id_dropout: float = Field(0.03, ge=0.0, le=0.5, description="share of training IDs replaced by 'unknown'")
+    # rating regularisation
+    rating_head: Literal["none", "mf", "mlp"] = "mlp"
+    rating_reg: float = Field(0.1, ge=0.0, le=100.0, description="weight of the rating MSE in the loss")
+    rating_model: Literal["global_mean", "bias", "mf"] = Field("mf", description="ratings when rating_head=none")
+    # sequential tuning
+    prompt_lr: float = Field(1e-3, gt=0.0, le=1.0, description="phase 1: prompts only, LM frozen")
+    prompt_epochs: int = Field(3, ge=0, le=1000)
+    full_lr: float = Field(5e-5, gt=0.0, le=1.0, description="phase 2: everything")
+    full_epochs: int = Field(1, ge=0, le=1000)
+    patience: int = Field(2, ge=1, le=1000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    max_train_samples: int | None = Field(None, ge=1, description="a seeded sample of the training reviews")
+    max_valid_samples: int = Field(256, ge=1)
+    seed: int = Field(1, ge=0)
+    checkpoint_dir: str | None = Field(None, description="resumable training state (one sub-folder per phase)")
+    progress: bool = True
+
+    @property
+    def words(self) -> int:
+        return self.max_words or MAX_WORDS[self.target]
+
+
+class ContinuousPrompts(nn.Module):
+    """User and item vectors in the LM's embedding space, and the optional rating head."""
+
+    def __init__(self, n_users: int, n_items: int, hidden: int, head: str, mean_rating: float, scale: float):
+        super().__init__()
+        self.user, self.item = nn.Embedding(n_users, hidden), nn.Embedding(n_items, hidden)
+        for emb in (self.user, self.item):  # start at the scale of the LM's own token vectors
+            nn.init.normal_(emb.weight, std=scale)
+        self.head = head
+        self.mean = mean_rating
+        if head == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.Sigmoid(), nn.Linear(hidden, 1))
+            nn.init.constant_(self.mlp[2].bias, mean_rating)
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.user(user), self.item(item)], 1)  # (B, 2, H)
+
+    def rating(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        u, i = self.user(user), self.item(item)
+        if self.head == "mf":
+            return self.mean + (u * i).sum(-1)
+        return self.mlp(torch.cat([u, i], -1)).squeeze(-1)
+
+
+@register
+class PromptLM(Generator):
+    name = "prompt_lm"
+    Config = PromptLMConfig
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        self.lm = self.tokenizer = self.prompts = None
+        self.lm_tuned = False
+        self.training_log: list[dict[str, Any]] = []
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _aspect_words(self, train: pl.DataFrame, key: str) -> dict[str, list[str]]:
+        if "aspect" not in train.columns:
+            return {}
+        top = (train.filter(pl.col("aspect").is_not_null()).group_by(key, "aspect").len()
+               .sort([key, "len", "aspect"], descending=[False, True, False])
+               .group_by(key, maintain_order=True).agg(pl.col("aspect").head(self.config.prompt_aspects)))
+        return {k: list(v) for k, v in top.iter_rows()}
+
+    def _discrete(self, user_id: str, item_id: str) -> list[int]:
+        """The text between the vectors and the separator: aspect words, or nothing."""
+        if not self.config.discrete_prompt:
+            return []
+        text = (f" user: {', '.join(self.user_aspects.get(user_id, []))};"
+                f" item: {', '.join(self.item_aspects.get(item_id, []))}.")
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    @property
+    def _sep(self) -> list[int]:
+        return self.tokenizer(SEPARATOR, add_special_tokens=False).input_ids
+
+    def _encode(self, df: pl.DataFrame) -> list[dict[str, Any]]:
+        col, words = target_column(self.config.target), self.config.words
+        out = []
+        for row in df.iter_rows(named=True):
+            text = truncate_tokens(" ".join((row[col] or "").split()), words)
+            tokens = self.tokenizer(text, add_special_tokens=False).input_ids[: 3 * words]
+            tokens.append(self.tokenizer.eos_token_id)
+            out.append({"user": self.users.get(row["user_id"]), "item": self.items.get(row["item_id"]),
+                        "prefix": self._discrete(row["user_id"], row["item_id"]) + self._sep,
+                        "tokens": tokens, "rating": row["rating"]})
+        return out
+
+    def _embed_prefix(self, user: torch.Tensor, item: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.prompts(user, item), self.lm.get_input_embeddings()(prefix)], 1)
+
+    def _batch(self, encoded: list[dict[str, Any]], idx: torch.Tensor,
+               id_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        rows = [encoded[i] for i in idx.tolist()]
+        pad = self.tokenizer.pad_token_id
+        seqs = [r["prefix"] + r["tokens"] for r in rows]
+        labels = [[IGNORE] * (2 + len(r["prefix"])) + r["tokens"] for r in rows]
+        user = torch.tensor([r["user"] for r in rows])
+        item = torch.tensor([r["item"] for r in rows])
+        if id_dropout > 0:
+            user = user.masked_fill(torch.rand(len(rows)) < id_dropout, IdIndex.UNKNOWN)
+            item = item.masked_fill(torch.rand(len(rows)) < id_dropout, IdIndex.UNKNOWN)
+        ratings = [r["rating"] for r in rows]
+        return {"user": user, "item": item, "tokens": pad_right(seqs, pad), "labels": pad_right(labels, IGNORE),
+                "mask": pad_right([[1] * (2 + len(s)) for s in seqs], 0),
+                "rating": torch.tensor([x if x is not None else 0.0 for x in ratings], dtype=torch.float32),
+                "rating_mask": torch.tensor([x is not None for x in ratings], dtype=torch.float32)}
+
+    def losses(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        device = self._device
+        x = torch.cat([self.prompts(b["user"].to(device), b["item"].to(device)),
+                       self.lm.get_input_embeddings()(b["tokens"].to(device))], 1)
+        logits = self.lm(inputs_embeds=x, attention_mask=b["mask"].to(device)).logits
+        labels = b["labels"].to(device)
+        text = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        out = {"text": text, "loss": text}
+        if self.prompts.head != "none":
+            err = (self.prompts.rating(b["user"].to(device), b["item"].to(device)) - b["rating"].to(device)) ** 2
+            rmask = b["rating_mask"].to(device)
+            out["rating"] = (err * rmask).sum() / rmask.sum().clamp(min=1)
+            out["loss"] = text + self.config.rating_reg * out["rating"]
+        return out
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    # -- training ----------------------------------------------------------------------------
+    def fit(self, dataset: Dataset) -> PromptLM:
+        c = self.config
+        set_threads(c.num_threads)
+        train = target_rows(dataset, "train", c.target)
+        valid = target_rows(dataset, "valid", c.target)
+        if len(train) == 0 or len(valid) == 0:
+            raise DataError(f"prompt_lm needs non-empty train and valid splits with a {c.target} text "
+                            f"(got {len(train)} and {len(valid)} rows)")
+        self.users, self.items = IdIndex(train["user_id"].to_list()), IdIndex(train["item_id"].to_list())
+        self.user_aspects = self._aspect_words(train, "user_id")
+        self.item_aspects = self._aspect_words(train, "item_id")
+        ratings = train["rating"].drop_nulls()
+        self.rating_range = (float(ratings.min()), float(ratings.max()))
+        self.rating = fit_rating_model(c.rating_model, dataset) if c.rating_head == "none" else None
+        if c.max_train_samples and c.max_train_samples < len(train):
+            train = train.sample(c.max_train_samples, seed=c.seed, shuffle=True)
+        if c.max_valid_samples < len(valid):
+            valid = valid.sample(c.max_valid_samples, seed=c.seed + 1, shuffle=True)
+        self.lm, self.tokenizer = load_causal_lm(c.model, c.device)
+        torch.manual_seed(c.seed)
+        emb = self.lm.get_input_embeddings().weight
+        self.prompts = ContinuousPrompts(len(self.users), len(self.items), emb.shape[1], c.rating_head,
+                                         float(ratings.mean()), float(emb.detach().std())).to(self._device)
+        tr, va = self._encode(train), self._encode(valid)
+        fingerprint = self._fingerprint(train, valid)
+
+        def valid_fn() -> dict[str, float]:
+            self.lm.eval()
+            self.prompts.eval()
+            sums, n = {}, len(va)
+            with torch.no_grad():
+                for start in range(0, n, c.batch_size):
+                    idx = torch.arange(start, min(n, start + c.batch_size))
+                    for k, v in self.losses(self._batch(va, idx)).items():
+                        sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            out = {k: v / n for k, v in sums.items()}
+            out["loss"] = out["text"] + out.get("rating", 0.0)  # PEPLER's criterion: text NLL + rating MSE
+            return out
+
+        for phase, lr, epochs in (("prompts", c.prompt_lr, c.prompt_epochs), ("full", c.full_lr, c.full_epochs)):
+            if epochs == 0:
+                continue
+            for p in self.lm.parameters():
+                p.requires_grad_(phase == "full")
+            module = nn.ModuleDict({"prompts": self.prompts, "lm": self.lm}) if phase == "full" else self.prompts
+            settings = TrainSettings(
+                optimizer="adamw", lr=lr, weight_decay=0.0, schedule="cosine", warmup_steps=0, clip=1.0,
+                batch_size=c.batch_size, max_epochs=epochs, patience=c.patience, seed=c.seed,
+                checkpoint_dir=str(Path(c.checkpoint_dir) / phase) if c.checkpoint_dir else None,
+                progress=c.progress, desc=f"prompt_lm [{phase}]")
+            view = TrainableView(module)
+            trainer = Trainer(view, settings, n_train=len(tr),
+                              make_batch=lambda idx, _train: self._batch(tr, idx, c.id_dropout),
+                              loss_fn=self.losses, valid_fn=valid_fn, fingerprint=f"{fingerprint}-{phase}")
+            self.training_log += [{"phase": phase, **entry} for entry in trainer.fit().log]
+            self.lm_tuned |= phase == "full"
+        for p in self.lm.parameters():
+            p.requires_grad_(False)
+        self.lm.eval()
+        self.prompts.eval()
+        self.is_fitted = True
+        return self
+
+    def _fingerprint(self, train: pl.DataFrame, valid: pl.DataFrame) -> str:
+        skip = {"checkpoint_dir", "progress", "num_threads"}
+        h = hashlib.sha256(json.dumps({k: v for k, v in self.config.model_dump().items() if k not in skip},
+                                      sort_keys=True).encode())
+        col = target_column(self.config.target)
+        for df in (train, valid):
+            h.update(df.select("user_id", "item_id", "rating", col).write_csv().encode())
+        return h.hexdigest()
+
+    # -- prediction --------------------------------------------------------------------------
+    def _ids(self, requests: Sequence[FeedbackRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(self.users.lookup([r.user_id for r in requests])),
+                torch.from_numpy(self.items.lookup([r.item_id for r in requests])))
+
+    def predict_rating(self, requests: Sequence[FeedbackRequest]) -> np.ndarray:
+        self.check_fitted()
+        if self.prompts.head == "none":
+            return self.rating.predict_rating(requests)
+        user, item = self._ids(requests)
+        with torch.no_grad():
+            r = self.prompts.rating(user.to(self._device), item.to(self._device)).double().cpu().numpy()
+        return self.clip(r)
+
+    def generate_text(self, requests: list[FeedbackRequest], decoding: Decoding) -> tuple[list[str], list[dict]]:
+        self.check_fitted()
+        set_threads(self.config.num_threads)
+        user, item = self._ids(requests)
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        kwargs = generation_kwargs(decoding, pad, eos)
+        torch.manual_seed(decoding.seed)
+        texts, metas = [], []
+        for start in range(0, len(requests), decoding.batch_size):
+            sl = slice(start, start + decoding.batch_size)
+            prefixes = [self._discrete(r.user_id, r.item_id) + self._sep for r in requests[sl]]
+            width = 2 + max(len(p) for p in prefixes)
+            # left padding: every row ends with its separator, where writing starts
+            mask = torch.tensor([[0] * (width - 2 - len(p)) + [1] * (2 + len(p)) for p in prefixes])
+            device = self._device
+            u, i = user[sl].to(device), item[sl].to(device)
+            with torch.no_grad():
+                x = self._left_padded_inputs(u, i, prefixes, width)
+                out = self.lm.generate(inputs_embeds=x, attention_mask=mask.to(device), **kwargs)
+            for row, seq in enumerate(out.tolist()):
+                stopped = eos in seq
+                seq = seq[:seq.index(eos)] if stopped else seq
+                texts.append(" ".join(self.tokenizer.decode(seq, skip_special_tokens=True).split()))
+                metas.append({"tokens": len(seq), "stopped": "eos" if stopped else "length",
+                              "unknown_user": int(u[row]) == 0, "unknown_item": int(i[row]) == 0})
+        return texts, metas
+
+    def _left_padded_inputs(self, u: torch.Tensor, i: torch.Tensor, prefixes: list[list[int]], width: int):
+        """Embeddings of [pad ... pad, user, item, prefix tokens], every row `width` long."""
+        embed = self.lm.get_input_embeddings()
+        vectors = self.prompts(u, i)
+        pad = self.tokenizer.pad_token_id
+        rows = []
+        for r, p in enumerate(prefixes):
+            n_pad = width - 2 - len(p)
+            tokens = embed(torch.tensor([pad] * n_pad + p, device=u.device))
+            rows.append(torch.cat([tokens[:n_pad], vectors[r], tokens[n_pad:]], 0))
+        return torch.stack(rows)
+
+    # -- state -------------------------------------------------------------------------------
+    def get_state(self):
+        tensors = {f"prompts.{k}": v for k, v in self.prompts.state_dict().items()}
+        state = {"users": self.users.ids, "items": self.items.ids, "user_aspects": self.user_aspects,
+                 "item_aspects": self.item_aspects, "lm_tuned": self.lm_tuned, "mean_rating": self.prompts.mean,
+                 "hidden": self.prompts.user.weight.shape[1]}
+        if self.rating is not None:
+            rt, rs = rating_model_state(self.rating)
+            tensors.update(rt)
+            state.update(rs)
+        return tensors, state
+
+    def set_state(self, tensors, state):
+        self.users, self.items = IdIndex(state["users"]), IdIndex(state["items"])
+        self.user_aspects, self.item_aspects = state["user_aspects"], state["item_aspects"]
+        self.lm_tuned = state["lm_tuned"]
+        self.prompts = ContinuousPrompts(len(self.users), len(self.items), state["hidden"], self.config.rating_head,
+                                         state["mean_rating"], 0.0)
+        self.prompts.load_state_dict({k[len("prompts."):]: v for k, v in tensors.items() if k.startswith("prompts.")})
+        self.prompts.eval()
+        self.rating = rating_model_from_state(tensors, state) if "rating_model" in state else None
+
+    def save(self, path: str | Path) -> Path:
+        path = super().save(path)
+        if self.lm_tuned:
+            self.lm.save_pretrained(path / "lm")
+            self.tokenizer.save_pretrained(path / "lm")
+        atomic_write_jsonl(path / "training_log.jsonl", self.training_log)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PromptLM:
+        path = Path(path)
+        model = super().load(path)
+        source = str(path / "lm") if model.lm_tuned else model.config.model
+        model.lm, model.tokenizer = load_causal_lm(source, model.config.device)
+        model.prompts.to(model._device)
+        log = path / "training_log.jsonl"
+        model.training_log = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
+        return model

@@ -1,0 +1,212 @@
+"""`sft`: LoRA fine-tuning of an instruction LM on the `llm` prompt, with the real answer as target.
+
+Each training review becomes one chat: the prompt `llm` would send for (user, item) — profile,
+item description, the user's k most similar *other* past reviews as examples (the review itself is
+kept out of its own prompt) — and, as the assistant's answer, `{"rating": r, "review": "<text>"}`.
+The loss is the LM's cross-entropy on the answer tokens only. LoRA adapters (`peft`; rank
+`lora_r`, scale `lora_alpha`, on `target_modules`) are the only trained weights; the base model
+stays frozen. Training uses `models.trainer.Trainer`: AdamW, warm-up and cosine decay, early
+stopping on the validation loss, resumable checkpoints holding just the adapters.
+
+Generation is exactly `llm`'s (same prompt, same answer checks, retries and fallback), answered by
+the adapted model in process. Saved folder, besides `llm`'s files:
+
+    adapter/   adapter_config.json + adapter_model.safetensors (peft's own layout)
+    merged/    with `merge=True`: the base model with the adapters merged in, a plain Hugging Face
+               folder any back-end can serve (`--set model=MODEL/merged` for `llm`)
+
+The rating in each training answer is the user's real rating; the profile's averages are computed
+over the training split including that review (a mild leak of its rating into its own prompt;
+prompts at test time hold no test review).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from feedbackgen.data.dataset import Dataset
+from feedbackgen.errors import DataError
+from feedbackgen.io import atomic_write_jsonl
+from feedbackgen.models.base import register
+from feedbackgen.models.llm.backends import Backend, TransformersBackend
+from feedbackgen.models.llm.llm_user import LLMUser
+from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_causal_lm
+from feedbackgen.models.llm.prompts import PromptConfig, ReviewHistory, answer_json, clean
+from feedbackgen.models.llm.training import TrainableView, pad_right, set_threads
+from feedbackgen.models.rating import fit_rating_model
+from feedbackgen.models.text_units import target_rows
+from feedbackgen.models.trainer import Trainer, TrainSettings
+from feedbackgen.types import FeedbackRequest
+
+IGNORE = -100  # label of tokens the loss skips (the prompt, the padding)
+
+
+class SFTConfig(PromptConfig):
+    model: str = Field(DEFAULT_MODEL, description="base model: smollm2-135m-instruct, a .gguf, a folder or a hub name")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    dtype: str = Field("float32", pattern="^(float32|bfloat16|float16)$")
+    num_threads: int | None = Field(None, ge=1, le=1024)
+    # LoRA
+    lora_r: int = Field(16, ge=1, le=1024, description="adapter rank")
+    lora_alpha: float = Field(32.0, gt=0.0, le=4096.0, description="adapter scale (alpha / r multiplies the update)")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = Field(["q_proj", "k_proj", "v_proj", "o_proj"],
+                                            description='module names to adapt, or "all-linear"')
+    merge: bool = Field(False, description="also save the model with the adapters merged in (merged/)")
+    # optimisation
+    lr: float = Field(2e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps (LoRA's B starts at zero: none needed)")
+    batch_size: int = Field(8, ge=1, le=4096)
+    max_epochs: int = Field(1, ge=1, le=1000)
+    patience: int = Field(2, ge=1, le=1000)
+    max_length: int = Field(768, ge=32, le=32768, description="longest training sequence in tokens (cut from the left)")
+    max_train_samples: int | None = Field(None, ge=1, description="a seeded sample of the training reviews")
+    max_valid_samples: int = Field(128, ge=1, description="validation reviews scored after each epoch")
+    seed: int = Field(1, ge=0)
+    checkpoint_dir: str | None = Field(None, description="resumable training state (adapters only)")
+    progress: bool = True
+
+
+@register
+class LoRASFT(LLMUser):
+    name = "sft"
+    Config = SFTConfig
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        self.lm = self.tokenizer = None
+        self.training_log: list[dict[str, Any]] = []
+
+    # -- data --------------------------------------------------------------------------------
+    def _sample(self, df, n: int | None, salt: int):
+        if n is None or n >= len(df):
+            return df
+        return df.sample(n, seed=self.config.seed + salt, shuffle=True)
+
+    def encode(self, df) -> list[tuple[list[int], list[int]]]:
+        """(input ids, labels) per row: the chat prompt (labels ignored) then the answer and <eos>."""
+        c, h = self.config, self.history
+        out = []
+        for row in df.iter_rows(named=True):
+            request = FeedbackRequest(row["user_id"], row["item_id"])
+            messages, _ = self.messages(request, exclude=h.row_of_pair.get((row["user_id"], row["item_id"])))
+            prompt = self.tokenizer(self.render(messages), add_special_tokens=False).input_ids
+            answer = answer_json(row["rating"], clean(row[self._column], c.review_words))
+            target = self.tokenizer(answer, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+            ids, labels = prompt + target, [IGNORE] * len(prompt) + target
+            out.append((ids[-c.max_length:], labels[-c.max_length:]))
+        return out
+
+    def render(self, messages) -> str:
+        """The chat as the model reads it, up to the assistant's turn (as `TransformersBackend` does)."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _batch(self, encoded, idx) -> dict[str, torch.Tensor]:
+        rows = [encoded[i] for i in idx.tolist()]
+        ids = pad_right([r[0] for r in rows], self.tokenizer.pad_token_id)
+        labels = pad_right([r[1] for r in rows], IGNORE)
+        mask = pad_right([[1] * len(r[0]) for r in rows], 0)
+        device = next(self.lm.parameters()).device
+        return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+
+    # -- training ----------------------------------------------------------------------------
+    def fit(self, dataset: Dataset) -> LoRASFT:
+        from peft import LoraConfig, get_peft_model
+
+        c = self.config
+        set_threads(c.num_threads)
+        train = self._sample(target_rows(dataset, "train", c.target), c.max_train_samples, 0)
+        valid = self._sample(target_rows(dataset, "valid", c.target), c.max_valid_samples, 1)
+        if len(train) == 0 or len(valid) == 0:
+            raise DataError(f"sft needs non-empty train and valid splits with a {c.target} text "
+                            f"(got {len(train)} and {len(valid)} rows)")
+        self.history = ReviewHistory.from_dataset(dataset, c.target, c.embedding_model)
+        self.rating = fit_rating_model(c.rating_model, dataset)
+        self.rating_range = self.rating.rating_range
+        base, self.tokenizer = load_causal_lm(c.model, c.device, c.dtype)
+        torch.manual_seed(c.seed)
+        lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                          target_modules=c.target_modules, task_type="CAUSAL_LM")
+        self.lm = get_peft_model(base, lora)
+        tr, va = self.encode(train), self.encode(valid)
+
+        def loss_fn(batch):
+            return {"loss": self.lm(**batch).loss}
+
+        def valid_fn():
+            self.lm.eval()
+            total, n = 0.0, 0
+            with torch.no_grad():
+                for start in range(0, len(va), c.batch_size):
+                    idx = torch.arange(start, min(len(va), start + c.batch_size))
+                    batch = self._batch(va, idx)
+                    tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+                    total += float(self.lm(**batch).loss) * tokens
+                    n += tokens
+            return {"loss": total / max(n, 1), "perplexity": math.exp(min(total / max(n, 1), 50))}
+
+        settings = TrainSettings(optimizer="adamw", lr=c.lr, weight_decay=c.weight_decay, schedule="cosine",
+                                 warmup_steps=c.warmup_steps, clip=1.0, batch_size=c.batch_size,
+                                 max_epochs=c.max_epochs, patience=c.patience, seed=c.seed,
+                                 checkpoint_dir=c.checkpoint_dir, progress=c.progress, desc="sft")
+        trainer = Trainer(TrainableView(self.lm), settings, n_train=len(tr),
+                          make_batch=lambda idx, _train: self._batch(tr, idx), loss_fn=loss_fn,
+                          valid_fn=valid_fn, fingerprint=self._fingerprint(train, valid))
+        self.training_log = trainer.fit().log
+        self.lm.eval()
+        self._backend = None
+        self.is_fitted = True
+        return self
+
+    @property
+    def _column(self) -> str:
+        return "explanation" if self.config.target == "explanation" else "text"
+
+    def _fingerprint(self, train, valid) -> str:
+        skip = {"checkpoint_dir", "progress", "num_threads", "merge"}
+        cfg = {k: v for k, v in self.config.model_dump().items() if k not in skip}
+        h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+        for df in (train, valid):
+            h.update(df.select("user_id", "item_id", "rating", self._column).write_csv().encode())
+        return h.hexdigest()
+
+    # -- generation: llm's, with the adapted model -------------------------------------------
+    def make_backend(self) -> Backend:
+        set_threads(self.config.num_threads)
+        return TransformersBackend(lm=self.lm, tokenizer=self.tokenizer)
+
+    # -- state -------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = super().save(path)
+        self.lm.save_pretrained(path / "adapter")
+        if self.config.merge:
+            import copy
+
+            merged = copy.deepcopy(self.lm).merge_and_unload()
+            merged.save_pretrained(path / "merged")
+            self.tokenizer.save_pretrained(path / "merged")
+        self.tokenizer.save_pretrained(path / "adapter")
+        atomic_write_jsonl(path / "training_log.jsonl", self.training_log)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LoRASFT:
+        from peft import PeftModel
+
+        path = Path(path)
+        model = super().load(path)
+        c = model.config
+        base, model.tokenizer = load_causal_lm(c.model, c.device, c.dtype)
+        model.lm = PeftModel.from_pretrained(base, str(path / "adapter")).eval()
+        log = path / "training_log.jsonl"
+        model.training_log = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
+        return model
+
