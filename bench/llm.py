@@ -42,7 +42,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import platform  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -50,18 +49,10 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from machine import cpu_model  # bench/machine.py
+
 ROWS = ["retrieval", "peter (default)", "llm zero-shot", "llm few-shot", "sft (LoRA)", "prompt_lm"]
 SLUG = {r: r.replace(" (", "-").replace(")", "").replace(" ", "-") for r in ROWS}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_data(test_rows: int):

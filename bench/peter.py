@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_model  # bench/machine.py
 
 ROWS = {
     "popular": ("popular", {}),
@@ -46,16 +47,6 @@ ROWS = {
 }
 MAX_NEW_TOKENS = 20  # PETER's --words 20
 QUICK = {"rows": 600, "epochs": 1, "test_rows": 100}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -230,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "row.json"
-            cmd = [sys.executable, __file__, "--worker", name, "--out", str(out), "--threads", str(args.threads)]
+            cmd = [sys.executable, __file__, "--worker", name, "--out", str(out),
+                   "--threads", str(args.threads)]
             for flag in ("epochs", "dataset", "rows", "test_rows"):
                 if getattr(args, flag) is not None:
                     cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
