@@ -144,7 +144,8 @@ def test_loss_terms_match_their_definitions():
 def test_presets_and_overrides():
     ref = Peter({"preset": "reference"}).config
     assert (ref.emsize, ref.nhead, ref.nlayers, ref.nhid, ref.dropout) == (512, 2, 2, 2048, 0.2)
-    assert (ref.optimizer, ref.lr, ref.lr_decay, ref.clip, ref.batch_size, ref.patience) == ("sgd", 1.0, 0.25, 1.0, 128, 5)
+    assert (ref.optimizer, ref.lr, ref.lr_decay, ref.clip, ref.batch_size, ref.patience) == \
+        ("sgd", 1.0, 0.25, 1.0, 128, 5)
     assert (ref.vocab, ref.vocab_size, ref.max_words, ref.rating_weight) == ("word", 20000, 20, 0.1)
     d = Peter({"emsize": 64, "nhead": 2}).config
     assert (d.preset, d.emsize, d.optimizer, d.schedule) == ("default", 64, "adamw", "cosine")
@@ -153,9 +154,9 @@ def test_presets_and_overrides():
     assert Peter(ref.model_dump()).config == ref
 
 
-@pytest.mark.parametrize("bad,field", [({"dropout": 1.5}, "dropout"), ({"emsize": 30, "nhead": 4}, "divisible"),
-                                       ({"preset": "huge"}, "preset"), ({"optimizer": "adam"}, "optimizer"),
-                                       ({"colour": 1}, "colour")])
+@pytest.mark.parametrize("bad,field", [
+    ({"dropout": 1.5}, "dropout"), ({"emsize": 30, "nhead": 4}, "divisible"), ({"preset": "huge"}, "preset"),
+    ({"optimizer": "adam"}, "optimizer"), ({"colour": 1}, "colour")])
 def test_bad_config_names_the_field(bad, field):
     with pytest.raises(ConfigError, match=field):
         Peter(bad)
@@ -233,7 +234,7 @@ def test_unknown_users_and_items_still_get_feedback(fitted):
 def test_aspect_conditioning(ds):
     m = create("peter", {**TINY, "use_aspect": True, "max_epochs": 1}).fit(ds)
     assert m.model.prefix_len == 3
-    reqs = [FeedbackRequest(u, i, a) for u, i, a in ds.test.select("user_id", "item_id", "aspect").head(5).iter_rows()]
+    reqs = requests_of(ds.test.head(5), aspect=True)
     reqs.append(FeedbackRequest(reqs[0].user_id, reqs[0].item_id, "no-such-aspect"))
     out = m.generate(reqs)
     assert all(fb.text for fb in out)
@@ -371,6 +372,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(data_root, tmp_path):
     run = [sys.executable, str(script), str(Path(data_root).resolve())]
     ckpt, ckpt_file = str(tmp_path / "ckpt"), tmp_path / "ckpt" / trainer_mod.CHECKPOINT_FILE
 
+    # the uninterrupted run (no checkpoints) goes alongside
+    straight = subprocess.Popen([*run, "", str(tmp_path / "straight.safetensors"), "0"], env=env)
     child = subprocess.Popen([*run, ckpt, str(tmp_path / "killed.safetensors"), "30"], env=env)
     deadline = time.time() + 120
     while not ckpt_file.exists() and child.poll() is None and time.time() < deadline:
@@ -383,6 +386,6 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(data_root, tmp_path):
     assert not (tmp_path / "killed.safetensors").exists()
 
     subprocess.run([*run, ckpt, str(tmp_path / "resumed.safetensors"), "0"], env=env, check=True)
-    subprocess.run([*run, "", str(tmp_path / "straight.safetensors"), "0"], env=env, check=True)
+    assert straight.wait(timeout=120) == 0
     a, b = load_file(str(tmp_path / "resumed.safetensors")), load_file(str(tmp_path / "straight.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

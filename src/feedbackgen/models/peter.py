@@ -31,12 +31,22 @@ Presets (`preset`; every other field given overrides the preset's value):
 |---|---|---|
 | vocabulary | 20,000 most frequent words | words seen twice or more in training (≤ 20,000) |
 | emsize / nhead / nlayers / nhid | 512 / 2 / 2 / 2048 | 256 / 4 / 2 / 1024 |
-| dropout | 0.2 | 0.2 |
+| dropout / label smoothing | 0.2 / 0 | 0.2 / 0 |
 | layer norm / activation / tied embeddings | post-LN / ReLU / no | pre-LN / GELU / yes |
-| optimiser | SGD lr 1.0, ×0.25 after each epoch without improvement | AdamW lr 2e-3, wd 0.01, warm-up 200 steps, cosine |
-| clip / batch / patience | 1.0 / 128 / 5 misses | 1.0 / 128 / 3 misses |
-| max epochs | 100 (the reference's default) | 10 |
+| optimiser | SGD lr 1.0, ×0.25 after each epoch without improvement | AdamW lr 2e-3, wd 0.01, warm-up 200 steps, cosine to 0.1× |
+| clip / batch / patience | 1.0 / 128 / 5 misses | 1.0 / 128 / 5 misses |
+| max epochs | 100 (the reference's default) | 15 |
 | ID dropout (learns the "unknown" embedding) | 0 | 0.03 |
+
+On the PETER-format Musical Instruments (split 1, greedy, 20 new tokens), the `default` preset
+trained in about 12 epochs (best at 7) to BLEU-1/4 16.6 / 1.45, ROUGE-1/2/L F 23.7 / 3.6 / 18.5,
+USR 0.48, FMR 0.24, FCR 0.27, DIV 0.21, RMSE 0.94 (the reference code after 8 epochs: 20.8 / 0.89,
+23.4 / 2.5 / 18.1, USR 0.17, FMR 0.19, FCR 0.09, DIV 1.03, RMSE 0.94); other seeds and nearby
+settings moved ROUGE-L by ±0.3 and USR between 0.4 and 0.7. It trains at about 490 samples/s and
+generates about 1,700 samples/s at batch 128 on two idle cores (the reference: 64 and 8.4).
+The sub-word vocabulary (`vocab="bpe"`), emsize 512, 3 layers, more dropout, label smoothing and
+other learning rates were tried and did no better here. Greedy outputs are shorter than the
+references (about 10 tokens against 15), which costs BLEU-1 its brevity penalty.
 
 Targets: `target="explanation"` (the dataset's `explanation` column, the aspect sentence PETER
 was built for, `max_words` 20 by default) or `target="review"` (the whole `text`, 60 words by
@@ -51,8 +61,9 @@ unknown.
 Decoding (`feedbackgen.config.Decoding`) runs batched with a key/value cache: greedy, beam search
 (`num_beams`), or sampling (`do_sample` with `temperature`, `top_k`, `top_p`), with
 `repetition_penalty` and `no_repeat_ngram_size`; each row stops at its own end-of-sentence and the
-finished rows are padded. `<pad>`, `<bos>` and `<unk>` are never generated, and the first token
-is never `<eos>`. Generated text is returned as space-separated tokens in the form of
+finished rows are padded. Beam hypotheses are ranked by their mean log-probability per token, and
+a row's search ends once it has `num_beams` finished hypotheses. `<pad>`, `<bos>` and `<unk>` are
+never generated, and the first token is never `<eos>`. Generated text is returned as space-separated tokens in the form of
 `feedbackgen.data.text.tokenize` (so metrics compare like with like): the model's words (or
 sub-word pieces glued back into words) are joined and re-split by `tokenize`.
 
@@ -105,7 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         emsize=256, nhead=4, nlayers=2, nhid=1024, dropout=0.2,
         norm_first=True, activation="gelu", tie_weights=True,
         optimizer="adamw", lr=2e-3, weight_decay=0.01, schedule="cosine", lr_decay=0.25, warmup_steps=200,
-        clip=1.0, batch_size=128, max_epochs=10, patience=3, id_dropout=0.03, label_smoothing=0.0,
+        clip=1.0, batch_size=128, max_epochs=15, patience=5, id_dropout=0.03, label_smoothing=0.0,
     ),
 }
 MAX_WORDS = {"explanation": 20, "review": 60}
@@ -252,8 +263,9 @@ class Block(nn.Module):
         self.norm_first = s.norm_first
         self.attn = SelfAttention(s)
         self.ln1, self.ln2 = nn.LayerNorm(s.emsize), nn.LayerNorm(s.emsize)
-        self.ffn = nn.Sequential(nn.Linear(s.emsize, s.nhid), nn.GELU() if s.activation == "gelu" else nn.ReLU(),
-                                 nn.Dropout(s.dropout), nn.Linear(s.nhid, s.emsize))
+        act = nn.GELU() if s.activation == "gelu" else nn.ReLU()
+        self.ffn = nn.Sequential(nn.Linear(s.emsize, s.nhid), act, nn.Dropout(s.dropout),
+                                 nn.Linear(s.nhid, s.emsize))
         self.drop = nn.Dropout(s.dropout)
 
     def forward(self, x, mask, cache, layer):
@@ -560,7 +572,9 @@ class Peter(Generator):
         return out
 
     @staticmethod
-    def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor, id_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+    def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor,
+               id_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        """Rows `idx` trimmed to their longest sequence; IDs replaced by "unknown" at `id_dropout`."""
         width = int(data["length"][idx].max())
         seq = data["seq"][idx, :width]
         batch = {k: data[k][idx] for k in ("user", "item", "rating", "rating_mask", "aspect") if k in data}

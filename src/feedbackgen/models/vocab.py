@@ -128,7 +128,8 @@ class Vocab:
         return cls(Tokenizer.from_file(str(path)))
 
 
-def learn_bpe(word_counts: dict[str, int], size: int, min_count: int = 2) -> tuple[list[str], list[tuple[str, str]]]:
+def learn_bpe(word_counts: dict[str, int], size: int,
+              min_count: int = 2) -> tuple[list[str], list[tuple[str, str]]]:
     """(pieces, merges) of a BPE vocabulary with at most `size` pieces (specials and alphabet first).
 
     Classic BPE over word types: repeatedly merge the most frequent adjacent pair (ties: the
