@@ -415,3 +415,12 @@ def test_cli_trains_and_generates(tiny, tmp_path, name, settings):
     assert len(rows) == 5 and all(r["model"] == name and 1 <= r["rating"] <= 5 for r in rows)
     if name == "llm":
         assert all(r["text"] for r in rows) and "answers:" in res.output
+        # the report counts how every answer was obtained, so repairs and fallbacks are never hidden
+        res = runner.invoke(app, ["evaluate", str(tmp_path / "pred.jsonl"), "--dataset", str(tmp_path / "ds"),
+                                  "--out", str(tmp_path / "report"), "--no-embeddings"])
+        assert res.exit_code == 0, res.output
+        report = json.loads((tmp_path / "report" / "report.json").read_text())
+        kinds = [r["meta"]["answer"] for r in rows]
+        assert report["models"]["llm"]["answers"] == {k: kinds.count(k) for k in
+                                                      ("valid", "repaired", "retried", "fallback")}
+        assert "## LLM answers" in (tmp_path / "report" / "report.md").read_text()

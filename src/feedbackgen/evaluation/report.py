@@ -29,6 +29,7 @@ from feedbackgen.evaluation.extra import EXTRA_METRICS, NgramIndex
 from feedbackgen.evaluation.metrics import (METRICS, mean_absolute_error, peter_metrics,
                                              root_mean_square_error)
 from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
+from feedbackgen.models.llm.answers import ANSWER_KINDS
 
 REPORT_VERSION = 1
 REQUIRED_FIELDS = ("user_id", "item_id", "rating", "text", "model")
@@ -74,6 +75,12 @@ def _parse_prediction(obj: Any, path: Path, line: int) -> dict[str, Any]:
     decoding = obj.get("decoding")
     if decoding is not None and not isinstance(decoding, dict):
         raise _field_error(path, line, "decoding", f"expected an object or null, got {decoding!r}")
+    meta = obj.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise _field_error(path, line, "meta", f"expected an object or null, got {meta!r}")
+    answer = (meta or {}).get("answer")  # LLM generators: how the JSON answer was obtained
+    if answer is not None and answer not in ANSWER_KINDS:
+        raise _field_error(path, line, "meta.answer", f"expected one of {', '.join(ANSWER_KINDS)}, got {answer!r}")
     return {
         "user_id": _as_id(obj["user_id"], path, line, "user_id"),
         "item_id": _as_id(obj["item_id"], path, line, "item_id"),
@@ -82,6 +89,7 @@ def _parse_prediction(obj: Any, path: Path, line: int) -> dict[str, Any]:
         "model": obj["model"],
         "target": target,
         "decoding": json.dumps(decoding, sort_keys=True) if decoding is not None else None,
+        "answer": answer,
         "file": str(path),
     }
 
@@ -108,7 +116,7 @@ def read_predictions(path: Path) -> pl.DataFrame:
     if not rows:
         raise DataError("holds no predictions", source=str(path))
     schema = {"user_id": pl.Utf8, "item_id": pl.Utf8, "rating": pl.Float64, "text": pl.Utf8,
-              "model": pl.Utf8, "target": pl.Utf8, "decoding": pl.Utf8, "file": pl.Utf8}
+              "model": pl.Utf8, "target": pl.Utf8, "decoding": pl.Utf8, "answer": pl.Utf8, "file": pl.Utf8}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -244,7 +252,10 @@ def _score_group(preds: pl.DataFrame, ctx: _Context, target: str) -> dict[str, A
         confusion = {"stars": list(STARS), "rows": "true star", "columns": "predicted star (rounded, clipped)",
                      "matrix": rating_confusion(predicted, true)}
     decoding = [json.loads(d) for d in preds["decoding"].drop_nulls().unique(maintain_order=True).to_list()]
+    answers = preds["answer"].drop_nulls()
+    answer_counts = {kind: int((answers == kind).sum()) for kind in ANSWER_KINDS} if len(answers) else None
     return {"target": target, "reference_column": column, "has_text": has_text, "counts": counts,
+            "answers": answer_counts,
             "metrics": metrics, "decoding": decoding, "rating_confusion": confusion,
             "files": preds["file"].unique(maintain_order=True).to_list()}
 
@@ -369,6 +380,14 @@ def render_markdown(report: dict) -> str:
     count_keys = list(next(iter(models.values()))["counts"]) if models else []
     lines += _table(["model"] + [k.replace("_", " ") for k in count_keys],
                     [[name] + [str(m["counts"][k]) for k in count_keys] for name, m in models.items()]) + [""]
+
+    answered = [(name, m["answers"]) for name, m in models.items() if m.get("answers")]
+    if answered:
+        lines += ["## LLM answers", "",
+                  "How each JSON answer was obtained: valid as given, repaired without guessing, valid after "
+                  "a retry, or the fallback (baseline rating + the user's most similar past review).", ""]
+        lines += _table(["model"] + list(ANSWER_KINDS),
+                        [[name] + [str(a[k]) for k in ANSWER_KINDS] for name, a in answered]) + [""]
 
     decoded = [(name, m["decoding"]) for name, m in models.items() if m["decoding"]]
     if decoded:

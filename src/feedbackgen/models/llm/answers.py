@@ -32,6 +32,8 @@ _TEXT_FIELD = re.compile(r"[\"']?(?:review|text|explanation|feedback)[\"']?\s*[:
                          re.IGNORECASE | re.DOTALL)
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*\d+|stars?|out of \d+)?\s*$", re.IGNORECASE)
 TEXT_KEYS = ("review", "text", "explanation", "feedback")
+# how a generated row's answer was obtained (its `meta["answer"]`), counted in generate and evaluate
+ANSWER_KINDS = ("valid", "repaired", "retried", "fallback")
 
 
 def strip_control_tokens(text: str) -> str:
