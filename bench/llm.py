@@ -7,6 +7,7 @@
     python bench/llm.py --backend openai --base-url http://host:8000/v1 --served-model NAME
     python bench/llm.py --only llm-zero-shot llm-few-shot --no-throughput
     python bench/llm.py --only                    # just the back-end throughput table
+    python bench/llm.py --save-models runs/llm    # keep each row's model folder (for bench/fidelity.py)
 
 Data: the PETER-format Musical Instruments (split 1), target = the explanation sentence, the same
 fixed test subset for every row (the first `--test-rows` test rows). `retrieval` and `peter
@@ -100,6 +101,8 @@ def run_row(row: str, ds, args) -> dict:
     t = time.perf_counter()
     fb = model.generate(reqs, {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size})
     gen_s = time.perf_counter() - t
+    if args.save_models:  # e.g. for bench/fidelity.py --model-dir
+        model.save(Path(args.save_models) / SLUG[row])
     backend = {"retrieval": "numpy", "peter": "torch", "llm": cfg.get("backend")}.get(kind, "transformers")
     trained_on = len(ds.train) if kind in ("retrieval", "peter", "llm") else min(args.train_rows, len(ds.train))
     return {"row": row, "fit_s": fit_s, "gen_per_s": len(reqs) / gen_s, "texts": [f.text for f in fb],
@@ -225,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="run only these rows (`--only` alone: none, just the throughput table)")
     p.add_argument("--throughput-prompts", type=int, default=8, help="prompts per throughput measurement")
     p.add_argument("--no-throughput", action="store_true", help="skip the back-end throughput table")
+    p.add_argument("--save-models", default=None, help="save each trained row's model folder under this folder")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (1 is fastest while anything else runs on 2 cores; try 2 on an idle machine)")
     args = p.parse_args(argv)

@@ -292,6 +292,26 @@ def test_sampling_is_seeded_and_constraints_hold(fitted, ds):
             assert set(row[row.index(EOS) + 1:]) <= {PAD}
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_min_new_tokens_holds_back_end_of_sentence(fitted, ds, num_beams, monkeypatch):
+    users, items, aspects = fitted._ids(requests_of(ds.test)[:8])
+    net = fitted.model
+    plain_logits = net.logits
+
+    def eager_to_stop(hidden):  # a model that wants to end every sentence at once
+        out = plain_logits(hidden).clone()
+        out[..., EOS] += 100.0
+        return out
+
+    monkeypatch.setattr(net, "logits", eager_to_stop)
+    free, _, _ = net.generate(users, items, aspects, Decoding(max_new_tokens=20, num_beams=num_beams))
+    assert all(row[1] == EOS for row in free.tolist())  # <eos> is never first, then it wins
+    held, _, _ = net.generate(users, items, aspects,
+                              Decoding(max_new_tokens=20, min_new_tokens=8, num_beams=num_beams))
+    for row in held.tolist():
+        assert EOS not in row[:8] and PAD not in row[:8] and row[8] == EOS
+
+
 def test_tiny_model_overfits_a_handful_of_samples(ds):
     small = ds.interactions.filter(pl.col("split") == "train").head(6)
     data = Dataset(pl.concat([small, small.with_columns(pl.lit("valid").alias("split"))]))

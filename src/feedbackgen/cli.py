@@ -49,21 +49,22 @@ def prepare(
     map: Annotated[list[str], typer.Option("--map", help="column mapping ours=theirs (csv/jsonl/parquet)")] = [],
     config: Annotated[Optional[Path], typer.Option(help="JSON file of preprocessing settings")] = None,
     set: Annotated[list[str], typer.Option("--set", help="preprocessing setting key=value")] = [],
+    chunk_rows: Annotated[int, typer.Option(help="rows held in memory at a time (peak memory, not the result)")] = 100_000,
+    workdir: Annotated[Optional[Path], typer.Option(help="folder for temporary parts (default: the system's temp)")] = None,
 ):
     """Load a public review file, clean it, extract explanations, split it, and save a Dataset.
 
     Example: `feedbackgen prepare reviews_Musical_Instruments_5.json.gz --format amazon2014 --out data/mi`
     """
     from feedbackgen.config import load_config_file, parse_set_options
-    from feedbackgen.data.prepare import prepare as run_prepare
+    from feedbackgen.data.prepare import prepare_to
 
     settings = {**load_config_file(config), **parse_set_options(set)}
     t0 = time.time()
-    dataset = run_prepare(sources, format, meta=meta, mapping=_mapping(map), split=split, seed=seed,
-                          strict=strict, config=settings)
-    dataset.save(out)
-    summary = dataset.summary()
-    skipped = dataset.manifest.get("problems", {}).get("skipped", 0)
+    manifest = prepare_to(sources, format, out, meta=meta, mapping=_mapping(map), split=split, seed=seed,
+                          strict=strict, config=settings, chunk_rows=chunk_rows, workdir=workdir)
+    summary = manifest["summary"]
+    skipped = manifest.get("problems", {}).get("skipped", 0)
     err.print(f"[green]wrote[/green] {out}: {summary} — skipped {skipped} bad record(s) "
               f"(details in {out / 'manifest.json'}) in {time.time() - t0:.1f}s")
 
@@ -79,18 +80,32 @@ def train(
     """Fit a generator on a dataset's training split and save it as a folder.
 
     Example: `feedbackgen train data/mi --model retrieval --out models/retrieval --set target=review`
+
+    Under `torchrun --nproc_per_node N -m feedbackgen.cli train ...` the neural generators train
+    data-parallel on N processes, and rank 0 saves the model (docs/training.md).
     """
     from feedbackgen.config import load_config_file, parse_set_options
     from feedbackgen.data.dataset import Dataset
-    from feedbackgen.models import create
+    from feedbackgen.models import create, distributed
 
     settings = {**load_config_file(config), **parse_set_options(set)}
     generator = create(model, settings)
+    if distributed.requested() and not getattr(generator, "data_parallel", False):
+        raise FeedbackgenError(f"{model} does not train data-parallel; run it without torchrun "
+                               "(data-parallel training: --model peter)")
     ds = Dataset.load(dataset)
     t0 = time.time()
-    generator.fit(ds)
-    generator.save(out)
-    err.print(f"[green]trained[/green] {model} in {time.time() - t0:.1f}s → {out}")
+    try:
+        generator.fit(ds)
+        if distributed.current().is_main:  # the other ranks hold the same weights
+            generator.save(out)
+            privacy = getattr(generator, "privacy", None)
+            if privacy:
+                err.print(f"privacy spent: ε = {privacy['epsilon']:.3f} (target {privacy['target_epsilon']:g}), "
+                          f"δ = {privacy['delta']:.3g}")
+            err.print(f"[green]trained[/green] {model} in {time.time() - t0:.1f}s → {out}")
+    finally:
+        distributed.shutdown()
 
 
 @app.command()
@@ -102,6 +117,7 @@ def generate(
     requests: Annotated[Optional[Path], typer.Option(help="JSONL/CSV/Parquet of user_id, item_id[, aspect]")] = None,
     with_aspect: Annotated[bool, typer.Option(help="condition on each row's aspect (PETER+)")] = False,
     max_new_tokens: int = 25,
+    min_new_tokens: int = 0,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_k: int = 0,
@@ -111,40 +127,71 @@ def generate(
     no_repeat_ngram_size: int = 0,
     batch_size: int = 128,
     seed: int = 1,
+    engine: Annotated[str, typer.Option(help="local | ray: a pool of Ray actors (docs/distributed.md)")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster HOST:PORT, ray://HOST:PORT or auto (default: start Ray here)")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Ray actors, one CPU and one model copy each (default: every CPU of the cluster)")] = None,
+    shard_size: Annotated[int, typer.Option(help="requests per output shard, the unit a rerun resumes from")] = 1024,
 ):
     """Generate feedback for a dataset split or a requests file (resumable: rerun after a kill).
 
     Example: `feedbackgen generate models/retrieval --dataset data/mi --split test --out pred/retrieval.jsonl`
+
+    On a Ray cluster: `feedbackgen generate models/peter --dataset data/mi --out pred/peter.jsonl
+    --engine ray --address auto` (the same output as the local engine; docs/distributed.md).
     """
     from feedbackgen.config import Decoding, validate
-    from feedbackgen.data.dataset import Dataset
     from feedbackgen.data.problems import Problems
-    from feedbackgen.generation import read_requests, requests_from_split, run_generation
+    from feedbackgen.generation import requests_file, requests_from_dataset, run_generation
     from feedbackgen.models import load
 
     decoding = validate(Decoding, dict(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
+        temperature=temperature, top_k=top_k,
         top_p=top_p, num_beams=num_beams, repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size, seed=seed), "decoding options")
     if (dataset is None) == (requests is None):
         raise FeedbackgenError("give exactly one of --dataset (with --split) or --requests")
+    if engine not in ("local", "ray"):
+        raise FeedbackgenError(f"unknown --engine {engine!r}; choose local or ray")
+    if engine == "local" and (address is not None or workers is not None):
+        raise FeedbackgenError("--address and --workers go with --engine ray")
+    if shard_size < 1:
+        raise FeedbackgenError(f"--shard-size must be at least 1 (got {shard_size})")
     problems = Problems()
+    if engine == "ray":
+        from feedbackgen.generation.ray_engine import run_generation_ray
+
+        t0 = time.time()
+        _, count = run_generation_ray(model, out, decoding, requests=requests, dataset=dataset, split=split,
+                                      with_aspect=with_aspect, problems=problems, address=address,
+                                      workers=workers, shard_size=shard_size)
+        _report_generation(out, count, time.time() - t0, problems, requests)
+        return
+    # read in batches, never all at once: millions of requests fit in the memory of one shard
     if requests is not None:
-        reqs = read_requests(requests, problems)
-        if problems.count:
-            err.print(f"[yellow]{requests}: {problems.describe()}[/yellow]")
+        reqs = requests_file(requests, problems)
     else:
-        reqs = requests_from_split(Dataset.load(dataset), split, with_aspect=with_aspect)
+        try:
+            reqs = requests_from_dataset(dataset, split, with_aspect=with_aspect)
+        except ValueError as e:
+            raise FeedbackgenError(str(e)) from None
     generator = load(model)
     t0 = time.time()
-    run_generation(generator, reqs, out, decoding, model_id=str(model.resolve()))
-    dt = time.time() - t0
-    err.print(f"[green]wrote[/green] {len(reqs)} feedback rows to {out} in {dt:.1f}s "
-              f"({len(reqs) / max(dt, 1e-9):.1f} samples/s)")
+    run_generation(generator, reqs, out, decoding, model_id=str(model.resolve()), shard_size=shard_size)
+    _report_generation(out, reqs.count, time.time() - t0, problems, requests)
     answers = getattr(generator, "answer_counts", None)  # LLM generators: how the JSON answers went
     if answers:
         err.print("answers: " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items()))
                   + " (fallback = still invalid after every retry; each row's meta says which)")
+
+
+def _report_generation(out: Path, count: int, dt: float, problems, requests: Optional[Path]) -> None:
+    if problems.count:
+        err.print(f"[yellow]{requests}: {problems.describe()}[/yellow]")
+    err.print(f"[green]wrote[/green] {count} feedback rows to {out} in {dt:.1f}s "
+              f"({count / max(dt, 1e-9):.1f} samples/s)")
 
 
 @app.command()
@@ -522,3 +569,7 @@ def main() -> None:
         err.print(f"[red]error:[/red] {type(e).__name__}: {e} (set FEEDBACKGEN_DEBUG=1 for the traceback)",
                   highlight=False)
         sys.exit(1)
+
+
+if __name__ == "__main__":  # `python -m feedbackgen.cli`, which is how torchrun starts it (-m)
+    main()

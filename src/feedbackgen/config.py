@@ -19,6 +19,7 @@ class Decoding(StrictModel):
     """How text is decoded. Names follow Hugging Face `generate`."""
 
     max_new_tokens: int = Field(25, ge=1, le=1024, description="most tokens generated per sample")
+    min_new_tokens: int = Field(0, ge=0, le=1024, description="fewest tokens before end-of-sequence is allowed")
     do_sample: bool = Field(False, description="sample instead of greedy / beam search")
     temperature: float = Field(1.0, gt=0.0, le=10.0)
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens when sampling (0 = off)")

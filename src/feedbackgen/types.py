@@ -11,6 +11,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def _unicode(text: str) -> bool:
+    """False for a string with a lone surrogate ("\\ud800" in JSON): it cannot be written out as UTF-8."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range, such as 10**400
+        return False
+
+
 @dataclass(frozen=True)
 class FeedbackRequest:
     """Ask for the feedback `user_id` would give `item_id`, optionally about `aspect`.
@@ -27,14 +45,14 @@ class FeedbackRequest:
     def __post_init__(self):
         for name in ("user_id", "item_id"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value:
+            if not isinstance(value, str) or not value or not _unicode(value):
                 raise ValueError(f"FeedbackRequest.{name} must be a non-empty string, got {value!r}")
-        if self.aspect is not None and not isinstance(self.aspect, str):
+        if self.aspect is not None and (not isinstance(self.aspect, str) or not _unicode(self.aspect)):
             raise ValueError(f"FeedbackRequest.aspect must be a string or None, got {self.aspect!r}")
         if self.rating is not None and (
             isinstance(self.rating, bool)
             or not isinstance(self.rating, (int, float))
-            or not math.isfinite(self.rating)
+            or not _finite(self.rating)
         ):
             raise ValueError(f"FeedbackRequest.rating must be a finite number or None, got {self.rating!r}")
 
@@ -47,8 +65,8 @@ class FeedbackRequest:
             raise ValueError(f"request is missing field(s) {', '.join(missing)}")
         uid, iid = d["user_id"], d["item_id"]
         return cls(
-            user_id=str(uid) if isinstance(uid, (int, str)) else uid,
-            item_id=str(iid) if isinstance(iid, (int, str)) else iid,
+            user_id=str(uid) if isinstance(uid, (int, str)) and not isinstance(uid, bool) else uid,
+            item_id=str(iid) if isinstance(iid, (int, str)) and not isinstance(iid, bool) else iid,
             aspect=d.get("aspect"),
             rating=d.get("rating"),
         )

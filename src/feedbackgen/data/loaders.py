@@ -71,6 +71,14 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
 
+def _finite(value: int | float) -> bool:
+    """math.isfinite, but False (not OverflowError) for an int beyond float range such as 10**400."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _parse_id(value: Any, name: str) -> str:
     if value is None or value == "":
         raise _Bad(name, "missing")
@@ -91,8 +99,8 @@ def _parse_rating(value: Any, name: str, numbers_as_text: bool) -> float:
             raise _Bad(name, f"expected a number, got {_describe(value)}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Bad(name, f"expected a number, got {_describe(value)}")
-    if not math.isfinite(value):
-        raise _Bad(name, f"not a finite number: {value!r}")
+    if not _finite(value):
+        raise _Bad(name, f"not a finite number: {_describe(value)}")
     return float(value)
 
 
@@ -122,10 +130,12 @@ def _parse_timestamp(value: Any, name: str, unit: str, numbers_as_text: bool) ->
             value = float(value.strip())
         except ValueError:
             raise _Bad(name, f"not a {'date' if unit == 'date' else 'timestamp'}: {_describe(value)}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise _Bad(name, f"expected a unix timestamp, got {_describe(value)}")
     if unit == "ms" or (unit == "auto" and abs(value) >= MS_THRESHOLD):
         value = value / 1000
+    if not -2**63 <= value < 2**63:  # the timestamp column is Int64
+        raise _Bad(name, f"timestamp out of range: {_describe(value)}")
     return int(value)
 
 
@@ -147,7 +157,7 @@ def _int_or_none(value: Any) -> int | None:
     if isinstance(value, str):
         try:
             return int(float(value.replace(",", "").strip()))
-        except ValueError:
+        except (ValueError, OverflowError):  # "nan", "inf", "1e400"
             return None
     return None
 
@@ -169,6 +179,17 @@ def _helpful(index: int) -> Callable[[Any], int | None]:
     return get
 
 
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a parsed value holds a lone surrogate ("\\ud800" decodes to one): no column can hold it."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=repr, skipkeys=True).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return False
+
+
 def _scalar(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
@@ -179,9 +200,10 @@ def _literal(value: Any) -> Any:
     """A field that may hold a Python-literal list as a string ("['a', 'b']"): parsed, never eval'd."""
     if isinstance(value, str) and value.strip()[:1] in ("[", "(") and len(value) <= MAX_LITERAL_CHARS:
         try:
-            return ast.literal_eval(value.strip())
+            parsed = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             return value
+        return value if "\\" in value and _lone_surrogate(parsed) else parsed
     return value
 
 
@@ -195,11 +217,16 @@ def _string_list(value: Any, sep: str | None = None) -> list[str]:
         return [p.strip() for p in parts if p.strip()]
     out: list[str] = []
     if isinstance(value, (list, tuple)):
-        for x in value:
-            for s in (_string_list(x) if isinstance(x, (list, tuple)) else [x]):
-                # The 2018 crawls end some category lists with HTML debris ("</span></span>").
-                if isinstance(s, str) and s.strip() and "<" not in s and s.strip() not in out:
-                    out.append(s.strip())
+        stack = [iter(value)]  # nested lists flattened depth-first without recursion (a file may nest 1000 deep)
+        while stack:
+            s = next(stack[-1], stack)
+            if s is stack:
+                stack.pop()
+            elif isinstance(s, (list, tuple)):
+                stack.append(iter(s))
+            # The 2018 crawls end some category lists with HTML debris ("</span></span>").
+            elif isinstance(s, str) and s.strip() and "<" not in s and s.strip() not in out:
+                out.append(s.strip())
     return out
 
 
@@ -217,7 +244,7 @@ def _price(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) and value >= 0 else None
+        return float(value) if _finite(value) and value >= 0 else None
     if isinstance(value, str):
         text = value.strip().lstrip("$").strip().replace(",", "")
         try:
@@ -243,6 +270,8 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
+# Lines that may decode to a lone surrogate: a "\ud800"-style escape, or its raw (invalid) UTF-8 bytes.
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\\U0000[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _BROKEN_STREAM = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, UnicodeDecodeError)
 
 
@@ -264,13 +293,17 @@ def _json_records(path: Path, problems: Problems, *, literals: bool = False) -> 
     for line_no, raw in _lines(path, problems):
         try:
             record = json.loads(raw)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             record = _python_literal(raw) if literals else None
             if record is None:
-                problems.report(str(path), line_no, None, f"not valid JSON ({e})")
+                why = "nested too deeply" if isinstance(e, RecursionError) else e
+                problems.report(str(path), line_no, None, f"not valid JSON ({why})")
                 continue
         if not isinstance(record, dict):
             problems.report(str(path), line_no, None, f"expected a JSON object, got {type(record).__name__}")
+            continue
+        if _MAYBE_SURROGATE.search(raw) and _lone_surrogate(record):
+            problems.report(str(path), line_no, None, "not valid Unicode text (a lone surrogate such as \\ud800)")
             continue
         yield line_no, record
 
@@ -314,17 +347,27 @@ def _parquet_records(path: Path, problems: Problems) -> Iterator[tuple[int, dict
     except Exception as e:  # pyarrow raises several unrelated types for a non-Parquet file
         raise DataError(f"not a readable Parquet file ({e})", source=str(path)) from None
     row = 0
-    for batch in table.iter_batches(batch_size=65_536):
-        for record in batch.to_pylist():
-            row += 1
-            yield row, record
+    try:
+        for batch in table.iter_batches(batch_size=65_536):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+    except Exception as e:  # a corrupt page: pyarrow raises OSError, ArrowInvalid, UnicodeDecodeError, ...
+        problems.report(str(path), row + 1, None,
+                        f"file is corrupt ({type(e).__name__}: {e}); stopped reading it here")
 
 
 def _recbole_records(path: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
     """RecBole atomic file: tab-separated, first line `name:type` headers; values stay strings."""
     header: list[str] | None = None
     for line_no, raw in _lines(path, problems):
-        cells = raw.decode("utf-8").rstrip("\r\n").split("\t")
+        try:
+            cells = raw.decode("utf-8-sig" if header is None else "utf-8").rstrip("\r\n").split("\t")
+        except UnicodeDecodeError as e:
+            if header is None:
+                raise DataError(f"the header line is not UTF-8 text ({e})", source=str(path), line=line_no) from None
+            problems.report(str(path), line_no, None, f"not UTF-8 text ({e})")
+            continue
         if header is None:
             header = [c.split(":", 1)[0].strip() for c in cells]
             continue
@@ -444,12 +487,19 @@ class _ReviewColumns:
             series.append(_series(extra.name, self.columns[extra.name], extra.dtype))
         return pl.DataFrame(series)
 
+    def take(self) -> pl.DataFrame:
+        """The rows added so far as a frame; the lists start empty again (one chunk at a time)."""
+        frame = self.frame()
+        for values in self.columns.values():
+            values.clear()
+        return frame
+
 
 def _series(name: str, values: list, dtype: Any = None) -> pl.Series:
     """A column from Python values; mixed types (a CSV extra, a loose JSON field) become strings."""
     try:
         return pl.Series(name, values, dtype=dtype, strict=dtype is None)
-    except (TypeError, ValueError, pl.exceptions.PolarsError):
+    except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):  # OverflowError: ints beyond Int64
         return pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.Utf8)
 
 
@@ -587,35 +637,43 @@ def _item_reader(fmt: str, mapping: dict[str, str] | None) -> Callable[[dict], d
     return _generic_item(mapping)
 
 
+def _full(columns: _ReviewColumns, chunk_rows: int | None) -> bool:
+    return chunk_rows is not None and len(columns) >= chunk_rows
+
+
 def _load_records(paths: list[Path], fmt: str, meta: Path | None, mapping: dict[str, str] | None,
-                  problems: Problems) -> Loaded:
-    """Every format but peter and recbole: review files, then item files."""
-    files, interactions, items = [], [], {}
+                  problems: Problems, chunk_rows: int | None, done: dict[str, Any]) -> Iterator[pl.DataFrame]:
+    """Every format but peter and recbole: review files, then item files. Yields the interactions
+    in chunks (one per file when `chunk_rows` is None), then fills `done` with items and info."""
+    files, items = [], {}
     source_row = 0
     roles = _roles(paths, fmt, meta)
+    if not any(role == "reviews" for _, role in roles):
+        meta_names = "meta_*" if fmt.startswith("amazon") else "*business*"
+        raise DataError(f"no review file among {', '.join(str(p) for p in paths)} "
+                        f"(metadata files are recognised by name: {meta_names})")
     for path, role in roles:
         if role != "reviews":
             continue
         fields = _review_fields(fmt, path, mapping)
         columns = _ReviewColumns(fields)
-        read = 0
+        read = rows = 0
         for line, record in _review_records(fmt, path, problems):
             columns.add(record, str(path), line, problems, source_row)
             read += 1
             source_row += 1
-        interactions.append(columns.frame())
-        files.append({**_file_info(path, role), "records": read, "rows": len(columns)})
-    if not interactions:
-        meta_names = "meta_*" if fmt.startswith("amazon") else "*business*"
-        raise DataError(f"no review file among {', '.join(str(p) for p in paths)} "
-                        f"(metadata files are recognised by name: {meta_names})")
+            if _full(columns, chunk_rows):
+                rows += len(columns)
+                yield columns.take()
+        rows += len(columns)
+        yield columns.take()  # even when empty: its columns still join the table
+        files.append({**_file_info(path, role), "records": read, "rows": rows})
     for path, role in roles:
         if role == "items":
             read, kept, dups = _collect_items(_item_records(fmt, _existing(path), problems),
                                               _item_reader(fmt, mapping), str(path), problems, items)
             files.append({**_file_info(path, role), "records": read, "rows": kept, "duplicate_items": dups})
-    frame = pl.concat(interactions, how="diagonal_relaxed")
-    return Loaded(frame, _items_frame(items) if items else None, None, {"files": files})
+    done.update(items=_items_frame(items) if items else None, users=None, info={"files": files})
 
 
 def _recbole_paths(paths: list[Path], meta: Path | None) -> dict[str, list[Path]]:
@@ -639,39 +697,49 @@ def _recbole_paths(paths: list[Path], meta: Path | None) -> dict[str, list[Path]
 
 
 def _load_recbole(paths: list[Path], meta: Path | None, mapping: dict[str, str] | None,
-                  problems: Problems) -> Loaded:
+                  problems: Problems, chunk_rows: int | None, done: dict[str, Any]) -> Iterator[pl.DataFrame]:
     found = _recbole_paths(paths, meta)
-    files, frames, items, users = [], [], {}, []
+    files, items, users = [], {}, []
     source_row = 0
     for path in found["inter"]:
         header = _recbole_header(path)
         columns = _ReviewColumns(_generic_fields(mapping, numbers_as_text=True, columns=list(header)))
-        read = 0
+        read = rows = 0
         for line, record in _recbole_records(path, problems):
             columns.add(record, str(path), line, problems, source_row)
             read += 1
             source_row += 1
-        frames.append(columns.frame())
-        files.append({**_file_info(path, "reviews"), "records": read, "rows": len(columns)})
+            if _full(columns, chunk_rows):
+                rows += len(columns)
+                yield columns.take()
+        rows += len(columns)
+        yield columns.take()
+        files.append({**_file_info(path, "reviews"), "records": read, "rows": rows})
     for path in found["item"]:
         read, kept, dups = _collect_items(_recbole_records(path, problems), _recbole_item, str(path),
                                           problems, items)
         files.append({**_file_info(path, "items"), "records": read, "rows": kept, "duplicate_items": dups})
     for path in found["user"]:
         header = _recbole_header(path)
+        if "user_id" not in header:
+            raise DataError(f"a .user file needs a user_id column; its header has {', '.join(header)}",
+                            source=str(path), line=1)
         rows = [r for _, r in _recbole_records(path, problems) if r.get("user_id")]
         users.append(pl.DataFrame([
             _series(n, [_recbole_value(r[n], t) for r in rows], pl.Float64 if t == "float" else pl.Utf8)
             for n, t in header.items()]))
         files.append({**_file_info(path, "users"), "records": len(rows), "rows": len(rows)})
-    return Loaded(pl.concat(frames, how="diagonal_relaxed"), _items_frame(items) if items else None,
-                  pl.concat(users, how="diagonal_relaxed").unique("user_id", keep="first", maintain_order=True)
-                  if users else None, {"files": files})
+    done.update(items=_items_frame(items) if items else None,
+                users=pl.concat(users, how="diagonal_relaxed").unique("user_id", keep="first", maintain_order=True)
+                if users else None, info={"files": files})
 
 
 def _recbole_header(path: Path) -> dict[str, str]:
-    with _open_binary(path) as f:
-        first = f.readline().decode("utf-8").rstrip("\r\n")
+    try:
+        with _open_binary(path) as f:
+            first = f.readline().decode("utf-8-sig").rstrip("\r\n")
+    except _BROKEN_STREAM as e:
+        raise DataError(f"cannot read the header line ({type(e).__name__}: {e})", source=str(path), line=1) from None
     header = {}
     for cell in first.split("\t"):
         name, _, kind = cell.partition(":")
@@ -688,7 +756,9 @@ def _recbole_value(text: str, kind: str) -> Any:
     return text or None
 
 
-def _load_peter(paths: list[Path], problems: Problems, index_dir: str) -> Loaded:
+def _load_peter(paths: list[Path], problems: Problems, index_dir: str, chunk_rows: int | None,
+                done: dict[str, Any]) -> Iterator[pl.DataFrame]:
+    """reviews.pickle is one pickle, so it is read whole; it is still handed on in chunks."""
     from feedbackgen.data.peter_format import read_peter
 
     if len(paths) != 1:
@@ -701,7 +771,11 @@ def _load_peter(paths: list[Path], problems: Problems, index_dir: str) -> Loaded
     files = [{**_file_info(folder / "reviews.pickle", "reviews"), "records": records, "rows": frame.height}]
     for p in sorted((folder / index_dir).glob("*.index")) if split is not None else []:
         files.append(_file_info(p, "split"))
-    return Loaded(frame, None, None, {"files": files, "peter_index_dir": index_dir if split is not None else None})
+    done.update(items=None, users=None,
+                info={"files": files, "peter_index_dir": index_dir if split is not None else None})
+    step = chunk_rows or max(frame.height, 1)
+    for start in range(0, max(frame.height, 1), step):
+        yield frame.slice(start, step)
 
 
 def _with_canonical_columns(df: pl.DataFrame) -> pl.DataFrame:
@@ -712,38 +786,75 @@ def _with_canonical_columns(df: pl.DataFrame) -> pl.DataFrame:
     return df.select(*first, *[pl.col(n) for n in df.columns if n not in dtypes])
 
 
-def load_tables(paths: list[Path] | list[str], fmt: str, *, meta: Path | str | None = None,
-                mapping: dict[str, str] | None = None, problems: Problems,
-                peter_index_dir: str = "1") -> Loaded:
-    """Like `load_source`, but also returns a users table (RecBole `.user` files), and for the
-    peter format reads the split from `peter_index_dir` (a `split` column)."""
+class TableStream:
+    """The interactions of a source in chunks of at most `chunk_rows` rows, in source order, with
+    canonical columns. The items, users and source info are set once every chunk has been read
+    (items are kept only when some review names them, so they need the whole stream)."""
+
+    def __init__(self, chunks: Iterator[pl.DataFrame], fmt: str, done: dict[str, Any]):
+        self._chunks, self.fmt, self._done = chunks, fmt, done
+        self.items: pl.DataFrame | None = None
+        self.users: pl.DataFrame | None = None
+        self.info: dict[str, Any] = {}
+        self.finished = False
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        rows, reviewed = 0, []
+        for chunk in self._chunks:
+            chunk = _with_canonical_columns(chunk)
+            rows += chunk.height
+            reviewed.append(chunk["item_id"].unique())
+            yield chunk
+        self.items, self.users, info = self._done["items"], self._done["users"], self._done["info"]
+        if self.items is not None:
+            ids = pl.concat(reviewed).unique() if reviewed else pl.Series("item_id", [], pl.Utf8)
+            before = len(self.items)
+            self.items = self.items.filter(pl.col("item_id").is_in(ids))
+            info["items_without_reviews"] = before - len(self.items)
+        self.info = {"format": self.fmt, **info, "rows": rows,
+                     "records": sum(f.get("records", 0) for f in info["files"] if f["role"] == "reviews")}
+        self.finished = True
+
+
+def stream_tables(paths: list[Path] | list[str], fmt: str, *, meta: Path | str | None = None,
+                  mapping: dict[str, str] | None = None, problems: Problems,
+                  peter_index_dir: str = "1", chunk_rows: int | None = None) -> TableStream:
+    """`load_tables` one chunk at a time: memory holds one chunk of rows (plus the item metadata
+    and the distinct item ids), whatever the size of the files. The arguments are checked now,
+    the files are read as the stream is iterated."""
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
         raise DataError("no source files given")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise DataError(f"chunk_rows must be >= 1, got {chunk_rows}")
     paths = [_existing(Path(p)) for p in paths]
     meta = _existing(Path(meta)) if meta is not None else None
     if mapping and fmt not in ("csv", "jsonl", "parquet", "recbole"):
         raise DataError(f"a column mapping applies to csv, jsonl, parquet and recbole, not {fmt}")
+    if fmt == "peter" and meta is not None:
+        raise DataError("the peter format has no item metadata file")
+    done: dict[str, Any] = {}
     if fmt == "peter":
-        if meta is not None:
-            raise DataError("the peter format has no item metadata file")
-        loaded = _load_peter(paths, problems, peter_index_dir)
+        chunks = _load_peter(paths, problems, peter_index_dir, chunk_rows, done)
     elif fmt == "recbole":
-        loaded = _load_recbole(paths, meta, mapping, problems)
+        chunks = _load_recbole(paths, meta, mapping, problems, chunk_rows, done)
     else:
-        loaded = _load_records(paths, fmt, meta, mapping, problems)
-    loaded.interactions = _with_canonical_columns(loaded.interactions)
-    if loaded.items is not None:
-        reviewed = set(loaded.interactions["item_id"].unique().to_list())
-        before = len(loaded.items)
-        loaded.items = loaded.items.filter(pl.col("item_id").is_in(reviewed))
-        loaded.info["items_without_reviews"] = before - len(loaded.items)
-    loaded.info = {"format": fmt, **loaded.info, "rows": len(loaded.interactions),
-                   "records": sum(f.get("records", 0) for f in loaded.info["files"] if f["role"] == "reviews")}
-    return loaded
+        chunks = _load_records(paths, fmt, meta, mapping, problems, chunk_rows, done)
+    return TableStream(chunks, fmt, done)
+
+
+def load_tables(paths: list[Path] | list[str], fmt: str, *, meta: Path | str | None = None,
+                mapping: dict[str, str] | None = None, problems: Problems,
+                peter_index_dir: str = "1") -> Loaded:
+    """Like `load_source`, but also returns a users table (RecBole `.user` files), and for the
+    peter format reads the split from `peter_index_dir` (a `split` column)."""
+    stream = stream_tables(paths, fmt, meta=meta, mapping=mapping, problems=problems,
+                           peter_index_dir=peter_index_dir)
+    frames = list(stream)
+    return Loaded(pl.concat(frames, how="diagonal_relaxed"), stream.items, stream.users, stream.info)
 
 
 def load_source(paths: list[Path] | list[str], fmt: str, *, meta: Path | str | None = None,

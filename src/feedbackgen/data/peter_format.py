@@ -51,6 +51,29 @@ class _Malformed(Exception):
         self.field, self.reason = field_name, reason
 
 
+def _short(value: Any) -> str:
+    try:
+        return repr(value)[:40]
+    except ValueError:  # repr refuses an int of more than 4300 digits
+        return f"an int of {value.bit_length()} bits"
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def _unicode(value: Any) -> bool:
+    """False for a string holding a lone surrogate (a pickle can carry one; no column can hold it)."""
+    try:
+        value.encode("utf-8") if isinstance(value, str) else None
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _row(record: Any) -> dict[str, Any]:
     """One PETER record as our columns; raises `_Malformed` naming the field."""
     if not isinstance(record, dict):
@@ -60,17 +83,20 @@ def _row(record: Any) -> dict[str, Any]:
             raise _Malformed(key, "missing")
     user, item, rating, template = (record[k] for k in ("user", "item", "rating", "template"))
     for key, value in (("user", user), ("item", item)):
-        if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
-            raise _Malformed(key, f"expected a non-empty string id, got {value!r:.40}")
-    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating):
-        raise _Malformed("rating", f"expected a finite number, got {rating!r:.40}")
+        if (not isinstance(value, (str, int)) or isinstance(value, bool) or value == ""
+                or (isinstance(value, int) and not -2**63 <= value < 2**63) or not _unicode(value)):
+            raise _Malformed(key, f"expected a non-empty string id, got {_short(value)}")
+    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not _finite(rating):
+        raise _Malformed("rating", f"expected a finite number, got {_short(rating)}")
     if not isinstance(template, (tuple, list)) or len(template) != 4:
         raise _Malformed("template", "expected (feature, adj, text, sentiment)")
     feature, _adj, text, sentiment = template
     if not isinstance(feature, str) or not isinstance(text, str):
         raise _Malformed("template", "feature and text must be strings")
+    if not (_unicode(feature) and _unicode(text)):
+        raise _Malformed("template", "feature and text must be valid Unicode text (no lone surrogates)")
     if isinstance(sentiment, bool) or not isinstance(sentiment, (int, float)) or sentiment not in (-1, 0, 1):
-        raise _Malformed("template", f"sentiment must be -1, 0 or 1, got {sentiment!r:.40}")
+        raise _Malformed("template", f"sentiment must be -1, 0 or 1, got {_short(sentiment)}")
     return {"user_id": str(user), "item_id": str(item), "rating": float(rating), "text": text,
             "aspect": feature or None, "explanation": text, "sentiment": int(sentiment)}
 
@@ -84,7 +110,7 @@ def read_index(folder: Path, n_rows: int) -> pl.Series | None:
         path = folder / file_name
         if not path.exists():
             raise DataError(f"missing {file_name} (expected {', '.join(INDEX_FILES.values())})", source=str(folder))
-        for token in path.read_text().split():
+        for token in path.read_text(errors="replace").split():  # a bad byte shows as U+FFFD: not a row index
             try:
                 i = int(token)
             except ValueError:

@@ -7,13 +7,21 @@ Every step is configured by one field of `PrepareConfig` (validated before anyth
 logs a record to the manifest's `steps`. The result is a pure function of the inputs, the seed
 and the config: rows stay in source order, and nothing time- or machine-dependent goes into the
 tables, so the same inputs give the same Parquet bytes.
+
+Memory holds `chunk_rows` rows at a time, whatever the input's size: the table goes from pass to
+pass as temporary Parquet parts, and the chunk size changes nothing in the result
+(docs/scale.md says which state is kept beside a chunk).
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import sys
+import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,10 +31,12 @@ from pydantic import Field, model_validator
 from feedbackgen.config import StrictModel, validate
 from feedbackgen.data import aspects as aspect_mining
 from feedbackgen.data import preprocess, splits
-from feedbackgen.data.dataset import Dataset
-from feedbackgen.data.loaders import FORMATS, load_tables
+from feedbackgen.data.dataset import (EXTRA_INTERACTION_SCHEMA, INTERACTION_SCHEMA, ITEM_SCHEMA, MANIFEST_VERSION,
+                                      SPLITS, Dataset, conform)
+from feedbackgen.data.loaders import FORMATS, stream_tables
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import ConfigError, DataError
+from feedbackgen.io import atomic_write, atomic_write_json, sha256_file
 
 
 class PrepareConfig(StrictModel):
@@ -101,134 +111,443 @@ def _check_arguments(fmt: str, split: str, seed: Any, config: PrepareConfig) -> 
                           "split_index_dir=FOLDER")
 
 
-def _split(df: pl.DataFrame, method: str, seed: int, config: PrepareConfig, n_records: int,
-           log: _Log) -> pl.DataFrame:
-    rows_in = df.height
-    params: dict[str, Any] = {"method": method, "seed": seed}
-    extra: dict[str, Any] = {}
-    if method == "peter":
-        if config.split_index_dir is not None:
-            params["index_dir"] = config.split_index_dir
-            df = df.with_columns(splits.index_split(df, config.split_index_dir, n_records))
-        elif "_source_split" in df.columns:
-            df = df.with_columns(pl.col("_source_split").alias("split"))
-        else:
-            raise DataError("the peter source has no index folder to split by; use --split random")
-        unassigned = int(df["split"].is_null().sum())
-        df = df.filter(pl.col("split").is_not_null())
-        extra["dropped_unassigned"] = unassigned
-    else:
-        if method == "random":
-            params["ratios"] = list(config.split_ratios)
-        df = splits.assign_split(df, method, seed=seed, ratios=config.split_ratios)
-    mode = config.cold_start or ("keep" if method == "peter" else "move_to_train")
-    df, cold = splits.apply_cold_start(df, mode)
-    moved = sum(cold.get("moved_to_train", {}).values())
-    log(preprocess.step_record("split", params, rows_in, df.height, touched=moved,
-                               sizes=splits.split_sizes(df), **extra, **cold))
-    return df.drop("_source_split", strict=False)
+DEFAULT_CHUNK_ROWS = 100_000
+MAX_DUPLICATE_PASSES = 64  # each reads the id columns once: past this, time beats memory
 
 
-def _explanations(df: pl.DataFrame, config: PrepareConfig, log: _Log) -> tuple[pl.DataFrame, list[str]]:
-    has_source = "explanation" in df.columns and df["explanation"].null_count() < df.height
-    mode = config.explanations
-    if mode == "auto":
-        mode = "source" if has_source else "extract"
-    params: dict[str, Any] = {"mode": mode}
-    if mode == "off":
-        df = df.drop("aspect", "explanation", "sentiment", strict=False)
-        log(preprocess.step_record("explanations", params, df.height, df.height, touched=0))
-        return df, []
-    if mode == "source":
-        if not has_source:
-            raise DataError("explanations=source, but this source has no explanations; use extract")
-        train = df.filter(pl.col("split") == "train")
-        counts = train["aspect"].drop_nulls().value_counts(name="n")
-        scored = sorted(zip(counts["aspect"].to_list(), counts["n"].to_list()), key=lambda x: (-x[1], x[0]))
-    else:
-        params.update(n_aspects=config.n_aspects, window=config.aspect_window,
-                      max_tokens=config.explanation_max_tokens, sentiment_threshold=config.sentiment_threshold)
-        # Aspects come from train rows only, so nothing about valid/test leaks into the targets.
-        scored = aspect_mining.mine_aspects(df.filter(pl.col("split") == "train")["text"],
-                                            top_n=config.n_aspects, window=config.aspect_window)
-        df = aspect_mining.add_explanations(df, [w for w, _ in scored], max_tokens=config.explanation_max_tokens,
-                                            threshold=config.sentiment_threshold)
-    with_expl = df.height - df["explanation"].null_count()
-    by_split = {s: int(n) for s, n in df.filter(pl.col("explanation").is_not_null())
-                .group_by("split").len().sort("split").iter_rows()}
-    log(preprocess.step_record(
-        "explanations", params, df.height, df.height, touched=with_expl if mode == "extract" else 0,
-        with_explanation=with_expl, without_explanation=df.height - with_expl,
-        with_explanation_by_split=by_split, distinct_aspects_used=df["aspect"].drop_nulls().n_unique(),
-        aspects=[[w, int(s)] for w, s in scored]))
-    return df, [w for w, _ in scored]
+class _Parts:
+    """A table kept on disk as Parquet parts of at most one chunk each, in source order: each pass
+    of `prepare` reads one part, transforms it and writes it to the next table, so memory holds
+    one chunk whatever the size of the input."""
+
+    def __init__(self, folder: Path, name: str):
+        self.folder = folder / name
+        self.folder.mkdir(parents=True)
+        self.paths: list[Path] = []
+        self.rows = 0
+
+    def append(self, df: pl.DataFrame) -> None:
+        path = self.folder / f"part-{len(self.paths):06d}.parquet"
+        df.write_parquet(path, compression="lz4", statistics=False)
+        self.paths.append(path)
+        self.rows += df.height
+
+    def __iter__(self):
+        for path in self.paths:
+            yield pl.read_parquet(path)
+
+    def scan(self, columns: list[str] | None = None) -> pl.LazyFrame:
+        """All parts as one lazy table. Parts written before the schemas were aligned (the loaded
+        table: chunks of different files may differ in their extra columns) are scanned each on
+        its own, for `columns` only."""
+        if columns is not None:
+            return pl.concat([pl.scan_parquet(p).select(columns) for p in self.paths])
+        return pl.scan_parquet(self.paths)
+
+    def schema(self) -> pl.DataFrame:
+        """An empty frame with every part's columns, types widened as `pl.concat` widens them."""
+        return pl.concat([pl.read_parquet(p, n_rows=0) for p in self.paths], how="diagonal_relaxed")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder)
 
 
-def prepare(sources: list[Path] | list[str], fmt: str, *, meta: Path | str | None = None,
-            mapping: dict[str, str] | None = None, split: str = "random", seed: int = 1,
-            strict: bool = False, config: PrepareConfig | dict | None = None,
-            progress: bool = True) -> Dataset:
-    """Load `sources` in format `fmt`, clean, filter, split and add explanation targets.
+class _Distinct:
+    """The distinct values of a column met chunk by chunk (memory: one copy of each value)."""
 
-    Bad records are skipped and counted (`strict` stops at the first one). The manifest records
-    the source files (names, sizes, sha256), the problems, every step with its counts, the
-    config, the seed and the split.
-    """
+    def __init__(self, name: str):
+        self.parts: list[pl.Series] = [pl.Series(name, [], pl.Utf8)]
+        self.size = 0
+
+    def add(self, values: pl.Series) -> None:
+        unique = values.unique()
+        self.parts.append(unique)
+        self.size += unique.len()
+        if len(self.parts) > 64:
+            self.parts = [pl.concat(self.parts).unique()]
+
+    def count(self) -> int:
+        return pl.concat(self.parts).n_unique()
+
+
+def _merge(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One step record from the records of its chunks: counts added up, the rest from the first."""
+    out = dict(records[0])
+    for record in records[1:]:
+        for key, value in record.items():
+            if isinstance(value, bool) or key in ("step", "params"):
+                continue
+            if isinstance(value, int):
+                out[key] += value
+            elif isinstance(value, dict):
+                merged = dict(out[key])
+                for k, v in value.items():
+                    merged[k] = merged.get(k, 0) + v
+                out[key] = merged
+    return out
+
+
+def _count(lf: pl.LazyFrame) -> int:
+    return lf.select(pl.len()).collect(engine="streaming").item()
+
+
+def _split_sizes(lf: pl.LazyFrame) -> dict[str, int]:
+    counts = dict(lf.group_by("split").len().collect(engine="streaming").iter_rows())
+    return {s: int(counts.get(s, 0)) for s in SPLITS}
+
+
+@dataclass
+class _Prepared:
+    parts: _Parts
+    items: pl.DataFrame | None
+    users: pl.DataFrame | None
+    manifest: dict[str, Any]
+
+
+def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, meta: Path | str | None,
+                   mapping: dict[str, str] | None, split: str, seed: int, strict: bool,
+                   config: PrepareConfig | dict | None, progress: bool, chunk_rows: int) -> _Prepared:
+    """Every step of `prepare`, one chunk in memory at a time, the table between passes in `work`.
+
+    Steps that look at one row (cleaning, PII, lengths, rescaling, explanations) run chunk by
+    chunk; those that look at many (duplicates, k-core, rating range, split, cold start, aspect
+    mining) first read the few columns they need with polars' streaming engine and keep per-id
+    state (or, for the random split, one byte per row), then the next pass applies the result."""
     config = validate(PrepareConfig, config, "prepare config")
     _check_arguments(fmt, split, seed, config)
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ConfigError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
     problems = Problems(strict=strict)
     log = _Log(progress)
 
-    loaded = load_tables([sources] if isinstance(sources, (str, Path)) else list(sources), fmt, meta=meta, mapping=mapping, problems=problems)
-    df = loaded.interactions.sort("source_row")
-    if "split" in df.columns:  # a split given by the source (PETER index files), used by --split peter
-        df = df.rename({"split": "_source_split"})
-    items, users = loaded.items, loaded.users
-    log(preprocess.step_record("load", {"format": fmt}, loaded.info["records"], df.height, touched=0,
-                               skipped=problems.count, users=df["user_id"].n_unique(),
-                               items=df["item_id"].n_unique()))
-
+    # pass 1: load, clean_text, drop_empty
+    stream = stream_tables([sources] if isinstance(sources, (str, Path)) else list(sources), fmt, meta=meta,
+                           mapping=mapping, problems=problems, chunk_rows=chunk_rows)
+    loaded = _Parts(work, "loaded")
+    users_seen, items_seen = _Distinct("user_id"), _Distinct("item_id")
+    cleaned, emptied = [], []
+    last_row = -1
+    for chunk in stream:
+        chunk = chunk.sort("source_row")
+        if chunk.height:
+            if chunk["source_row"][0] <= last_row:
+                raise DataError(f"{fmt} loader gave rows out of source order")  # a bug, not bad data
+            last_row = chunk["source_row"][-1]
+        if "split" in chunk.columns:  # a split given by the source (PETER index files), used by --split peter
+            chunk = chunk.rename({"split": "_source_split"})
+        users_seen.add(chunk["user_id"])
+        items_seen.add(chunk["item_id"])
+        if config.clean_text:
+            chunk, _, record = preprocess.clean_texts(chunk, None, tokenized=fmt == "peter")
+            cleaned.append(record)
+        if config.drop_empty:
+            chunk, record = preprocess.drop_empty(chunk)
+            emptied.append(record)
+        loaded.append(chunk)
+    info, items, users = stream.info, stream.items, stream.users
+    log(preprocess.step_record("load", {"format": fmt}, info["records"], info["rows"], touched=0,
+                               skipped=problems.count, users=users_seen.count(), items=items_seen.count()))
+    del users_seen, items_seen
     if config.clean_text:
-        df, items, record = preprocess.clean_texts(df, items, tokenized=fmt == "peter")
+        record = _merge(cleaned)
+        items, record["items_touched"] = preprocess.clean_item_texts(items)
         log(record)
     if config.drop_empty:
-        df, record = preprocess.drop_empty(df)
-        log(record)
+        log(_merge(emptied))
+
+    # pass 2: drop_duplicates (found first, over the id columns), scrub_pii, length_limits
+    dropped: set[int] = set()
     if config.drop_duplicates:
-        df, record = preprocess.drop_duplicates(df)
-        log(record)
+        # a pass groups about ten chunks' worth of pair hashes (some 100 bytes each)
+        buckets = min(max(1, -(-loaded.rows // (10 * chunk_rows))), MAX_DUPLICATE_PASSES)
+        dropped, pairs = preprocess.duplicate_rows(
+            loaded.scan(["user_id", "item_id", "timestamp", "source_row"]), buckets)
+        log(preprocess.step_record("drop_duplicates", {"keep": "latest"}, loaded.rows, loaded.rows - len(dropped),
+                                   touched=0, duplicate_pairs=pairs, dropped_duplicates=len(dropped)))
+    dropped_rows = pl.Series("source_row", sorted(dropped), dtype=pl.Int64).implode()
+    aligned = loaded.schema()
+    filtered = _Parts(work, "filtered")
+    scrubbed, limited, lengths = [], [], Counter()
+    for chunk in loaded:
+        # every chunk gets all columns, each with the type the whole-table concat would give it
+        chunk = pl.concat([aligned, chunk], how="diagonal_relaxed")
+        if dropped:
+            chunk = chunk.filter(~pl.col("source_row").is_in(dropped_rows))
+        if config.scrub_pii:
+            chunk, record = preprocess.scrub_pii(chunk)
+            scrubbed.append(record)
+        if config.min_tokens or config.max_tokens:
+            chunk, record, counts = preprocess.limit_length_counted(chunk, config.min_tokens, config.max_tokens,
+                                                                    config.over_max)
+            limited.append(record)
+            lengths.update(counts)
+        filtered.append(chunk)
+    loaded.remove()
+    del dropped, dropped_rows
     if config.scrub_pii:
-        df, record = preprocess.scrub_pii(df)
+        record = _merge(scrubbed)
+        record["replacements"] = dict(sorted(record["replacements"].items()))
         log(record)
     if config.min_tokens or config.max_tokens:
-        df, record = preprocess.limit_length(df, config.min_tokens, config.max_tokens, config.over_max)
+        record = _merge(limited)
+        record["tokens_median_before"] = preprocess.median_of_counts(lengths)
         log(record)
-    df, record = preprocess.k_core(df, config.k_core)
-    log(record)
-    df, record = preprocess.normalize_ratings(df, config.rating_scale, problems)
-    log(record)
-    if df.height == 0:
+
+    # k_core and the rating range, over the id and rating columns
+    ids = filtered.scan()
+    in_core = pl.lit(True)
+    if config.k_core > 1:
+        core_users, core_items, iterations = preprocess.k_core_ids(ids.select("user_id", "item_id"), config.k_core)
+        in_core = pl.col("user_id").is_in(core_users.implode()) & pl.col("item_id").is_in(core_items.implode())
+        n_users, n_items = core_users.len(), core_items.len()
+    else:
+        iterations = 0
+        n_users, n_items = (ids.select(pl.col("user_id").n_unique(), pl.col("item_id").n_unique())
+                            .collect(engine="streaming").row(0))
+    cored = ids.filter(in_core)
+    rows_cored = _count(cored)
+    log(preprocess.step_record("k_core", {"k": config.k_core}, filtered.rows, rows_cored, touched=0,
+                               iterations=iterations, users=n_users, items=n_items))
+    observed = (cored.select(pl.col("rating").min().alias("lo"), pl.col("rating").max().alias("hi"))
+                .collect(engine="streaming").row(0)
+                if rows_cored else None)
+    lo, hi = preprocess.rating_bounds(config.rating_scale, observed)
+    declared = config.rating_scale != "auto"
+    in_range = (pl.col("rating") >= lo) & (pl.col("rating") <= hi)
+    keep = in_core & in_range if declared else in_core
+    rows_normalized = _count(ids.filter(keep))
+    if (lo, hi) != preprocess.RATING_RANGE and math.isclose(lo, hi):
+        raise DataError(f"cannot normalise ratings: every rating is {lo}; declare rating_scale=[lo, hi]")
+
+    # the split needs the final row count (random) or per-user order (temporal) before pass 3
+    method = split
+    codes, index, test_rows, valid_rows = None, None, None, None
+    params: dict[str, Any] = {"method": method, "seed": seed}
+    if rows_normalized and method == "random":
+        params["ratios"] = list(config.split_ratios)
+        codes = splits.random_split_codes(rows_normalized, seed, config.split_ratios)
+    elif rows_normalized and method == "temporal":
+        test_rows, valid_rows = splits.temporal_rows(ids.filter(keep).select("user_id", "timestamp", "source_row"))
+    elif rows_normalized and method == "peter":
+        if config.split_index_dir is not None:
+            params["index_dir"] = config.split_index_dir
+            index = splits.read_index(Path(config.split_index_dir), info["records"])
+            if index is None:
+                raise DataError(f"{config.split_index_dir} is not a folder of index files "
+                                "(train.index, validation.index, test.index)")
+        elif "_source_split" not in aligned.columns:
+            raise DataError("the peter source has no index folder to split by; use --split random")
+
+    # pass 3: k_core, normalize_ratings, split
+    rated = _Parts(work, "rated")
+    touched = out_of_range = unassigned = 0
+    position = 0
+    for chunk in filtered:
+        chunk = chunk.filter(in_core)
+        if declared:
+            outside = chunk.filter(~in_range)
+            for row, rating in zip(outside["source_row"], outside["rating"]):
+                problems.report("rating_scale", int(row), "rating",
+                                f"source row {row}: rating {rating} outside the declared scale [{lo}, {hi}]")
+            out_of_range += outside.height
+            chunk = chunk.filter(in_range)
+        if (lo, hi) != preprocess.RATING_RANGE:
+            chunk, changed = preprocess.rescale_ratings(chunk, lo, hi)
+            touched += changed
+        if codes is not None:
+            part = codes[position:position + chunk.height]
+            chunk = chunk.with_columns(pl.Series("split", [splits.SPLIT_CODES[c] for c in part], dtype=pl.Utf8))
+        elif test_rows is not None:
+            chunk = chunk.with_columns(
+                split=pl.when(pl.col("source_row").is_in(test_rows.implode())).then(pl.lit("test"))
+                .when(pl.col("source_row").is_in(valid_rows.implode())).then(pl.lit("valid"))
+                .otherwise(pl.lit("train")))
+        elif index is not None:
+            chunk = chunk.with_columns(index.gather(chunk["source_row"].to_list()))
+        elif method == "peter":
+            chunk = chunk.with_columns(pl.col("_source_split").alias("split"))
+        position += chunk.height
+        if method == "peter":
+            unassigned += int(chunk["split"].is_null().sum())
+            chunk = chunk.filter(pl.col("split").is_not_null())
+        rated.append(chunk)
+    filtered.remove()
+    record: dict[str, Any] = {"target_range": list(preprocess.RATING_RANGE)}
+    if declared:
+        record["dropped_out_of_range"] = out_of_range
+    record["source_range"] = [lo, hi]
+    if (lo, hi) == preprocess.RATING_RANGE:
+        record["note"] = "already on 1-5: unchanged"
+    log(preprocess.step_record("normalize_ratings", {"scale": config.rating_scale}, rows_cored, position,
+                               touched=touched, **record))
+    if position == 0:
         raise DataError(f"no rows left after preprocessing ({problems.describe()}); see the steps above")
 
-    df = _split(df, split, seed, config, loaded.info["records"], log)
-    df, aspect_words = _explanations(df, config, log)
+    # cold start, over the split and id columns
+    table = rated.scan()
+    mode = config.cold_start or ("keep" if method == "peter" else "move_to_train")
+    cold: dict[str, Any] = {"cold_start": mode, "cold_before": splits.cold_start_counts_lazy(table)}
+    moved_rows: set[int] = set()
+    if mode == "move_to_train":
+        moved_rows, moved = splits.cold_rows_to_move(table)
+        cold["moved_to_train"] = moved
+    moved_list = pl.Series("source_row", sorted(moved_rows), dtype=pl.Int64).implode()
+    final_split = (pl.when(pl.col("source_row").is_in(moved_list)).then(pl.lit("train"))
+                   .otherwise(pl.col("split")).alias("split")) if moved_rows else pl.col("split")
+    table = table.with_columns(final_split)
+    if mode == "move_to_train":
+        cold["cold_after"] = splits.cold_start_counts_lazy(table)
+    extra = {"dropped_unassigned": unassigned} if method == "peter" else {}
+    log(preprocess.step_record("split", params, position, rated.rows, touched=len(moved_rows),
+                               sizes=_split_sizes(table), **extra, **cold))
 
-    items, items_dropped = preprocess.keep_referenced(items, df, "item_id")
-    users, users_dropped = preprocess.keep_referenced(users, df, "user_id")
-    log(preprocess.step_record("keep_referenced", {}, df.height, df.height, touched=0,
+    # explanations: aspects mined over the train texts (read a chunk at a time), then pass 4
+    columns = aligned.columns
+    has_source = "explanation" in columns and _count(table.filter(pl.col("explanation").is_not_null())) > 0
+    explain_mode = config.explanations
+    if explain_mode == "auto":
+        explain_mode = "source" if has_source else "extract"
+    params = {"mode": explain_mode}
+    scored: list[tuple[str, int]] = []
+    if explain_mode == "source":
+        if not has_source:
+            raise DataError("explanations=source, but this source has no explanations; use extract")
+        counts = (table.filter(pl.col("split") == "train").select(pl.col("aspect").drop_nulls().value_counts(name="n"))
+                  .unnest("aspect").collect(engine="streaming"))
+        scored = sorted(zip(counts["aspect"].to_list(), counts["n"].to_list()), key=lambda x: (-x[1], x[0]))
+    elif explain_mode == "extract":
+        params.update(n_aspects=config.n_aspects, window=config.aspect_window,
+                      max_tokens=config.explanation_max_tokens, sentiment_threshold=config.sentiment_threshold)
+
+        def train_texts():
+            # Aspects come from train rows only, so nothing about valid/test leaks into the targets.
+            for path in rated.paths:
+                part = pl.read_parquet(path, columns=["source_row", "split", "text"]).with_columns(final_split)
+                yield from part.filter(pl.col("split") == "train")["text"]
+
+        scored = aspect_mining.mine_aspects(train_texts(), top_n=config.n_aspects, window=config.aspect_window)
+    aspect_words = frozenset(w for w, _ in scored)
+    done = _Parts(work, "done")
+    for chunk in rated:
+        chunk = chunk.with_columns(final_split).drop("_source_split", strict=False)
+        if explain_mode == "off":
+            chunk = chunk.drop("aspect", "explanation", "sentiment", strict=False)
+        elif explain_mode == "extract":
+            chunk = aspect_mining.add_explanations(chunk, aspect_words, max_tokens=config.explanation_max_tokens,
+                                                   threshold=config.sentiment_threshold)
+        done.append(conform(chunk, INTERACTION_SCHEMA, "interactions", EXTRA_INTERACTION_SCHEMA))
+    rated.remove()
+    table = done.scan()
+    if explain_mode == "off":
+        log(preprocess.step_record("explanations", params, done.rows, done.rows, touched=0))
+    else:
+        with_expl = _count(table.filter(pl.col("explanation").is_not_null()))
+        by_split = {s: int(n) for s, n in table.filter(pl.col("explanation").is_not_null())
+                    .group_by("split").len().sort("split").collect(engine="streaming").iter_rows()}
+        distinct = table.select(pl.col("aspect").drop_nulls().n_unique()).collect(engine="streaming").item()
+        log(preprocess.step_record(
+            "explanations", params, done.rows, done.rows, touched=with_expl if explain_mode == "extract" else 0,
+            with_explanation=with_expl, without_explanation=done.rows - with_expl,
+            with_explanation_by_split=by_split, distinct_aspects_used=distinct,
+            aspects=[[w, int(s)] for w, s in scored]))
+
+    referenced = {key: table.select(pl.col(key).unique()).collect(engine="streaming")
+                  for key in ("item_id", "user_id")}
+    items, items_dropped = preprocess.keep_referenced(items, referenced["item_id"], "item_id")
+    users, users_dropped = preprocess.keep_referenced(users, referenced["user_id"], "user_id")
+    log(preprocess.step_record("keep_referenced", {}, done.rows, done.rows, touched=0,
                                items_dropped=items_dropped, users_dropped=users_dropped))
 
     manifest = {
         "format": fmt,
-        "source": loaded.info,
+        "source": info,
         "problems": problems.to_manifest(),
         "steps": log.steps,
         "config": config.model_dump(mode="json"),
         "seed": seed,
         "split": split,
-        "aspects": aspect_words,
+        "aspects": [w for w, _ in scored],
     }
     if progress:
-        print(f"prepare: {problems.describe()}; {df.height:,} rows, splits {splits.split_sizes(df)}",
+        print(f"prepare: {problems.describe()}; {done.rows:,} rows, splits {_split_sizes(table)}",
               file=sys.stderr)
-    return Dataset(df.sort("source_row"), items, users, manifest)
+    return _Prepared(done, items, users, manifest)
+
+
+def prepare(sources: list[Path] | list[str], fmt: str, *, meta: Path | str | None = None,
+            mapping: dict[str, str] | None = None, split: str = "random", seed: int = 1,
+            strict: bool = False, config: PrepareConfig | dict | None = None,
+            progress: bool = True, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+            workdir: Path | str | None = None) -> Dataset:
+    """Load `sources` in format `fmt`, clean, filter, split and add explanation targets.
+
+    Bad records are skipped and counted (`strict` stops at the first one). The manifest records
+    the source files (names, sizes, sha256), the problems, every step with its counts, the
+    config, the seed and the split. The steps run `chunk_rows` rows at a time (temporary files in
+    `workdir`, default the system's); the returned `Dataset` holds them all. For inputs larger
+    than memory, `prepare_to` writes the dataset folder without ever holding it.
+    """
+    with tempfile.TemporaryDirectory(prefix="feedbackgen-prepare-", dir=workdir) as work:
+        result = _prepare_parts(sources, fmt, Path(work), meta=meta, mapping=mapping, split=split, seed=seed,
+                                strict=strict, config=config, progress=progress, chunk_rows=chunk_rows)
+        df = pl.concat(list(result.parts)).rechunk()
+    return Dataset(df, result.items, result.users, result.manifest)
+
+
+def _write_parts(parts: _Parts, path: Path) -> None:
+    """One Parquet file from the parts, a part (one row group) at a time."""
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for df in parts:
+            table = df.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd", write_statistics=False)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def prepare_to(sources: list[Path] | list[str], fmt: str, out: Path | str, *, meta: Path | str | None = None,
+               mapping: dict[str, str] | None = None, split: str = "random", seed: int = 1,
+               strict: bool = False, config: PrepareConfig | dict | None = None,
+               progress: bool = True, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+               workdir: Path | str | None = None) -> dict[str, Any]:
+    """`prepare(...).save(out)` in bounded memory: the interactions go from the temporary parts
+    to `out/interactions.parquet` by polars' streaming engine. Returns the manifest written.
+
+    A result of one chunk or less is written exactly as `Dataset.save` writes it, so small
+    inputs give the same bytes either way."""
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="feedbackgen-prepare-", dir=workdir) as work:
+        result = _prepare_parts(sources, fmt, Path(work), meta=meta, mapping=mapping, split=split, seed=seed,
+                                strict=strict, config=config, progress=progress, chunk_rows=chunk_rows)
+        if len(result.parts.paths) <= 1:
+            dataset = Dataset(pl.concat(list(result.parts)).rechunk(), result.items, result.users, result.manifest)
+            dataset.save(out)
+            return dataset.manifest
+        out.mkdir(parents=True, exist_ok=True)
+        table = result.parts.scan()
+        target = out / "interactions.parquet"
+        atomic_write(target, lambda p: _write_parts(result.parts, p))
+        hashes = {target.name: sha256_file(target)}
+        for name, df in (("items", result.items), ("users", result.users)):
+            path = out / f"{name}.parquet"
+            if df is None:
+                path.unlink(missing_ok=True)
+                continue
+            schema = ITEM_SCHEMA if name == "items" else {"user_id": pl.Utf8}
+            df = conform(df, schema, name)
+            atomic_write(path, lambda p, df=df: df.write_parquet(p, compression="zstd", statistics=False))
+            hashes[path.name] = sha256_file(path)
+        summary: dict[str, Any] = {"interactions": result.parts.rows}
+        summary.update(zip(("users", "items"), table.select(pl.col("user_id").n_unique(), pl.col("item_id").n_unique())
+                           .collect(engine="streaming").row(0)))
+        summary["splits"] = _split_sizes(table)
+        if result.items is not None:
+            summary["item_metadata_rows"] = len(result.items)
+        manifest = {**result.manifest, "manifest_version": MANIFEST_VERSION, "summary": summary, "hashes": hashes}
+        atomic_write_json(out / "manifest.json", manifest)
+        return manifest

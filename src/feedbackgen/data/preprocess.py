@@ -62,17 +62,22 @@ def clean_texts(df: pl.DataFrame, items: pl.DataFrame | None = None, *,
         df = df.with_columns(column)
         touched = touched | changed
         changed_by_column[name] = int(changed.sum())
-    items_touched = 0
-    if items is not None:
-        item_changed = pl.Series([False] * items.height, dtype=pl.Boolean)
-        for name in ("title", "brand", "description"):
-            if name in items.columns:
-                column, changed = _map_column(items, name, clean_text)
-                items = items.with_columns(column)
-                item_changed = item_changed | changed
-        items_touched = int(item_changed.sum())
+    items, items_touched = clean_item_texts(items)
     return df, items, step_record("clean_text", {"tokenized": tokenized}, df.height, df.height, touched=int(touched.sum()),
                                   changed_by_column=changed_by_column, items_touched=items_touched)
+
+
+def clean_item_texts(items: pl.DataFrame | None) -> tuple[pl.DataFrame | None, int]:
+    """`clean_text` on item titles, brands and descriptions; and how many items changed."""
+    if items is None:
+        return None, 0
+    item_changed = pl.Series([False] * items.height, dtype=pl.Boolean)
+    for name in ("title", "brand", "description"):
+        if name in items.columns:
+            column, changed = _map_column(items, name, clean_text)
+            items = items.with_columns(column)
+            item_changed = item_changed | changed
+    return items, int(item_changed.sum())
 
 
 def drop_empty(df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
@@ -96,6 +101,26 @@ def drop_duplicates(df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
                             duplicate_pairs=pairs, dropped_duplicates=df.height - out.height)
 
 
+def duplicate_rows(ids: pl.LazyFrame, buckets: int = 1) -> tuple[set[int], int]:
+    """`drop_duplicates` over a table too big for memory: the source rows it would drop, and the
+    number of (user, item) pairs with more than one review. `ids` has user_id, item_id, timestamp
+    and source_row. Only a 64-bit hash per row is grouped (the streaming engine), in `buckets`
+    passes over the hash's residues so that a pass holds 1/buckets of them; the few rows whose
+    hash repeats are then compared by their real ids, so a hash collision changes nothing."""
+    key = pl.struct("user_id", "item_id").hash(seed=0).alias("_pair")
+    repeated = pl.concat([
+        ids.select(key).filter(pl.col("_pair") % buckets == b).group_by("_pair").len()
+        .filter(pl.col("len") > 1).select("_pair").collect(engine="streaming")["_pair"]
+        for b in range(buckets)])
+    if repeated.len() == 0:
+        return set(), 0
+    candidates = (ids.filter(key.is_in(repeated.implode()))
+                  .select("user_id", "item_id", "timestamp", "source_row").collect(engine="streaming"))
+    latest, record = drop_duplicates(candidates)
+    dropped = set(candidates["source_row"].to_list()) - set(latest["source_row"].to_list())
+    return dropped, record["duplicate_pairs"]
+
+
 def scrub_pii(df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     """Replace e-mails, URLs, phones, card numbers and @handles in text and summary with placeholders."""
     kinds: Counter = Counter()
@@ -116,6 +141,14 @@ def scrub_pii(df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
 
 def limit_length(df: pl.DataFrame, min_tokens: int, max_tokens: int, over_max: str) -> tuple[pl.DataFrame, dict]:
     """Drop reviews under `min_tokens`; over `max_tokens` (0 = no limit) drop or truncate them."""
+    out, record, _ = limit_length_counted(df, min_tokens, max_tokens, over_max)
+    return out, record
+
+
+def limit_length_counted(df: pl.DataFrame, min_tokens: int, max_tokens: int,
+                         over_max: str) -> tuple[pl.DataFrame, dict, Counter]:
+    """`limit_length`, also returning how many reviews have each length: a chunked run adds
+    these up for the exact median over every chunk."""
     params = {"min_tokens": min_tokens, "max_tokens": max_tokens, "over_max": over_max}
     lengths = pl.Series([count_tokens(t) for t in df["text"]], dtype=pl.Int64)
     short = lengths < min_tokens
@@ -131,7 +164,24 @@ def limit_length(df: pl.DataFrame, min_tokens: int, max_tokens: int, over_max: s
         out = out.with_columns(column)
         touched = int(changed.sum())
     return out, step_record("length_limits", params, df.height, out.height, touched=touched, **record,
-                            tokens_median_before=float(lengths.median()) if df.height else None)
+                            tokens_median_before=float(lengths.median()) if df.height else None), \
+        Counter(lengths.to_list())
+
+
+def median_of_counts(counts: Counter) -> float | None:
+    """The median of values given as {value: how many}, as polars computes it (mean of the two
+    middle values when their number is even); None when there are none."""
+    n = sum(counts.values())
+    if not n:
+        return None
+    middle, seen, low = ((n - 1) // 2, n // 2), 0, None
+    for value in sorted(counts):
+        seen += counts[value]
+        if low is None and seen > middle[0]:
+            low = value
+        if seen > middle[1]:
+            return (low + value) / 2
+    raise AssertionError("unreachable")
 
 
 # -- structure -------------------------------------------------------------------------------------
@@ -149,6 +199,43 @@ def k_core(df: pl.DataFrame, k: int) -> tuple[pl.DataFrame, dict]:
             df = out
     return df, step_record("k_core", {"k": k}, rows_in, df.height, touched=0, iterations=iterations,
                            users=df["user_id"].n_unique(), items=df["item_id"].n_unique())
+
+
+def k_core_ids(ids: pl.LazyFrame, k: int) -> tuple[pl.Series, pl.Series, int]:
+    """`k_core` over a table too big for memory, from its user_id and item_id columns: the users
+    and items that survive, and the number of iterations (as `k_core` counts them). A row survives
+    when both its user and its item do: once an id has fewer than k rows, it never regains any."""
+    users = items = None
+    iterations = 0
+    while True:
+        alive = ids if users is None else ids.filter(pl.col("user_id").is_in(users.implode())
+                                                     & pl.col("item_id").is_in(items.implode()))
+        by_user = alive.group_by("user_id").len().collect(engine="streaming")
+        by_item = alive.group_by("item_id").len().collect(engine="streaming")
+        iterations += 1
+        users = by_user.filter(pl.col("len") >= k)["user_id"]
+        items = by_item.filter(pl.col("len") >= k)["item_id"]
+        if users.len() == by_user.height and items.len() == by_item.height:
+            return users, items, iterations
+
+
+def rating_bounds(scale: str | tuple[float, float], observed: tuple[float, float] | None) -> tuple[float, float]:
+    """The source range (lo, hi) that `normalize_ratings` maps onto 1-5: the declared `scale`, or
+    with "auto" the `observed` (min, max), which stays 1-5 when it lies within 1-5."""
+    if scale != "auto":
+        return scale
+    lo, hi = observed if observed is not None else RATING_RANGE
+    if RATING_RANGE[0] <= lo and hi <= RATING_RANGE[1]:
+        lo, hi = RATING_RANGE
+    return lo, hi
+
+
+def rescale_ratings(df: pl.DataFrame, lo: float, hi: float) -> tuple[pl.DataFrame, int]:
+    """Ratings mapped linearly from [lo, hi] onto 1-5, and how many changed."""
+    lo_t, hi_t = RATING_RANGE
+    new = ((pl.col("rating") - lo) / (hi - lo) * (hi_t - lo_t) + lo_t).alias("rating")
+    out = df.with_columns(new)
+    return out, int((out["rating"] != df["rating"]).sum())
 
 
 def normalize_ratings(df: pl.DataFrame, scale: str | tuple[float, float],

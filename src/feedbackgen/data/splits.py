@@ -15,9 +15,11 @@ does), one at a time in source order, so only the first row of an unseen user or
 from __future__ import annotations
 
 import random
+from array import array
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from feedbackgen.data.dataset import SPLITS
@@ -37,6 +39,41 @@ def random_split(n: int, seed: int, ratios: tuple[float, float, float] = (0.8, 0
     for rank, position in enumerate(order):
         split[position] = "train" if rank < n_train else "valid" if rank < n_train + n_valid else "test"
     return split
+
+
+def random_split_codes(n: int, seed: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> np.ndarray:
+    """`random_split` as one byte per position (0 train, 1 valid, 2 test), for millions of rows:
+    the same shuffle (`random.shuffle`'s loop, drawing from the same generator) on a packed array
+    instead of a list of Python ints."""
+    order = array("l", range(n))
+    randbelow = random.Random(seed)._randbelow
+    for i in reversed(range(1, n)):
+        j = randbelow(i + 1)
+        order[i], order[j] = order[j], order[i]
+    n_train, n_valid = int(ratios[0] * n), int(ratios[1] * n)
+    positions = np.frombuffer(order, dtype=np.int64) if n else np.zeros(0, dtype=np.int64)
+    codes = np.full(n, 2, dtype=np.int8)
+    codes[positions[:n_train]] = 0
+    codes[positions[n_train:n_train + n_valid]] = 1
+    return codes
+
+
+SPLIT_CODES = ("train", "valid", "test")
+
+
+def temporal_rows(ids: pl.LazyFrame) -> tuple[pl.Series, pl.Series]:
+    """`temporal_split` over a table too big for memory (user_id, timestamp, source_row): the
+    source rows that are test and those that are valid. Kept per user: two rows."""
+    if ids.select(pl.col("timestamp").is_not_null().any()).collect(engine="streaming").item() is False:
+        raise DataError("the temporal split needs timestamps, and this source has none; use --split random")
+    # The latest is the largest (timestamp, source_row), a missing timestamp counting as the oldest.
+    last = (ids.group_by("user_id")
+            .agg(pl.len().alias("n"),
+                 pl.col("source_row").sort_by(["timestamp", "source_row"], nulls_last=False).tail(2).alias("rows"))
+            .filter(pl.col("n") >= TEMPORAL_MIN_REVIEWS)
+            .select(pl.col("rows").list.get(1).alias("test"), pl.col("rows").list.get(0).alias("valid"))
+            .collect(engine="streaming"))
+    return last["test"], last["valid"]
 
 
 def temporal_split(df: pl.DataFrame) -> pl.Series:
@@ -80,6 +117,51 @@ def assign_split(df: pl.DataFrame, method: str, *, seed: int = 1,
 
 def split_sizes(df: pl.DataFrame) -> dict[str, int]:
     return {s: int((df["split"] == s).sum()) for s in SPLITS}
+
+
+def cold_start_counts_lazy(df: pl.LazyFrame) -> dict[str, dict[str, int]]:
+    """`cold_start_counts` over a table too big for memory; memory holds the train ids."""
+    train = df.filter(pl.col("split") == "train")
+    users = train.select(pl.col("user_id").unique()).collect(engine="streaming")["user_id"].implode()
+    items = train.select(pl.col("item_id").unique()).collect(engine="streaming")["item_id"].implode()
+    cold_user, cold_item = ~pl.col("user_id").is_in(users), ~pl.col("item_id").is_in(items)
+    counts = (df.filter(pl.col("split").is_in(["valid", "test"]))
+              .group_by("split").agg(
+                  rows_with_unseen_user=cold_user.sum(),
+                  rows_with_unseen_item=cold_item.sum(),
+                  rows_cold=(cold_user | cold_item).sum(),
+                  unseen_users=pl.col("user_id").filter(cold_user).n_unique(),
+                  unseen_items=pl.col("item_id").filter(cold_item).n_unique())
+              .collect(engine="streaming"))
+    by_split = {row.pop("split"): row for row in counts.iter_rows(named=True)}
+    zero = dict.fromkeys(("rows_with_unseen_user", "rows_with_unseen_item", "rows_cold", "unseen_users",
+                          "unseen_items"), 0)
+    return {name: {k: int(v) for k, v in by_split.get(name, zero).items()} for name in ("valid", "test")}
+
+
+def cold_rows_to_move(df: pl.LazyFrame) -> tuple[set[int], dict[str, int]]:
+    """`move_cold_to_train` over a table too big for memory: the source rows it moves, and how
+    many from each split. Memory holds the train ids and the cold rows (a small share)."""
+    train = df.filter(pl.col("split") == "train")
+    users = train.select(pl.col("user_id").unique()).collect(engine="streaming")["user_id"].implode()
+    items = train.select(pl.col("item_id").unique()).collect(engine="streaming")["item_id"].implode()
+    candidates = (
+        df.filter(pl.col("split").is_in(["valid", "test"]))
+        .with_columns(user_known=pl.col("user_id").is_in(users), item_known=pl.col("item_id").is_in(items))
+        .filter(~pl.col("user_known") | ~pl.col("item_known"))
+        .select("source_row", "user_id", "item_id", "split", "user_known", "item_known")
+        .collect(engine="streaming").sort("source_row")
+    )
+    moved: dict[str, int] = {"valid": 0, "test": 0}
+    rows, added_users, added_items = set(), set(), set()
+    for row, user, item, split, user_known, item_known in candidates.iter_rows():
+        # the same walk as move_cold_to_train: ids of rows moved before count as seen in train
+        if not (user_known or user in added_users) or not (item_known or item in added_items):
+            rows.add(row)
+            moved[split] += 1
+            added_users.add(user)
+            added_items.add(item)
+    return rows, moved
 
 
 def cold_start_counts(df: pl.DataFrame) -> dict[str, dict[str, int]]:

@@ -1,3 +1,5 @@
-from feedbackgen.generation.jobs import read_requests, requests_from_split, run_generation
+from feedbackgen.generation.jobs import (RequestStream, read_requests, requests_file, requests_from_dataset,
+                                        requests_from_split, run_generation)
 
-__all__ = ["read_requests", "requests_from_split", "run_generation"]
+__all__ = ["RequestStream", "read_requests", "requests_file", "requests_from_dataset", "requests_from_split",
+           "run_generation"]

@@ -60,12 +60,20 @@ unknown.
 
 Decoding (`feedbackgen.config.Decoding`) runs batched with a key/value cache: greedy, beam search
 (`num_beams`), or sampling (`do_sample` with `temperature`, `top_k`, `top_p`), with
-`repetition_penalty` and `no_repeat_ngram_size`; each row stops at its own end-of-sentence and the
+`repetition_penalty`, `no_repeat_ngram_size` and `min_new_tokens`; each row stops at its own end-of-sentence and the
 finished rows are padded. Beam hypotheses are ranked by their mean log-probability per token, and
 a row's search ends once it has `num_beams` finished hypotheses. `<pad>`, `<bos>` and `<unk>` are
 never generated, and the first token is never `<eos>`. Generated text is returned as space-separated tokens in the form of
 `feedbackgen.data.text.tokenize` (so metrics compare like with like): the model's words (or
 sub-word pieces glued back into words) are joined and re-split by `tokenize`.
+
+Training can run data-parallel on several processes (`torchrun --nproc_per_node N -m
+feedbackgen.cli train ...`; `feedbackgen.models.distributed`), and differentially private with
+DP-SGD (`dp_epsilon`, `dp_delta`, `dp_max_grad_norm`; `feedbackgen.models.privacy`): the spent
+(ε, δ) is in `privacy`, in `state.json` and in each training-log entry. DP training computes the
+losses per row (each row's text and context NLL averaged over its own words), since DP-SGD clips
+one gradient per row; the ordinary path averages over every word of the batch, as the reference.
+See docs/training.md.
 
 Differences from lileipisces/PETER worth knowing: the vocabulary is built from the training split
 only (the reference counts every split); the context loss counts the target's words without
@@ -95,7 +103,9 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import tokenize
 from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.io import atomic_write_jsonl
+from feedbackgen.models import distributed
 from feedbackgen.models.base import Generator, IdIndex, register
+from feedbackgen.models.privacy import PrivacySettings, default_delta
 from feedbackgen.models.text_units import Target, target_column, target_rows
 from feedbackgen.models.trainer import Trainer, TrainSettings, read_checkpoint_extra
 from feedbackgen.models.vocab import BOS, EOS, PAD, UNK, Vocab
@@ -161,6 +171,16 @@ class PeterConfig(StrictModel):
     max_epochs: int = Field(None, ge=1, le=10000)
     patience: int = Field(None, ge=1, le=1000, description="epochs without improvement before stopping")
     seed: int = Field(1, ge=0)
+    # differential privacy (DP-SGD with opacus)
+    dp_epsilon: float | None = Field(None, gt=0.0, le=1000.0,
+                                     description="train with DP-SGD spending at most this ε (None = no DP)")
+    dp_delta: float | None = Field(None, gt=0.0, lt=1.0,
+                                   description="δ of the DP guarantee (None = min(1e-5, 1/(10 × training rows)))")
+    dp_max_grad_norm: float | None = Field(None, gt=0.0, le=1000.0,
+                                           description="DP: each row's gradient is clipped to this norm (None = 1.0)")
+    dp_accountant: Literal["rdp", "prv"] = Field("rdp", description="DP: opacus's privacy accountant")
+    dp_seed: int | None = Field(None, ge=0, description="DP: seed of the noise and the batch sampling "
+                                "(None = from the OS; a known seed voids the guarantee: tests only)")
     # running
     checkpoint_dir: str | None = Field(None, description="resumable training state, written every epoch")
     progress: bool = True
@@ -179,12 +199,18 @@ class PeterConfig(StrictModel):
                     values[key] = value
         if values.get("max_words") is None:
             values["max_words"] = MAX_WORDS.get(values.get("target") or "explanation", 20)
+        if values.get("dp_epsilon") is not None and values.get("dp_max_grad_norm") is None:
+            values["dp_max_grad_norm"] = 1.0
         return values
 
     @model_validator(mode="after")
     def _check_heads(self) -> PeterConfig:
         if self.emsize % self.nhead:
             raise ValueError(f"emsize ({self.emsize}) must be divisible by nhead ({self.nhead})")
+        if self.dp_epsilon is None and (self.dp_delta is not None or self.dp_max_grad_norm is not None
+                                        or self.dp_seed is not None):
+            raise ValueError("dp_delta, dp_max_grad_norm and dp_seed apply only to differentially private "
+                             "training: set dp_epsilon too, or leave them out")
         return self
 
 
@@ -348,11 +374,14 @@ class PETER(nn.Module):
         return self.rating(self.ln_f(x)[:, 0])
 
     def losses(self, batch: dict[str, torch.Tensor], weights: tuple[float, float, float],
-               label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+               label_smoothing: float = 0.0, per_row: bool = False) -> dict[str, torch.Tensor]:
         """Text NLL, context NLL, rating MSE and their weighted sum ("loss") for one batch.
 
         batch: user, item, (aspect), inputs = [<bos>, w1..wn] and targets = [w1..wn, <eos>]
-        (both padded with <pad>, which is ignored), rating, rating_mask."""
+        (both padded with <pad>, which is ignored), rating, rating_mask.
+        per_row: each term is first averaged within each row, then over the rows (DP-SGD)."""
+        if per_row:
+            return self._row_losses(batch, weights, label_smoothing)
         h = self.forward(batch["user"], batch["item"], batch["inputs"], batch.get("aspect"))
         P = self.prefix_len
         targets = batch["targets"]
@@ -366,6 +395,25 @@ class PETER(nn.Module):
         rating = err.sum() / rmask.sum().clamp(min=1)
         wt, wc, wr = weights
         return {"loss": wt * text + wc * ctx + wr * rating, "text": text, "context": ctx, "rating": rating}
+
+    def _row_losses(self, batch, weights, label_smoothing: float) -> dict[str, torch.Tensor]:
+        """`losses` with every term a mean over rows of that row's own loss, so each row's
+        gradient depends on that row alone (DP-SGD clips it per row; a batch-wide word average
+        would let one row's length weigh every other row's gradient). The word decoder runs on
+        (B, T, E) rather than on the packed real positions: opacus needs the batch first."""
+        h = self.forward(batch["user"], batch["item"], batch["inputs"], batch.get("aspect"))
+        targets = batch["targets"]
+        real = (targets != PAD).float()
+        nll = F.cross_entropy(self.logits(h[:, self.prefix_len:]).transpose(1, 2), targets,
+                              reduction="none", label_smoothing=label_smoothing)
+        text = (nll * real).sum(1) / real.sum(1).clamp(min=1)
+        words = real * (targets != EOS).float()
+        ctx_logp = F.log_softmax(self.logits(h[:, 1]), dim=-1)
+        ctx = -(ctx_logp.gather(1, targets) * words).sum(1) / words.sum(1).clamp(min=1)
+        rating = (self.rating(h[:, 0]) - batch["rating"]) ** 2 * batch["rating_mask"]
+        wt, wc, wr = weights
+        loss = wt * text + wc * ctx + wr * rating
+        return {"loss": loss.mean(), "text": text.mean(), "context": ctx.mean(), "rating": rating.mean()}
 
     # -- decoding ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -483,10 +531,11 @@ NEVER = (PAD, BOS, UNK)
 
 
 def process_logits(logits: torch.Tensor, generated: torch.Tensor, t: int, d: Decoding) -> torch.Tensor:
-    """Ban special tokens (and <eos> first), then apply repetition penalty and n-gram blocking."""
+    """Ban special tokens (and <eos> before `min_new_tokens`, at least one), then apply repetition
+    penalty and n-gram blocking."""
     scores = logits.float().clone()
     scores[:, list(NEVER)] = -math.inf
-    if t == 0:
+    if t < max(1, d.min_new_tokens):
         scores[:, EOS] = -math.inf
     if d.repetition_penalty != 1.0 and generated.size(1):
         prev = scores.gather(1, generated)
@@ -532,12 +581,14 @@ class Peter(Generator):
 
     name = "peter"
     Config = PeterConfig
+    data_parallel = True  # `fit` trains with DDP under torchrun (feedbackgen.models.distributed)
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
         self.model: PETER | None = None
         self.vocab: Vocab | None = None
         self.training_log: list[dict[str, Any]] = []
+        self.privacy: dict[str, Any] | None = None  # the spent (ε, δ) of a DP-trained model
 
     # -- data --------------------------------------------------------------------------------
     def _rows(self, dataset: Dataset, split: str) -> pl.DataFrame:
@@ -588,6 +639,8 @@ class Peter(Generator):
 
     def _fingerprint(self, train: pl.DataFrame, valid: pl.DataFrame) -> str:
         skip = {"checkpoint_dir", "progress", "num_threads"}
+        if self.config.dp_epsilon is None:  # so that checkpoints from before DP existed still resume
+            skip |= {"dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_accountant", "dp_seed"}
         cfg = {k: v for k, v in self.config.model_dump().items() if k not in skip}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         cols = ["user_id", "item_id", "rating", target_column(self.config.target)]
@@ -602,6 +655,10 @@ class Peter(Generator):
         c = self.config
         if c.num_threads:
             torch.set_num_threads(c.num_threads)
+        if c.dp_epsilon is not None and distributed.requested():
+            raise ConfigError("dp_epsilon (differentially private training) runs in one process: "
+                              "start it without torchrun, or drop dp_epsilon for data-parallel training")
+        world = distributed.setup()  # joins torchrun's process group; one process otherwise
         train, valid = self._rows(dataset, "train"), self._rows(dataset, "valid")
         if len(train) == 0 or len(valid) == 0:
             raise DataError(f"peter needs non-empty train and valid splits with a {c.target} text "
@@ -627,11 +684,15 @@ class Peter(Generator):
         def valid_fn() -> dict[str, float]:
             self.model.eval()
             sums, n = {}, len(valid)
+            mine = torch.arange(world.rank, n, world.size)  # this rank's rows (all of them in one process)
             with torch.no_grad():
-                for start in range(0, n, c.batch_size):
-                    idx = torch.arange(start, min(n, start + c.batch_size))
+                for start in range(0, len(mine), c.batch_size):
+                    idx = mine[start:start + c.batch_size]
                     for k, v in self.model.losses(self._batch(va, idx), weights).items():
                         sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            if world.parallel:  # every rank then decides on the same numbers
+                keys = ["loss", "text", "context", "rating"]
+                sums = dict(zip(keys, distributed.sum_across([sums.get(k, 0.0) for k in keys])))
             out = {k: v / n for k, v in sums.items()}
             out["weighted"] = out["loss"]
             out["loss"] = out["text"] + out["rating"]  # the reference's early-stopping criterion
@@ -642,14 +703,20 @@ class Peter(Generator):
             warmup_steps=c.warmup_steps, lr_decay=c.lr_decay, clip=c.clip, batch_size=c.batch_size,
             max_epochs=c.max_epochs, patience=c.patience, seed=c.seed, checkpoint_dir=c.checkpoint_dir,
             progress=c.progress, desc="peter")
+        per_row = c.dp_epsilon is not None
+        if per_row:
+            settings.privacy = PrivacySettings(
+                epsilon=c.dp_epsilon, delta=c.dp_delta if c.dp_delta is not None else default_delta(len(train)),
+                max_grad_norm=c.dp_max_grad_norm, accountant=c.dp_accountant, seed=c.dp_seed)
         trainer = Trainer(self.model, settings, n_train=len(train),
                           make_batch=lambda idx, _train: self._batch(tr, idx, c.id_dropout),
-                          loss_fn=lambda b: self.model.losses(b, weights, c.label_smoothing),
+                          loss_fn=lambda b: self.model.losses(b, weights, c.label_smoothing, per_row),
                           valid_fn=valid_fn,
                           fingerprint=fingerprint,
                           extra={"fingerprint": fingerprint, "vocab": self.vocab.to_str()})
         result = trainer.fit()
         self.training_log = result.log
+        self.privacy = result.privacy
         self.model.eval()
         self.is_fitted = True
         return self
@@ -717,11 +784,14 @@ class Peter(Generator):
         state = {"users": self.users.ids, "items": self.items.ids,
                  "aspects": self.aspects.ids if self.aspects is not None else None,
                  "n_tokens": self.model.shape.n_tokens}
+        if self.privacy is not None:
+            state["privacy"] = self.privacy
         return tensors, state
 
     def set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         self.users, self.items = IdIndex(state["users"]), IdIndex(state["items"])
         self.aspects = IdIndex(state["aspects"]) if state.get("aspects") is not None else None
+        self.privacy = state.get("privacy")
         self.model = PETER(self._shape(state["n_tokens"]))
         if self.config.tie_weights:
             tensors = {**tensors, "head.weight": tensors["word_emb.weight"]}

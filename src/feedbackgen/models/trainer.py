@@ -21,6 +21,16 @@ rest:
   a finished run is not repeated;
 - a tqdm progress bar with running losses, and one log entry per epoch (epoch, step, train and
   validation losses, learning rate, seconds, samples/s).
+
+Two ways of training change the steps themselves, and are off unless asked for:
+
+- data-parallel, when the process group of `torchrun` is up (`feedbackgen.models.distributed`):
+  each rank takes its share of every global batch, DDP averages the gradients, and only rank 0
+  prints and writes the checkpoint (which then also holds every rank's random-number state);
+  `valid_fn` must return the same numbers on every rank (sum its losses across ranks);
+- differentially private (`settings.privacy`, `feedbackgen.models.privacy`): Poisson-sampled
+  batches, per-sample clipping and noise instead of `clip`, and the spent (ε, δ) in each log entry
+  and in `TrainResult.privacy`; `loss_fn` must then average per-row losses (no term may mix rows).
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ from tqdm.auto import tqdm
 
 from feedbackgen.errors import ConfigError
 from feedbackgen.io import atomic_write
+from feedbackgen.models import distributed
+from feedbackgen.models.privacy import Privacy, PrivacySettings
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 MIN_LR_RATIO = 0.1
@@ -63,6 +75,7 @@ class TrainSettings:
     checkpoint_dir: str | None = None
     progress: bool = True
     desc: str = "train"
+    privacy: PrivacySettings | None = None  # DP-SGD (None = ordinary training)
 
 
 @dataclass
@@ -71,6 +84,19 @@ class TrainResult:
     best_epoch: int = 0
     best_valid: float = math.inf
     resumed_from_epoch: int = 0
+    privacy: dict[str, Any] | None = None  # the spent (ε, δ) and how, when trained with DP-SGD
+
+
+class LossModule(torch.nn.Module):
+    """`loss_fn` as a module's forward: DDP synchronises gradients only of what runs inside its
+    forward call, and the models' losses are methods other than `forward`."""
+
+    def __init__(self, module: torch.nn.Module, loss_fn: Callable[[Any], dict[str, torch.Tensor]]):
+        super().__init__()
+        self.module, self.loss_fn = module, loss_fn
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.loss_fn(batch)
 
 
 class Trainer:
@@ -97,6 +123,24 @@ class Trainer:
                                          lr=settings.lr, betas=settings.betas)
         else:
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {settings.optimizer!r}")
+        self.world = distributed.current()
+        self.privacy: Privacy | None = None
+        if settings.privacy is not None:
+            if self.world.parallel:
+                raise ConfigError("differentially private training runs in one process, not under "
+                                  f"torchrun ({self.world.size} processes): the privacy accounting here "
+                                  "assumes one sampler; start it without torchrun")
+            self.privacy = Privacy(module, self.opt, settings.privacy, n_train=n_train,
+                                   batch_size=settings.batch_size, steps=self.total_steps)
+            self.opt = self.privacy.optimizer  # clips, adds noise, then steps the optimiser above
+        self.loss_step: Callable[[Any], dict[str, torch.Tensor]] = loss_fn
+        if self.world.parallel:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # buffers are synced once, at the start: the models' buffers are constants (positional
+            # encodings), not worth sending at every step
+            self.loss_step = DistributedDataParallel(LossModule(module, loss_fn), forward_sync_buffers=False)
+        self.shows_progress = settings.progress and self.world.is_main
         self.shuffle_gen = torch.Generator().manual_seed(settings.seed)
         # progress of the run (all of it goes into the checkpoint)
         self.epoch = 0
@@ -143,39 +187,58 @@ class Trainer:
             entry = {"epoch": self.epoch, "step": self.step, "train": train_losses, "valid": valid,
                      "lr": self.opt.param_groups[0]["lr"], "seconds": round(seconds, 3),
                      "samples_per_s": round(self.n_train / seconds, 2), "best": improved}
+            if self.world.parallel:
+                entry["world_size"] = self.world.size
+            if self.privacy is not None:
+                spent = self.privacy.spent()
+                entry["privacy"] = {k: spent[k] for k in ("epsilon", "delta", "steps")}
             self.result.log.append(entry)
             if self.misses >= s.patience or self.epoch >= s.max_epochs:
                 self.done = True
-            if s.progress:
+            if self.shows_progress:
                 tqdm.write(f"{s.desc} epoch {self.epoch}: "
                            + " ".join(f"{k} {v:.4f}" for k, v in train_losses.items())
                            + " | valid " + " ".join(f"{k} {v:.4f}" for k, v in valid.items())
+                           + (f" | ε {entry['privacy']['epsilon']:.3f}" if "privacy" in entry else "")
                            + (" *" if improved else f" (miss {self.misses}/{s.patience})"))
             if ckpt is not None:
                 self._save_checkpoint(ckpt)
         if self.best_state is not None:
             self.module.load_state_dict(self.best_state)
+        if self.privacy is not None:
+            self.result.privacy = self.privacy.spent()
+            self.privacy.close()
         self.module.eval()
         return self.result
 
     def _train_epoch(self) -> dict[str, float]:
         s = self.s
         self.module.train()
-        order = torch.randperm(self.n_train, generator=self.shuffle_gen)
+        # every rank draws the same order, then takes its own rows of each global batch
+        order = torch.randperm(self.n_train, generator=self.shuffle_gen) if self.privacy is None else None
         sums: dict[str, float] = {}
         seen = 0
         bar = tqdm(total=self.steps_per_epoch, desc=f"{s.desc} epoch {self.epoch}/{s.max_epochs}",
-                   disable=not s.progress, leave=False, dynamic_ncols=True)
+                   disable=not self.shows_progress, leave=False, dynamic_ncols=True)
         for b in range(self.steps_per_epoch):
-            idx = order[b * s.batch_size:(b + 1) * s.batch_size]
+            if self.privacy is not None:
+                idx = self.privacy.sample(self.n_train)
+            else:
+                idx = order[b * s.batch_size:(b + 1) * s.batch_size]
+            if self.world.parallel:
+                idx = distributed.shard(idx, self.world)
             lr = self.lr_at(self.step)
             for g in self.opt.param_groups:
                 g["lr"] = lr
+            if len(idx) == 0:  # a Poisson sample can be empty (probability e^-batch_size): no step
+                self.step += 1
+                bar.update(1)
+                continue
             batch = self.make_batch(idx, True)
-            losses = self.loss_fn(batch)
+            losses = self.loss_step(batch)
             self.opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
-            if s.clip > 0:
+            if s.clip > 0 and self.privacy is None:  # DP-SGD clips each row's gradient instead
                 torch.nn.utils.clip_grad_norm_(self.params, s.clip)
             self.opt.step()
             self.step += 1
@@ -187,10 +250,18 @@ class Trainer:
             if b % 10 == 0 or b == self.steps_per_epoch - 1:
                 bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
         bar.close()
+        if self.world.parallel:  # the epoch's means over every rank's rows
+            keys = sorted(sums)
+            totals = distributed.sum_across([sums[k] for k in keys] + [seen])
+            sums, seen = dict(zip(keys, totals[:-1])), totals[-1]
         return {k: v / seen for k, v in sums.items()}
 
     # -- checkpoints -------------------------------------------------------------------------
     def _save_checkpoint(self, path: Path) -> None:
+        # every rank's own random-number state (dropout masks differ by rank), gathered by rank 0
+        rng_states = distributed.gather(torch.get_rng_state())
+        if not self.world.is_main:
+            return
         tensors: dict[str, torch.Tensor] = {}
         for k, v in self.module.state_dict().items():
             tensors[f"model.{k}"] = v
@@ -205,6 +276,12 @@ class Trainer:
                 "best_epoch": self.result.best_epoch, "best_valid": self.result.best_valid,
                 "has_best": self.best_state is not None, "log": self.result.log,
                 "optimizer": opt_json, "extra": self.extra}
+        if self.world.parallel:
+            meta["world_size"] = self.world.size
+            tensors.update({f"rng.torch.rank{r}": state for r, state in enumerate(rng_states)})
+        if self.privacy is not None:
+            privacy_tensors, meta["privacy"] = self.privacy.state()
+            tensors.update(privacy_tensors)
         # cloned: tied weights share storage, which safetensors refuses
         tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
         atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"state": json.dumps(meta)}))
@@ -214,14 +291,19 @@ class Trainer:
         if meta.get("fingerprint") != self.fingerprint:
             raise ConfigError(f"{path} belongs to a run with other settings or data; delete it or "
                               "choose another checkpoint_dir")
+        if meta.get("world_size", 1) != self.world.size:  # each rank's share of a batch would change
+            raise ConfigError(f"{path} was written by a run on {meta.get('world_size', 1)} process(es); "
+                              f"resume it on as many (this run has {self.world.size}), or delete it")
         model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         self.module.load_state_dict(model)
         if meta["has_best"]:
             self.best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         opt = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
         self.opt.load_state_dict(unflatten_optimizer_state(opt, meta["optimizer"]))
-        torch.set_rng_state(tensors["rng.torch"])
+        torch.set_rng_state(tensors.get(f"rng.torch.rank{self.world.rank}", tensors["rng.torch"]))
         self.shuffle_gen.set_state(tensors["rng.shuffle"])
+        if self.privacy is not None:
+            self.privacy.load_state(tensors, meta["privacy"])
         self.epoch, self.step = meta["epoch"], meta["step"]
         self.n_decays, self.misses, self.done = meta["n_decays"], meta["misses"], meta["done"]
         self.result.best_epoch, self.result.best_valid = meta["best_epoch"], meta["best_valid"]

@@ -116,6 +116,9 @@ class Backend(ABC):
         if decoding.no_repeat_ngram_size:
             raise ConfigError(f"no_repeat_ngram_size is not available on the {self.name} back-end; "
                               "use backend=transformers or repetition_penalty instead")
+        if decoding.min_new_tokens:
+            raise ConfigError(f"min_new_tokens is not available on the {self.name} back-end; "
+                              "use backend=transformers or min_new_tokens=0")
 
 
 # -- transformers ----------------------------------------------------------------------------------
@@ -127,6 +130,8 @@ def generation_kwargs(d: Decoding, pad_token_id: int, eos_token_id) -> dict[str,
                                   eos_token_id=eos_token_id)
     if d.no_repeat_ngram_size:
         kwargs["no_repeat_ngram_size"] = d.no_repeat_ngram_size
+    if d.min_new_tokens:
+        kwargs["min_new_tokens"] = d.min_new_tokens
     if d.do_sample:
         kwargs.update(temperature=d.temperature, top_k=d.top_k or None, top_p=d.top_p)
     else:  # generation_config.json may carry sampling values; greedy must not warn about them
