@@ -16,10 +16,9 @@ from typer.testing import CliRunner
 from feedbackgen.cli import app
 from feedbackgen.errors import ConfigError
 from feedbackgen.models import create, load
-from feedbackgen.models import trainer as trainer_mod
 from feedbackgen.models.peter import Peter
 from feedbackgen.models.privacy import default_delta
-from test_peter import TINY, peter_slice, requests_of, tiny_net, weights
+from test_peter import TINY, fit_interrupted_after_first_checkpoint, peter_slice, requests_of, tiny_net, weights
 
 DP = {**TINY, "max_epochs": 2, "dp_epsilon": 8.0, "dp_seed": 0}
 
@@ -101,16 +100,7 @@ def test_row_losses_give_each_row_its_own_gradient():
 def test_interrupted_dp_run_resumes_to_the_same_weights_and_budget(ds, tmp_path, monkeypatch):
     cfg = {**DP, "checkpoint_dir": str(tmp_path / "ckpt")}
     straight = create("peter", {**cfg, "checkpoint_dir": None}).fit(ds)
-    real_save = trainer_mod.Trainer._save_checkpoint
-
-    def save_then_die(self, path):
-        real_save(self, path)
-        raise KeyboardInterrupt("killed after the first checkpoint")
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        create("peter", cfg).fit(ds)
-    monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", real_save)
+    fit_interrupted_after_first_checkpoint(cfg, ds, monkeypatch)
     resumed = create("peter", cfg).fit(ds)
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the noise and the sampling resumed too

@@ -335,10 +335,8 @@ def weights(m: Peter) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in m.model.state_dict().items()}
 
 
-def test_interrupted_fit_resumes_to_the_same_result(ds, tmp_path, monkeypatch):
-    cfg = {**TINY, "max_epochs": 3, "checkpoint_dir": str(tmp_path / "ckpt")}
-    straight = create("peter", {**cfg, "checkpoint_dir": None}).fit(ds)
-
+def fit_interrupted_after_first_checkpoint(cfg: dict, ds: Dataset, monkeypatch) -> None:
+    """Train `cfg` until its first checkpoint is written, then stop as a kill would."""
     real_save = trainer_mod.Trainer._save_checkpoint
 
     def save_then_die(self, path):
@@ -349,6 +347,12 @@ def test_interrupted_fit_resumes_to_the_same_result(ds, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         create("peter", cfg).fit(ds)
     monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", real_save)
+
+
+def test_interrupted_fit_resumes_to_the_same_result(ds, tmp_path, monkeypatch):
+    cfg = {**TINY, "max_epochs": 3, "checkpoint_dir": str(tmp_path / "ckpt")}
+    straight = create("peter", {**cfg, "checkpoint_dir": None}).fit(ds)
+    fit_interrupted_after_first_checkpoint(cfg, ds, monkeypatch)
     meta, _ = trainer_mod.read_checkpoint(tmp_path / "ckpt" / trainer_mod.CHECKPOINT_FILE)
     assert meta["epoch"] == 1 and not meta["done"]
 
