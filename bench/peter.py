@@ -71,6 +71,13 @@ def load_data(args):
 
     if args.dataset:
         ds = Dataset.load(args.dataset)
+        # a review with no opinion sentence about an aspect has no explanation to compare with:
+        # it is left out of the test rows (and counted in the header line)
+        df = ds.interactions
+        ds = Dataset(df.filter((pl.col("split") != "test") | pl.col("explanation").is_not_null()),
+                     ds.items, ds.users, ds.manifest)
+        ds.test_without_explanation = df.filter((pl.col("split") == "test")
+                                                & pl.col("explanation").is_null()).height
     else:
         from feedbackgen.data.paths import data_dir
         from feedbackgen.data.peter_format import read_peter
@@ -208,7 +215,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.threads} threads; fp32 matmul {rate:.0f} GFLOP/s")
     ds = load_data(args)
     source = args.dataset or "PETER-format Musical Instruments, split 1"
+    left_out = getattr(ds, "test_without_explanation", 0)
     print(f"data: {source}: {len(ds.train)} train / {len(ds.valid)} valid / {len(ds.test)} test rows"
+          + (f" ({left_out} test rows without an explanation left out)" if left_out else "")
           + (f"; epochs capped at {args.epochs}" if args.epochs else ""))
     feature_set = sorted(set(ds.interactions["aspect"].drop_nulls().to_list())) \
         if "aspect" in ds.interactions.columns else None
