@@ -52,6 +52,8 @@ def main() -> None:
                         help="generators trained here (retrieval embeds every training review: the slow one)")
     parser.add_argument("--max-users", type=int, help="a seeded sample of test users (faster)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--calibration-pairs", type=int,
+                        help="calibrate the engage threshold on this many validation pairs (LLM rows: faster)")
     parser.add_argument("--out", type=Path, help="also write fidelity.json, fidelity.md, rating_distribution.png")
     args = parser.parse_args()
 
@@ -72,7 +74,8 @@ def main() -> None:
     results, seconds = [], {}
     for name, model in models.items():
         t = time.time()
-        results.append(fidelity(model, dataset, max_users=args.max_users, seed=args.seed, name=name))
+        results.append(fidelity(model, dataset, max_users=args.max_users, seed=args.seed, name=name,
+                                calibration_pairs=args.calibration_pairs))
         seconds[name] = time.time() - t
         print(f"measured {name} in {seconds[name]:.1f}s", flush=True)
     print()

@@ -5,6 +5,7 @@ import polars as pl
 import pytest
 
 from feedbackgen.errors import DataError
+from feedbackgen.errors import FeedbackgenError
 from feedbackgen.recommend import (Popularity, calibrate_threshold, fidelity, fidelity_markdown,
                                    read_recommendations, recommend, simulate, write_fidelity)
 
@@ -138,6 +139,14 @@ def test_calibration_and_discrimination_on_a_planted_simulator(mi_small):
     assert 1.0 < result["discrimination"]["1:9"]["negatives_per_positive"] <= 9.0
     test = mi_small.test["rating"].to_numpy()
     assert result["rating"]["rmse"] == pytest.approx(np.sqrt(np.mean((5.0 - test) ** 2)))
+    # a sample of the validation pairs (for generators that pay a generation per rating)
+    asked = []
+    planted.predict_rating = lambda reqs: (asked.extend(reqs), Planted.predict_rating(planted, reqs))[1]
+    sampled = calibrate_threshold(planted, mi_small, max_pairs=5)
+    assert sampled.pairs == len(asked) == 10 and sampled.accuracy == 1.0
+    assert calibrate_threshold(planted, mi_small, max_pairs=5) == sampled  # seeded
+    with pytest.raises(FeedbackgenError, match="calibration pairs"):
+        calibrate_threshold(planted, mi_small, max_pairs=0)
 
 
 def test_fidelity_of_a_real_generator(mi_small, popular, tmp_path):

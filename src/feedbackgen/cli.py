@@ -363,6 +363,8 @@ def simulate(
         help="engage when the predicted rating is at least this (default: calibrated on the valid split)")] = None,
     reviews: Annotated[bool, typer.Option(help="also write each review (off: ratings and decisions only)")] = True,
     out: Annotated[Optional[Path], typer.Option(help="folder for simulated items/users Parquet and the summary")] = None,
+    calibration_pairs: Annotated[Optional[int], typer.Option(
+        help="calibrate the engage threshold on a seeded sample of this many validation pairs")] = None,
 ):
     """A simulated user rates, reviews and engages with or skips each recommended item.
 
@@ -380,7 +382,8 @@ def simulate(
     else:
         named = dict(zip(names, files))
     t0 = time.time()
-    result = run_simulation(generator, ds, named, k=k, threshold=threshold, write=reviews)
+    result = run_simulation(generator, ds, named, k=k, threshold=threshold, write=reviews,
+                            calibration_pairs=calibration_pairs)
     print(result.markdown())
     if out is not None:
         result.save(out)
@@ -397,6 +400,8 @@ def fidelity(
     threshold: Annotated[Optional[float], typer.Option(help="engage threshold (default: calibrated on valid)")] = None,
     review: Annotated[bool, typer.Option(help="generate texts and score them (AgentSociety review score)")] = True,
     seed: Annotated[int, typer.Option(help="seed of the negative items and user sample")] = 1,
+    calibration_pairs: Annotated[Optional[int], typer.Option(
+        help="calibrate the engage threshold on a seeded sample of this many validation pairs")] = None,
 ):
     """How far the simulated user matches real held-out behaviour: discrimination, ratings, reviews.
 
@@ -407,7 +412,7 @@ def fidelity(
     generator, ds = _load_model_and_dataset(model, dataset)
     t0 = time.time()
     result = measure(generator, ds, max_users=max_users, threshold=threshold, review=review, seed=seed,
-                     name=f"{generator.name} ({model.name})")
+                     name=f"{generator.name} ({model.name})", calibration_pairs=calibration_pairs)
     print(fidelity_markdown([result], dataset.name))
     if out is not None:
         write_fidelity([result], out, dataset.name)

@@ -91,11 +91,14 @@ def discrimination(user: SimulatedUser, dataset: Dataset, test: pl.DataFrame, rn
 
 def fidelity(model: Any, dataset: Dataset, *, ratios: Sequence[int] = RATIOS, threshold: float | None = None,
              seed: int = 1, max_users: int | None = None, review: bool = True,
-             decoding: Decoding | dict | None = None, name: str | None = None) -> dict[str, Any]:
+             decoding: Decoding | dict | None = None, name: str | None = None,
+             calibration_pairs: int | None = None) -> dict[str, Any]:
     """Discrimination, rating and review fidelity of `model` as a simulated user (see the module docstring).
 
     max_users: evaluate a seeded sample of test users (all three protocols use the same users).
     review: also generate the texts and compute the AgentSociety review score (needs a text model).
+    calibration_pairs: calibrate the engage threshold on a seeded sample of that many validation
+    pairs (default: all of them; an LLM generator pays a generation per pair).
     """
     test = dataset.test
     if not len(test):
@@ -105,7 +108,7 @@ def fidelity(model: Any, dataset: Dataset, *, ratios: Sequence[int] = RATIOS, th
     if max_users is not None and len(users) > max_users:
         users = sorted(rng.choice(users, size=max_users, replace=False).tolist())
         test = test.filter(pl.col("user_id").is_in(users))
-    simulated_user = SimulatedUser(model, dataset, threshold, seed)
+    simulated_user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs)
     result: dict[str, Any] = {
         "model": name or model_name(model), "users": len(users),
         "calibration": simulated_user.calibration.to_dict(),

@@ -66,15 +66,20 @@ class Calibration:
         return asdict(self)
 
 
-def calibrate_threshold(model: Any, dataset: Dataset, seed: int = 1) -> Calibration:
+def calibrate_threshold(model: Any, dataset: Dataset, seed: int = 1, max_pairs: int | None = None) -> Calibration:
     """The rating threshold that best separates real validation pairs from unseen items (1:1).
 
-    Falls back to the training split when the dataset has no validation rows.
+    Falls back to the training split when the dataset has no validation rows. max_pairs: use a
+    seeded sample of that many real pairs (an LLM generator pays a generation per rating).
     """
+    if max_pairs is not None and (not isinstance(max_pairs, int) or max_pairs < 1):
+        raise FeedbackgenError(f"calibration pairs must be a positive integer, got {max_pairs!r}")
     split = "valid" if len(dataset.valid) else "train"
     real = dataset.split(split).unique(["user_id", "item_id"], keep="first", maintain_order=True)
     if not len(real):
         raise DataError(f"cannot calibrate the engage threshold: the {split} split is empty")
+    if max_pairs is not None and len(real) > max_pairs:
+        real = real.sample(max_pairs, seed=seed)
     sampler = UnseenSampler(dataset, np.random.default_rng(seed))
     users, items, actual = [], [], []
     for user, item in real.select("user_id", "item_id").iter_rows():
@@ -95,10 +100,11 @@ def calibrate_threshold(model: Any, dataset: Dataset, seed: int = 1) -> Calibrat
 class SimulatedUser:
     """A generator acting as the users of a dataset: rates, reviews and decides, item by item."""
 
-    def __init__(self, model: Any, dataset: Dataset, threshold: float | None = None, seed: int = 1):
+    def __init__(self, model: Any, dataset: Dataset, threshold: float | None = None, seed: int = 1,
+                 calibration_pairs: int | None = None):
         self.model = model
         if threshold is None:
-            self.calibration = calibrate_threshold(model, dataset, seed)
+            self.calibration = calibrate_threshold(model, dataset, seed, calibration_pairs)
         else:
             self.calibration = Calibration(float(threshold), float("nan"), 0, "given")
         self.threshold = self.calibration.threshold
@@ -328,12 +334,13 @@ def simulate(model: Any, dataset: Dataset,
              recommendations: str | Path | pl.DataFrame | Sequence[str | Path | pl.DataFrame]
              | Mapping[str, str | Path | pl.DataFrame],
              k: int = 10, threshold: float | None = None, decoding: Decoding | dict | None = None,
-             seed: int = 1, write: bool = True) -> Simulation:
+             seed: int = 1, write: bool = True, calibration_pairs: int | None = None) -> Simulation:
     """Let `model` play the dataset's users and judge each recommender's top-`k` lists.
 
     recommendations: one RECS file/table, a list of them (named after the files), or a mapping
     name -> file/table. threshold: the engage threshold (default: calibrated, see the module
     docstring). write: also generate each review (off: ratings and decisions only, much faster).
+    calibration_pairs: calibrate the threshold on a seeded sample of that many validation pairs.
     """
     if not isinstance(k, int) or k < 1:
         raise FeedbackgenError(f"k must be a positive integer, got {k!r}")
@@ -344,7 +351,7 @@ def simulate(model: Any, dataset: Dataset,
                    for n, r in enumerate(recommendations)})
     if len(named) < (len(recommendations)):
         raise FeedbackgenError("two recommendation files share a name; pass a mapping name -> file")
-    user = SimulatedUser(model, dataset, threshold, seed)
+    user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs)
     judged, checks = [], []
     for name, source in named.items():
         recs, check = read_recommendations(source, dataset, k, name)
