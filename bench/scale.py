@@ -84,15 +84,18 @@ def build_input(rows: int, work: Path) -> Path:
 
 def run(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall seconds, peak resident MB) of `command`, run as a child of its own."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    stderr = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(command[3:])} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    # stderr goes to a file, not a pipe: nobody reads a pipe during wait4, and a long run's progress
+    # bar filled one and stalled the child
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            stderr = err.read().decode(errors="replace")
+            raise SystemExit(f"{' '.join(command[3:])} failed ({proc.returncode}):\n{stderr[-3000:]}")
     return wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
