@@ -120,7 +120,7 @@ class Generator(ABC):
         state = {**state, "rating_range": list(self.rating_range)}
         atomic_write(path / "model.safetensors", lambda p: save_file(tensors, str(p)))
         atomic_write_json(path / "state.json", state)
-        if getattr(self, "training_log", None):
+        if hasattr(self, "training_log"):
             atomic_write_jsonl(path / "training_log.jsonl", self.training_log)
         from feedbackgen import __version__
 
@@ -139,6 +139,9 @@ class Generator(ABC):
         state = json.loads((path / "state.json").read_text())
         model.rating_range = tuple(state.pop("rating_range", (1.0, 5.0)))
         model.set_state(tensors, state)
+        log = path / "training_log.jsonl"
+        if log.exists():
+            model.training_log = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         model.is_fitted = True
         return model
 

@@ -102,7 +102,6 @@ from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import tokenize
 from feedbackgen.errors import ConfigError, DataError
-from feedbackgen.io import atomic_write_jsonl
 from feedbackgen.models import distributed
 from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.privacy import PrivacySettings, default_delta
@@ -801,7 +800,6 @@ class Peter(Generator):
     def save(self, path: str | Path) -> Path:
         path = super().save(path)
         self.vocab.save(path)
-        atomic_write_jsonl(path / "training_log.jsonl", self.training_log)
         return path
 
     @classmethod
@@ -809,7 +807,4 @@ class Peter(Generator):
         path = Path(path)
         model = super().load(path)
         model.vocab = Vocab.load(path)
-        log = path / "training_log.jsonl"
-        model.training_log = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] \
-            if log.exists() else []
         return model

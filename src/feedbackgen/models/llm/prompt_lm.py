@@ -44,7 +44,6 @@ from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import truncate_tokens
 from feedbackgen.errors import DataError
-from feedbackgen.io import atomic_write_jsonl
 from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.llm.backends import generation_kwargs
 from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_causal_lm
@@ -353,7 +352,6 @@ class PromptLM(Generator):
         if self.lm_tuned:
             self.lm.save_pretrained(path / "lm")
             self.tokenizer.save_pretrained(path / "lm")
-        atomic_write_jsonl(path / "training_log.jsonl", self.training_log)
         return path
 
     @classmethod
@@ -363,6 +361,4 @@ class PromptLM(Generator):
         source = str(path / "lm") if model.lm_tuned else model.config.model
         model.lm, model.tokenizer = load_causal_lm(source, model.config.device)
         model.prompts.to(model._device)
-        log = path / "training_log.jsonl"
-        model.training_log = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
         return model

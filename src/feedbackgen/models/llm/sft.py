@@ -33,7 +33,6 @@ from pydantic import Field
 
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError
-from feedbackgen.io import atomic_write_jsonl
 from feedbackgen.models.base import register
 from feedbackgen.models.llm.backends import Backend, TransformersBackend
 from feedbackgen.models.llm.llm_user import LLMUser
@@ -194,7 +193,6 @@ class LoRASFT(LLMUser):
             merged.save_pretrained(path / "merged")
             self.tokenizer.save_pretrained(path / "merged")
         self.tokenizer.save_pretrained(path / "adapter")
-        atomic_write_jsonl(path / "training_log.jsonl", self.training_log)
         return path
 
     @classmethod
@@ -206,7 +204,5 @@ class LoRASFT(LLMUser):
         c = model.config
         base, model.tokenizer = load_causal_lm(c.model, c.device, c.dtype)
         model.lm = PeftModel.from_pretrained(base, str(path / "adapter")).eval()
-        log = path / "training_log.jsonl"
-        model.training_log = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
         return model
 
