@@ -35,7 +35,9 @@ def test_simulation_on_a_small_real_slice(mi_small, popular, two_recommenders, t
     assert sim.summary["recommender"].to_list() == ["by_rating", "by_count"]
     assert sim.summary["users"].to_list() == [12, 12] and sim.summary["items"].to_list() == [60, 60]
     items = sim.items
-    assert items.columns == ["recommender", "user_id", "rank", "item_id", "rating", "stars", "text", "engage"]
+    assert items.columns == ["recommender", "user_id", "rank", "item_id", "rating", "stars", "text", "engage",
+                             "p_engage"]
+    assert items["p_engage"].null_count() == len(items)  # the rating rule has no probability
     assert all(items["text"])  # every recommended item gets a review
     # the decision rule: engage exactly when the predicted rating reaches the calibrated threshold
     assert (items["engage"] == (items["rating"] >= sim.calibration.threshold)).all()
@@ -159,7 +161,7 @@ def test_fidelity_of_a_real_generator(mi_small, popular, tmp_path):
     assert a["review_score_without_emotion"] == pytest.approx(1 - (0.25 * a["sentiment_error"]
                                                                    + 0.5 * a["topic_error"]) / 0.75)
     table = fidelity_markdown([result], "MI slice")
-    assert "Agent4Rec" in table and "different data" in table and "emotion term left out" in table
+    assert "Agent4Rec" in table and "other data" in table and "emotion term left out" in table
     write_fidelity([result], tmp_path / "fid", "MI slice")
     assert {p.name for p in (tmp_path / "fid").iterdir()} == {"fidelity.json", "fidelity.md", "rating_distribution.png"}
 

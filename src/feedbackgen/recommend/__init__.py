@@ -9,10 +9,10 @@
 from feedbackgen.recommend.fidelity import ANCHORS, fidelity, fidelity_markdown, write_fidelity
 from feedbackgen.recommend.ranking import (Popularity, evaluate_ranking, read_id_list, recommend,
                                            write_recommendations)
-from feedbackgen.recommend.simulate import (Calibration, RecommendationsCheck, SimulatedUser, Simulation,
-                                            calibrate_threshold, read_recommendations, simulate)
+from feedbackgen.recommend.simulate import RecommendationsCheck, Simulation, read_recommendations, simulate
+from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser, calibrate_choice, calibrate_threshold
 from feedbackgen.recommend.tables import markdown_table
 
 __all__ = ["ANCHORS", "Calibration", "Popularity", "RecommendationsCheck", "SimulatedUser", "Simulation",
-           "calibrate_threshold", "evaluate_ranking", "fidelity", "fidelity_markdown", "markdown_table", "read_id_list",
+           "calibrate_choice", "calibrate_threshold", "evaluate_ranking", "fidelity", "fidelity_markdown", "markdown_table", "read_id_list",
            "read_recommendations", "recommend", "simulate", "write_fidelity", "write_recommendations"]

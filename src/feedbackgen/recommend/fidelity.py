@@ -3,14 +3,27 @@
     result = fidelity(model, dataset)              # a dict; fidelity_markdown([result, ...]) tabulates
     write_fidelity([result, ...], "runs/fidelity") # fidelity.json, fidelity.md, rating_distribution.png
 
-Three protocols, all on the test split, with the engage rule of `feedbackgen.recommend.simulate`
-(threshold calibrated on the validation split, so nothing here is tuned on the test split):
+Three measurements, with the engage rule of `feedbackgen.recommend.simulated_user` (a choice
+model's calibrated probability, or a threshold on the predicted rating; fitted on the validation
+split, so nothing here is tuned on the test split):
 
-- **discrimination** (Agent4Rec, Zhang et al., SIGIR 2024, section 4.1): each test user's real test
-  items are mixed with items the user never interacted with, at 1:1, 1:3 and 1:9; the simulated
-  user engages or skips each; accuracy, precision, recall and F1 of "engage" against "real item",
-  pooled over all pairs. The negatives are drawn once (seeded) at the largest ratio and the smaller
-  ratios take a prefix of them, so every model and ratio sees the same items.
+- **discrimination**, telling a user's real items from items they never touched, in one of two
+  protocols (`protocol=`):
+  - `pooled` (the default): each test user's real test items are mixed with items the user never
+    interacted with, at 1:1, 1:3 and 1:9; the simulated user engages or skips each; accuracy,
+    precision, recall and F1 of "engage" against "real item", pooled over all pairs. The negatives
+    are drawn once (seeded) at the largest ratio and the smaller ratios take a prefix of them, so
+    every model and ratio sees the same items.
+  - `agent4rec`: Agent4Rec's own protocol (Zhang et al., SIGIR 2024, section 4.1; their
+    `simulation/arena.py`), run once per ratio r in 1, 2, 3, 9: for each user, min(count,
+    ⌊20 / (r + 1)⌋) positives drawn from the user's held-out items (valid ∪ test), r× as many
+    negatives drawn uniformly from the items the user never interacted with in any split, the list
+    shuffled; precision, recall, accuracy and F1 per user, then averaged over users. One deviation,
+    stated: a user who engages with nothing gets precision 0 (their code divides by zero, and one
+    such user turns the average into NaN), as scikit-learn's `zero_division=0` does. The engage rule
+    is fitted on validation pairs, and this protocol's positives include validation items, as
+    published; the rule is a one-dimensional monotone map (choice) or a single threshold (rating),
+    so it carries almost nothing about individual pairs.
 - **rating fidelity**: RMSE and MAE of simulated against real ratings on the real test pairs
   (`feedbackgen.evaluation.metrics`, PETER's definitions), and the two star distributions side by
   side (simulated ratings rounded to the nearest star), with their total variation distance.
@@ -38,23 +51,42 @@ import polars as pl
 
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.errors import DataError
+from feedbackgen.errors import DataError, FeedbackgenError
 from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
 from feedbackgen.recommend.metrics import (classification_metrics, preference_estimation,
                                            review_score_without_emotion, sentiment_error, star_histogram,
                                            topic_error, total_variation)
-from feedbackgen.recommend.ranking import UnseenSampler, model_name, score_pairs
-from feedbackgen.recommend.simulate import SimulatedUser, json_ready
+from feedbackgen.recommend.ranking import UnseenSampler
+from feedbackgen.recommend.simulate import json_ready, simulator_name
+from feedbackgen.recommend.simulated_user import SimulatedUser
 
 RATIOS = (1, 3, 9)
+AGENT4REC_RATIOS = (1, 2, 3, 9)
+AGENT4REC_LIST = 20  # positives + negatives per user and ratio in Agent4Rec's protocol
+PROTOCOLS = ("pooled", "agent4rec")
 STARS = (1, 2, 3, 4, 5)
 
 ANCHORS: tuple[dict[str, Any], ...] = (
-    {"model": "Agent4Rec (Zhang et al., SIGIR 2024)", "data": "MovieLens-1M, as published — different data",
-     "accuracy_1_1": 0.69, "rmse": 0.76},
-    {"model": "SimUSER (Bougie & Watanabe, 2025)", "data": "as published — different data",
-     "accuracy_1_1": 0.79, "rmse": 0.50},
+    {"model": "Agent4Rec (Zhang et al., SIGIR 2024)", "data": "agent4rec-ml1m", "protocol": "agent4rec",
+     "accuracy_1_1": 0.6912, "f1_1_1": 0.6982, "rmse": 0.76},
+    {"model": "SimUSER (Bougie & Watanabe, 2025)", "data": "movielens", "protocol": "agent4rec",
+     "accuracy_1_1": 0.791, "rmse": 0.50},
 )
+# Agent4Rec's MovieLens-1M split (their datasets/ml-1m/cf_data): users, items, train/valid/test rows
+AGENT4REC_ML1M = (1000, 3292, 74271, 55486, 55492)
+
+
+def is_agent4rec_ml1m(dataset: Dataset) -> bool:
+    """Whether `dataset` is the MovieLens-1M split Agent4Rec was evaluated on (by its counts)."""
+    df = dataset.interactions
+    return (df["user_id"].n_unique(), df["item_id"].n_unique(), len(dataset.train), len(dataset.valid),
+            len(dataset.test)) == AGENT4REC_ML1M
+
+
+def anchor_data(anchor: dict[str, Any], same_data: bool) -> str:
+    if anchor["data"] == "agent4rec-ml1m":
+        return "same data (Agent4Rec's ML-1M split), as published" if same_data else "ML-1M, as published: other data"
+    return "MovieLens, as published: other data"
 
 
 def reference_column(model: Any, dataset: Dataset) -> str:
@@ -78,7 +110,7 @@ def discrimination(user: SimulatedUser, dataset: Dataset, test: pl.DataFrame, rn
         real += [True] * len(positives) + [False] * len(negatives)
         # negative j (0-based) belongs to ratio r when j < r * |positives|
         first_ratio += [0] * len(positives) + [-(-(j + 1) // len(positives)) for j in range(len(negatives))]
-    engage = user.decide(score_pairs(user.model, users, items))
+    engage = user.engage(users, items)
     real, first_ratio = np.array(real, dtype=bool), np.array(first_ratio)
     out = {}
     for r in ratios:
@@ -89,17 +121,56 @@ def discrimination(user: SimulatedUser, dataset: Dataset, test: pl.DataFrame, rn
     return out
 
 
+def discrimination_agent4rec(user: SimulatedUser, dataset: Dataset, users: Sequence[str],
+                             rng: np.random.Generator, ratios: Sequence[int] = AGENT4REC_RATIOS
+                             ) -> dict[str, dict[str, float]]:
+    """Agent4Rec's per-user discrimination protocol (module docstring); one entry per ratio "1:r"."""
+    held_out = pl.concat([dataset.valid, dataset.test]).filter(pl.col("user_id").is_in(list(users)))
+    per_user = dict(held_out.group_by("user_id").agg(pl.col("item_id").unique().sort()).iter_rows())
+    sampler = UnseenSampler(dataset, rng)
+    out = {}
+    for r in ratios:
+        lists_u, lists_i, real, owner = [], [], [], []
+        for n, u in enumerate(users):
+            candidates = per_user.get(u, [])
+            k = min(len(candidates), AGENT4REC_LIST // (r + 1))
+            if not k:
+                continue
+            positives = rng.choice(np.array(candidates, dtype=object), size=k, replace=False).tolist()
+            negatives = sampler.sample(u, k * r).tolist()
+            listed = np.array(positives + negatives, dtype=object)
+            truth = np.array([True] * k + [False] * len(negatives))
+            order = rng.permutation(len(listed))
+            lists_u += [u] * len(listed)
+            lists_i += listed[order].tolist()
+            real += truth[order].tolist()
+            owner += [n] * len(listed)
+        engage, real, owner = user.engage(lists_u, lists_i), np.array(real, dtype=bool), np.array(owner)
+        per = [classification_metrics(engage[owner == n], real[owner == n]) for n in np.unique(owner)]
+        out[f"1:{r}"] = {**{m: float(np.mean([p[m] for p in per])) if per else 0.0
+                            for m in ("accuracy", "precision", "recall", "f1")},
+                         "pairs": len(real), "users": len(per), "negatives_per_positive": float(r)}
+    return out
+
+
 def fidelity(model: Any, dataset: Dataset, *, ratios: Sequence[int] = RATIOS, threshold: float | None = None,
              seed: int = 1, max_users: int | None = None, review: bool = True,
              decoding: Decoding | dict | None = None, name: str | None = None,
-             calibration_pairs: int | None = None) -> dict[str, Any]:
-    """Discrimination, rating and review fidelity of `model` as a simulated user (see the module docstring).
+             calibration_pairs: int | None = None, choice: Any = None, method: str = "isotonic",
+             protocol: str = "pooled") -> dict[str, Any]:
+    """Discrimination, rating and review fidelity of a simulated user (see the module docstring).
+
+    model: the Generator (ratings and texts), or None with `choice` (discrimination only).
+    choice: a ChoiceModel for the engage rule (`method`: its calibration, isotonic or logistic).
+    protocol: `pooled` or `agent4rec` (its own ratios 1, 2, 3, 9 unless `ratios` is given).
 
     max_users: evaluate a seeded sample of test users (all three protocols use the same users).
     review: also generate the texts and compute the AgentSociety review score (needs a text model).
     calibration_pairs: calibrate the engage threshold on a seeded sample of that many validation
     pairs (default: all of them; an LLM generator pays a generation per pair).
     """
+    if protocol not in PROTOCOLS:
+        raise FeedbackgenError(f"unknown fidelity protocol {protocol!r}; choose {' or '.join(PROTOCOLS)}")
     test = dataset.test
     if not len(test):
         raise DataError("the dataset's test split is empty: nothing to measure the simulator against")
@@ -108,15 +179,23 @@ def fidelity(model: Any, dataset: Dataset, *, ratios: Sequence[int] = RATIOS, th
     if max_users is not None and len(users) > max_users:
         users = sorted(rng.choice(users, size=max_users, replace=False).tolist())
         test = test.filter(pl.col("user_id").is_in(users))
-    simulated_user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs)
+    simulated_user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs, choice=choice, method=method)
+    if protocol == "agent4rec":
+        shown = discrimination_agent4rec(simulated_user, dataset, users, rng,
+                                         AGENT4REC_RATIOS if ratios is RATIOS else ratios)
+    else:
+        shown = discrimination(simulated_user, dataset, test, rng, ratios)
     result: dict[str, Any] = {
-        "model": name or model_name(model), "users": len(users),
-        "calibration": simulated_user.calibration.to_dict(),
-        "discrimination": discrimination(simulated_user, dataset, test, rng, ratios),
+        "model": name or simulator_name(model, choice), "users": len(users), "protocol": protocol,
+        "engage_rule": simulated_user.rule, "calibration": simulated_user.calibration.to_dict(),
+        "discrimination": shown, "rating": None, "agentsociety": None,
     }
+    if model is None or test["rating"].null_count() == len(test):
+        return result  # a choice model alone, or data without ratings: nothing to rate or write
 
     write = review and getattr(model, "produces_text", False)
-    frame = simulated_user.judge(test["user_id"].to_list(), test["item_id"].to_list(), decoding, write)
+    test = test.filter(pl.col("rating").is_not_null())
+    frame = simulated_user.judge(test["user_id"].to_list(), test["item_id"].to_list(), decoding, write, "all")
     simulated, real = frame["rating"].to_numpy(), test["rating"].to_numpy()
     from feedbackgen.evaluation.metrics import mean_absolute_error, root_mean_square_error
 
@@ -165,39 +244,57 @@ def _num(x: Any, digits: int = 3) -> str:
 
 
 def fidelity_markdown(results: Sequence[dict[str, Any]], dataset_label: str = "this dataset",
-                      anchors: Sequence[dict[str, Any]] = ANCHORS) -> str:
-    """The fidelity table (ours, then the published anchors), and the per-ratio precision/recall."""
+                      anchors: Sequence[dict[str, Any]] = ANCHORS, same_data: bool = False) -> str:
+    """The fidelity table (ours, then the published anchors), and the per-ratio precision/recall.
+
+    same_data: the dataset is Agent4Rec's ML-1M split, so their published row is on the same data.
+    """
     ratios = list(results[0]["discrimination"]) if results else [f"1:{r}" for r in RATIOS]
-    head = (["simulator", "data"] + [f"acc {r}" for r in ratios] + [f"F1 {r}" for r in ratios]
+    head = (["simulator", "data", "users"] + [f"acc {r}" for r in ratios] + [f"F1 {r}" for r in ratios]
             + ["RMSE", "MAE", "star TVD", "pref. est.", "review (no emotion)†", "text vs"])
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 3) + ["---"]) + "|"]
     for res in results:
-        d, r, a = res["discrimination"], res["rating"], res["agentsociety"]
-        cells = ([res["model"], dataset_label] + [_num(d[x]["accuracy"]) for x in ratios]
+        d, r, a = res["discrimination"], res.get("rating") or {}, res.get("agentsociety") or {}
+        cells = ([res["model"], dataset_label, str(res["users"])] + [_num(d[x]["accuracy"]) for x in ratios]
                  + [_num(d[x]["f1"]) for x in ratios]
-                 + [_num(r["rmse"]), _num(r["mae"]), _num(r["distribution_tvd"]),
-                    _num(a["preference_estimation"]), _num(a.get("review_score_without_emotion")),
+                 + [_num(r.get("rmse")), _num(r.get("mae")), _num(r.get("distribution_tvd")),
+                    _num(a.get("preference_estimation")), _num(a.get("review_score_without_emotion")),
                     a.get("reference", "–")])
         lines.append("| " + " | ".join(cells) + " |")
+    protocol = results[0].get("protocol", "pooled") if results else "pooled"
     for anchor in anchors:
-        cells = ([anchor["model"], anchor["data"]]
+        cells = ([anchor["model"], anchor_data(anchor, same_data), "–"]
                  + [_num(anchor.get("accuracy_1_1")) if x == "1:1" else "–" for x in ratios]
-                 + ["–"] * len(ratios) + [_num(anchor.get("rmse")), "–", "–", "–", "–", "–"])
+                 + [_num(anchor.get("f1_1_1")) if x == "1:1" else "–" for x in ratios]
+                 + [_num(anchor.get("rmse")), "–", "–", "–", "–", "–"])
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Higher is better except RMSE, MAE and star TVD (total variation distance between the real "
-              "and simulated star distributions). acc / F1 1:r: discrimination of real test items from r× as "
-              "many unseen items (Agent4Rec protocol). † AgentSociety Track 1 review score with the emotion "
+    basis = (f"Agent4Rec's protocol: per user, min(held-out, ⌊20/(r+1)⌋) of their valid ∪ test items and r× as "
+             "many never-seen items, shuffled; metrics per user, averaged" if protocol == "agent4rec" else
+             "pooled protocol: every test pair of the users against r× as many never-seen items, metrics over "
+             "all pairs")
+    lines += ["", f"Higher is better except RMSE, MAE and star TVD (total variation distance between the real "
+              f"and simulated star distributions). acc / F1 1:r: discrimination of real items from never-seen "
+              f"ones ({basis}). † AgentSociety Track 1 review score with the emotion "
               "term left out and re-weighted: 1 − (0.25·sentiment error + 0.5·topic error) / 0.75. Published "
-              "rows are on other data and other simulators (LLM agents): for scale, not comparison. text vs: the "
-              "real text the generated one is compared with (the generator's target).", ""]
-    lines += ["| simulator | engage threshold | " + " | ".join(f"P / R {r}" for r in ratios) + " |",
-              "|---|---:|" + "---:|" * len(ratios)]
+              "rows are LLM-agent simulators, marked with the data they were measured on. text vs: the "
+              "real text the generated one is compared with (the generator's target). – : not measured "
+              "(no generator, or no ratings in the data).", ""]
+    lines += ["| simulator | engage rule | pairs / users " + "".join(f"| P / R {r} " for r in ratios) + "|",
+              "|---|---|---:|" + "---:|" * len(ratios)]
     for res in results:
-        d = res["discrimination"]
-        lines.append(f"| {res['model']} | {_num(res['calibration']['threshold'], 2)} | "
+        d, c = res["discrimination"], res["calibration"]
+        sizes = ", ".join(f"{d[x]['pairs']}" + (f"/{d[x]['users']}" if "users" in d[x] else "") for x in ratios)
+        lines.append(f"| {res['model']} | {_rule(c)} | {sizes} | "
                      + " | ".join(f"{_num(d[x]['precision'])} / {_num(d[x]['recall'])}" for x in ratios) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _rule(c: dict[str, Any]) -> str:
+    what = f"P(choose) ≥ {_num(c['threshold'], 3)} ({c['method']})" if c.get("choice_model") else \
+        f"rating ≥ {_num(c['threshold'], 2)}"
+    basis = "given" if c["split"] == "given" else f"fitted on {c['pairs']} {c['split']} pairs, acc {_num(c['accuracy'])}"
+    return f"{what}, {basis}"
 
 
 def plot_rating_distributions(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -221,16 +318,17 @@ def plot_rating_distributions(results: Sequence[dict[str, Any]], path: str | Pat
 
 
 def write_fidelity(results: Sequence[dict[str, Any]], out_dir: str | Path,
-                   dataset_label: str = "this dataset") -> Path:
+                   dataset_label: str = "this dataset", same_data: bool = False) -> Path:
     """Write fidelity.json, fidelity.md and rating_distribution.png into `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "fidelity.json", json_ready({"results": list(results), "anchors": list(ANCHORS)}))
-    atomic_write_text(out_dir / "fidelity.md", fidelity_markdown(results, dataset_label))
-    if results:
+    atomic_write_text(out_dir / "fidelity.md", fidelity_markdown(results, dataset_label, same_data=same_data))
+    if results and all(r.get("rating") for r in results):
         plot_rating_distributions(results, out_dir / "rating_distribution.png")
     return out_dir
 
 
-__all__ = ["ANCHORS", "RATIOS", "discrimination", "fidelity", "fidelity_markdown", "plot_rating_distributions",
+__all__ = ["AGENT4REC_RATIOS", "ANCHORS", "PROTOCOLS", "RATIOS", "discrimination", "discrimination_agent4rec",
+           "is_agent4rec_ml1m", "fidelity", "fidelity_markdown", "plot_rating_distributions",
            "reference_column", "review_fidelity", "write_fidelity"]

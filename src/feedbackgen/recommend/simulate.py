@@ -11,20 +11,22 @@ and left out, never crashed on: users or items absent from the dataset's trainin
 generator knows nothing about them), rows with a missing id or a rank that is not a positive
 integer, repeated (user, item) pairs (the best rank is kept), and ranks beyond `k`.
 
-For each recommended item the simulated user (a trained generator) gives
+For each recommended item the simulated user (`feedbackgen.recommend.simulated_user`: a choice
+model, a generator, or both) gives
 
+- a decision, **engage** or **skip**: with a choice model (`choice=`), engage when its calibrated
+  probability of choosing the item reaches a threshold; without one, when the generator's
+  predicted rating does. Both are fitted on the *validation* split (see that module);
 - a rating: the generator's predicted rating; its star is that rating rounded to the nearest star;
-- a review: the generator's text for (user, item);
-- a decision, **engage** when the predicted rating is at least a threshold, else **skip**. The
-  threshold is calibrated on the *validation* split (`calibrate_threshold`): real (user, item)
-  pairs mixed 1:1 with items the user never interacted with, and the threshold on a 0.05 grid
-  that classifies them most accurately (the middle one when several tie). Validation rather than
-  train because the training ratings were fitted, so their predictions are optimistic.
+- a review: the generator's text for (user, item). With a choice model only the items the user
+  engages with get a rating and a review (`feedback_for="engaged"`, the default there: an LLM
+  generator pays for far fewer generations); the skipped ones get nulls.
 
 Per user: items judged, mean and best simulated rating, items engaged with, engagement (engaged /
 judged), share rated 4 stars or more, rank of the first engaged item, and `satisfied` (engaged with
 at least one item). Per recommender: users, items judged, mean simulated rating (over items),
-engagement@K (mean over users of engaged / judged among the top K), share of items rated 4 or more,
+engagement@K (mean over users of engaged / judged among the top K), share of rated items rated 4 or more
+(mean rating and this share are over the items that got a rating: with a choice model, the engaged ones),
 share of users satisfied, and the counts of what was left out.
 """
 
@@ -38,95 +40,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from feedbackgen.config import Decoding, validate
+from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError, FeedbackgenError
 from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
-from feedbackgen.recommend.metrics import to_stars
-from feedbackgen.recommend.ranking import UnseenSampler, model_name, score_pairs
-from feedbackgen.types import FeedbackRequest
+from feedbackgen.recommend.ranking import model_name
+from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
 
-THRESHOLD_STEP = 0.05
 MAX_LISTED = 20  # unknown ids listed in the report (all are counted)
-
-
-# -- the decision rule -------------------------------------------------------------------------
-
-@dataclass
-class Calibration:
-    """How the engage threshold was chosen, kept beside every result that uses it."""
-
-    threshold: float
-    accuracy: float
-    pairs: int
-    split: str
-    rule: str = "engage when the predicted rating >= threshold"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def calibrate_threshold(model: Any, dataset: Dataset, seed: int = 1, max_pairs: int | None = None) -> Calibration:
-    """The rating threshold that best separates real validation pairs from unseen items (1:1).
-
-    Falls back to the training split when the dataset has no validation rows. max_pairs: use a
-    seeded sample of that many real pairs (an LLM generator pays a generation per rating).
-    """
-    if max_pairs is not None and (not isinstance(max_pairs, int) or max_pairs < 1):
-        raise FeedbackgenError(f"calibration pairs must be a positive integer, got {max_pairs!r}")
-    split = "valid" if len(dataset.valid) else "train"
-    real = dataset.split(split).unique(["user_id", "item_id"], keep="first", maintain_order=True)
-    if not len(real):
-        raise DataError(f"cannot calibrate the engage threshold: the {split} split is empty")
-    if max_pairs is not None and len(real) > max_pairs:
-        real = real.sample(max_pairs, seed=seed)
-    sampler = UnseenSampler(dataset, np.random.default_rng(seed))
-    users, items, actual = [], [], []
-    for user, item in real.select("user_id", "item_id").iter_rows():
-        negative = sampler.sample(user, 1)
-        users += [user] * (1 + len(negative))
-        items += [item, *negative]
-        actual += [True] + [False] * len(negative)
-    scores = score_pairs(model, users, items)
-    actual = np.array(actual)
-    lo, hi = getattr(model, "rating_range", (1.0, 5.0))
-    grid = np.round(np.arange(lo, hi + THRESHOLD_STEP / 2, THRESHOLD_STEP), 4)
-    accuracy = np.array([np.mean((scores >= t) == actual) for t in grid])
-    best = grid[np.flatnonzero(accuracy == accuracy.max())]
-    threshold = float(best[len(best) // 2])
-    return Calibration(threshold, float(accuracy.max()), len(actual), split)
-
-
-class SimulatedUser:
-    """A generator acting as the users of a dataset: rates, reviews and decides, item by item."""
-
-    def __init__(self, model: Any, dataset: Dataset, threshold: float | None = None, seed: int = 1,
-                 calibration_pairs: int | None = None):
-        self.model = model
-        if threshold is None:
-            self.calibration = calibrate_threshold(model, dataset, seed, calibration_pairs)
-        else:
-            self.calibration = Calibration(float(threshold), float("nan"), 0, "given")
-        self.threshold = self.calibration.threshold
-
-    def decide(self, ratings: np.ndarray) -> np.ndarray:
-        return np.asarray(ratings, dtype=np.float64) >= self.threshold
-
-    def judge(self, user_ids: Sequence[str], item_ids: Sequence[str],
-              decoding: Decoding | dict | None = None, write: bool = True) -> pl.DataFrame:
-        """rating, stars, text and engage for each aligned (user, item) pair."""
-        if write and getattr(self.model, "produces_text", False) and len(user_ids):
-            feedback = self.model.generate([FeedbackRequest(u, i) for u, i in zip(user_ids, item_ids)],
-                                           validate(Decoding, decoding, "decoding settings"))
-            ratings = np.array([fb.rating for fb in feedback], dtype=np.float64)
-            texts = [fb.text for fb in feedback]
-        else:
-            ratings = score_pairs(self.model, list(user_ids), list(item_ids))
-            texts = [""] * len(ratings)
-        return pl.DataFrame({"rating": ratings, "stars": to_stars(ratings), "text": texts,
-                             "engage": self.decide(ratings)},
-                            schema={"rating": pl.Float64, "stars": pl.Int64, "text": pl.Utf8,
-                                    "engage": pl.Boolean})
 
 
 # -- reading a recommender's output ------------------------------------------------------------
@@ -251,7 +172,7 @@ def read_recommendations(source: str | Path | pl.DataFrame, dataset: Dataset, k:
 class Simulation:
     """Everything one `simulate` call produced."""
 
-    items: pl.DataFrame        # recommender, user_id, rank, item_id, rating, stars, text, engage
+    items: pl.DataFrame        # recommender, user_id, rank, item_id, rating, stars, text, engage, p_engage
     users: pl.DataFrame        # recommender, user_id, per-user satisfaction summary
     summary: pl.DataFrame      # one row per recommender: the comparison table
     checks: list[RecommendationsCheck]
@@ -267,8 +188,7 @@ class Simulation:
         k = self.k
         head = ["recommender", "users", "items judged", "mean rating", f"engagement@{k}", "rated ≥ 4★",
                 "users engaging", "unknown users", "unknown items"]
-        lines = [f"Simulated user: `{self.model}`; engage when the predicted rating ≥ "
-                 f"{self.calibration.threshold:.2f} ({_calibration_note(self.calibration)}).", "",
+        lines = [f"Simulated user: `{self.model}`; {self.calibration.describe()}.", "",
                  "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         for r in self.summary.iter_rows(named=True):
             lines.append(f"| {r['recommender']} | {r['users']} | {r['items']} | {_num(r['mean_rating'])} | "
@@ -312,12 +232,6 @@ def json_ready(obj: Any) -> Any:
     return obj
 
 
-def _calibration_note(c: Calibration) -> str:
-    if c.split == "given":
-        return "threshold given"
-    return f"calibrated on {c.pairs} {c.split} pairs mixed 1:1 with unseen items, accuracy {c.accuracy:.3f}"
-
-
 def _per_user(items: pl.DataFrame) -> pl.DataFrame:
     return (items.group_by("recommender", "user_id", maintain_order=True).agg(
         pl.len().alias("items"),
@@ -334,13 +248,17 @@ def simulate(model: Any, dataset: Dataset,
              recommendations: str | Path | pl.DataFrame | Sequence[str | Path | pl.DataFrame]
              | Mapping[str, str | Path | pl.DataFrame],
              k: int = 10, threshold: float | None = None, decoding: Decoding | dict | None = None,
-             seed: int = 1, write: bool = True, calibration_pairs: int | None = None) -> Simulation:
+             seed: int = 1, write: bool = True, calibration_pairs: int | None = None, *,
+             choice: Any = None, method: str = "isotonic", feedback_for: str | None = None) -> Simulation:
     """Let `model` play the dataset's users and judge each recommender's top-`k` lists.
 
     recommendations: one RECS file/table, a list of them (named after the files), or a mapping
     name -> file/table. threshold: the engage threshold (default: calibrated, see the module
     docstring). write: also generate each review (off: ratings and decisions only, much faster).
     calibration_pairs: calibrate the threshold on a seeded sample of that many validation pairs.
+    choice: a ChoiceModel deciding engage/skip (`model` may then be None: decisions only).
+    method: the choice rule's calibration, `isotonic` or `logistic`. feedback_for: `engaged` or
+    `all` (default: `engaged` with a choice model, `all` without).
     """
     if not isinstance(k, int) or k < 1:
         raise FeedbackgenError(f"k must be a positive integer, got {k!r}")
@@ -351,16 +269,17 @@ def simulate(model: Any, dataset: Dataset,
                    for n, r in enumerate(recommendations)})
     if len(named) < (len(recommendations)):
         raise FeedbackgenError("two recommendation files share a name; pass a mapping name -> file")
-    user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs)
+    user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs, choice=choice, method=method)
+    feedback_for = feedback_for or ("engaged" if choice is not None else "all")
     judged, checks = [], []
     for name, source in named.items():
         recs, check = read_recommendations(source, dataset, k, name)
         checks.append(check)
-        verdict = user.judge(recs["user_id"].to_list(), recs["item_id"].to_list(), decoding, write)
+        verdict = user.judge(recs["user_id"].to_list(), recs["item_id"].to_list(), decoding, write, feedback_for)
         judged.append(pl.concat([recs.with_columns(pl.lit(name).alias("recommender")), verdict],
                                 how="horizontal"))
     items = pl.concat(judged).select("recommender", "user_id", "rank", "item_id", "rating", "stars",
-                                     "text", "engage")
+                                     "text", "engage", "p_engage")
     users = _per_user(items)
     rows = []
     for check in checks:
@@ -369,9 +288,9 @@ def simulate(model: Any, dataset: Dataset,
         empty = not len(mine_items)
         rows.append({
             "recommender": check.recommender, "users": len(mine_users), "items": len(mine_items),
-            "mean_rating": None if empty else float(mine_items["rating"].mean()),
+            "mean_rating": None if empty else mine_items["rating"].mean(),
             "engagement_at_k": None if empty else float(mine_users["engagement"].mean()),
-            "share_rated_4_plus": None if empty else float((mine_items["stars"] >= 4).mean()),
+            "share_rated_4_plus": None if empty else (mine_items["stars"] >= 4).mean(),
             "share_users_engaging": None if empty else float(mine_users["satisfied"].mean()),
             "unknown_users": check.unknown_users, "unknown_items": check.unknown_items,
             "rows_left_out": check.rows - check.kept,
@@ -380,5 +299,10 @@ def simulate(model: Any, dataset: Dataset,
         "recommender": pl.Utf8, "users": pl.Int64, "items": pl.Int64, "mean_rating": pl.Float64,
         "engagement_at_k": pl.Float64, "share_rated_4_plus": pl.Float64, "share_users_engaging": pl.Float64,
         "unknown_users": pl.Int64, "unknown_items": pl.Int64, "rows_left_out": pl.Int64})
-    return Simulation(items, users, summary, checks, user.calibration, k, model_name(model))
+    return Simulation(items, users, summary, checks, user.calibration, k, simulator_name(model, choice))
+
+
+def simulator_name(model: Any, choice: Any) -> str:
+    """`generator + choice model`, or whichever of the two is there."""
+    return " + ".join(model_name(m) for m in (model, choice) if m is not None)
 
