@@ -264,3 +264,18 @@ def test_ratings_only_csv_field_case_prepares(tmp_path):
     assert ds.interactions.height == sum(1 for _ in source.open()) - 1 and not ds.has_text
     assert ds.manifest["has_text"] is False and ds.manifest["feedback"] == "explicit"
     assert create("mf").fit(ds).is_fitted
+
+
+def test_chunk_size_changes_nothing(tmp_path):
+    from polars.testing import assert_frame_equal
+
+    ml = ml100k(tmp_path / "ml-100k")
+    lg = tmp_path / "lg"
+    lg.mkdir()
+    write(lg / "train.txt", [f"{u} " + " ".join(str((u * 7 + k) % 13) for k in range(5)) for u in range(9)])
+    write(lg / "test.txt", [f"{u} {(u * 7 + 5) % 13}" for u in range(9)])
+    for source, fmt in ((ml, "movielens"), (lg, "lightgcn")):
+        whole = prepare([source], fmt, progress=False, chunk_rows=10**9)
+        chunked = prepare([source], fmt, progress=False, chunk_rows=2)
+        assert_frame_equal(whole.interactions, chunked.interactions)
+        assert whole.manifest == chunked.manifest and whole.interactions.height > 10

@@ -430,6 +430,7 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     if not has_ratings:
         record = {"skipped_because": NO_RATINGS}
     elif native:
+        record["target_range"] = [lo, hi]
         record["note"] = f"the source's own scale [{lo:g}, {hi:g}] ({fmt}): kept, not rescaled"
     elif (lo, hi) == preprocess.RATING_RANGE:
         record["note"] = "already on 1-5: unchanged"
