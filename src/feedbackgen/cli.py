@@ -22,7 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 err = Console(stderr=True)
 out = Console()
 
-FORMATS = "amazon2014 | amazon2018 | amazon2023 | yelp | peter | recbole | csv | jsonl | parquet"
+FORMATS = ("amazon2014 | amazon2018 | amazon2023 | yelp | peter | recbole | movielens (ML-100K/1M/10M/20M+ folder "
+           "or files; ratings only) | lightgcn (train.txt/valid.txt/test.txt, one line per user; interactions "
+           "only) | csv | jsonl | parquet")
 
 
 def _mapping(pairs: list[str]) -> dict[str, str] | None:
@@ -42,11 +44,16 @@ def prepare(
     sources: Annotated[list[Path], typer.Argument(help="review file(s) or folder (peter format)")],
     format: Annotated[str, typer.Option("--format", "-f", help=FORMATS)],
     out: Annotated[Path, typer.Option(help="dataset folder to write")],
-    meta: Annotated[Optional[Path], typer.Option(help="item metadata file (amazon2018/2023, yelp business.json)")] = None,
-    split: Annotated[str, typer.Option(help="random | temporal | peter")] = "random",
+    meta: Annotated[Optional[Path], typer.Option(
+        help="item metadata file (amazon2018/2023, yelp business.json, lightgcn: any CSV/JSONL, see --map)")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="random | temporal | peter | files (default: files for lightgcn, whose files hold the split; "
+             "random otherwise)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the random split")] = 1,
     strict: Annotated[bool, typer.Option(help="stop at the first bad record instead of skipping it")] = False,
-    map: Annotated[list[str], typer.Option("--map", help="column mapping ours=theirs (csv/jsonl/parquet)")] = [],
+    map: Annotated[list[str], typer.Option(
+        "--map", help="column mapping ours=theirs (csv/jsonl/parquet/recbole; lightgcn: the --meta file's "
+                      "columns, e.g. item_id=movie_id)")] = [],
     config: Annotated[Optional[Path], typer.Option(help="JSON file of preprocessing settings")] = None,
     set: Annotated[list[str], typer.Option("--set", help="preprocessing setting key=value")] = [],
     chunk_rows: Annotated[int, typer.Option(help="rows held in memory at a time (peak memory, not the result)")] = 100_000,
@@ -55,6 +62,10 @@ def prepare(
     """Load a public review file, clean it, extract explanations, split it, and save a Dataset.
 
     Example: `feedbackgen prepare reviews_Musical_Instruments_5.json.gz --format amazon2014 --out data/mi`
+
+    Ratings only: `feedbackgen prepare path/to/ml-100k --format movielens --out data/ml100k`;
+    interactions only: `feedbackgen prepare agent4rec/ --format lightgcn --meta agent4rec/movie_detail.csv
+    --map item_id=movie_id --out data/a4r`. Text-only steps skip such data and say so.
     """
     from feedbackgen.config import load_config_file, parse_set_options
     from feedbackgen.data.prepare import prepare_to
@@ -67,6 +78,14 @@ def prepare(
     skipped = manifest.get("problems", {}).get("skipped", 0)
     err.print(f"[green]wrote[/green] {out}: {summary} — skipped {skipped} bad record(s) "
               f"(details in {out / 'manifest.json'}) in {time.time() - t0:.1f}s")
+    skipped_steps = [s["step"] for s in manifest["steps"] if "skipped_because" in s]
+    if skipped_steps:
+        kind = " and ".join(k for k, missing in (("no review text", not manifest.get("has_text", True)),
+                                                 ("no ratings (implicit feedback)",
+                                                  not manifest.get("has_ratings", True))) if missing)
+        err.print(f"{kind}: skipped {', '.join(skipped_steps)}; text generators will refuse this "
+                  "dataset, choice models" + (" and rating models" if manifest.get("has_ratings", True) else "")
+                  + " train on it", highlight=False)
 
 
 @app.command()

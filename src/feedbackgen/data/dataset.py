@@ -8,6 +8,10 @@
 
 Extra interaction columns written by `prepare`: `aspect`, `explanation`, `sentiment` (the
 PETER-style explanation target, see `feedbackgen.data.aspects`).
+
+Not every dataset has text or ratings: MovieLens has ratings and no text, the lightgcn layout only
+says who chose what (`rating` null). `has_text` / `has_ratings` say which; `require` is how a model
+refuses, in one line, a dataset without what it learns from.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Dataset:
     items: pl.DataFrame | None = None
     users: pl.DataFrame | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False, repr=False)  # the folder it was loaded from
 
     def __post_init__(self):
         self.interactions = conform(self.interactions, INTERACTION_SCHEMA, "interactions",
@@ -104,6 +109,28 @@ class Dataset:
     @property
     def has_explanations(self) -> bool:
         return "explanation" in self.interactions.columns
+
+    @property
+    def has_text(self) -> bool:
+        """Whether any interaction has review text (not blank)."""
+        text = self.interactions["text"]
+        return bool((text.str.strip_chars().str.len_chars() > 0).any())
+
+    @property
+    def has_ratings(self) -> bool:
+        """Whether any interaction has a rating (lightgcn data has none: implicit feedback)."""
+        return self.interactions["rating"].count() > 0
+
+    def require(self, model: str, *, text: bool = False, ratings: bool = False) -> None:
+        """Raise `DataError` (one line) when `model` needs text or ratings that this dataset lacks."""
+        name = str(self.path) if self.path is not None else "this dataset"
+        if text and not self.has_text:
+            kind = "ratings-only" if self.has_ratings else "interactions only, no ratings"
+            alternatives = "a choice model such as `--model ease`" + (", or `--model mf`" if self.has_ratings else "")
+            raise DataError(f"{model} needs review text; {name} has none ({kind}: try {alternatives})")
+        if ratings and not self.has_ratings:
+            raise DataError(f"{model} needs ratings; {name} has none (implicit feedback: each row only says the "
+                            "user chose the item; try a choice model such as `--model ease`)")
 
     def summary(self) -> dict[str, Any]:
         df = self.interactions
@@ -151,4 +178,4 @@ class Dataset:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         opt = {n: pl.read_parquet(path / f"{n}.parquet") if (path / f"{n}.parquet").exists() else None
                for n in ("items", "users")}
-        return cls(pl.read_parquet(inter_path), opt["items"], opt["users"], manifest)
+        return cls(pl.read_parquet(inter_path), opt["items"], opt["users"], manifest, path=path)

@@ -1,5 +1,8 @@
 """Read public review formats into the canonical tables.
 
+Ratings-only and interactions-only formats live in their own modules and are registered here:
+`movielens` (`feedbackgen.data.movielens`) and `lightgcn` (`feedbackgen.data.lightgcn`).
+
     load_source(paths, fmt, meta=..., mapping=..., problems=...) -> (interactions, items | None, info)
 
 interactions: user_id, item_id, rating (float), text, summary, timestamp (unix seconds, nullable),
@@ -38,7 +41,8 @@ from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError
 from feedbackgen.io import sha256_file
 
-FORMATS = ("amazon2014", "amazon2018", "amazon2023", "yelp", "peter", "recbole", "csv", "jsonl", "parquet")
+FORMATS = ("amazon2014", "amazon2018", "amazon2023", "yelp", "peter", "recbole", "movielens", "lightgcn", "csv",
+           "jsonl", "parquet")
 CANONICAL_REVIEW_FIELDS = ("user_id", "item_id", "rating", "text", "summary", "timestamp")
 CANONICAL_ITEM_FIELDS = ("item_id", "title", "brand", "categories", "price", "description")
 
@@ -812,7 +816,8 @@ class TableStream:
             self.items = self.items.filter(pl.col("item_id").is_in(ids))
             info["items_without_reviews"] = before - len(self.items)
         self.info = {"format": self.fmt, **info, "rows": rows,
-                     "records": sum(f.get("records", 0) for f in info["files"] if f["role"] == "reviews")}
+                     "records": sum(f.get("records", 0) for f in info["files"]
+                                    if f["role"] in ("reviews", "interactions"))}
         self.finished = True
 
 
@@ -832,15 +837,25 @@ def stream_tables(paths: list[Path] | list[str], fmt: str, *, meta: Path | str |
         raise DataError(f"chunk_rows must be >= 1, got {chunk_rows}")
     paths = [_existing(Path(p)) for p in paths]
     meta = _existing(Path(meta)) if meta is not None else None
-    if mapping and fmt not in ("csv", "jsonl", "parquet", "recbole"):
-        raise DataError(f"a column mapping applies to csv, jsonl, parquet and recbole, not {fmt}")
-    if fmt == "peter" and meta is not None:
-        raise DataError("the peter format has no item metadata file")
+    if mapping and fmt not in ("csv", "jsonl", "parquet", "recbole", "lightgcn"):
+        raise DataError(f"a column mapping applies to csv, jsonl, parquet, recbole and lightgcn (its --meta "
+                        f"file), not {fmt}")
+    if fmt in ("peter", "movielens") and meta is not None:
+        raise DataError(f"the {fmt} format takes no --meta file"
+                        + (" (titles and genres come from the release's own files)" if fmt == "movielens" else ""))
     done: dict[str, Any] = {}
     if fmt == "peter":
         chunks = _load_peter(paths, problems, peter_index_dir, chunk_rows, done)
     elif fmt == "recbole":
         chunks = _load_recbole(paths, meta, mapping, problems, chunk_rows, done)
+    elif fmt == "movielens":
+        from feedbackgen.data.movielens import load_movielens
+
+        chunks = load_movielens(paths, problems, chunk_rows, done)
+    elif fmt == "lightgcn":
+        from feedbackgen.data.lightgcn import load_lightgcn
+
+        chunks = load_lightgcn(paths, meta, mapping, problems, chunk_rows, done)
     else:
         chunks = _load_records(paths, fmt, meta, mapping, problems, chunk_rows, done)
     return TableStream(chunks, fmt, done)
@@ -862,9 +877,12 @@ def load_source(paths: list[Path] | list[str], fmt: str, *, meta: Path | str | N
                 problems: Problems) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, Any]]:
     """Read `paths` in format `fmt` into (interactions, items or None, source info).
 
-    `meta` is an item metadata file (Amazon `meta_*.json.gz`, Yelp `business.json`, RecBole `.item`).
-    `mapping` maps our column names to the source's for csv/jsonl/parquet/recbole; mapped names
-    that are not ours (e.g. {"helpful": "helpful_votes"}) are kept as extra columns.
+    `meta` is an item metadata file (Amazon `meta_*.json.gz`, Yelp `business.json`, RecBole `.item`,
+    any CSV/JSON-lines file for lightgcn). `mapping` maps our column names to the source's for
+    csv/jsonl/parquet/recbole, and to the `meta` file's for lightgcn; mapped names that are not
+    ours (e.g. {"helpful": "helpful_votes"}) are kept as extra columns. `movielens` and `lightgcn`
+    have no text (see `feedbackgen.data.movielens`, `feedbackgen.data.lightgcn`); lightgcn has
+    no ratings either, and gives each row's split from its file.
     """
     loaded = load_tables(paths, fmt, meta=meta, mapping=mapping, problems=problems)
     return loaded.interactions, loaded.items, loaded.info

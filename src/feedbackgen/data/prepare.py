@@ -8,6 +8,14 @@ logs a record to the manifest's `steps`. The result is a pure function of the in
 and the config: rows stay in source order, and nothing time- or machine-dependent goes into the
 tables, so the same inputs give the same Parquet bytes.
 
+A source without review text (MovieLens, the lightgcn layout, a ratings-only CSV) prepares too:
+the text-only steps (clean_text on reviews, drop_empty, scrub_pii, length_limits, explanations)
+log `"skipped_because": NO_TEXT` instead of running, and the manifest says `"has_text": false`
+(a source with a text field whose texts are all blank is a review source that drop_empty
+empties, not a text-less one). A source
+without ratings (lightgcn) skips normalize_ratings and says `"feedback": "implicit"`. A loader
+that knows its source's scale (MovieLens: 1-5, or 0.5-5 in half stars) has it kept, not rescaled.
+
 Memory holds `chunk_rows` rows at a time, whatever the input's size: the table goes from pass to
 pass as temporary Parquet parts, and the chunk size changes nothing in the result
 (docs/scale.md says which state is kept beside a chunk).
@@ -99,9 +107,23 @@ def _brief(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items() if v not in (None, {}, 0) or k == "touched")
 
 
+NO_TEXT = "no review text in this source"
+NO_RATINGS = "no ratings in this source (implicit feedback: a row says the user chose the item)"
+
+
+def _default_split(fmt: str, split: str | None) -> str:
+    """The lightgcn layout carries its split in its files; every other source is split randomly."""
+    return split if split is not None else ("files" if fmt == "lightgcn" else "random")
+
+
 def _check_arguments(fmt: str, split: str, seed: Any, config: PrepareConfig) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
+    if (fmt == "lightgcn") != (split == "files"):
+        raise ConfigError("the lightgcn format takes its split from train.txt/valid.txt/test.txt: leave --split "
+                          "out (or give --split files)" if fmt == "lightgcn" else
+                          f"--split files reads the split from the source's files, which only --format lightgcn "
+                          f"has; for {fmt} use random, temporal or peter")
     if split not in splits.SPLIT_METHODS:
         raise ConfigError(f"unknown split {split!r}; expected one of: {', '.join(splits.SPLIT_METHODS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -205,7 +227,7 @@ class _Prepared:
 
 
 def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, meta: Path | str | None,
-                   mapping: dict[str, str] | None, split: str, seed: int, strict: bool,
+                   mapping: dict[str, str] | None, split: str | None, seed: int, strict: bool,
                    config: PrepareConfig | dict | None, progress: bool, chunk_rows: int) -> _Prepared:
     """Every step of `prepare`, one chunk in memory at a time, the table between passes in `work`.
 
@@ -214,6 +236,7 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     mining) first read the few columns they need with polars' streaming engine and keep per-id
     state (or, for the random split, one byte per row), then the next pass applies the result."""
     config = validate(PrepareConfig, config, "prepare config")
+    split = _default_split(fmt, split)
     _check_arguments(fmt, split, seed, config)
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ConfigError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
@@ -225,7 +248,8 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
                            mapping=mapping, problems=problems, chunk_rows=chunk_rows)
     loaded = _Parts(work, "loaded")
     users_seen, items_seen = _Distinct("user_id"), _Distinct("item_id")
-    cleaned, emptied = [], []
+    cleaned = []
+    text_rows = present_rows = rated_rows = 0
     last_row = -1
     for chunk in stream:
         chunk = chunk.sort("source_row")
@@ -238,31 +262,49 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
         users_seen.add(chunk["user_id"])
         items_seen.add(chunk["item_id"])
         if config.clean_text:
-            chunk, _, record = preprocess.clean_texts(chunk, None, tokenized=fmt == "peter")
+            texts = [c for c in ("text", "summary", "explanation") if c in chunk.columns]
+            if not chunk.select(pl.any_horizontal(pl.col(texts).is_not_null().any())).item():
+                # nothing to clean (a ratings-only source): skip the per-value loop, log the zero record
+                record = preprocess.clean_texts(chunk.clear(), None, tokenized=fmt == "peter")[2]
+                record.update(rows_in=chunk.height, rows_out=chunk.height)
+            else:
+                chunk, _, record = preprocess.clean_texts(chunk, None, tokenized=fmt == "peter")
             cleaned.append(record)
-        if config.drop_empty:
-            chunk, record = preprocess.drop_empty(chunk)
-            emptied.append(record)
+        # empty texts are dropped in pass 2, once it is known whether the source has any text at all
+        text_rows += chunk.select(preprocess.has_text_expr().sum()).item()
+        present_rows += chunk["text"].count()
+        rated_rows += chunk["rating"].count()
         loaded.append(chunk)
     info, items, users = stream.info, stream.items, stream.users
+    # a source "has text" when it gives a text field at all; one whose reviews are all blank is
+    # still a review source, and drop_empty leaves nothing of it (an error below, as before)
+    has_text, has_ratings = present_rows > 0, rated_rows > 0
+    keep_text = preprocess.has_text_expr() if has_text and config.drop_empty else pl.lit(True)
+    rows_kept = text_rows if has_text and config.drop_empty else loaded.rows
     log(preprocess.step_record("load", {"format": fmt}, info["records"], info["rows"], touched=0,
                                skipped=problems.count, users=users_seen.count(), items=items_seen.count()))
     del users_seen, items_seen
     if config.clean_text:
         record = _merge(cleaned)
+        if not has_text:
+            record = preprocess.step_record("clean_text", record["params"], loaded.rows, loaded.rows, touched=0,
+                                            skipped_because=NO_TEXT + " (item texts still cleaned)")
         items, record["items_touched"] = preprocess.clean_item_texts(items)
         log(record)
     if config.drop_empty:
-        log(_merge(emptied))
+        log(preprocess.step_record("drop_empty", {}, loaded.rows, rows_kept, touched=0,
+                                   dropped_empty=loaded.rows - rows_kept,
+                                   **({} if has_text else {"skipped_because": NO_TEXT})))
 
     # pass 2: drop_duplicates (found first, over the id columns), scrub_pii, length_limits
     dropped: set[int] = set()
     if config.drop_duplicates:
         # a pass groups about ten chunks' worth of pair hashes (some 100 bytes each)
-        buckets = min(max(1, -(-loaded.rows // (10 * chunk_rows))), MAX_DUPLICATE_PASSES)
+        buckets = min(max(1, -(-rows_kept // (10 * chunk_rows))), MAX_DUPLICATE_PASSES)
         dropped, pairs = preprocess.duplicate_rows(
-            loaded.scan(["user_id", "item_id", "timestamp", "source_row"]), buckets)
-        log(preprocess.step_record("drop_duplicates", {"keep": "latest"}, loaded.rows, loaded.rows - len(dropped),
+            loaded.scan(["user_id", "item_id", "timestamp", "source_row", "text"]).filter(keep_text)
+            .drop("text"), buckets)
+        log(preprocess.step_record("drop_duplicates", {"keep": "latest"}, rows_kept, rows_kept - len(dropped),
                                    touched=0, duplicate_pairs=pairs, dropped_duplicates=len(dropped)))
     dropped_rows = pl.Series("source_row", sorted(dropped), dtype=pl.Int64).implode()
     aligned = loaded.schema()
@@ -270,13 +312,13 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     scrubbed, limited, lengths = [], [], Counter()
     for chunk in loaded:
         # every chunk gets all columns, each with the type the whole-table concat would give it
-        chunk = pl.concat([aligned, chunk], how="diagonal_relaxed")
+        chunk = pl.concat([aligned, chunk], how="diagonal_relaxed").filter(keep_text)
         if dropped:
             chunk = chunk.filter(~pl.col("source_row").is_in(dropped_rows))
-        if config.scrub_pii:
+        if config.scrub_pii and has_text:
             chunk, record = preprocess.scrub_pii(chunk)
             scrubbed.append(record)
-        if config.min_tokens or config.max_tokens:
+        if (config.min_tokens or config.max_tokens) and has_text:
             chunk, record, counts = preprocess.limit_length_counted(chunk, config.min_tokens, config.max_tokens,
                                                                     config.over_max)
             limited.append(record)
@@ -284,11 +326,15 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
         filtered.append(chunk)
     loaded.remove()
     del dropped, dropped_rows
-    if config.scrub_pii:
+    if not has_text:
+        for step, on in (("scrub_pii", config.scrub_pii), ("length_limits", config.min_tokens or config.max_tokens)):
+            if on:
+                log(preprocess.step_record(step, {}, filtered.rows, filtered.rows, touched=0, skipped_because=NO_TEXT))
+    elif config.scrub_pii:
         record = _merge(scrubbed)
         record["replacements"] = dict(sorted(record["replacements"].items()))
         log(record)
-    if config.min_tokens or config.max_tokens:
+    if (config.min_tokens or config.max_tokens) and has_text:
         record = _merge(limited)
         record["tokens_median_before"] = preprocess.median_of_counts(lengths)
         log(record)
@@ -310,13 +356,16 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
                                iterations=iterations, users=n_users, items=n_items))
     observed = (cored.select(pl.col("rating").min().alias("lo"), pl.col("rating").max().alias("hi"))
                 .collect(engine="streaming").row(0)
-                if rows_cored else None)
-    lo, hi = preprocess.rating_bounds(config.rating_scale, observed)
-    declared = config.rating_scale != "auto"
+                if rows_cored and has_ratings else None)
+    # a loader that knows its source's scale (movielens) keeps it: the models read the range from train
+    native = info.get("rating_scale") if config.rating_scale == "auto" else None
+    lo, hi = tuple(native) if native else preprocess.rating_bounds(config.rating_scale, observed)
+    declared = config.rating_scale != "auto" and has_ratings
+    rescale = has_ratings and not native and (lo, hi) != preprocess.RATING_RANGE
     in_range = (pl.col("rating") >= lo) & (pl.col("rating") <= hi)
     keep = in_core & in_range if declared else in_core
     rows_normalized = _count(ids.filter(keep))
-    if (lo, hi) != preprocess.RATING_RANGE and math.isclose(lo, hi):
+    if rescale and math.isclose(lo, hi):
         raise DataError(f"cannot normalise ratings: every rating is {lo}; declare rating_scale=[lo, hi]")
 
     # the split needs the final row count (random) or per-user order (temporal) before pass 3
@@ -328,6 +377,8 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
         codes = splits.random_split_codes(rows_normalized, seed, config.split_ratios)
     elif rows_normalized and method == "temporal":
         test_rows, valid_rows = splits.temporal_rows(ids.filter(keep).select("user_id", "timestamp", "source_row"))
+    elif rows_normalized and method == "files" and "_source_split" not in aligned.columns:
+        raise DataError(f"the {fmt} source gave no split")  # a loader bug, not bad data
     elif rows_normalized and method == "peter":
         if config.split_index_dir is not None:
             params["index_dir"] = config.split_index_dir
@@ -351,7 +402,7 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
                                 f"source row {row}: rating {rating} outside the declared scale [{lo}, {hi}]")
             out_of_range += outside.height
             chunk = chunk.filter(in_range)
-        if (lo, hi) != preprocess.RATING_RANGE:
+        if rescale:
             chunk, changed = preprocess.rescale_ratings(chunk, lo, hi)
             touched += changed
         if codes is not None:
@@ -364,10 +415,10 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
                 .otherwise(pl.lit("train")))
         elif index is not None:
             chunk = chunk.with_columns(index.gather(chunk["source_row"].to_list()))
-        elif method == "peter":
+        elif method in ("peter", "files"):
             chunk = chunk.with_columns(pl.col("_source_split").alias("split"))
         position += chunk.height
-        if method == "peter":
+        if method in ("peter", "files"):
             unassigned += int(chunk["split"].is_null().sum())
             chunk = chunk.filter(pl.col("split").is_not_null())
         rated.append(chunk)
@@ -376,7 +427,12 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     if declared:
         record["dropped_out_of_range"] = out_of_range
     record["source_range"] = [lo, hi]
-    if (lo, hi) == preprocess.RATING_RANGE:
+    if not has_ratings:
+        record = {"skipped_because": NO_RATINGS}
+    elif native:
+        record["target_range"] = [lo, hi]
+        record["note"] = f"the source's own scale [{lo:g}, {hi:g}] ({fmt}): kept, not rescaled"
+    elif (lo, hi) == preprocess.RATING_RANGE:
         record["note"] = "already on 1-5: unchanged"
     log(preprocess.step_record("normalize_ratings", {"scale": config.rating_scale}, rows_cored, position,
                                touched=touched, **record))
@@ -385,7 +441,7 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
 
     # cold start, over the split and id columns
     table = rated.scan()
-    mode = config.cold_start or ("keep" if method == "peter" else "move_to_train")
+    mode = config.cold_start or ("keep" if method in ("peter", "files") else "move_to_train")
     cold: dict[str, Any] = {"cold_start": mode, "cold_before": splits.cold_start_counts_lazy(table)}
     moved_rows: set[int] = set()
     if mode == "move_to_train":
@@ -397,7 +453,7 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     table = table.with_columns(final_split)
     if mode == "move_to_train":
         cold["cold_after"] = splits.cold_start_counts_lazy(table)
-    extra = {"dropped_unassigned": unassigned} if method == "peter" else {}
+    extra = {"dropped_unassigned": unassigned} if method in ("peter", "files") else {}
     log(preprocess.step_record("split", params, position, rated.rows, touched=len(moved_rows),
                                sizes=_split_sizes(table), **extra, **cold))
 
@@ -407,6 +463,9 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     explain_mode = config.explanations
     if explain_mode == "auto":
         explain_mode = "source" if has_source else "extract"
+    text_skipped = not has_text and explain_mode == "extract"
+    if text_skipped:
+        explain_mode = "off"
     params = {"mode": explain_mode}
     scored: list[tuple[str, int]] = []
     if explain_mode == "source":
@@ -439,7 +498,8 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     rated.remove()
     table = done.scan()
     if explain_mode == "off":
-        log(preprocess.step_record("explanations", params, done.rows, done.rows, touched=0))
+        log(preprocess.step_record("explanations", params, done.rows, done.rows, touched=0,
+                                   **({"skipped_because": NO_TEXT} if text_skipped else {})))
     else:
         with_expl = _count(table.filter(pl.col("explanation").is_not_null()))
         by_split = {s: int(n) for s, n in table.filter(pl.col("explanation").is_not_null())
@@ -467,6 +527,9 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
         "seed": seed,
         "split": split,
         "aspects": [w for w, _ in scored],
+        "has_text": has_text,
+        "has_ratings": has_ratings,
+        "feedback": "explicit" if has_ratings else "implicit",
     }
     if progress:
         print(f"prepare: {problems.describe()}; {done.rows:,} rows, splits {_split_sizes(table)}",
@@ -475,13 +538,15 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
 
 
 def prepare(sources: list[Path] | list[str], fmt: str, *, meta: Path | str | None = None,
-            mapping: dict[str, str] | None = None, split: str = "random", seed: int = 1,
+            mapping: dict[str, str] | None = None, split: str | None = None, seed: int = 1,
             strict: bool = False, config: PrepareConfig | dict | None = None,
             progress: bool = True, chunk_rows: int = DEFAULT_CHUNK_ROWS,
             workdir: Path | str | None = None) -> Dataset:
     """Load `sources` in format `fmt`, clean, filter, split and add explanation targets.
 
-    Bad records are skipped and counted (`strict` stops at the first one). The manifest records
+    `split`: random, temporal, peter or files (the lightgcn layout's own; the default for it,
+    random for every other format). Bad records are skipped and counted (`strict` stops at the
+    first one). The manifest records
     the source files (names, sizes, sha256), the problems, every step with its counts, the
     config, the seed and the split. The steps run `chunk_rows` rows at a time (temporary files in
     `workdir`, default the system's); the returned `Dataset` holds them all. For inputs larger
@@ -511,7 +576,7 @@ def _write_parts(parts: _Parts, path: Path) -> None:
 
 
 def prepare_to(sources: list[Path] | list[str], fmt: str, out: Path | str, *, meta: Path | str | None = None,
-               mapping: dict[str, str] | None = None, split: str = "random", seed: int = 1,
+               mapping: dict[str, str] | None = None, split: str | None = None, seed: int = 1,
                strict: bool = False, config: PrepareConfig | dict | None = None,
                progress: bool = True, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                workdir: Path | str | None = None) -> dict[str, Any]:

@@ -80,6 +80,11 @@ def clean_item_texts(items: pl.DataFrame | None) -> tuple[pl.DataFrame | None, i
     return items, int(item_changed.sum())
 
 
+def has_text_expr() -> pl.Expr:
+    """True for a row whose text is present and not blank: what `drop_empty` keeps."""
+    return pl.col("text").is_not_null() & (pl.col("text").str.strip_chars() != "")
+
+
 def drop_empty(df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     """Drop reviews whose text is missing or blank: there is nothing to learn to write."""
     empty = df["text"].is_null() | (df["text"].str.strip_chars() == "")

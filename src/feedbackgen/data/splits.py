@@ -6,6 +6,7 @@
 - `temporal`: per user, in time order, the latest review is test and the second latest valid,
   for users with at least 3 reviews; everything else is train.
 - `peter`: read from PETER index files (positions in the source, see `peter_format.read_index`).
+- `files`: the split the source's files give (the lightgcn layout's train/valid/test.txt).
 
 Cold start: a valid/test row whose user or item never occurs in train cannot be scored by an
 ID-based model. `move_cold_to_train` moves such rows to train (as PETER's data preparation
@@ -26,7 +27,7 @@ from feedbackgen.data.dataset import SPLITS
 from feedbackgen.data.peter_format import read_index
 from feedbackgen.errors import DataError
 
-SPLIT_METHODS = ("random", "temporal", "peter")
+SPLIT_METHODS = ("random", "temporal", "peter", "files")  # files: the source's own (lightgcn)
 TEMPORAL_MIN_REVIEWS = 3
 
 

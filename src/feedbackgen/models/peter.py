@@ -651,6 +651,7 @@ class Peter(Generator):
 
     # -- training ----------------------------------------------------------------------------
     def fit(self, dataset: Dataset) -> Peter:
+        dataset.require(self.name, text=True)
         c = self.config
         if c.num_threads:
             torch.set_num_threads(c.num_threads)

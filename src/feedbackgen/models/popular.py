@@ -29,6 +29,7 @@ class Popular(Generator):
     Config = PopularConfig
 
     def fit(self, dataset: Dataset) -> Popular:
+        dataset.require(self.name, text=True)
         col = target_column(self.config.target)
         rows = target_rows(dataset, "train", self.config.target).with_row_index("order")
         has_aspect = "aspect" in rows.columns

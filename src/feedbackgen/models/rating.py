@@ -29,6 +29,7 @@ class RatingModel(Generator):
     produces_text = False
 
     def _index(self, dataset: Dataset):
+        dataset.require(self.name, ratings=True)
         train = dataset.train
         self.users = IdIndex(train["user_id"].to_list())
         self.items = IdIndex(train["item_id"].to_list())

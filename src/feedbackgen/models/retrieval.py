@@ -52,6 +52,7 @@ class Retrieval(Generator):
     Config = RetrievalConfig
 
     def fit(self, dataset: Dataset) -> Retrieval:
+        dataset.require(self.name, text=True)
         rows = target_rows(dataset, "train", self.config.target)
         self.texts = rows[target_column(self.config.target)].to_list()
         self.aspects = rows["aspect"].to_list() if "aspect" in rows.columns else [None] * len(rows)

@@ -62,6 +62,7 @@ class LLMUser(Generator):
 
     # -- fitting: index, no training ---------------------------------------------------------
     def fit(self, dataset: Dataset) -> LLMUser:
+        dataset.require(self.name, text=True)
         self.history = ReviewHistory.from_dataset(dataset, self.config.target, self.config.embedding_model)
         self.rating = fit_rating_model(self.config.rating_model, dataset)
         self.rating_range = self.rating.rating_range

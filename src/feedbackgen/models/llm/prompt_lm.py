@@ -201,6 +201,7 @@ class PromptLM(Generator):
 
     # -- training ----------------------------------------------------------------------------
     def fit(self, dataset: Dataset) -> PromptLM:
+        dataset.require(self.name, text=True)
         c = self.config
         set_threads(c.num_threads)
         train = target_rows(dataset, "train", c.target)

@@ -118,6 +118,7 @@ class LoRASFT(LLMUser):
 
     # -- training ----------------------------------------------------------------------------
     def fit(self, dataset: Dataset) -> LoRASFT:
+        dataset.require(self.name, text=True)
         from peft import LoraConfig, get_peft_model
 
         c = self.config

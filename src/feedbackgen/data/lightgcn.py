@@ -1,0 +1,222 @@
+"""The adjacency-list layout of LightGCN/NGCF-style research code and Agent4Rec: `--format lightgcn`.
+
+    load_lightgcn(paths, meta=..., mapping=..., problems=..., chunk_rows=..., done=...) -> chunks
+
+Layout (github.com/gusye1234/LightGCN-PyTorch `data/*/`, github.com/LehengTHU/Agent4Rec
+`datasets/ml-1m/cf_data/`): one file per split, `train.txt`, `valid.txt` (or `val.txt`; optional)
+and `test.txt`, each line `user_id item_id item_id ...` separated by white space, ids being
+non-negative integers. A user may have a line with no items (nothing held out for them) or no line.
+Given a folder, the files are found in it by these names; given files, their names say the split.
+
+Tables:
+- interactions: user_id, item_id (the integer ids as strings), split (from the file), source_row
+  (position among the (user, item) pairs of train, valid, test in that order). `rating`,
+  `timestamp` and `text` are null: the files only say that the user chose the item (implicit
+  feedback). Rating models refuse such a dataset, choice models train on it, and `prepare`
+  records it as `"feedback": "implicit"` in the manifest.
+- items (with `meta`): one row per item of a CSV (`.csv`, `.tsv`) or JSON-lines file; `mapping`
+  (ours=theirs, from `--map`) names its columns. Unmapped, `item_id` is read from a column of that
+  name, title from title/name, categories from categories/category/genres/genre (split on "|" or
+  ","), description from description/summary/plot/overview; every other column is kept under its
+  own name (as numbers when every value is one). Agent4Rec's `movie_detail.csv`
+  (movie_id,title,genres,rating,summary) needs `--map item_id=movie_id`; its `rating` column, the
+  movie's mean rating over all of MovieLens (held-out ratings included), is kept as `rating`.
+
+A bad line or id (an id that is not a non-negative integer, as a comma-separated file gives) is
+reported with its file, line and field and skipped, costing only its own pairs (`Problems`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from feedbackgen.data.loaders import _collect_items, _csv_records, _file_info, _json_records, _lines, _string_list
+from feedbackgen.data.problems import Problems
+from feedbackgen.errors import DataError
+
+SPLIT_FILES = {"train.txt": "train", "valid.txt": "valid", "val.txt": "valid", "test.txt": "test"}
+SPLIT_ORDER = ("train", "valid", "test")
+DEFAULT_CHUNK = 200_000
+ITEM_FIELDS = {
+    "title": ("title", "name", "movie_title", "item_name"),
+    "categories": ("categories", "category", "genres", "genre"),
+    "description": ("description", "summary", "plot", "overview"),
+    "brand": ("brand",),
+    "price": ("price",),
+}
+
+
+def split_files(paths: list[Path]) -> list[tuple[Path, str]]:
+    """(file, split) in train, valid, test order. Raises `DataError` when train.txt is missing,
+    or a file's name says no split."""
+    if len(paths) == 1 and paths[0].is_dir():
+        candidates = [paths[0] / name for name in SPLIT_FILES if (paths[0] / name).is_file()]
+    else:
+        candidates = list(paths)
+    found: dict[str, Path] = {}
+    for path in candidates:
+        split = SPLIT_FILES.get(path.name)
+        if split is None:
+            raise DataError(f"not a LightGCN split file; expected {', '.join(SPLIT_FILES)} "
+                            "(one line per user: user_id item_id item_id ...)", source=str(path))
+        if split in found:
+            raise DataError(f"two files for the {split} split: {found[split]} and {path}")
+        found[split] = path
+    if "train" not in found:
+        raise DataError(f"no train.txt in {', '.join(str(p) for p in paths)}; the lightgcn format is "
+                        "train.txt, test.txt and optionally valid.txt, one line per user: user_id item_id ...")
+    return [(found[s], s) for s in SPLIT_ORDER if s in found]
+
+
+def _pairs(path: Path, split: str, problems: Problems, chunk: int, first_row: int,
+           counts: dict[str, int]) -> Iterator[pl.DataFrame]:
+    users: list[str] = []
+    items: list[str] = []
+    rows: list[int] = []
+    row = first_row
+    source = str(path)
+    for line_no, raw in _lines(path, problems):
+        tokens = raw.decode("latin-1").split()  # ids are ASCII digits; any other byte fails the check
+        counts["lines"] += 1
+        user, rest = tokens[0], tokens[1:]
+        if not user.isdigit() or not user.isascii():
+            problems.report(source, line_no, "user_id",
+                            f"expected a non-negative integer id first on the line, got {user[:40]!r}"
+                            + (f" (its {len(rest)} item(s) skipped)" if rest else ""))
+            row += len(rest)
+            continue
+        for position, item in enumerate(rest, 2):
+            if item.isdigit() and item.isascii():
+                users.append(user)
+                items.append(item)
+                rows.append(row)
+            else:
+                problems.report(source, line_no, "item_id",
+                                f"token {position}: expected a non-negative integer id, got {item[:40]!r}")
+            row += 1
+        if len(users) >= chunk:
+            yield _frame(users, items, rows, split)
+            users, items, rows = [], [], []
+    counts["records"] += row - first_row
+    yield _frame(users, items, rows, split)
+
+
+def _frame(users: list[str], items: list[str], rows: list[int], split: str) -> pl.DataFrame:
+    return pl.DataFrame({"user_id": pl.Series(users, dtype=pl.Utf8), "item_id": pl.Series(items, dtype=pl.Utf8),
+                         "rating": pl.Series([None] * len(users), dtype=pl.Float64),
+                         "source_row": pl.Series(rows, dtype=pl.Int64),
+                         "split": pl.Series([split] * len(users), dtype=pl.Utf8)})
+
+
+# -- item metadata ---------------------------------------------------------------------------------
+
+def _meta_records(path: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
+    suffixes = [s.lower() for s in path.suffixes]
+    if ".jsonl" in suffixes or ".json" in suffixes:
+        return _json_records(path, problems)
+    return _csv_records(path, problems, delimiter="\t" if ".tsv" in suffixes else ",")
+
+
+def _columns(header: list[str], mapping: dict[str, str], path: Path) -> dict[str, str]:
+    """ours -> theirs for every item column kept."""
+    for ours, theirs in mapping.items():
+        if theirs not in header:
+            raise DataError(f"--map {ours}={theirs}: the metadata file has no column {theirs!r} "
+                            f"(its columns: {', '.join(header)})", source=str(path), line=1)
+    columns = {"item_id": mapping.get("item_id", "item_id")}
+    if columns["item_id"] not in header:
+        raise DataError(f"no item_id column (its columns: {', '.join(header)}); name the column holding the "
+                        "ids of the .txt files with --map item_id=COLUMN", source=str(path), line=1)
+    for ours, names in ITEM_FIELDS.items():
+        theirs = mapping.get(ours) or next((n for n in names if n in header and n not in mapping.values()), None)
+        if theirs is not None:
+            columns[ours] = theirs
+    for ours, theirs in mapping.items():
+        columns.setdefault(ours, theirs)
+    used = set(columns.values())
+    for name in header:
+        if name not in used and name not in columns:
+            columns[name] = name
+    return columns
+
+
+def _numbers(values: list[Any]) -> list[float | None] | None:
+    """The values as floats when every non-empty one is a number, else None."""
+    out: list[float | None] = []
+    for v in values:
+        if v is None or v == "":
+            out.append(None)
+            continue
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            return None
+    return out
+
+
+def read_item_meta(path: Path, mapping: dict[str, str] | None, problems: Problems) -> tuple[pl.DataFrame, dict]:
+    """The items of a metadata file, columns named by `mapping`; and the file's manifest entry."""
+    records = _meta_records(path, problems)
+    first = next(records, None)
+    columns: dict[str, str] = {}
+    if first is not None:
+        columns = _columns(list(first[1]), dict(mapping or {}), path)
+
+    def item(r: dict) -> dict:
+        out = {ours: r.get(theirs) for ours, theirs in columns.items()}
+        out["item_id"] = str(out["item_id"]).strip() if out["item_id"] not in (None, "") else None
+        if "categories" in out:
+            value = out["categories"]
+            sep = "|" if isinstance(value, str) and "|" in value else ","
+            out["categories"] = _string_list(value, sep=sep)
+        return out
+
+    seen: dict[str, dict] = {}
+    stream = iter([first, *records]) if first is not None else iter(())
+    read, kept, dups = _collect_items(stream, item, str(path), problems, seen)
+    rows = list(seen.values())
+    series = []
+    for name in columns:
+        values = [r.get(name) for r in rows]
+        if name == "categories":
+            series.append(pl.Series(name, values, dtype=pl.List(pl.Utf8)))
+        elif name not in ("item_id", "title", "description", "brand") and (floats := _numbers(values)) is not None:
+            series.append(pl.Series(name, floats, dtype=pl.Float64))
+        else:
+            series.append(pl.Series(name, [None if v in (None, "") else str(v) for v in values], dtype=pl.Utf8))
+    frame = pl.DataFrame(series) if series else None
+    entry = {**_file_info(path, "items"), "records": read, "rows": kept, "duplicate_items": dups,
+             "columns": {k: v for k, v in columns.items()}}
+    return frame, entry
+
+
+# -- the format ------------------------------------------------------------------------------------
+
+def load_lightgcn(paths: list[Path], meta: Path | None, mapping: dict[str, str] | None, problems: Problems,
+                  chunk_rows: int | None, done: dict[str, Any]) -> Iterator[pl.DataFrame]:
+    """Interaction chunks of train, valid and test (at most `chunk_rows` rows each); then `done`
+    gets the items (from `meta`), no users, and info (files, each with its split and line count)."""
+    if mapping and meta is None:
+        raise DataError("for --format lightgcn, --map names the columns of the --meta file; give --meta FILE")
+    files = []
+    source_row = 0
+    for path, split in split_files(paths):
+        counts = {"records": 0, "lines": 0}
+        rows = 0
+        for chunk in _pairs(path, split, problems, chunk_rows or DEFAULT_CHUNK, source_row, counts):
+            rows += chunk.height
+            yield chunk
+        source_row += counts["records"]
+        files.append({**_file_info(path, "interactions"), "split": split, "lines": counts["lines"],
+                      "records": counts["records"], "rows": rows})
+    items = None
+    if meta is not None:
+        items, entry = read_item_meta(meta, mapping, problems)
+        files.append(entry)
+    done.update(items=items, users=None,
+                info={"files": files, "feedback": "implicit", "has_text": False, "has_ratings": False,
+                      "split_from": "files"})
