@@ -65,7 +65,7 @@ class Hybrid(ChoiceModel):
 
     name = "hybrid"
     Config = HybridConfig
-    grid = {"weight": (0.0, 0.1, 0.2, 0.3, 0.5)}
+    grid = {"weight": (0.0, 0.2, 0.4, 0.6, 0.8)}
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)

@@ -69,7 +69,7 @@ class ItemKNN(ChoiceModel):
 
     name = "itemknn"
     Config = ItemKNNConfig
-    grid = {"neighbours": (20, 50, 100, 200), "shrink": (0.0, 10.0, 100.0)}
+    grid = {"neighbours": (50, 100, 200, 500), "shrink": (0.0, 10.0, 100.0, 500.0)}
     BLOCK = 1024  # target items per block of the similarity
 
     def fit_matrix(self, data: Interactions, dataset: Dataset) -> None:
