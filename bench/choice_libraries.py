@@ -65,7 +65,7 @@ def main() -> None:
     print("| library / model | HR@10 | NDCG@10 | Recall@10 | fit (s) | search (s) | chosen on valid |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for row, extra in zip(table.iter_rows(named=True), rows):
-        print(f"| {row['model']} | {row['hr@10']:.4f} | {row['ndcg@10']:.4f} | {row.get('recall@10', float('nan')):.4f} "
+        print(f"| {row['model']} | {row['hr@10']:.4f} | {row['ndcg@10']:.4f} | {row['recall@10']:.4f} "
               f"| {extra['fit_s']:.2f} | {extra['search_s']:.1f} | {extra['chosen']} |")
     print("\ninstall (CPU wheels, Python 3.11):")
     for dist in ("implicit", "cornac"):

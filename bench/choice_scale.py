@@ -107,7 +107,8 @@ def main() -> None:
                       f"{r['peak_rss_mb'] / 1024:.2f} | {r['rss_data_mb'] / 1024:.2f} | {r['chosen'] or '–'} | "
                       f"{LIMITS.get(model, '')} |", flush=True)
             except subprocess.TimeoutExpired:
-                print(f"| {model} | {'on' if search else 'off'} | > {args.timeout} | – | – | – | – | {LIMITS.get(model, '')} |")
+                print(f"| {model} | {'on' if search else 'off'} | > {args.timeout} | – | – | – | – | "
+                      f"{LIMITS.get(model, '')} |")
             except subprocess.CalledProcessError as e:
                 print(f"| {model} | failed: {e.stderr.strip().splitlines()[-1]} |")
     print(f"\n{os.cpu_count()} CPU(s); the default model ({DEFAULT_CHOICE_MODEL}) fits with its validation search")

@@ -344,7 +344,6 @@ def recommend(
     from feedbackgen.data.problems import Problems
     from feedbackgen.recommend import read_id_list, write_recommendations
     from feedbackgen.recommend import recommend as rank_for_users
-
     from feedbackgen.recommend.choice import is_choice_folder, load_choice
 
     if is_choice_folder(model):

@@ -27,7 +27,7 @@ import itertools
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -182,6 +182,16 @@ class ChoiceModel(ABC):
     def _batch(self) -> int:
         return max(1, DENSE_CELLS // max(1, len(self.item_ids)))
 
+    def dense_batches(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, scores of rows[start:start + batch]) for consecutive batches: bounded memory."""
+        batch = self._batch()
+        for start in range(0, len(rows), batch):
+            yield start, self.dense(rows[start:start + batch])
+
+    def taken(self, row: int) -> np.ndarray:
+        """Columns of the items user row `row` took in train (none for an unknown user, -1)."""
+        return self.seen.indices[self.seen.indptr[row]:self.seen.indptr[row + 1]] if row >= 0 else np.zeros(0, int)
+
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """One float64 score per aligned (user, item) pair; higher = more likely chosen.
 
@@ -215,8 +225,8 @@ class ChoiceModel(ABC):
         cols = self.item_cols(item_ids)
         out = np.full((len(rows), len(cols)), UNKNOWN_ITEM_SCORE, dtype=np.float64)
         known = cols >= 0
-        for start in range(0, len(rows), self._batch()):
-            out[start:start + self._batch(), known] = self.dense(rows[start:start + self._batch()])[:, cols[known]]
+        for start, block in self.dense_batches(rows):
+            out[start:start + len(block), known] = block[:, cols[known]]
         return out
 
     def recommend(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True) -> pl.DataFrame:
@@ -233,13 +243,11 @@ class ChoiceModel(ABC):
         rows = self.user_rows(users)
         out_users, out_ranks, out_items, out_scores = [], [], [], []
         items = np.array(self.item_ids, dtype=object)
-        for start in range(0, len(users), self._batch()):
-            block = self.dense(rows[start:start + self._batch()])
-            for r, (user, row) in enumerate(zip(users[start:start + self._batch()], rows[start:start + self._batch()])):
-                s = block[r]
+        for start, block in self.dense_batches(rows):
+            for user, row, s in zip(users[start:], rows[start:], block):
                 allowed = np.ones(len(s), dtype=bool)
-                if exclude_seen and row >= 0:
-                    allowed[self.seen.indices[self.seen.indptr[row]:self.seen.indptr[row + 1]]] = False
+                if exclude_seen:
+                    allowed[self.taken(row)] = False
                 cand = np.flatnonzero(allowed)
                 top = cand[np.lexsort((cand, -self.popularity[cand], -s[cand]))[:k]]  # last key sorts first
                 out_users += [user] * len(top)
@@ -305,16 +313,14 @@ def validation_ranks(model: ChoiceModel, dataset: Dataset, users: Sequence[str],
     relevant = {u: items for u, items in valid.group_by("user_id").agg(pl.col("item_id").unique()).iter_rows()}
     rows = model.user_rows(users)
     out = []
-    for start in range(0, len(users), model._batch()):
-        block = model.dense(rows[start:start + model._batch()])
-        for r, (user, row) in enumerate(zip(users[start:start + model._batch()], rows[start:start + model._batch()])):
-            seen = model.seen.indices[model.seen.indptr[row]:model.seen.indptr[row + 1]] if row >= 0 else []
+    for start, block in model.dense_batches(rows):
+        for user, row, s in zip(users[start:], rows[start:], block):
+            seen = model.taken(row)
             cols = model.item_cols(relevant.get(user, []))
             cols = np.setdiff1d(cols[cols >= 0], seen)
             if not len(cols):
                 continue
-            s = block[r].copy()
-            s[seen] = -np.inf
+            s[seen] = -np.inf  # the user's train items are not candidates
             out.append(positions(s, rng, model.popularity)[cols])
     return out
 

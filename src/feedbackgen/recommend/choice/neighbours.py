@@ -13,8 +13,8 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.recommend.choice.base import ChoiceConfig, ChoiceModel, Interactions, read_sparse, \
-    register_choice, sparse_arrays
+from feedbackgen.recommend.choice.base import (ChoiceConfig, ChoiceModel, Interactions, read_sparse,
+                                               register_choice, sparse_arrays)
 
 
 @register_choice
