@@ -44,7 +44,8 @@ def test_ndcg_with_several_relevant_items():
 
 def test_ranking_metrics_keys_and_monotone_hit_rate():
     m = ranking_metrics([[1], [6], [15], [30]], ks=(5, 10, 20))
-    assert list(m) == ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20"]
+    assert list(m) == ["hr@5", "ndcg@5", "recall@5", "hr@10", "ndcg@10", "recall@10", "hr@20", "ndcg@20",
+                       "recall@20"]
     assert (m["hr@5"], m["hr@10"], m["hr@20"]) == (0.25, 0.5, 0.75)
     assert m["ndcg@20"] == pytest.approx((1 + 1 / math.log2(7) + 1 / math.log2(16)) / 4)
 

@@ -96,9 +96,13 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="JSON file of model settings")] = None,
     set: Annotated[list[str], typer.Option("--set", help="model setting key=value")] = [],
 ):
-    """Fit a generator on a dataset's training split and save it as a folder.
+    """Fit a generator or a choice model on a dataset's training split and save it as a folder.
 
     Example: `feedbackgen train data/mi --model retrieval --out models/retrieval --set target=review`
+
+    Choice models (`feedbackgen models` lists them) choose their hyper-parameters on the valid
+    split first: `feedbackgen train data/mi --model ease --out models/ease`; fixed instead:
+    `--set search=false --set l2=200`.
 
     Under `torchrun --nproc_per_node N -m feedbackgen.cli train ...` the neural generators train
     data-parallel on N processes, and rank 0 saves the model (docs/training.md).
@@ -108,6 +112,11 @@ def train(
     from feedbackgen.models import create, distributed
 
     settings = {**load_config_file(config), **parse_set_options(set)}
+    from feedbackgen.recommend.choice import CHOICE_MODELS
+
+    if model in CHOICE_MODELS:
+        _train_choice(dataset, model, out, settings, distributed.requested())
+        return
     generator = create(model, settings)
     if distributed.requested() and not getattr(generator, "data_parallel", False):
         raise FeedbackgenError(f"{model} does not train data-parallel; run it without torchrun "
@@ -125,6 +134,25 @@ def train(
             err.print(f"[green]trained[/green] {model} in {time.time() - t0:.1f}s → {out}")
     finally:
         distributed.shutdown()
+
+
+def _train_choice(dataset: Path, model: str, out: Path, settings: dict, distributed: bool) -> None:
+    from feedbackgen.data.dataset import Dataset
+    from feedbackgen.recommend.choice import create_choice
+
+    if distributed:
+        raise FeedbackgenError(f"{model} is a choice model and does not train data-parallel; run it without torchrun")
+    choice = create_choice(model, settings)  # settings fail here, before the data is read
+    ds = Dataset.load(dataset)
+    t0 = time.time()
+    choice.fit(ds)
+    choice.save(out)
+    search = choice.search_record
+    if search is not None:
+        best = max(c[search["metric"]] for c in search["candidates"])
+        err.print(f"chose {search['chosen']} on the valid split ({search['metric']} {best:.4f}, "
+                  f"{len(search['candidates'])} candidates, {search['users']} users; all in {out / 'config.json'})")
+    err.print(f"[green]trained[/green] {model} in {time.time() - t0:.1f}s → {out}")
 
 
 @app.command()
@@ -278,15 +306,25 @@ def report(report_dir: Annotated[Path, typer.Argument(help="a folder written by 
 
 @app.command("models")
 def list_models():
-    """List the generators this version knows, with their settings.
+    """List the generators and the choice models this version knows, with their default settings.
 
     Example: `feedbackgen models`
     """
     from feedbackgen.models import REGISTRY
+    from feedbackgen.recommend.choice import CHOICE_MODELS, DEFAULT_CHOICE_MODEL
 
+    out.print("[bold underline]generators[/bold underline] (rating and text)")
     for name, cls in sorted(REGISTRY.items()):
         fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.Config.model_fields.items())
-        out.print(f"[bold]{name}[/bold]  {fields}")
+        out.print(f"[bold]{name}[/bold]  {fields}", highlight=False)
+    out.print("\n[bold underline]choice models[/bold underline] (will the user take the item?); "
+              "hyper-parameters marked * are chosen on the valid split unless set or search=false")
+    for name, cls in sorted(CHOICE_MODELS.items()):
+        defaults = cls().config.model_dump()
+        fields = ", ".join(f"{k}={v!r}" + (f"* in {list(cls.grid[k])}" if k in cls.grid else "")
+                           for k, v in defaults.items())
+        label = f"{name} (default)" if name == DEFAULT_CHOICE_MODEL else name
+        out.print(f"[bold]{label}[/bold]  {fields}", highlight=False)
 
 
 def _load_model_and_dataset(model: Path, dataset: Path):
@@ -298,7 +336,7 @@ def _load_model_and_dataset(model: Path, dataset: Path):
 
 @app.command()
 def recommend(
-    model: Annotated[Path, typer.Argument(help="a saved model folder")],
+    model: Annotated[Path, typer.Argument(help="a saved model folder: a generator or a choice model")],
     dataset: Annotated[Path, typer.Option(help="the prepared dataset the model was trained on")],
     user: Annotated[Optional[str], typer.Option(help="recommend for this user")] = None,
     k: Annotated[int, typer.Option(help="items per user")] = 10,
@@ -310,11 +348,12 @@ def recommend(
     out: Annotated[Optional[Path], typer.Option(help="Parquet file to write (needed with --users)")] = None,
     explain: Annotated[bool, typer.Option(help="attach the generated feedback to each item")] = True,
     evaluate: Annotated[bool, typer.Option(
-        help="instead: HR@K / NDCG@K on the test split (full and sampled protocols) beside "
+        help="instead: HR@K / NDCG@K / Recall@K on the test split (full and sampled protocols) beside "
              "popularity and MF baselines")] = False,
     max_users: Annotated[Optional[int], typer.Option(help="--evaluate on a seeded sample of test users")] = None,
 ):
-    """Rank items for a user by predicted rating, each with the feedback the user would give.
+    """Rank items for a user by predicted rating (a choice model: by its score), each with the feedback
+    the user would give.
 
     Example: `feedbackgen recommend models/retrieval --dataset data/mi --user A2IBPI20UZIR0U --k 5`
 
@@ -324,8 +363,14 @@ def recommend(
     from feedbackgen.data.problems import Problems
     from feedbackgen.recommend import read_id_list, write_recommendations
     from feedbackgen.recommend import recommend as rank_for_users
+    from feedbackgen.recommend.choice import is_choice_folder, load_choice
 
-    generator, ds = _load_model_and_dataset(model, dataset)
+    if is_choice_folder(model):
+        from feedbackgen.data.dataset import Dataset
+
+        generator, ds = load_choice(model), Dataset.load(dataset)
+    else:
+        generator, ds = _load_model_and_dataset(model, dataset)
     if evaluate:
         from feedbackgen.models import create
         from feedbackgen.recommend import Popularity, evaluate_ranking, markdown_table
@@ -360,7 +405,8 @@ def recommend(
         from rich.table import Table
 
         table = Table(title=f"top {len(recs)} for {user} ({generator.name})", show_lines=False)
-        for name, justify in (("rank", "right"), ("item", "left"), ("predicted", "right"), ("feedback", "left")):
+        value = "score" if is_choice_folder(model) else "predicted"
+        for name, justify in (("rank", "right"), ("item", "left"), (value, "right"), ("feedback", "left")):
             table.add_column(name, justify=justify)
         for r in recs.iter_rows(named=True):
             item = r["item_id"] + (f"\n{r['title'][:40]}" if r["title"] else "")

@@ -167,6 +167,9 @@ def read_model_config(path: Path) -> dict[str, Any]:
         raise FeedbackgenError(f"{path} is not a saved feedbackgen model (no config.json); "
                                "train one with `feedbackgen train`")
     meta = json.loads(cfg.read_text())
+    if meta.get("kind") == "choice":
+        raise FeedbackgenError(f"{path} holds a choice model ({meta.get('model')!r}), not a generator; "
+                               "load it with feedbackgen.recommend.load_choice")
     if meta.get("model") not in REGISTRY:
         raise FeedbackgenError(f"{cfg} names model {meta.get('model')!r}, which this version does not know")
     return meta

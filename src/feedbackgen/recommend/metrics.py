@@ -10,7 +10,10 @@ Ranking (both protocols in `feedbackgen.recommend.ranking` reduce to these):
   (He et al., "Neural Collaborative Filtering", WWW 2017, section 4.1);
 - NDCG@K = DCG@K / IDCG@K with binary relevance, DCG@K = sum over relevant items at rank r <= K of
   1 / log2(r + 1), IDCG@K the same for the ideal list (min(#relevant, K) items on top)
-  (Järvelin & Kekäläinen, TOIS 2002; with one relevant item it is NCF's 1 / log2(rank + 1)).
+  (Järvelin & Kekäläinen, TOIS 2002; with one relevant item it is NCF's 1 / log2(rank + 1));
+- Recall@K = (relevant items in the top K) / (relevant items), averaged over queries (RecBole's
+  `Recall`: the denominator is every relevant item, so a query with more than K of them cannot
+  reach 1). With one relevant item per query it equals HR@K.
 
 Simulator fidelity:
 
@@ -55,12 +58,21 @@ def ndcg(relevant_ranks: Sequence[Sequence[int]], k: int) -> float:
     return float(np.mean(scores))
 
 
+def recall(relevant_ranks: Sequence[Sequence[int]], k: int) -> float:
+    """Recall@k: share of each query's relevant items ranked k or better, averaged over queries
+    (a query without relevant items counts 0). Higher is better."""
+    if not len(relevant_ranks):
+        return 0.0
+    return float(np.mean([np.mean(np.asarray(r) <= k) if len(r) else 0.0 for r in relevant_ranks]))
+
+
 def ranking_metrics(relevant_ranks: Sequence[Sequence[int]], ks: Sequence[int] = KS) -> dict[str, float]:
-    """{"hr@k": ..., "ndcg@k": ...} for every k in `ks`."""
+    """{"hr@k": ..., "ndcg@k": ..., "recall@k": ...} for every k in `ks`."""
     out = {}
     for k in ks:
         out[f"hr@{k}"] = hit_rate(relevant_ranks, k)
         out[f"ndcg@{k}"] = ndcg(relevant_ranks, k)
+        out[f"recall@{k}"] = recall(relevant_ranks, k)
     return out
 
 

@@ -1,11 +1,12 @@
 """Rank items for a user by predicted rating, explain each with generated feedback, and evaluate rankings.
 
     recommend(model, dataset, ["A2IBPI20UZIR0U"], k=10)        # a DataFrame, one row per (user, rank)
-    evaluate_ranking({"mf": mf, "popularity": Popularity().fit(ds)}, ds)   # HR@K / NDCG@K table
+    evaluate_ranking({"mf": mf, "ease": create_choice("ease").fit(ds)}, ds)   # HR@K / NDCG@K / Recall@K
 
 A "model" here is anything that scores (user, item) pairs: a `Generator` (scored by its
 `predict_rating`: PETER's rating head; the biased MF inside `retrieval` and `popular`), or an
-object with `score(user_ids, item_ids)` such as the `Popularity` baseline.
+object with `score(user_ids, item_ids)`: every choice model of `feedbackgen.recommend.choice`
+(popularity, itemknn, ease, als, bpr, hybrid), which scores a whole list per user at once.
 
 Ranking evaluation on the test split, with two protocols (`evaluate_ranking`):
 
@@ -40,6 +41,7 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError, FeedbackgenError
 from feedbackgen.io import atomic_write
+from feedbackgen.recommend.choice import Popularity
 from feedbackgen.recommend.metrics import KS, positions, ranking_metrics
 from feedbackgen.types import FeedbackRequest
 
@@ -48,24 +50,6 @@ USERS_PER_BATCH = 128
 PROTOCOLS = ("full", "sampled")
 RECOMMENDATION_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8,
                          "predicted_rating": pl.Float64, "text": pl.Utf8, "title": pl.Utf8, "model": pl.Utf8}
-
-
-class Popularity:
-    """Scores an item by its number of training interactions, for every user alike: the floor a
-    personalised ranking must clear (items never seen in training score 0)."""
-
-    name = "popularity"
-
-    def fit(self, dataset: Dataset) -> Popularity:
-        counts = dataset.train.group_by("item_id").len()
-        self.counts = dict(zip(counts["item_id"].to_list(), counts["len"].to_list()))
-        return self
-
-    def count(self, item_ids: Sequence[str]) -> np.ndarray:
-        return np.fromiter((self.counts.get(i, 0) for i in item_ids), dtype=np.float64, count=len(item_ids))
-
-    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        return self.count(item_ids)
 
 
 def score_pairs(model: Any, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
@@ -305,10 +289,10 @@ def relevant_ranks(model: Any, queries: RankingQueries, seed: int = 1,
 def evaluate_ranking(models: Mapping[str, Any], dataset: Dataset, ks: Sequence[int] = KS,
                      protocols: Sequence[str] = PROTOCOLS, n_negatives: int = 99, seed: int = 1,
                      max_users: int | None = None, users: Sequence[str] | None = None) -> pl.DataFrame:
-    """HR@K and NDCG@K of each model under each protocol, one row per (model, protocol).
+    """HR@K, NDCG@K and Recall@K of each model under each protocol, one row per (model, protocol).
 
     Columns: model, protocol, queries (test users for `full`, test interactions for `sampled`),
-    candidates (mean list length), then hr@K and ndcg@K for each K. Higher is better.
+    candidates (mean list length), then hr@K, ndcg@K and recall@K for each K. Higher is better.
     `users` restricts the evaluation to those test users; `max_users` evaluates a seeded sample of
     test users (for slow models).
     """
