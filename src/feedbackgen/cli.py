@@ -51,6 +51,8 @@ def prepare(
     set: Annotated[list[str], typer.Option("--set", help="preprocessing setting key=value")] = [],
     chunk_rows: Annotated[int, typer.Option(help="rows held in memory at a time (peak memory, not the result)")] = 100_000,
     workdir: Annotated[Optional[Path], typer.Option(help="folder for temporary parts (default: the system's temp)")] = None,
+    encoding: Annotated[str, typer.Option(help="text encoding of the files (utf-8, cp1252, latin-1, utf-16, ...); "
+                                          "auto: a BOM, else UTF-8, else windows-1252 for CSV/RecBole")] = "auto",
 ):
     """Load a public review file, clean it, extract explanations, split it, and save a Dataset.
 
@@ -62,7 +64,8 @@ def prepare(
     settings = {**load_config_file(config), **parse_set_options(set)}
     t0 = time.time()
     manifest = prepare_to(sources, format, out, meta=meta, mapping=_mapping(map), split=split, seed=seed,
-                          strict=strict, config=settings, chunk_rows=chunk_rows, workdir=workdir)
+                          strict=strict, config=settings, chunk_rows=chunk_rows, workdir=workdir,
+                          encoding=encoding)
     summary = manifest["summary"]
     skipped = manifest.get("problems", {}).get("skipped", 0)
     err.print(f"[green]wrote[/green] {out}: {summary} — skipped {skipped} bad record(s) "

@@ -206,7 +206,8 @@ class _Prepared:
 
 def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, meta: Path | str | None,
                    mapping: dict[str, str] | None, split: str, seed: int, strict: bool,
-                   config: PrepareConfig | dict | None, progress: bool, chunk_rows: int) -> _Prepared:
+                   config: PrepareConfig | dict | None, progress: bool, chunk_rows: int,
+                   encoding: str = "auto") -> _Prepared:
     """Every step of `prepare`, one chunk in memory at a time, the table between passes in `work`.
 
     Steps that look at one row (cleaning, PII, lengths, rescaling, explanations) run chunk by
@@ -222,7 +223,7 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
 
     # pass 1: load, clean_text, drop_empty
     stream = stream_tables([sources] if isinstance(sources, (str, Path)) else list(sources), fmt, meta=meta,
-                           mapping=mapping, problems=problems, chunk_rows=chunk_rows)
+                           mapping=mapping, problems=problems, chunk_rows=chunk_rows, encoding=encoding)
     loaded = _Parts(work, "loaded")
     users_seen, items_seen = _Distinct("user_id"), _Distinct("item_id")
     cleaned, emptied = [], []
@@ -245,6 +246,10 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
             emptied.append(record)
         loaded.append(chunk)
     info, items, users = stream.info, stream.items, stream.users
+    for f in info["files"]:  # how each file was read, when it was guessed: said, never silent
+        for key in ("encoding_note", "delimiter_note"):
+            if f.get(key) and progress:
+                print(f"prepare: {f['name']}: {f[key]}", file=sys.stderr)
     log(preprocess.step_record("load", {"format": fmt}, info["records"], info["rows"], touched=0,
                                skipped=problems.count, users=users_seen.count(), items=items_seen.count()))
     del users_seen, items_seen
@@ -478,7 +483,7 @@ def prepare(sources: list[Path] | list[str], fmt: str, *, meta: Path | str | Non
             mapping: dict[str, str] | None = None, split: str = "random", seed: int = 1,
             strict: bool = False, config: PrepareConfig | dict | None = None,
             progress: bool = True, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-            workdir: Path | str | None = None) -> Dataset:
+            workdir: Path | str | None = None, encoding: str = "auto") -> Dataset:
     """Load `sources` in format `fmt`, clean, filter, split and add explanation targets.
 
     Bad records are skipped and counted (`strict` stops at the first one). The manifest records
@@ -489,7 +494,8 @@ def prepare(sources: list[Path] | list[str], fmt: str, *, meta: Path | str | Non
     """
     with tempfile.TemporaryDirectory(prefix="feedbackgen-prepare-", dir=workdir) as work:
         result = _prepare_parts(sources, fmt, Path(work), meta=meta, mapping=mapping, split=split, seed=seed,
-                                strict=strict, config=config, progress=progress, chunk_rows=chunk_rows)
+                                strict=strict, config=config, progress=progress, chunk_rows=chunk_rows,
+                                encoding=encoding)
         df = pl.concat(list(result.parts)).rechunk()
     return Dataset(df, result.items, result.users, result.manifest)
 
@@ -514,7 +520,7 @@ def prepare_to(sources: list[Path] | list[str], fmt: str, out: Path | str, *, me
                mapping: dict[str, str] | None = None, split: str = "random", seed: int = 1,
                strict: bool = False, config: PrepareConfig | dict | None = None,
                progress: bool = True, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-               workdir: Path | str | None = None) -> dict[str, Any]:
+               workdir: Path | str | None = None, encoding: str = "auto") -> dict[str, Any]:
     """`prepare(...).save(out)` in bounded memory: the interactions go from the temporary parts
     to `out/interactions.parquet` by polars' streaming engine. Returns the manifest written.
 
@@ -523,7 +529,8 @@ def prepare_to(sources: list[Path] | list[str], fmt: str, out: Path | str, *, me
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="feedbackgen-prepare-", dir=workdir) as work:
         result = _prepare_parts(sources, fmt, Path(work), meta=meta, mapping=mapping, split=split, seed=seed,
-                                strict=strict, config=config, progress=progress, chunk_rows=chunk_rows)
+                                strict=strict, config=config, progress=progress, chunk_rows=chunk_rows,
+                                encoding=encoding)
         if len(result.parts.paths) <= 1:
             dataset = Dataset(pl.concat(list(result.parts)).rechunk(), result.items, result.users, result.manifest)
             dataset.save(out)
