@@ -1,6 +1,6 @@
 """`prepare`: raw review files in, a clean, split `Dataset` with explanation targets out.
 
-    load → clean_text → drop_empty → drop_duplicates → scrub_pii → length_limits → k_core
+    load → clean_text → drop_empty → drop_duplicates → copies → scrub_pii → length_limits → k_core
          → normalize_ratings → split (+ cold start) → explanations → keep_referenced
 
 Every step is configured by one field of `PrepareConfig` (validated before anything is read) and
@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from feedbackgen.config import StrictModel, validate
 from feedbackgen.data import aspects as aspect_mining
-from feedbackgen.data import preprocess, splits
+from feedbackgen.data import duplicates, preprocess, splits
 from feedbackgen.data.dataset import (EXTRA_INTERACTION_SCHEMA, INTERACTION_SCHEMA, ITEM_SCHEMA, MANIFEST_VERSION,
                                       SPLITS, Dataset, conform)
 from feedbackgen.data.loaders import FORMATS, stream_tables
@@ -45,6 +45,10 @@ class PrepareConfig(StrictModel):
     clean_text: bool = Field(True, description="NFKC, decode HTML entities, strip tags and control characters")
     drop_empty: bool = Field(True, description="drop reviews with no text")
     drop_duplicates: bool = Field(True, description="keep the latest review per (user, item)")
+    copies: Literal["auto", "keep_one", "keep_all", "report"] = Field(
+        "auto", description="one user's identical text on several items (data/duplicates.py): keep_one (the "
+                            "most-reviewed item's), keep_all (never split apart), report (counted only); "
+                            "auto = report for the peter format, else keep_one")
     scrub_pii: bool = Field(True, description="replace e-mails, URLs, phones, cards, @handles by placeholders")
     min_tokens: int = Field(0, ge=0, le=100_000, description="drop reviews shorter than this (0 = off)")
     max_tokens: int = Field(0, ge=0, le=100_000, description="longest review kept, in tokens (0 = no limit)")
@@ -187,6 +191,15 @@ def _merge(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _override(split: pl.Expr, rows_by_split: dict[str, list[int]]) -> pl.Expr:
+    """`split`, with the source rows listed under a split name set to that split."""
+    out = split
+    for name, rows in sorted(rows_by_split.items()):
+        out = (pl.when(pl.col("source_row").is_in(pl.Series(sorted(rows), dtype=pl.Int64).implode()))
+               .then(pl.lit(name)).otherwise(out))
+    return out.alias("split")
+
+
 def _count(lf: pl.LazyFrame) -> int:
     return lf.select(pl.len()).collect(engine="streaming").item()
 
@@ -269,6 +282,17 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
             loaded.scan(["user_id", "item_id", "timestamp", "source_row"]), buckets)
         log(preprocess.step_record("drop_duplicates", {"keep": "latest"}, loaded.rows, loaded.rows - len(dropped),
                                    touched=0, duplicate_pairs=pairs, dropped_duplicates=len(dropped)))
+    copy_mode = config.copies if config.copies != "auto" else "report" if fmt == "peter" else "keep_one"
+    remaining = loaded.scan(["user_id", "item_id", "timestamp", "source_row", "text"])
+    if dropped:
+        remaining = remaining.filter(~pl.col("source_row").is_in(
+            pl.Series("source_row", sorted(dropped), dtype=pl.Int64).implode()))
+    copies = duplicates.find_copies(remaining, copy_mode)
+    rows_in = loaded.rows - len(dropped)
+    dropped |= copies.dropped
+    record = dict(copies.record)
+    mode = record.pop("mode")
+    log(preprocess.step_record("copies", {"mode": mode}, rows_in, loaded.rows - len(dropped), touched=0, **record))
     dropped_rows = pl.Series("source_row", sorted(dropped), dtype=pl.Int64).implode()
     aligned = loaded.schema()
     filtered = _Parts(work, "filtered")
@@ -400,9 +424,18 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     final_split = (pl.when(pl.col("source_row").is_in(moved_list)).then(pl.lit("train"))
                    .otherwise(pl.col("split")).alias("split")) if moved_rows else pl.col("split")
     table = table.with_columns(final_split)
+    regrouped = duplicates.together(table, copies.group_of) if method != "peter" else {}
+    if regrouped:  # keep_all: a copy group never straddles the split
+        by_split: dict[str, list[int]] = {}
+        for row, name in regrouped.items():
+            by_split.setdefault(name, []).append(row)
+        final_split = _override(final_split, by_split)
+        table = rated.scan().with_columns(final_split)
     if mode == "move_to_train":
         cold["cold_after"] = splits.cold_start_counts_lazy(table)
     extra = {"dropped_unassigned": unassigned} if method == "peter" else {}
+    extra["copies_moved"] = len(regrouped)
+    extra["leaks"] = duplicates.leaks(table)
     log(preprocess.step_record("split", params, position, rated.rows, touched=len(moved_rows),
                                sizes=_split_sizes(table), **extra, **cold))
 
