@@ -55,7 +55,8 @@ class PrepareConfig(StrictModel):
     over_max: Literal["truncate", "drop"] = Field("truncate", description="what to do with longer reviews")
     k_core: int = Field(0, ge=0, le=10_000, description="keep users and items with >= k reviews (0 = off)")
     rating_scale: Literal["auto"] | tuple[float, float] = Field(
-        "auto", description="source rating range mapped onto 1-5; auto = observed min/max (1-5 data unchanged)")
+        "auto", description="source rating range mapped onto 1-5; auto = the format's known scale (Amazon, Yelp: "
+                           "1-5; outside it = a bad record), else the observed min/max, said in the output")
     split_ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/valid/test for --split random")
     cold_start: Literal["move_to_train", "keep"] | None = Field(
         None, description="valid/test rows with a user or item unseen in train: move them to train, or keep "
@@ -200,6 +201,12 @@ def _override(split: pl.Expr, rows_by_split: dict[str, list[int]]) -> pl.Expr:
     return out.alias("split")
 
 
+def _sources(info: dict[str, Any]) -> str:
+    """The review file(s), as a problem's source."""
+    names = [f["path"] for f in info.get("files", []) if f.get("role") == "reviews"]
+    return ", ".join(names) or "the source"
+
+
 def _count(lf: pl.LazyFrame) -> int:
     return lf.select(pl.len()).collect(engine="streaming").item()
 
@@ -340,8 +347,9 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     observed = (cored.select(pl.col("rating").min().alias("lo"), pl.col("rating").max().alias("hi"))
                 .collect(engine="streaming").row(0)
                 if rows_cored else None)
-    lo, hi = preprocess.rating_bounds(config.rating_scale, observed)
-    declared = config.rating_scale != "auto"
+    scale, scale_from = preprocess.source_scale(config.rating_scale, fmt)
+    lo, hi = preprocess.rating_bounds(scale, observed)
+    declared = scale != "auto"
     in_range = (pl.col("rating") >= lo) & (pl.col("rating") <= hi)
     keep = in_core & in_range if declared else in_core
     rows_normalized = _count(ids.filter(keep))
@@ -376,8 +384,9 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
         if declared:
             outside = chunk.filter(~in_range)
             for row, rating in zip(outside["source_row"], outside["rating"]):
-                problems.report("rating_scale", int(row), "rating",
-                                f"source row {row}: rating {rating} outside the declared scale [{lo}, {hi}]")
+                # the row's file line is not kept this far; its position among the records is
+                problems.report(_sources(info), None, "rating",
+                                f"outside the {scale_from} [{lo:g}, {hi:g}], got {rating:g} (record {row + 1})")
             out_of_range += outside.height
             chunk = chunk.filter(in_range)
         if (lo, hi) != preprocess.RATING_RANGE:
@@ -407,6 +416,10 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     record["source_range"] = [lo, hi]
     if (lo, hi) == preprocess.RATING_RANGE:
         record["note"] = "already on 1-5: unchanged"
+    record["scale_from"] = scale_from
+    if not declared and (lo, hi) != preprocess.RATING_RANGE:
+        record["note"] = (f"rating scale inferred from the data as [{lo:g}, {hi:g}] and mapped onto 1-5: "
+                          f"{touched:,} rating(s) changed; declare rating_scale=[lo,hi] if that is not the scale")
     log(preprocess.step_record("normalize_ratings", {"scale": config.rating_scale}, rows_cored, position,
                                touched=touched, **record))
     if position == 0:
