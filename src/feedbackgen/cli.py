@@ -188,6 +188,10 @@ def generate(
     if answers:
         err.print("answers: " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items()))
                   + " (fallback = still invalid after every retry; each row's meta says which)")
+    reasoning = getattr(generator, "reasoning_counts", None)
+    if reasoning:
+        err.print(f"reasoning: {reasoning.get('with_reasoning', 0)} repl(ies) had a reasoning block, removed before "
+                  f"parsing; {reasoning.get('only_reasoning', 0)} held nothing else (retried, then the fallback)")
 
 
 def _report_generation(out: Path, count: int, dt: float, problems, requests: Optional[Path]) -> None:
