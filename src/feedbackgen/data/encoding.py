@@ -5,7 +5,8 @@
 
 1. A byte-order mark names the encoding (UTF-8, UTF-16 or UTF-32) and is removed.
 2. JSON files are UTF-8: RFC 8259 §8.1 makes it the only encoding of JSON exchanged between
-   systems, so a byte that is not UTF-8 is damage, and costs its record.
+   systems, so a byte that is not UTF-8 is damage, and costs its record. Only UTF-8's BOM is
+   honoured there; a UTF-16 JSON file (PowerShell's `>` writes one) is read with `--encoding utf-16`.
 3. Delimited text (CSV, RecBole atomic files) declares no encoding, so the file is scanned once:
    - valid UTF-8 (pure ASCII included) → UTF-8;
    - holding valid multi-byte UTF-8 sequences and also invalid bytes → UTF-8 with damaged lines
@@ -112,6 +113,8 @@ class LineDecoder:
         with open_binary() as f:
             head = f.read(4)
         bom = _bom(head)
+        if bom is not None and bom[0] != "utf-8" and not detect:
+            bom = None  # JSON: only UTF-8's BOM is honoured (RFC 8259 §8.1); UTF-16 JSON must be declared
         if self.declared == AUTO:
             if bom is not None:
                 self.encoding, self._from_bom = bom[0], True

@@ -702,13 +702,23 @@ def _item_records(fmt: str, path: Path, problems: Problems, encoding: str,
     return _json_records(path, problems, literals=fmt.startswith("amazon"), decoder=decoder)
 
 
-def _yielded_something(path: Path, read: int, kept: int, problems: Problems, mark: Counter) -> None:
-    """A file with records none of which could be read is an error, not an empty table: it is
-    most often in another encoding or layout than assumed, and the reasons say which."""
+def _yield_facts(read: int, kept: int, problems: Problems, mark: Counter) -> dict[str, Any]:
+    """How many of a file's records were skipped; and, when every one was, why (see `check_yielded`)."""
     skipped = problems.count - sum(mark.values())
+    out: dict[str, Any] = {"skipped": skipped}
     if not kept and skipped > 0:
-        raise DataError(f"yielded no rows: every record was skipped ({problems.describe(since=mark)}); "
-                        "is it in another format, encoding (--encoding) or separator?", source=str(path))
+        out["yielded_nothing"] = problems.describe(since=mark)
+    return out
+
+
+def check_yielded(info: dict[str, Any]) -> None:
+    """Raise for a file whose every record was skipped: it is most often in another format,
+    encoding or separator than assumed, and an empty table would hide that. (`load_tables` itself
+    returns what it could read, with the counts; `prepare` calls this.)"""
+    for f in info.get("files", []):
+        if f.get("yielded_nothing"):
+            raise DataError(f"yielded no rows: every record was skipped ({f['yielded_nothing']}); is it in "
+                            "another format, encoding (--encoding) or separator?", source=f["path"])
 
 
 def _item_reader(fmt: str, mapping: dict[str, str] | None) -> Callable[[dict], dict]:
@@ -751,17 +761,16 @@ def _load_records(paths: list[Path], fmt: str, meta: Path | None, mapping: dict[
                 rows += len(columns)
                 yield columns.take()
         rows += len(columns)
-        _yielded_something(path, read, rows, problems, mark)
         yield columns.take()  # even when empty: its columns still join the table
-        files.append({**_file_info(path, role), "records": read, "rows": rows, **facts})
+        files.append({**_file_info(path, role), "records": read, "rows": rows, **facts,
+                      **_yield_facts(read, rows, problems, mark)})
     for path, role in roles:
         if role == "items":
             facts, mark = {}, problems.mark()
             read, kept, dups = _collect_items(_item_records(fmt, _existing(path), problems, encoding, facts),
                                               _item_reader(fmt, mapping), str(path), problems, items)
-            _yielded_something(path, read, kept, problems, mark)
             files.append({**_file_info(path, role), "records": read, "rows": kept, "duplicate_items": dups,
-                          **facts})
+                          **facts, **_yield_facts(read, kept, problems, mark)})
     done.update(items=_items_frame(items) if items else None, users=None, info={"files": files})
 
 
@@ -805,16 +814,15 @@ def _load_recbole(paths: list[Path], meta: Path | None, mapping: dict[str, str] 
                 rows += len(columns)
                 yield columns.take()
         rows += len(columns)
-        _yielded_something(path, read, rows, problems, mark)
         yield columns.take()
-        files.append({**_file_info(path, "reviews"), "records": read, "rows": rows, **decoder.describe()})
+        files.append({**_file_info(path, "reviews"), "records": read, "rows": rows, **decoder.describe(),
+                      **_yield_facts(read, rows, problems, mark)})
     for path in found["item"]:
         decoder, mark = _decoder(path, encoding, delimited=True), problems.mark()
         read, kept, dups = _collect_items(_recbole_records(path, problems, decoder), _recbole_item, str(path),
                                           problems, items)
-        _yielded_something(path, read, kept, problems, mark)
         files.append({**_file_info(path, "items"), "records": read, "rows": kept, "duplicate_items": dups,
-                      **decoder.describe()})
+                      **decoder.describe(), **_yield_facts(read, kept, problems, mark)})
     for path in found["user"]:
         decoder = _decoder(path, encoding, delimited=True)
         header = _recbole_header(path, decoder)

@@ -33,7 +33,7 @@ from feedbackgen.data import aspects as aspect_mining
 from feedbackgen.data import duplicates, preprocess, splits
 from feedbackgen.data.dataset import (EXTRA_INTERACTION_SCHEMA, INTERACTION_SCHEMA, ITEM_SCHEMA, MANIFEST_VERSION,
                                       SPLITS, Dataset, conform)
-from feedbackgen.data.loaders import FORMATS, stream_tables
+from feedbackgen.data.loaders import FORMATS, check_yielded, stream_tables
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.io import atomic_write, atomic_write_json, sha256_file
@@ -266,6 +266,7 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
             emptied.append(record)
         loaded.append(chunk)
     info, items, users = stream.info, stream.items, stream.users
+    check_yielded(info)
     for f in info["files"]:  # how each file was read, when it was guessed: said, never silent
         for key in ("encoding_note", "delimiter_note"):
             if f.get(key) and progress:

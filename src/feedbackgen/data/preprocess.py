@@ -31,7 +31,7 @@ def source_scale(scale: str | tuple[float, float], fmt: str) -> tuple[str | tupl
     """The scale ratings are read on, and where it comes from: the declared `scale`; else the
     format's known scale; else "auto" (inferred from the data, for unknown sources only)."""
     if scale != "auto":
-        return tuple(scale), "declared"
+        return tuple(scale), "declared scale"
     if fmt in KNOWN_SCALES:
         return KNOWN_SCALES[fmt], f"known scale of {fmt}"
     return "auto", "inferred from the observed ratings"
