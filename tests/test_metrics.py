@@ -171,7 +171,7 @@ def test_file_errors_name_file_and_line(tmp_path):
     gen, ref = tmp_path / "g.txt", tmp_path / "r.txt"
     gen.write_text("a b\nc d\n")
     ref.write_text("a b\n")
-    with pytest.raises(DataError, match=r"r\.txt: has 1 lines but .*g\.txt has 2"):
+    with pytest.raises(DataError, match=r"r\.txt: has 1 line but .*g\.txt has 2 lines"):
         metrics_from_files(gen, ref)
     ref.write_text("a b\nc d\n")
     p, t = tmp_path / "p.txt", tmp_path / "t.txt"

@@ -12,7 +12,7 @@ from feedbackgen.data.problems import Problems
 from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.io import sha256_file
 
-STEPS = ["load", "clean_text", "drop_empty", "drop_duplicates", "scrub_pii", "k_core", "normalize_ratings",
+STEPS = ["load", "clean_text", "drop_empty", "drop_duplicates", "copies", "scrub_pii", "k_core", "normalize_ratings",
          "split", "explanations", "keep_referenced"]
 
 
@@ -54,16 +54,19 @@ def test_prepare_musical_instruments(mi, mi_path):
     assert steps["drop_duplicates"]["dropped_duplicates"] == 0
     assert steps["clean_text"]["touched"] > 1_000  # &#34; and friends, double spaces
     assert steps["normalize_ratings"]["touched"] == 0
-    assert mi.interactions.height == 10_254
+    # five users posted one text on two items each: one copy of each is kept
+    assert (steps["copies"]["same_user_groups"], steps["copies"]["dropped_copies"]) == (5, 5)
+    assert mi.interactions.height == 10_249
     sizes = steps["split"]["sizes"]
-    assert sizes == splits.split_sizes(mi.interactions) and sum(sizes.values()) == 10_254
-    assert abs(sizes["train"] - 0.8 * 10_254) < 10 and abs(sizes["test"] - 0.1 * 10_254) < 10
+    assert sizes == splits.split_sizes(mi.interactions) and sum(sizes.values()) == 10_249
+    assert abs(sizes["train"] - 0.8 * 10_249) < 10 and abs(sizes["test"] - 0.1 * 10_249) < 10
+    assert steps["split"]["leaks"]["text_in_train_same_user"] == 0
     # move_to_train leaves no cold user or item in valid/test
     assert steps["split"]["cold_start"] == "move_to_train"
     assert all(v["rows_cold"] == 0 for v in splits.cold_start_counts(mi.interactions).values())
     assert steps["split"]["cold_after"]["test"]["rows_cold"] == 0
     expl = steps["explanations"]
-    assert expl["with_explanation"] + expl["without_explanation"] == 10_254
+    assert expl["with_explanation"] + expl["without_explanation"] == 10_249
     assert expl["with_explanation"] > 9_500
     assert mi.interactions["explanation"].null_count() == expl["without_explanation"]
     assert "guitar" in mi.manifest["aspects"] and len(mi.manifest["aspects"]) == 200

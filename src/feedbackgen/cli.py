@@ -58,6 +58,8 @@ def prepare(
     set: Annotated[list[str], typer.Option("--set", help="preprocessing setting key=value")] = [],
     chunk_rows: Annotated[int, typer.Option(help="rows held in memory at a time (peak memory, not the result)")] = 100_000,
     workdir: Annotated[Optional[Path], typer.Option(help="folder for temporary parts (default: the system's temp)")] = None,
+    encoding: Annotated[str, typer.Option(help="text encoding of the files (utf-8, cp1252, latin-1, utf-16, ...); "
+                                          "auto: a BOM, else UTF-8, else windows-1252 for CSV/RecBole")] = "auto",
 ):
     """Load a public review file, clean it, extract explanations, split it, and save a Dataset.
 
@@ -73,7 +75,8 @@ def prepare(
     settings = {**load_config_file(config), **parse_set_options(set)}
     t0 = time.time()
     manifest = prepare_to(sources, format, out, meta=meta, mapping=_mapping(map), split=split, seed=seed,
-                          strict=strict, config=settings, chunk_rows=chunk_rows, workdir=workdir)
+                          strict=strict, config=settings, chunk_rows=chunk_rows, workdir=workdir,
+                          encoding=encoding)
     summary = manifest["summary"]
     skipped = manifest.get("problems", {}).get("skipped", 0)
     err.print(f"[green]wrote[/green] {out}: {summary} — skipped {skipped} bad record(s) "
@@ -232,6 +235,10 @@ def generate(
     if answers:
         err.print("answers: " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items()))
                   + " (fallback = still invalid after every retry; each row's meta says which)")
+    reasoning = getattr(generator, "reasoning_counts", None)
+    if reasoning:
+        err.print(f"reasoning: {reasoning.get('with_reasoning', 0)} repl(ies) had a reasoning block, removed before "
+                  f"parsing; {reasoning.get('only_reasoning', 0)} held nothing else (retried, then the fallback)")
 
 
 def _report_generation(out: Path, count: int, dt: float, problems, requests: Optional[Path]) -> None:

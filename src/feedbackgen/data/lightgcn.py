@@ -34,7 +34,7 @@ from typing import Any
 
 import polars as pl
 
-from feedbackgen.data.loaders import _collect_items, _csv_records, _file_info, _json_records, _lines, _string_list
+from feedbackgen.data.loaders import _collect_items, _csv_records, _file_info, _json_records, _raw_lines as _lines, _string_list
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError
 

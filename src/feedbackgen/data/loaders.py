@@ -29,6 +29,7 @@ import math
 import re
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +38,8 @@ from typing import Any
 
 import polars as pl
 
+from feedbackgen.data.delimiters import csv_delimiter, one_column
+from feedbackgen.data.encoding import AUTO, LineDecoder, UndecodableLine, check_encoding
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError
 from feedbackgen.io import sha256_file
@@ -274,13 +277,47 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
-# Lines that may decode to a lone surrogate: a "\ud800"-style escape, or its raw (invalid) UTF-8 bytes.
-_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\\U0000[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+# Lines that may decode to a lone surrogate: a "\ud800"-style escape (raw surrogate bytes are not UTF-8).
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|\\U0000[dD][89a-fA-F]")
 _BROKEN_STREAM = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, UnicodeDecodeError)
 
 
-def _lines(path: Path, problems: Problems) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line) for each non-blank line; a broken stream is reported at its line."""
+def _decoder(path: Path, encoding: str, *, delimited: bool) -> LineDecoder:
+    """How `path`'s lines are decoded (data/encoding.py: declared, BOM, UTF-8, or detected)."""
+    try:
+        return LineDecoder(lambda: _open_binary(path), encoding, detect=delimited)
+    except _BROKEN_STREAM:  # a broken compressed stream is reported where reading it stops
+        return LineDecoder(lambda: io.BytesIO(), encoding, detect=False)
+
+
+def _broken(path: Path, line_no: int, e: Exception, decoder: LineDecoder, problems: Problems) -> None:
+    if isinstance(e, UnicodeDecodeError):
+        why = f"not valid {decoder.name} text ({e.reason}); stopped reading it here"
+    else:
+        why = f"file is truncated or corrupt ({type(e).__name__}: {e}); stopped reading it here"
+    problems.report(str(path), line_no, None, why)
+
+
+def _lines(path: Path, problems: Problems, decoder: LineDecoder) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each non-blank line; a line that does not decode is reported (its
+    record is lost, no other), a broken stream at the line where it broke."""
+    line_no = 0
+    try:
+        with _open_binary(path) as f:
+            for line_no, raw in enumerate(decoder.lines(f), 1):
+                if not raw.strip():
+                    continue
+                try:
+                    yield line_no, decoder.decode(raw)
+                except UndecodableLine as bad:
+                    problems.report(str(path), line_no, None, bad.reason)
+    except _BROKEN_STREAM as e:
+        _broken(path, line_no + 1, e, decoder, problems)
+
+
+def _raw_lines(path: Path, problems: Problems) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of each non-blank line, for readers that decode line by line
+    themselves (movielens, lightgcn); a broken stream is reported at its line."""
     line_no = 0
     try:
         with _open_binary(path) as f:
@@ -292,9 +329,11 @@ def _lines(path: Path, problems: Problems) -> Iterator[tuple[int, bytes]]:
                         f"file is truncated or corrupt ({type(e).__name__}: {e}); stopped reading it here")
 
 
-def _json_records(path: Path, problems: Problems, *, literals: bool = False) -> Iterator[tuple[int, dict]]:
+def _json_records(path: Path, problems: Problems, *, literals: bool = False,
+                  decoder: LineDecoder | None = None) -> Iterator[tuple[int, dict]]:
     """JSON objects, one per line. With `literals`, Python-literal dict lines are accepted too."""
-    for line_no, raw in _lines(path, problems):
+    decoder = decoder or _decoder(path, "auto", delimited=False)
+    for line_no, raw in _lines(path, problems, decoder):
         try:
             record = json.loads(raw)
         except (ValueError, RecursionError) as e:
@@ -312,24 +351,68 @@ def _json_records(path: Path, problems: Problems, *, literals: bool = False) -> 
         yield line_no, record
 
 
-def _python_literal(raw: bytes) -> dict | None:
-    if len(raw) > MAX_LITERAL_CHARS or not raw.lstrip().startswith(b"{"):
+def _python_literal(raw: str) -> dict | None:
+    if len(raw) > MAX_LITERAL_CHARS or not raw.lstrip().startswith("{"):
         return None
     try:
-        value = ast.literal_eval(raw.decode("utf-8"))
-    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
 
-def _csv_records(path: Path, problems: Problems, delimiter: str = ",") -> Iterator[tuple[int, dict]]:
+# Line ends as csv expects them from a file opened with newline="": "\r\n", "\r" or "\n".
+_CSV_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def _csv_records(path: Path, problems: Problems, delimiter: str = ",", decoder: LineDecoder | None = None,
+                 facts: dict[str, Any] | None = None) -> Iterator[tuple[int, dict]]:
+    """CSV records. Lines are decoded one by one, so a line that is not text in the file's
+    encoding costs the record it belongs to, and no other. The separator is checked against the
+    header (data/delimiters.py); what was found goes to `facts`."""
     csv.field_size_limit(1 << 28)
-    line_no = 0
+    decoder = decoder or _decoder(path, "auto", delimited=True)
     try:
-        with _open_binary(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
-            reader = csv.DictReader(text, delimiter=delimiter)
+        with _open_binary(path) as f:
+            header = decoder.decode(next(iter(decoder.lines(f)), b""))
+    except (UndecodableLine, *_BROKEN_STREAM):
+        header = ""  # reported when the records are read
+    delimiter, note = csv_delimiter(header, delimiter, str(path))
+    if note and facts is not None:
+        facts.update(delimiter=delimiter, delimiter_note=note)
+    bad: dict[int, str] = {}  # csv line number -> why it did not decode
+    line_no = 0
+
+    def lines(f) -> Iterator[str]:
+        n = 0
+        for raw in decoder.lines(f):
+            try:
+                text = decoder.decode(raw)
+            except UndecodableLine as e:
+                # a stand-in keeps the record structure; the record holding it is dropped below
+                text, reason = raw.decode("utf-8", errors="replace"), e.reason
+            else:
+                reason = None
+            for piece in _CSV_LINE.findall(text):
+                n += 1
+                if reason is not None:
+                    bad[n] = reason
+                yield piece
+
+    try:
+        with _open_binary(path) as raw:
+            reader = csv.DictReader(lines(raw), delimiter=delimiter)
+            fields = reader.fieldnames  # reads the header
+            if 1 in bad:
+                raise DataError(f"the header line: {bad[1]}", source=str(path), line=1)
+            del fields
+            previous = reader.line_num
             for record in reader:
-                line_no = reader.line_num
+                first, line_no, previous = previous + 1, reader.line_num, reader.line_num
+                damaged = next((n for n in range(first, line_no + 1) if n in bad), None)
+                if damaged is not None:
+                    problems.report(str(path), damaged, None, bad[damaged])
+                    continue
                 if None in record:  # more cells than header columns
                     problems.report(str(path), line_no, None,
                                     f"{len(reader.fieldnames or []) + len(record[None])} cells for "
@@ -337,11 +420,9 @@ def _csv_records(path: Path, problems: Problems, delimiter: str = ",") -> Iterat
                     continue
                 yield line_no, record
     except _BROKEN_STREAM as e:
-        problems.report(str(path), line_no + 1, None,
-                        f"file is truncated or corrupt ({type(e).__name__}: {e}); stopped reading it here")
+        _broken(path, line_no + 1, e, decoder, problems)
     except csv.Error as e:
         problems.report(str(path), line_no + 1, None, f"not valid CSV ({e}); stopped reading it here")
-
 
 def _parquet_records(path: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
     import pyarrow.parquet as pq
@@ -361,18 +442,16 @@ def _parquet_records(path: Path, problems: Problems) -> Iterator[tuple[int, dict
                         f"file is corrupt ({type(e).__name__}: {e}); stopped reading it here")
 
 
-def _recbole_records(path: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
+def _recbole_records(path: Path, problems: Problems,
+                     decoder: LineDecoder | None = None) -> Iterator[tuple[int, dict]]:
     """RecBole atomic file: tab-separated, first line `name:type` headers; values stay strings."""
+    decoder = decoder or _decoder(path, "auto", delimited=True)
     header: list[str] | None = None
-    for line_no, raw in _lines(path, problems):
-        try:
-            cells = raw.decode("utf-8-sig" if header is None else "utf-8").rstrip("\r\n").split("\t")
-        except UnicodeDecodeError as e:
-            if header is None:
-                raise DataError(f"the header line is not UTF-8 text ({e})", source=str(path), line=line_no) from None
-            problems.report(str(path), line_no, None, f"not UTF-8 text ({e})")
-            continue
+    for line_no, text in _lines(path, problems, decoder):
+        cells = text.rstrip("\r\n").split("\t")
         if header is None:
+            if line_no != 1:
+                raise DataError("the header line is not text in the file's encoding", source=str(path), line=1)
             header = [c.split(":", 1)[0].strip() for c in cells]
             continue
         if len(cells) != len(header):
@@ -617,20 +696,47 @@ def _review_fields(fmt: str, path: Path, mapping: dict[str, str] | None) -> Revi
     return _generic_fields(mapping, numbers_as_text=fmt == "csv")
 
 
-def _review_records(fmt: str, path: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
+def _review_records(fmt: str, path: Path, problems: Problems, encoding: str,
+                    facts: dict[str, Any]) -> Iterator[tuple[int, dict]]:
     if fmt == "parquet":
         return _parquet_records(path, problems)
     if fmt == "csv" or (fmt == "yelp" and ".csv" in path.suffixes):
-        return _csv_records(path, problems)
-    return _json_records(path, problems)
+        decoder = _decoder(path, encoding, delimited=True)
+        facts.update(decoder.describe())
+        return _csv_records(path, problems, decoder=decoder, facts=facts)
+    decoder = _decoder(path, encoding, delimited=False)
+    facts.update(decoder.describe())
+    return _json_records(path, problems, decoder=decoder)
 
 
-def _item_records(fmt: str, path: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
+def _item_records(fmt: str, path: Path, problems: Problems, encoding: str,
+                  facts: dict[str, Any]) -> Iterator[tuple[int, dict]]:
     if fmt == "parquet":
         return _parquet_records(path, problems)
+    decoder = _decoder(path, encoding, delimited=fmt == "csv")
+    facts.update(decoder.describe())
     if fmt == "csv":
-        return _csv_records(path, problems)
-    return _json_records(path, problems, literals=fmt.startswith("amazon"))
+        return _csv_records(path, problems, decoder=decoder, facts=facts)
+    return _json_records(path, problems, literals=fmt.startswith("amazon"), decoder=decoder)
+
+
+def _yield_facts(read: int, kept: int, problems: Problems, mark: Counter) -> dict[str, Any]:
+    """How many of a file's records were skipped; and, when every one was, why (see `check_yielded`)."""
+    skipped = problems.count - sum(mark.values())
+    out: dict[str, Any] = {"skipped": skipped}
+    if not kept and skipped > 0:
+        out["yielded_nothing"] = problems.describe(since=mark)
+    return out
+
+
+def check_yielded(info: dict[str, Any]) -> None:
+    """Raise for a file whose every record was skipped: it is most often in another format,
+    encoding or separator than assumed, and an empty table would hide that. (`load_tables` itself
+    returns what it could read, with the counts; `prepare` calls this.)"""
+    for f in info.get("files", []):
+        if f.get("yielded_nothing"):
+            raise DataError(f"yielded no rows: every record was skipped ({f['yielded_nothing']}); is it in "
+                            "another format, encoding (--encoding) or separator?", source=f["path"])
 
 
 def _item_reader(fmt: str, mapping: dict[str, str] | None) -> Callable[[dict], dict]:
@@ -646,7 +752,8 @@ def _full(columns: _ReviewColumns, chunk_rows: int | None) -> bool:
 
 
 def _load_records(paths: list[Path], fmt: str, meta: Path | None, mapping: dict[str, str] | None,
-                  problems: Problems, chunk_rows: int | None, done: dict[str, Any]) -> Iterator[pl.DataFrame]:
+                  problems: Problems, chunk_rows: int | None, done: dict[str, Any],
+                  encoding: str = AUTO) -> Iterator[pl.DataFrame]:
     """Every format but peter and recbole: review files, then item files. Yields the interactions
     in chunks (one per file when `chunk_rows` is None), then fills `done` with items and info."""
     files, items = [], {}
@@ -662,7 +769,9 @@ def _load_records(paths: list[Path], fmt: str, meta: Path | None, mapping: dict[
         fields = _review_fields(fmt, path, mapping)
         columns = _ReviewColumns(fields)
         read = rows = 0
-        for line, record in _review_records(fmt, path, problems):
+        facts: dict[str, Any] = {}
+        mark = problems.mark()
+        for line, record in _review_records(fmt, path, problems, encoding, facts):
             columns.add(record, str(path), line, problems, source_row)
             read += 1
             source_row += 1
@@ -671,12 +780,15 @@ def _load_records(paths: list[Path], fmt: str, meta: Path | None, mapping: dict[
                 yield columns.take()
         rows += len(columns)
         yield columns.take()  # even when empty: its columns still join the table
-        files.append({**_file_info(path, role), "records": read, "rows": rows})
+        files.append({**_file_info(path, role), "records": read, "rows": rows, **facts,
+                      **_yield_facts(read, rows, problems, mark)})
     for path, role in roles:
         if role == "items":
-            read, kept, dups = _collect_items(_item_records(fmt, _existing(path), problems),
+            facts, mark = {}, problems.mark()
+            read, kept, dups = _collect_items(_item_records(fmt, _existing(path), problems, encoding, facts),
                                               _item_reader(fmt, mapping), str(path), problems, items)
-            files.append({**_file_info(path, role), "records": read, "rows": kept, "duplicate_items": dups})
+            files.append({**_file_info(path, role), "records": read, "rows": kept, "duplicate_items": dups,
+                          **facts, **_yield_facts(read, kept, problems, mark)})
     done.update(items=_items_frame(items) if items else None, users=None, info={"files": files})
 
 
@@ -701,15 +813,18 @@ def _recbole_paths(paths: list[Path], meta: Path | None) -> dict[str, list[Path]
 
 
 def _load_recbole(paths: list[Path], meta: Path | None, mapping: dict[str, str] | None,
-                  problems: Problems, chunk_rows: int | None, done: dict[str, Any]) -> Iterator[pl.DataFrame]:
+                  problems: Problems, chunk_rows: int | None, done: dict[str, Any],
+                  encoding: str = AUTO) -> Iterator[pl.DataFrame]:
     found = _recbole_paths(paths, meta)
     files, items, users = [], {}, []
     source_row = 0
     for path in found["inter"]:
-        header = _recbole_header(path)
+        decoder = _decoder(path, encoding, delimited=True)
+        header = _recbole_header(path, decoder)
         columns = _ReviewColumns(_generic_fields(mapping, numbers_as_text=True, columns=list(header)))
         read = rows = 0
-        for line, record in _recbole_records(path, problems):
+        mark = problems.mark()
+        for line, record in _recbole_records(path, problems, decoder):
             columns.add(record, str(path), line, problems, source_row)
             read += 1
             source_row += 1
@@ -718,17 +833,21 @@ def _load_recbole(paths: list[Path], meta: Path | None, mapping: dict[str, str] 
                 yield columns.take()
         rows += len(columns)
         yield columns.take()
-        files.append({**_file_info(path, "reviews"), "records": read, "rows": rows})
+        files.append({**_file_info(path, "reviews"), "records": read, "rows": rows, **decoder.describe(),
+                      **_yield_facts(read, rows, problems, mark)})
     for path in found["item"]:
-        read, kept, dups = _collect_items(_recbole_records(path, problems), _recbole_item, str(path),
+        decoder, mark = _decoder(path, encoding, delimited=True), problems.mark()
+        read, kept, dups = _collect_items(_recbole_records(path, problems, decoder), _recbole_item, str(path),
                                           problems, items)
-        files.append({**_file_info(path, "items"), "records": read, "rows": kept, "duplicate_items": dups})
+        files.append({**_file_info(path, "items"), "records": read, "rows": kept, "duplicate_items": dups,
+                      **decoder.describe(), **_yield_facts(read, kept, problems, mark)})
     for path in found["user"]:
-        header = _recbole_header(path)
+        decoder = _decoder(path, encoding, delimited=True)
+        header = _recbole_header(path, decoder)
         if "user_id" not in header:
             raise DataError(f"a .user file needs a user_id column; its header has {', '.join(header)}",
                             source=str(path), line=1)
-        rows = [r for _, r in _recbole_records(path, problems) if r.get("user_id")]
+        rows = [r for _, r in _recbole_records(path, problems, decoder) if r.get("user_id")]
         users.append(pl.DataFrame([
             _series(n, [_recbole_value(r[n], t) for r in rows], pl.Float64 if t == "float" else pl.Utf8)
             for n, t in header.items()]))
@@ -738,14 +857,20 @@ def _load_recbole(paths: list[Path], meta: Path | None, mapping: dict[str, str] 
                 if users else None, info={"files": files})
 
 
-def _recbole_header(path: Path) -> dict[str, str]:
+def _recbole_header(path: Path, decoder: LineDecoder) -> dict[str, str]:
     try:
         with _open_binary(path) as f:
-            first = f.readline().decode("utf-8-sig").rstrip("\r\n")
+            first = next(iter(decoder.lines(f)), b"")
+            first = decoder.decode(first).rstrip("\r\n")
+    except UndecodableLine as e:
+        raise DataError(f"the header line: {e.reason}", source=str(path), line=1) from None
     except _BROKEN_STREAM as e:
         raise DataError(f"cannot read the header line ({type(e).__name__}: {e})", source=str(path), line=1) from None
+    cells = first.split("\t")
+    if len(cells) == 1:
+        one_column(first, "\t", str(path), what=" in a RecBole atomic file (name:type cells)")
     header = {}
-    for cell in first.split("\t"):
+    for cell in cells:
         name, _, kind = cell.partition(":")
         header[name.strip()] = kind.strip() or "token"
     return header
@@ -772,7 +897,8 @@ def _load_peter(paths: list[Path], problems: Problems, index_dir: str, chunk_row
     records = frame.height
     if split is not None:
         frame = frame.with_columns(split)
-    files = [{**_file_info(folder / "reviews.pickle", "reviews"), "records": records, "rows": frame.height}]
+    files = [{**_file_info(folder / "reviews.pickle", "reviews"), "records": records, "rows": frame.height,
+              "without_explanation": frame["explanation"].null_count()}]  # Sentires records with no sentence
     for p in sorted((folder / index_dir).glob("*.index")) if split is not None else []:
         files.append(_file_info(p, "split"))
     done.update(items=None, users=None,
@@ -823,7 +949,7 @@ class TableStream:
 
 def stream_tables(paths: list[Path] | list[str], fmt: str, *, meta: Path | str | None = None,
                   mapping: dict[str, str] | None = None, problems: Problems,
-                  peter_index_dir: str = "1", chunk_rows: int | None = None) -> TableStream:
+                  peter_index_dir: str = "1", chunk_rows: int | None = None, encoding: str = AUTO) -> TableStream:
     """`load_tables` one chunk at a time: memory holds one chunk of rows (plus the item metadata
     and the distinct item ids), whatever the size of the files. The arguments are checked now,
     the files are read as the stream is iterated."""
@@ -843,11 +969,17 @@ def stream_tables(paths: list[Path] | list[str], fmt: str, *, meta: Path | str |
     if fmt in ("peter", "movielens") and meta is not None:
         raise DataError(f"the {fmt} format takes no --meta file"
                         + (" (titles and genres come from the release's own files)" if fmt == "movielens" else ""))
+    try:
+        encoding = check_encoding(encoding)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    if encoding != AUTO and fmt in ("peter", "parquet"):
+        raise DataError(f"--encoding applies to text files; {fmt} files carry their own")
     done: dict[str, Any] = {}
     if fmt == "peter":
         chunks = _load_peter(paths, problems, peter_index_dir, chunk_rows, done)
     elif fmt == "recbole":
-        chunks = _load_recbole(paths, meta, mapping, problems, chunk_rows, done)
+        chunks = _load_recbole(paths, meta, mapping, problems, chunk_rows, done, encoding)
     elif fmt == "movielens":
         from feedbackgen.data.movielens import load_movielens
 
@@ -857,17 +989,18 @@ def stream_tables(paths: list[Path] | list[str], fmt: str, *, meta: Path | str |
 
         chunks = load_lightgcn(paths, meta, mapping, problems, chunk_rows, done)
     else:
-        chunks = _load_records(paths, fmt, meta, mapping, problems, chunk_rows, done)
+        chunks = _load_records(paths, fmt, meta, mapping, problems, chunk_rows, done, encoding)
     return TableStream(chunks, fmt, done)
 
 
 def load_tables(paths: list[Path] | list[str], fmt: str, *, meta: Path | str | None = None,
                 mapping: dict[str, str] | None = None, problems: Problems,
-                peter_index_dir: str = "1") -> Loaded:
+                peter_index_dir: str = "1", encoding: str = AUTO) -> Loaded:
     """Like `load_source`, but also returns a users table (RecBole `.user` files), and for the
-    peter format reads the split from `peter_index_dir` (a `split` column)."""
+    peter format reads the split from `peter_index_dir` (a `split` column). `encoding`: see
+    data/encoding.py (default: a BOM, else UTF-8, else for delimited text windows-1252)."""
     stream = stream_tables(paths, fmt, meta=meta, mapping=mapping, problems=problems,
-                           peter_index_dir=peter_index_dir)
+                           peter_index_dir=peter_index_dir, encoding=encoding)
     frames = list(stream)
     return Loaded(pl.concat(frames, how="diagonal_relaxed"), stream.items, stream.users, stream.info)
 

@@ -51,7 +51,8 @@ from typing import Any
 
 import polars as pl
 
-from feedbackgen.data.loaders import _csv_records, _file_info, _lines
+from feedbackgen.data.loaders import _csv_records, _file_info
+from feedbackgen.data.loaders import _raw_lines as _lines
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError
 

@@ -2,7 +2,12 @@
 
 reviews.pickle is a list of plain dicts
     {'user': str, 'item': str, 'rating': float, 'template': (feature, adj, text, sentiment)}
-and each index file one line of space-separated positions in that list. We read it with an
+or, as the Sentires toolkit writes it (the PETER README sends its users there to build one),
+    {'user', 'item', 'rating', 'text': review, 'sentence': [(feature, adj, sentence, sentiment), ...]}
+A Sentires record's explanation is its first `sentence` tuple (the order Sentires found them in:
+deterministic, and what PETER's own pickles keep when a review has one); its `text` is the review.
+A Sentires record with no `sentence` (no aspect found) is kept, with no explanation, and counted
+(`without_template` in the source info). Each index file one line of space-separated positions in that list. We read it with an
 unpickler that refuses every class, so a pickle can only ever produce lists, dicts, tuples,
 strings and numbers — a crafted file cannot run code. We write it (`export_peter`) so the
 reference implementations can run on our prepared datasets.
@@ -78,27 +83,41 @@ def _row(record: Any) -> dict[str, Any]:
     """One PETER record as our columns; raises `_Malformed` naming the field."""
     if not isinstance(record, dict):
         raise _Malformed(None, f"expected a dict, got {type(record).__name__}")
-    for key in ("user", "item", "rating", "template"):
+    sentires = "template" not in record and ("sentence" in record or "text" in record)
+    for key in ("user", "item", "rating", "text" if sentires else "template"):
         if key not in record:
             raise _Malformed(key, "missing")
-    user, item, rating, template = (record[k] for k in ("user", "item", "rating", "template"))
+    user, item, rating = (record[k] for k in ("user", "item", "rating"))
+    if sentires:
+        review, sentences = record["text"], record.get("sentence") or []
+        if not isinstance(review, str) or not _unicode(review):
+            raise _Malformed("text", "expected a string of valid Unicode text")
+        if not isinstance(sentences, (list, tuple)):
+            raise _Malformed("sentence", "expected a list of (feature, adj, sentence, sentiment) tuples")
+        template = sentences[0] if sentences else None
+    else:
+        template = record["template"]
     for key, value in (("user", user), ("item", item)):
         if (not isinstance(value, (str, int)) or isinstance(value, bool) or value == ""
                 or (isinstance(value, int) and not -2**63 <= value < 2**63) or not _unicode(value)):
             raise _Malformed(key, f"expected a non-empty string id, got {_short(value)}")
     if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not _finite(rating):
         raise _Malformed("rating", f"expected a finite number, got {_short(rating)}")
+    ids = {"user_id": str(user), "item_id": str(item), "rating": float(rating)}
+    if template is None:
+        return {**ids, "text": review, "aspect": None, "explanation": None, "sentiment": None}
+    name = "sentence" if sentires else "template"
     if not isinstance(template, (tuple, list)) or len(template) != 4:
-        raise _Malformed("template", "expected (feature, adj, text, sentiment)")
+        raise _Malformed(name, "expected (feature, adj, text, sentiment)")
     feature, _adj, text, sentiment = template
     if not isinstance(feature, str) or not isinstance(text, str):
-        raise _Malformed("template", "feature and text must be strings")
+        raise _Malformed(name, "feature and text must be strings")
     if not (_unicode(feature) and _unicode(text)):
-        raise _Malformed("template", "feature and text must be valid Unicode text (no lone surrogates)")
+        raise _Malformed(name, "feature and text must be valid Unicode text (no lone surrogates)")
     if isinstance(sentiment, bool) or not isinstance(sentiment, (int, float)) or sentiment not in (-1, 0, 1):
-        raise _Malformed("template", f"sentiment must be -1, 0 or 1, got {_short(sentiment)}")
-    return {"user_id": str(user), "item_id": str(item), "rating": float(rating), "text": text,
-            "aspect": feature or None, "explanation": text, "sentiment": int(sentiment)}
+        raise _Malformed(name, f"sentiment must be -1, 0 or 1, got {_short(sentiment)}")
+    return {**ids, "text": review if sentires else text, "aspect": feature or None, "explanation": text,
+            "sentiment": int(sentiment)}
 
 
 def read_index(folder: Path, n_rows: int) -> pl.Series | None:
@@ -143,7 +162,7 @@ def read_peter(folder: str | Path, index_dir: str = "1",
             rows.append(_row(record))
             kept.append(i)
         except _Malformed as bad:
-            problems.report(str(path), i, bad.field, f"record {i}: {bad.reason}")
+            problems.report(str(path), i, bad.field, f"{bad.reason} (record {i})")
     columns = ("user_id", "item_id", "rating", "text", "aspect", "explanation", "sentiment")
     dtypes = {"rating": pl.Float64, "sentiment": pl.Int8}
     frame = pl.DataFrame([pl.Series(c, [r[c] for r in rows], dtype=dtypes.get(c, pl.Utf8)) for c in columns])

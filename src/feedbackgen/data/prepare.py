@@ -1,6 +1,6 @@
 """`prepare`: raw review files in, a clean, split `Dataset` with explanation targets out.
 
-    load → clean_text → drop_empty → drop_duplicates → scrub_pii → length_limits → k_core
+    load → clean_text → drop_empty → drop_duplicates → copies → scrub_pii → length_limits → k_core
          → normalize_ratings → split (+ cold start) → explanations → keep_referenced
 
 Every step is configured by one field of `PrepareConfig` (validated before anything is read) and
@@ -38,10 +38,10 @@ from pydantic import Field, model_validator
 
 from feedbackgen.config import StrictModel, validate
 from feedbackgen.data import aspects as aspect_mining
-from feedbackgen.data import preprocess, splits
+from feedbackgen.data import duplicates, preprocess, splits
 from feedbackgen.data.dataset import (EXTRA_INTERACTION_SCHEMA, INTERACTION_SCHEMA, ITEM_SCHEMA, MANIFEST_VERSION,
                                       SPLITS, Dataset, conform)
-from feedbackgen.data.loaders import FORMATS, stream_tables
+from feedbackgen.data.loaders import FORMATS, check_yielded, stream_tables
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.io import atomic_write, atomic_write_json, sha256_file
@@ -53,13 +53,18 @@ class PrepareConfig(StrictModel):
     clean_text: bool = Field(True, description="NFKC, decode HTML entities, strip tags and control characters")
     drop_empty: bool = Field(True, description="drop reviews with no text")
     drop_duplicates: bool = Field(True, description="keep the latest review per (user, item)")
+    copies: Literal["auto", "keep_one", "keep_all", "report"] = Field(
+        "auto", description="one user's identical text on several items (data/duplicates.py): keep_one (the "
+                            "most-reviewed item's), keep_all (never split apart), report (counted only); "
+                            "auto = report for the peter format, else keep_one")
     scrub_pii: bool = Field(True, description="replace e-mails, URLs, phones, cards, @handles by placeholders")
     min_tokens: int = Field(0, ge=0, le=100_000, description="drop reviews shorter than this (0 = off)")
     max_tokens: int = Field(0, ge=0, le=100_000, description="longest review kept, in tokens (0 = no limit)")
     over_max: Literal["truncate", "drop"] = Field("truncate", description="what to do with longer reviews")
     k_core: int = Field(0, ge=0, le=10_000, description="keep users and items with >= k reviews (0 = off)")
     rating_scale: Literal["auto"] | tuple[float, float] = Field(
-        "auto", description="source rating range mapped onto 1-5; auto = observed min/max (1-5 data unchanged)")
+        "auto", description="source rating range mapped onto 1-5; auto = the format's known scale (Amazon, Yelp: "
+                           "1-5; outside it = a bad record), else the observed min/max, said in the output")
     split_ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/valid/test for --split random")
     cold_start: Literal["move_to_train", "keep"] | None = Field(
         None, description="valid/test rows with a user or item unseen in train: move them to train, or keep "
@@ -209,6 +214,21 @@ def _merge(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _override(split: pl.Expr, rows_by_split: dict[str, list[int]]) -> pl.Expr:
+    """`split`, with the source rows listed under a split name set to that split."""
+    out = split
+    for name, rows in sorted(rows_by_split.items()):
+        out = (pl.when(pl.col("source_row").is_in(pl.Series(sorted(rows), dtype=pl.Int64).implode()))
+               .then(pl.lit(name)).otherwise(out))
+    return out.alias("split")
+
+
+def _sources(info: dict[str, Any]) -> str:
+    """The review file(s), as a problem's source."""
+    names = [f["path"] for f in info.get("files", []) if f.get("role") == "reviews"]
+    return ", ".join(names) or "the source"
+
+
 def _count(lf: pl.LazyFrame) -> int:
     return lf.select(pl.len()).collect(engine="streaming").item()
 
@@ -228,7 +248,8 @@ class _Prepared:
 
 def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, meta: Path | str | None,
                    mapping: dict[str, str] | None, split: str | None, seed: int, strict: bool,
-                   config: PrepareConfig | dict | None, progress: bool, chunk_rows: int) -> _Prepared:
+                   config: PrepareConfig | dict | None, progress: bool, chunk_rows: int,
+                   encoding: str = "auto") -> _Prepared:
     """Every step of `prepare`, one chunk in memory at a time, the table between passes in `work`.
 
     Steps that look at one row (cleaning, PII, lengths, rescaling, explanations) run chunk by
@@ -245,7 +266,7 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
 
     # pass 1: load, clean_text, drop_empty
     stream = stream_tables([sources] if isinstance(sources, (str, Path)) else list(sources), fmt, meta=meta,
-                           mapping=mapping, problems=problems, chunk_rows=chunk_rows)
+                           mapping=mapping, problems=problems, chunk_rows=chunk_rows, encoding=encoding)
     loaded = _Parts(work, "loaded")
     users_seen, items_seen = _Distinct("user_id"), _Distinct("item_id")
     cleaned = []
@@ -276,6 +297,11 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
         rated_rows += chunk["rating"].count()
         loaded.append(chunk)
     info, items, users = stream.info, stream.items, stream.users
+    check_yielded(info)
+    for f in info["files"]:  # how each file was read, when it was guessed: said, never silent
+        for key in ("encoding_note", "delimiter_note"):
+            if f.get(key) and progress:
+                print(f"prepare: {f['name']}: {f[key]}", file=sys.stderr)
     # a source "has text" when it gives a text field at all; one whose reviews are all blank is
     # still a review source, and drop_empty leaves nothing of it (an error below, as before)
     has_text, has_ratings = present_rows > 0, rated_rows > 0
@@ -306,6 +332,17 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
             .drop("text"), buckets)
         log(preprocess.step_record("drop_duplicates", {"keep": "latest"}, rows_kept, rows_kept - len(dropped),
                                    touched=0, duplicate_pairs=pairs, dropped_duplicates=len(dropped)))
+    copy_mode = config.copies if config.copies != "auto" else "report" if fmt == "peter" else "keep_one"
+    remaining = loaded.scan(["user_id", "item_id", "timestamp", "source_row", "text"])
+    if dropped:
+        remaining = remaining.filter(~pl.col("source_row").is_in(
+            pl.Series("source_row", sorted(dropped), dtype=pl.Int64).implode()))
+    copies = duplicates.find_copies(remaining, copy_mode)
+    rows_in = loaded.rows - len(dropped)
+    dropped |= copies.dropped
+    record = dict(copies.record)
+    mode = record.pop("mode")
+    log(preprocess.step_record("copies", {"mode": mode}, rows_in, loaded.rows - len(dropped), touched=0, **record))
     dropped_rows = pl.Series("source_row", sorted(dropped), dtype=pl.Int64).implode()
     aligned = loaded.schema()
     filtered = _Parts(work, "filtered")
@@ -357,10 +394,13 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     observed = (cored.select(pl.col("rating").min().alias("lo"), pl.col("rating").max().alias("hi"))
                 .collect(engine="streaming").row(0)
                 if rows_cored and has_ratings else None)
+    scale, scale_from = preprocess.source_scale(config.rating_scale, fmt)
     # a loader that knows its source's scale (movielens) keeps it: the models read the range from train
-    native = info.get("rating_scale") if config.rating_scale == "auto" else None
-    lo, hi = tuple(native) if native else preprocess.rating_bounds(config.rating_scale, observed)
-    declared = config.rating_scale != "auto" and has_ratings
+    native = info.get("rating_scale") if scale == "auto" else None
+    if native:
+        scale, scale_from = tuple(native), f"own scale of this {fmt} release"
+    lo, hi = preprocess.rating_bounds(scale, observed)
+    declared = scale != "auto" and has_ratings
     rescale = has_ratings and not native and (lo, hi) != preprocess.RATING_RANGE
     in_range = (pl.col("rating") >= lo) & (pl.col("rating") <= hi)
     keep = in_core & in_range if declared else in_core
@@ -398,8 +438,9 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
         if declared:
             outside = chunk.filter(~in_range)
             for row, rating in zip(outside["source_row"], outside["rating"]):
-                problems.report("rating_scale", int(row), "rating",
-                                f"source row {row}: rating {rating} outside the declared scale [{lo}, {hi}]")
+                # the row's file line is not kept this far; its position among the records is
+                problems.report(_sources(info), None, "rating",
+                                f"outside the {scale_from} [{lo:g}, {hi:g}], got {rating:g} (record {row + 1})")
             out_of_range += outside.height
             chunk = chunk.filter(in_range)
         if rescale:
@@ -434,6 +475,11 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
         record["note"] = f"the source's own scale [{lo:g}, {hi:g}] ({fmt}): kept, not rescaled"
     elif (lo, hi) == preprocess.RATING_RANGE:
         record["note"] = "already on 1-5: unchanged"
+    if has_ratings:
+        record["scale_from"] = scale_from
+    if has_ratings and not declared and (lo, hi) != preprocess.RATING_RANGE:
+        record["note"] = (f"rating scale inferred from the data as [{lo:g}, {hi:g}] and mapped onto 1-5: "
+                          f"{touched:,} rating(s) changed; declare rating_scale=[lo,hi] if that is not the scale")
     log(preprocess.step_record("normalize_ratings", {"scale": config.rating_scale}, rows_cored, position,
                                touched=touched, **record))
     if position == 0:
@@ -451,9 +497,18 @@ def _prepare_parts(sources: list[Path] | list[str], fmt: str, work: Path, *, met
     final_split = (pl.when(pl.col("source_row").is_in(moved_list)).then(pl.lit("train"))
                    .otherwise(pl.col("split")).alias("split")) if moved_rows else pl.col("split")
     table = table.with_columns(final_split)
+    regrouped = duplicates.together(table, copies.group_of) if method != "peter" else {}
+    if regrouped:  # keep_all: a copy group never straddles the split
+        by_split: dict[str, list[int]] = {}
+        for row, name in regrouped.items():
+            by_split.setdefault(name, []).append(row)
+        final_split = _override(final_split, by_split)
+        table = rated.scan().with_columns(final_split)
     if mode == "move_to_train":
         cold["cold_after"] = splits.cold_start_counts_lazy(table)
     extra = {"dropped_unassigned": unassigned} if method in ("peter", "files") else {}
+    extra["copies_moved"] = len(regrouped)
+    extra["leaks"] = duplicates.leaks(table)
     log(preprocess.step_record("split", params, position, rated.rows, touched=len(moved_rows),
                                sizes=_split_sizes(table), **extra, **cold))
 
@@ -541,7 +596,7 @@ def prepare(sources: list[Path] | list[str], fmt: str, *, meta: Path | str | Non
             mapping: dict[str, str] | None = None, split: str | None = None, seed: int = 1,
             strict: bool = False, config: PrepareConfig | dict | None = None,
             progress: bool = True, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-            workdir: Path | str | None = None) -> Dataset:
+            workdir: Path | str | None = None, encoding: str = "auto") -> Dataset:
     """Load `sources` in format `fmt`, clean, filter, split and add explanation targets.
 
     `split`: random, temporal, peter or files (the lightgcn layout's own; the default for it,
@@ -554,7 +609,8 @@ def prepare(sources: list[Path] | list[str], fmt: str, *, meta: Path | str | Non
     """
     with tempfile.TemporaryDirectory(prefix="feedbackgen-prepare-", dir=workdir) as work:
         result = _prepare_parts(sources, fmt, Path(work), meta=meta, mapping=mapping, split=split, seed=seed,
-                                strict=strict, config=config, progress=progress, chunk_rows=chunk_rows)
+                                strict=strict, config=config, progress=progress, chunk_rows=chunk_rows,
+                                encoding=encoding)
         df = pl.concat(list(result.parts)).rechunk()
     return Dataset(df, result.items, result.users, result.manifest)
 
@@ -579,7 +635,7 @@ def prepare_to(sources: list[Path] | list[str], fmt: str, out: Path | str, *, me
                mapping: dict[str, str] | None = None, split: str | None = None, seed: int = 1,
                strict: bool = False, config: PrepareConfig | dict | None = None,
                progress: bool = True, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-               workdir: Path | str | None = None) -> dict[str, Any]:
+               workdir: Path | str | None = None, encoding: str = "auto") -> dict[str, Any]:
     """`prepare(...).save(out)` in bounded memory: the interactions go from the temporary parts
     to `out/interactions.parquet` by polars' streaming engine. Returns the manifest written.
 
@@ -588,7 +644,8 @@ def prepare_to(sources: list[Path] | list[str], fmt: str, out: Path | str, *, me
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="feedbackgen-prepare-", dir=workdir) as work:
         result = _prepare_parts(sources, fmt, Path(work), meta=meta, mapping=mapping, split=split, seed=seed,
-                                strict=strict, config=config, progress=progress, chunk_rows=chunk_rows)
+                                strict=strict, config=config, progress=progress, chunk_rows=chunk_rows,
+                                encoding=encoding)
         if len(result.parts.paths) <= 1:
             dataset = Dataset(pl.concat(list(result.parts)).rechunk(), result.items, result.users, result.manifest)
             dataset.save(out)

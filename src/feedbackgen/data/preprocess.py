@@ -20,6 +20,21 @@ from feedbackgen.data.text import clean_text, count_tokens, scrub_pii_by_kind, t
 from feedbackgen.errors import DataError
 
 RATING_RANGE = (1.0, 5.0)
+# Sources whose rating scale is known, so never inferred: Amazon (2014, 2018, 2023 dumps) and Yelp
+# rate 1-5 whole stars (McAuley et al.'s dataset pages; Yelp's dataset documentation). A value
+# outside it (Amazon 2023 holds a few 0.0) is a bad record, not a reason to stretch the others.
+KNOWN_SCALES = {"amazon2014": RATING_RANGE, "amazon2018": RATING_RANGE, "amazon2023": RATING_RANGE,
+                "yelp": RATING_RANGE}
+
+
+def source_scale(scale: str | tuple[float, float], fmt: str) -> tuple[str | tuple[float, float], str]:
+    """The scale ratings are read on, and where it comes from: the declared `scale`; else the
+    format's known scale; else "auto" (inferred from the data, for unknown sources only)."""
+    if scale != "auto":
+        return tuple(scale), "declared scale"
+    if fmt in KNOWN_SCALES:
+        return KNOWN_SCALES[fmt], f"known scale of {fmt}"
+    return "auto", "inferred from the observed ratings"
 
 
 def step_record(step: str, params: dict[str, Any], rows_in: int, rows_out: int, **extra: Any) -> dict[str, Any]:
@@ -258,7 +273,7 @@ def normalize_ratings(df: pl.DataFrame, scale: str | tuple[float, float],
         outside = df.filter((pl.col("rating") < lo) | (pl.col("rating") > hi))
         for row, rating in zip(outside["source_row"], outside["rating"]):
             problems.report("rating_scale", int(row), "rating",
-                            f"source row {row}: rating {rating} outside the declared scale [{lo}, {hi}]")
+                            f"outside the declared scale [{lo:g}, {hi:g}], got {rating:g} (source row {row})")
         df = df.filter((pl.col("rating") >= lo) & (pl.col("rating") <= hi))
         record["dropped_out_of_range"] = outside.height
     record["source_range"] = [lo, hi]

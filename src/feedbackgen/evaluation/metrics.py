@@ -314,7 +314,8 @@ def _read_lines(path: Path) -> list[str]:
     """Lines split on "\\n" only (a token may hold any other character); one final newline is not
     a line."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # bytes, then decode: read_text would translate a lone "\r" into a line break
+        text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise DataError("file does not exist", source=str(path)) from None
     except UnicodeDecodeError as e:
@@ -349,10 +350,22 @@ def read_number_file(path: Path) -> list[float]:
     return values
 
 
+def _newlines(path: Path) -> int:
+    """What `wc -l` prints: the number of "\n" bytes (a last line without one is not counted)."""
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+
+
 def _check_same_count(path: Path, values: list, expected: int, generated_path: Path) -> None:
+    """Samples are lines ended by "\n" (the last may lack it); a mismatch names both counts, and
+    `wc -l`'s where it differs (a missing final newline)."""
     if len(values) != expected:
-        raise DataError(f"has {len(values)} lines but {generated_path} has {expected}; "
-                        "files must hold one sample a line, aligned", source=str(path))
+        def count(p: Path, n: int) -> str:
+            wc = _newlines(p)
+            return f"{n} line{'s' if n != 1 else ''}" + (f" (wc -l: {wc}, the last line has no newline)"
+                                                         if wc != n else "")
+        raise DataError(f"has {count(path, len(values))} but {generated_path} has {count(generated_path, expected)}; "
+                        "files must hold one sample a line, aligned (lines end at \"\\n\" only)", source=str(path))
 
 
 def metrics_from_files(generated: Path, references: Path, feature_set: Path | None = None,

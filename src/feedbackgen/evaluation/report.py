@@ -8,6 +8,12 @@ A prediction row is one JSON object a line with at least user_id, item_id, ratin
 (optionally target, aspect, decoding). Rows are joined to the dataset's `split` rows on
 (user_id, item_id); each (model, target) pair is scored on its own. A model whose texts are all
 empty (a rating-only baseline) gets rating metrics only.
+
+Every report carries a leak check (`leak_check`): the share of the split's references (reviews,
+and explanations when the dataset has them) whose normalised text (data/duplicates.py) occurs
+in the training split — from the same user, and from anyone. A model that copies training text
+scores well exactly where these shares are high; the memorisation metric compares *outputs*
+with training text and cannot see it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from feedbackgen.data.dataset import Dataset
+from feedbackgen.data.duplicates import normalised_text
 from feedbackgen.data.text import tokenize
 from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.evaluation import extra
@@ -262,6 +269,31 @@ def _score_group(preds: pl.DataFrame, ctx: _Context, target: str) -> dict[str, A
 
 # -- the whole report --------------------------------------------------------------------------
 
+def leak_check(dataset: Dataset, split: str) -> dict[str, Any]:
+    """Per reference column: how many `split` rows have a text, and how many (and which share)
+    of them occur, normalised, in train for the same user and for anyone (module docstring)."""
+    if split == "train":
+        return {"note": "the references are the training split itself"}
+    out: dict[str, Any] = {}
+    for column, name in (("text", "review"), ("explanation", "explanation")):
+        if column not in dataset.interactions.columns:
+            continue
+
+        def keyed(df: pl.DataFrame) -> pl.DataFrame:
+            return (df.select("user_id", normalised_text(column).alias("norm"))
+                    .filter(pl.col("norm").is_not_null() & (pl.col("norm") != "")))
+
+        train, refs = keyed(dataset.train), keyed(dataset.split(split))
+        if refs.is_empty():
+            continue
+        pairs = train.select(pl.struct("user_id", "norm").alias("k")).unique()["k"].implode()
+        same = int(refs.select(pl.struct("user_id", "norm").is_in(pairs).sum()).item())
+        anyone = int(refs["norm"].is_in(train["norm"].unique().implode()).sum())
+        out[name] = {"references": refs.height, "in_train_same_user": same, "in_train_anyone": anyone,
+                     "share_same_user": same / refs.height, "share_anyone": anyone / refs.height}
+    return out
+
+
 def _finite(obj: Any) -> Any:
     """NaN / inf become None: JSON has no spelling for them."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -307,6 +339,7 @@ def evaluate(predictions: list[Path], dataset: Dataset, out_dir: Path, split: st
         "split": split,
         "references": len(ctx.references),
         "reference_duplicates": ctx.reference_duplicates,
+        "leak_check": leak_check(dataset, split),
         "feature_set_size": len(ctx.feature_set) if ctx.feature_set else 0,
         "embeddings": embeddings,
         "seed": seed,
@@ -375,6 +408,16 @@ def render_markdown(report: dict) -> str:
         rows = [[ALL_METRICS[k].name + _header(ALL_METRICS[k].direction)]
                 + [_format(k, m["metrics"].get(k)) for m in models.values()] for k in rest]
         lines += _table(header, rows) + [""]
+
+    leaks = {k: v for k, v in (report.get("leak_check") or {}).items() if isinstance(v, dict)}
+    if leaks:
+        lines += ["## Leak check", "",
+                  "References whose text (normalised: lower case, punctuation as spaces) also occurs in the "
+                  "training split. A model that copies training text scores high where these shares are.", ""]
+        lines += _table(["reference", "rows", "same user in train", "anyone in train"],
+                        [[k, str(v["references"]), f"{v['in_train_same_user']} ({100 * v['share_same_user']:.1f} %)",
+                          f"{v['in_train_anyone']} ({100 * v['share_anyone']:.1f} %)"] for k, v in leaks.items()])
+        lines += [""]
 
     lines += ["## Counts", ""]
     count_keys = list(next(iter(models.values()))["counts"]) if models else []

@@ -41,19 +41,22 @@ def requests_from_split(dataset: Dataset, split: str = "test", with_aspect: bool
 def _request_records(path: Path, problems: Problems):
     """(line number, record) pairs in file order; unparsable JSON lines are reported as met."""
     if path.suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8-sig", errors="strict") as f:
-            try:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield n, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        problems.report(str(path), n, None, f"not valid JSON ({e.msg})")
-                    except (RecursionError, ValueError):  # 10,000 nested brackets; an int of 5,000 digits
-                        problems.report(str(path), n, None, "not valid JSON (nested too deeply or a number too long)")
-            except UnicodeDecodeError as e:
-                raise DataError(f"not UTF-8 text ({e.reason})", source=str(path)) from None
+        from feedbackgen.data.encoding import LineDecoder, UndecodableLine
+
+        # JSON is UTF-8 (a BOM allowed); lines decoded one by one, so a bad byte costs its request only
+        decoder = LineDecoder(lambda: open(path, "rb"), "auto", detect=False)
+        with open(path, "rb") as f:
+            for n, raw in enumerate(decoder.lines(f), 1):
+                if not raw.strip():
+                    continue
+                try:
+                    yield n, json.loads(decoder.decode(raw))
+                except UndecodableLine as e:
+                    problems.report(str(path), n, None, e.reason)
+                except json.JSONDecodeError as e:
+                    problems.report(str(path), n, None, f"not valid JSON ({e.msg})")
+                except (RecursionError, ValueError):  # 10,000 nested brackets; an int of 5,000 digits
+                    problems.report(str(path), n, None, "not valid JSON (nested too deeply or a number too long)")
     elif path.suffix == ".csv":
         try:
             batches = pl.scan_csv(path, infer_schema=False).collect_batches(chunk_size=BATCH_ROWS)

@@ -212,7 +212,8 @@ def read_id_list(path: str | Path, column: str) -> list[str] | dict[str, list[st
             return {u: items for u, items in
                     df.group_by("user_id", maintain_order=True).agg(pl.col(column)).iter_rows()}
         return df[column].to_list()
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    # split on "\n" only: str.splitlines also breaks at \x1c, \x85, U+2028, ... inside an id
+    lines = [line.strip() for line in path.read_bytes().decode("utf-8").split("\n")]
     return [line for line in lines if line and not line.startswith("#")]
 
 

@@ -151,19 +151,28 @@ class ChoiceEngage:
         out = np.empty(len(user_ids))
         unique, inverse = np.unique(user_ids, return_inverse=True)
         ref = self.reference
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(unique) + 1))
         for start in range(0, len(unique), USERS_PER_CHUNK):
             chunk = unique[start:start + USERS_PER_CHUNK]
-            rows = np.asarray(self.choice.score(np.repeat(chunk, len(ref)).tolist(), np.tile(ref, len(chunk)).tolist()),
-                              dtype=np.float64).reshape(len(chunk), len(ref))
+            rows = self._reference_scores(chunk)
             for offset, user in enumerate(chunk):
                 seen = self.seen.get(user, ())
                 row = rows[offset][[i not in seen for i in ref]] if seen else rows[offset]
                 row = np.sort(row)
-                mine = np.flatnonzero(inverse == start + offset)
+                mine = order[bounds[start + offset]:bounds[start + offset + 1]]
                 s = scores[mine]
                 below = np.searchsorted(row, s, "left") + np.searchsorted(row, s, "right")
                 out[mine] = below / (2 * len(row)) if len(row) else 0.5
         return out
+
+    def _reference_scores(self, users: np.ndarray) -> np.ndarray:
+        """Scores of the reference items for each user, shape (len(users), len(reference))."""
+        ref = self.reference
+        if hasattr(self.choice, "score_items"):  # choice models score a dense block at once
+            return np.asarray(self.choice.score_items(list(users), list(ref)), dtype=np.float64)
+        flat = self.choice.score(np.repeat(users, len(ref)).tolist(), np.tile(ref, len(users)).tolist())
+        return np.asarray(flat, dtype=np.float64).reshape(len(users), len(ref))
 
     def features(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """The calibration's inputs, shape (n, len(feature_names))."""

@@ -9,6 +9,15 @@ the raw output: it finds the first JSON object, repairs what can be repaired wit
 - `rating` a number within the rating range (out of range is not clipped: it is a wrong answer);
 - `review` a non-empty string, at most `max_words` words, with no chat-template control tokens.
 
+Reasoning models (DeepSeek-R1, Qwen3, QwQ, Magistral, ... behind an OpenAI-compatible server)
+write their reasoning before the answer, in `<think>…</think>` or a sibling (`<thinking>`,
+`<reasoning>`, `<reason>`, `<thought>`, `<|thinking|>…<|/thinking|>`, `◁think▷…◁/think▷`). The
+reasoning may quote JSON drafts and loose `"rating": 1` fragments, so it is removed before
+anything is parsed: a block from its opening to its closing tag; everything before a closing tag
+whose opening the chat template put in the prompt; everything after an opening tag that never
+closes (the reply was cut off mid-reasoning). What remains is the final answer; when nothing
+remains, the answer is invalid ("only reasoning") and the caller retries, then falls back.
+
 The result says `valid` (parsed as it was), `repaired` (with what was done), or `invalid` (with
 why), so the caller can retry and count.
 """
@@ -36,6 +45,28 @@ TEXT_KEYS = ("review", "text", "explanation", "feedback")
 ANSWER_KINDS = ("valid", "repaired", "retried", "fallback")
 
 
+_REASONING_TAGS = r"think|thinking|reasoning|reason|thought"
+_OPEN = re.compile(rf"<(?:{_REASONING_TAGS})>|<\|(?:{_REASONING_TAGS})\|>|◁think▷", re.IGNORECASE)
+_CLOSE = re.compile(rf"</(?:{_REASONING_TAGS})>|<\|/(?:{_REASONING_TAGS})\|>|<\|end_?(?:{_REASONING_TAGS})\|>"
+                    r"|◁/think▷", re.IGNORECASE)
+ONLY_REASONING = "only reasoning, no answer after it"
+
+
+def strip_reasoning(raw: str) -> tuple[str, bool]:
+    """`raw` without its reasoning blocks (module docstring), and whether there were any."""
+    found = False
+    while True:
+        close = _CLOSE.search(raw)
+        opened = _OPEN.search(raw, 0, close.start() if close else len(raw))
+        if close is None and opened is None:
+            return raw, found
+        found = True
+        if close is None:  # opened, never closed: cut off while reasoning
+            raw = raw[:opened.start()]
+        else:  # a whole block, or (no opening) reasoning begun in the prompt
+            raw = raw[:opened.start() if opened else 0] + raw[close.end():]
+
+
 def strip_control_tokens(text: str) -> str:
     return CONTROL_TOKENS.sub(" ", text)
 
@@ -47,6 +78,7 @@ class Answer:
     text: str = ""
     repairs: list[str] = field(default_factory=list)
     problem: str = ""
+    reasoning: bool = False  # a reasoning block was removed (not a repair: reasoning models write one)
 
     @property
     def ok(self) -> bool:
@@ -122,6 +154,15 @@ def _cut_words(text: str, max_words: int) -> str:
 def read_answer(raw: str, rating_range: tuple[float, float] = (1.0, 5.0), max_words: int = 60) -> Answer:
     """Parse, repair and check one raw model answer (see the module docstring)."""
     repairs: list[str] = []
+    raw, reasoned = strip_reasoning(raw)
+    if reasoned and not raw.strip():
+        return Answer("invalid", problem=ONLY_REASONING, reasoning=True)
+    answer = _read(raw, rating_range, max_words, repairs)
+    answer.reasoning = reasoned
+    return answer
+
+
+def _read(raw: str, rating_range: tuple[float, float], max_words: int, repairs: list[str]) -> Answer:
     obj = _first_object(raw, repairs)
     if obj is None:  # only then take fences and control tokens out: inside a review they are its text
         cleaned = strip_control_tokens(_FENCE.sub("", raw))

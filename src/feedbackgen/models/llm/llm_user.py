@@ -35,7 +35,7 @@ import torch
 from feedbackgen.config import Decoding, validate
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.models.base import Generator, register
-from feedbackgen.models.llm.answers import read_answer
+from feedbackgen.models.llm.answers import ONLY_REASONING, read_answer
 from feedbackgen.models.llm.backends import Backend, BackendConfig, Completion, make_backend
 from feedbackgen.models.llm.prompts import PromptConfig, ReviewHistory, build_messages, clean
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
@@ -59,6 +59,8 @@ class LLMUser(Generator):
         self.history: ReviewHistory | None = None
         self._backend: Backend | None = None
         self.answer_counts: Counter = Counter()
+        # replies of reasoning models: with a reasoning block removed, and with nothing but reasoning
+        self.reasoning_counts: Counter = Counter()
 
     # -- fitting: index, no training ---------------------------------------------------------
     def fit(self, dataset: Dataset) -> LLMUser:
@@ -106,6 +108,10 @@ class LLMUser(Generator):
             still = []
             for i, done in zip(pending, completions):
                 ans = read_answer(done.text, self.rating_range, c.review_words)
+                if ans.reasoning:
+                    self.reasoning_counts["with_reasoning"] += 1
+                    if ans.problem == ONLY_REASONING:
+                        self.reasoning_counts["only_reasoning"] += 1
                 if not ans.ok:
                     last[i] = (done, ans.problem)
                     still.append(i)
