@@ -169,7 +169,8 @@ def popular(mi_small):
 def test_recommend_ranks_unseen_items_by_predicted_rating(mi_small, popular):
     users = known_test_users(mi_small, 5)
     recs = recommend(popular, mi_small, users, k=7)
-    assert recs.columns == ["user_id", "rank", "item_id", "predicted_rating", "text", "title", "model"]
+    assert recs.columns == ["user_id", "rank", "item_id", "predicted_rating", "text", "title", "model", "score"]
+    assert recs["score"].to_list() == recs["predicted_rating"].to_list()  # the rating ranked them
     assert len(recs) == 35 and recs["model"].unique().to_list() == ["popular"]
     for user in users:
         mine = recs.filter(pl.col("user_id") == user)
@@ -184,6 +185,29 @@ def test_recommend_ranks_unseen_items_by_predicted_rating(mi_small, popular):
 
     fb = popular.generate([FeedbackRequest(first["user_id"], first["item_id"])])[0]
     assert fb.text == first["text"] and fb.rating == pytest.approx(first["predicted_rating"])
+
+
+def test_a_choice_model_ranks_and_the_generator_explains(mi_small, popular):
+    from feedbackgen.recommend import create_choice
+    from feedbackgen.types import FeedbackRequest
+
+    ease = create_choice("ease", {"search": False, "l2": 50.0}).fit(mi_small)
+    users = known_test_users(mi_small, 4)
+    recs = recommend(popular, mi_small, users, k=5, choice=ease)
+    assert recs["model"].unique().to_list() == ["popular + ease"]
+    for user in users:
+        mine = recs.filter(pl.col("user_id") == user)
+        # the order is the choice model's own top 5 among the items the user never touched
+        seen = set(mi_small.interactions.filter(pl.col("user_id") == user)["item_id"])
+        unseen = sorted(set(mi_small.interactions["item_id"]) - seen)
+        best = np.sort(ease.score([user] * len(unseen), unseen))[::-1][:5]
+        assert mine["score"].to_list() == pytest.approx(best.tolist())
+        assert mine["score"].to_list() == pytest.approx(ease.score([user] * 5, mine["item_id"].to_list()).tolist())
+    first = recs.row(0, named=True)
+    fb = popular.generate([FeedbackRequest(first["user_id"], first["item_id"])])[0]
+    assert fb.text == first["text"] and fb.rating == pytest.approx(first["predicted_rating"])
+    alone = recommend(None, mi_small, users, k=5, choice=ease)  # no generator: ranks, nothing to say
+    assert alone["item_id"].to_list() == recs["item_id"].to_list() and alone["predicted_rating"].null_count() == 20
 
 
 def test_recommend_breaks_rating_ties_by_popularity(mi_small):

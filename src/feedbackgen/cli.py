@@ -345,6 +345,8 @@ def _load_model_and_dataset(model: Path, dataset: Path):
 def recommend(
     model: Annotated[Path, typer.Argument(help="a saved model folder: a generator or a choice model")],
     dataset: Annotated[Path, typer.Option(help="the prepared dataset the model was trained on")],
+    choice: Annotated[Optional[Path], typer.Option(
+        help="a choice-model folder that ranks, while MODEL (a generator) explains each item")] = None,
     user: Annotated[Optional[str], typer.Option(help="recommend for this user")] = None,
     k: Annotated[int, typer.Option(help="items per user")] = 10,
     candidates: Annotated[Optional[Path], typer.Option(
@@ -352,41 +354,53 @@ def recommend(
              "CSV/Parquet with item_id [and user_id for per-user lists]")] = None,
     users: Annotated[Optional[Path], typer.Option(
         help="batch mode: users to recommend for, one id a line or CSV/Parquet with user_id")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Parquet file to write (needed with --users)")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Parquet file to write (needed with --users); with --evaluate, a folder for ranking.md/json")] = None,
     explain: Annotated[bool, typer.Option(help="attach the generated feedback to each item")] = True,
     evaluate: Annotated[bool, typer.Option(
         help="instead: HR@K / NDCG@K / Recall@K on the test split (full and sampled protocols) beside "
              "popularity and MF baselines")] = False,
     max_users: Annotated[Optional[int], typer.Option(help="--evaluate on a seeded sample of test users")] = None,
 ):
-    """Rank items for a user by predicted rating (a choice model: by its score), each with the feedback
-    the user would give.
+    """Rank items for a user, each with the feedback the user would give: by a choice model's score
+    (MODEL a choice folder, or `--choice`), else by the generator's predicted rating.
 
-    Example: `feedbackgen recommend models/retrieval --dataset data/mi --user A2IBPI20UZIR0U --k 5`
+    Example: `feedbackgen recommend models/peter --choice models/ease --dataset data/mi --user A2IBPI20UZIR0U --k 5`
 
     Batch: `feedbackgen recommend models/retrieval --dataset data/mi --users users.txt --out recs.parquet`
     (the terminal shows the first 240 characters of each text; `--out` keeps them whole).
+    Evaluate: `feedbackgen recommend models/ease --dataset data/mi --evaluate --out runs/ranking`
     """
+    from feedbackgen.data.dataset import Dataset
     from feedbackgen.data.problems import Problems
+    from feedbackgen.models import load
     from feedbackgen.recommend import read_id_list, write_recommendations
     from feedbackgen.recommend import recommend as rank_for_users
     from feedbackgen.recommend.choice import is_choice_folder, load_choice
 
     if is_choice_folder(model):
-        from feedbackgen.data.dataset import Dataset
-
-        generator, ds = load_choice(model), Dataset.load(dataset)
+        if choice is not None:
+            raise FeedbackgenError(f"{model} is a choice model; with --choice, MODEL is the generator that explains")
+        generator, ranker, ranker_path = None, load_choice(model), model
     else:
-        generator, ds = _load_model_and_dataset(model, dataset)
+        generator = load(model)
+        ranker, ranker_path = (load_choice(choice), choice) if choice is not None else (generator, model)
+    ds = Dataset.load(dataset)
     if evaluate:
         from feedbackgen.models import create
         from feedbackgen.recommend import Popularity, evaluate_ranking, markdown_table
+        from feedbackgen.recommend.ranking import write_ranking
 
         t0 = time.time()
-        baselines = {"popularity": Popularity().fit(ds), "mf": create("mf").fit(ds)}
-        table = evaluate_ranking({**baselines, f"{generator.name} ({model.name})": generator}, ds,
+        baselines = {"popularity": Popularity().fit(ds)}
+        if ds.has_ratings:  # MF learns ratings: without any there is nothing for it to rank by
+            baselines["mf"] = create("mf").fit(ds)
+        table = evaluate_ranking({**baselines, f"{ranker.name} ({ranker_path.name})": ranker}, ds,
                                  max_users=max_users)
         print(markdown_table(table))
+        if out is not None:
+            write_ranking(table, out, dataset.name)
+            err.print(f"[green]wrote[/green] {out}/ranking.md and ranking.json")
         err.print(f"[green]evaluated[/green] ranking in {time.time() - t0:.1f}s (higher is better; "
                   "full: all unseen items, sampled: 1 positive + 99 negatives)")
         return
@@ -401,7 +415,7 @@ def recommend(
     problems = Problems() if users is not None or candidates is not None else None
     t0 = time.time()
     recs = rank_for_users(generator, ds, user_ids, k=k, candidates=candidate_ids, explain=explain,
-                          problems=problems)
+                          problems=problems, choice=ranker if ranker is not generator else None)
     if problems is not None and problems.count:
         err.print(f"[yellow]{problems.describe()}[/yellow]")
     if out is not None:
@@ -411,14 +425,15 @@ def recommend(
     if user is not None:
         from rich.table import Table
 
-        table = Table(title=f"top {len(recs)} for {user} ({generator.name})", show_lines=False)
-        value = "score" if is_choice_folder(model) else "predicted"
-        for name, justify in (("rank", "right"), ("item", "left"), (value, "right"), ("feedback", "left")):
+        table = Table(title=f"top {len(recs)} for {user} ({recs['model'][0] if len(recs) else ranker.name})",
+                      show_lines=False)
+        for name, justify in (("rank", "right"), ("item", "left"), ("predicted", "right"), ("feedback", "left")):
             table.add_column(name, justify=justify)
         for r in recs.iter_rows(named=True):
             item = r["item_id"] + (f"\n{r['title'][:40]}" if r["title"] else "")
             text = r["text"] if len(r["text"]) <= 240 else r["text"][:240].rsplit(" ", 1)[0] + " …"
-            table.add_row(str(r["rank"]), item, f"{r['predicted_rating']:.2f}", text)
+            rating = "–" if r["predicted_rating"] is None else f"{r['predicted_rating']:.2f}"
+            table.add_row(str(r["rank"]), item, rating, text)
         Console().print(table)
 
 

@@ -40,7 +40,7 @@ from feedbackgen.config import Decoding, validate
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError, FeedbackgenError
-from feedbackgen.io import atomic_write
+from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
 from feedbackgen.recommend.choice import Popularity
 from feedbackgen.recommend.metrics import KS, positions, ranking_metrics
 from feedbackgen.types import FeedbackRequest
@@ -49,7 +49,8 @@ SCORE_CHUNK = 200_000  # pairs scored per call: bounds the memory of the request
 USERS_PER_BATCH = 128
 PROTOCOLS = ("full", "sampled")
 RECOMMENDATION_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8,
-                         "predicted_rating": pl.Float64, "text": pl.Utf8, "title": pl.Utf8, "model": pl.Utf8}
+                         "predicted_rating": pl.Float64, "text": pl.Utf8, "title": pl.Utf8, "model": pl.Utf8,
+                         "score": pl.Float64}
 
 
 def score_pairs(model: Any, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
@@ -102,8 +103,11 @@ class UnseenSampler:
 def recommend(model: Any, dataset: Dataset, user_ids: Sequence[str], k: int = 10,
               candidates: Sequence[str] | Mapping[str, Sequence[str]] | None = None, *,
               explain: bool = True, decoding: Decoding | dict | None = None,
-              problems: Problems | None = None) -> pl.DataFrame:
-    """The top `k` items for each user by predicted rating, each explained by generated feedback.
+              problems: Problems | None = None, choice: Any = None) -> pl.DataFrame:
+    """The top `k` items for each user, each explained by generated feedback.
+
+    Ranked by `choice`'s score when a ChoiceModel is given (what the user would take; `model`, a
+    generator or None, then only explains), else by `model`'s predicted rating.
 
     candidates: None ranks every catalogue item the user has not interacted with (in any split);
     a list ranks those items for every user; a mapping user -> list ranks per-user lists. Given
@@ -113,10 +117,14 @@ def recommend(model: Any, dataset: Dataset, user_ids: Sequence[str], k: int = 10
     there and left out. Ties go to the item with more training interactions, then to the smaller
     item id, so the output is deterministic.
 
-    Returns one row per (user, rank): user_id, rank (1 = best), item_id, predicted_rating, text
-    (the generated feedback, "" when `explain` is off or the model writes no text), title (from
-    the dataset's item table, when it has one), model.
+    Returns one row per (user, rank): user_id, rank (1 = best), item_id, predicted_rating (null
+    without a generator), text (the generated feedback, "" when `explain` is off or the model writes
+    no text), title (from the dataset's item table, when it has one), model, score (what ranked the
+    item: the choice model's score, or the predicted rating).
     """
+    if model is None and choice is None:
+        raise FeedbackgenError("recommend needs a generator, a choice model, or both")
+    ranker = choice if choice is not None else model
     if not isinstance(k, int) or k < 1:
         raise FeedbackgenError(f"k must be a positive integer, got {k!r}")
     decoding = validate(Decoding, decoding, "decoding settings")
@@ -159,7 +167,7 @@ def recommend(model: Any, dataset: Dataset, user_ids: Sequence[str], k: int = 10
         lists = [candidates_of(u) for u in batch]
         flat_users = [u for u, items in zip(batch, lists) for _ in range(len(items))]
         flat_items = [i for items in lists for i in items]
-        scores = score_pairs(model, flat_users, flat_items)
+        scores = score_pairs(ranker, flat_users, flat_items)
         offset = 0
         for user, items in zip(batch, lists):
             s = scores[offset:offset + len(items)]
@@ -169,15 +177,36 @@ def recommend(model: Any, dataset: Dataset, user_ids: Sequence[str], k: int = 10
             top_rows += [(user, r + 1, items[j], float(s[j])) for r, j in enumerate(order)]
 
     texts = [""] * len(top_rows)
-    if explain and top_rows and getattr(model, "produces_text", False):
-        feedback = model.generate([FeedbackRequest(u, i) for u, _, i, _ in top_rows], decoding)
-        texts = [fb.text for fb in feedback]
+    ratings: list[float | None] = [s for *_, s in top_rows] if choice is None else [None] * len(top_rows)
+    if model is not None and top_rows:
+        requests = [FeedbackRequest(u, i) for u, _, i, _ in top_rows]
+        if explain and getattr(model, "produces_text", False):
+            feedback = model.generate(requests, decoding)
+            texts = [fb.text for fb in feedback]
+            ratings = [fb.rating for fb in feedback] if choice is not None else ratings
+        elif choice is not None:
+            ratings = [float(r) for r in model.predict_rating(requests)]
     titles = _titles(dataset, [i for _, _, i, _ in top_rows])
+    name = " + ".join(model_name(m) for m in (model, choice) if m is not None)
     return pl.DataFrame({
         "user_id": [u for u, *_ in top_rows], "rank": [r for _, r, *_ in top_rows],
-        "item_id": [i for _, _, i, _ in top_rows], "predicted_rating": [s for *_, s in top_rows],
-        "text": texts, "title": titles, "model": [model_name(model)] * len(top_rows),
+        "item_id": [i for _, _, i, _ in top_rows], "predicted_rating": ratings,
+        "text": texts, "title": titles, "model": [name] * len(top_rows), "score": [s for *_, s in top_rows],
     }, schema=RECOMMENDATION_SCHEMA)
+
+
+def write_ranking(table: pl.DataFrame, out_dir: str | Path, dataset_label: str = "this dataset") -> Path:
+    """Write an `evaluate_ranking` table as ranking.json (rows) and ranking.md (a Markdown section)."""
+    from feedbackgen.recommend.tables import markdown_table
+
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "ranking.json", {"dataset": dataset_label, "rows": table.to_dicts()})
+    text = (f"## Ranking ({dataset_label}, test split)\n\n" + markdown_table(table) + "\n\nHigher is better. "
+            "full: every item the user has not interacted with in train or valid is a candidate (RecBole's "
+            "full sort); sampled: each test item against 99 never-seen items (NCF). HR@K, NDCG@K, Recall@K as "
+            "defined in `feedbackgen.recommend.metrics`.\n")
+    atomic_write_text(out_dir / "ranking.md", text)
+    return out_dir
 
 
 def _titles(dataset: Dataset, item_ids: list[str]) -> list[str | None]:
