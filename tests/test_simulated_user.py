@@ -142,3 +142,43 @@ def test_fidelity_with_a_choice_model_alone_reports_its_rule(mi_small):
     assert result["discrimination"]["1:1"]["users"] <= 30
     table = fidelity_markdown([result], "mi")
     assert "P(choose)" in table and "Agent4Rec" in table and "per user" in table
+
+
+def test_ratings_free_dataset_end_to_end_through_the_cli(data_root, tmp_path):
+    """Agent4Rec's split (interactions only): prepare → train ease → recommend → simulate → fidelity."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from feedbackgen.cli import app
+
+    src = data_root / "movielens_1m_agent4rec"
+    runner = CliRunner()
+
+    def run(*args):
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    run("prepare", src, "--format", "lightgcn", "--meta", src / "movie_detail.csv", "--map", "item_id=movie_id",
+        "--out", tmp_path / "a4r")
+    run("train", tmp_path / "a4r", "--model", "ease", "--set", "search=false", "--out", tmp_path / "ease")
+    (tmp_path / "users.txt").write_text("0\n1\n2\n")
+    run("recommend", tmp_path / "ease", "--dataset", tmp_path / "a4r", "--users", tmp_path / "users.txt",
+        "--k", "20", "--out", tmp_path / "recs.parquet")
+    recs = pl.read_parquet(tmp_path / "recs.parquet")
+    assert len(recs) == 60 and recs["predicted_rating"].null_count() == 60 and recs["title"].null_count() == 0
+    out = run("simulate", "--choice", tmp_path / "ease", "--dataset", tmp_path / "a4r",
+              "--recommendations", tmp_path / "recs.parquet", "--out", tmp_path / "sim")
+    assert "P(choose) from ease" in out
+    items = pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet")
+    assert items["engage"].sum() > 0 and items["rating"].null_count() == len(items)  # no generator, no ratings
+    run("fidelity", "--choice", tmp_path / "ease", "--dataset", tmp_path / "a4r", "--protocol", "agent4rec",
+        "--no-review", "--max-users", "200", "--out", tmp_path / "fid")
+    result = json.loads((tmp_path / "fid" / "fidelity.json").read_text())["results"][0]
+    assert result["protocol"] == "agent4rec" and result["users"] == 200 and result["rating"] is None
+    # EASE separates a user's held-out movies from never-seen ones far better than chance
+    assert result["discrimination"]["1:1"]["accuracy"] > 0.7
+    assert "same data (Agent4Rec's ML-1M split)" in (tmp_path / "fid" / "fidelity.md").read_text()
+    res = runner.invoke(app, ["train", str(tmp_path / "a4r"), "--model", "retrieval", "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "needs review text" in str(res.exception) + res.output

@@ -103,9 +103,11 @@ def validation_pairs(dataset: Dataset, seed: int = 1, max_pairs: int | None = No
     return users, items, np.array(actual, dtype=bool), split
 
 
-def best_threshold(scores: np.ndarray, actual: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
-    """(threshold, accuracy): the grid value whose `scores >= t` matches `actual` best; middle of ties."""
-    accuracy = np.array([np.mean((scores >= t) == actual) for t in grid])
+def best_threshold(scores: np.ndarray, actual: np.ndarray, grid: np.ndarray,
+                   weight: np.ndarray | None = None) -> tuple[float, float]:
+    """(threshold, accuracy): the grid value whose `scores >= t` matches `actual` best (weighted
+    accuracy when `weight` is given); the middle one when several tie."""
+    accuracy = np.array([np.average((scores >= t) == actual, weights=weight) for t in grid])
     best = grid[np.flatnonzero(accuracy == accuracy.max())]
     return float(best[len(best) // 2]), float(accuracy.max())
 
@@ -183,17 +185,17 @@ class ChoiceEngage:
                 columns.append(score_pairs(self.generator, list(user_ids), list(item_ids)))
         return np.column_stack(columns)
 
-    def fit(self, user_ids: Sequence[str], item_ids: Sequence[str], actual: np.ndarray) -> ChoiceEngage:
-        x = self.features(user_ids, item_ids)
+    def fit(self, x: np.ndarray, actual: np.ndarray, weight: np.ndarray | None = None) -> ChoiceEngage:
+        """Fit P(real | features) on `x` (from `features`), shape (n, d), labels `actual`, shape (n,)."""
         if self.method == "isotonic":
             from sklearn.isotonic import IsotonicRegression
 
             self.model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-            self.model.fit(x[:, 0], actual.astype(np.float64))
+            self.model.fit(x[:, 0], actual.astype(np.float64), sample_weight=weight)
         else:
             from sklearn.linear_model import LogisticRegression
 
-            self.model = LogisticRegression(max_iter=1000).fit(x, actual)
+            self.model = LogisticRegression(max_iter=1000).fit(x, actual, sample_weight=weight)
         return self
 
     def probability(self, user_ids: Sequence[str], item_ids: Sequence[str], x: np.ndarray | None = None) -> np.ndarray:
@@ -212,9 +214,13 @@ def calibrate_choice(choice: Any, dataset: Dataset, *, seed: int = 1, max_pairs:
     users, items, actual, split = validation_pairs(dataset, seed, max_pairs)
     engage = ChoiceEngage(choice, dataset, seed=seed, method=method, generator=generator)
     x = engage.features(users, items)
-    engage.fit(users, items, actual)
+    # each user counts once, whatever their number of validation items: a simulated user is a
+    # user, and a heavy user's items would otherwise set everyone's threshold
+    _, inverse, counts = np.unique(np.asarray(users, dtype=object), return_inverse=True, return_counts=True)
+    weight = 1.0 / counts[inverse]
+    engage.fit(x, actual, weight)
     p = engage.probability(users, items, x)
-    threshold, accuracy = best_threshold(p, actual, np.unique(np.round(p, 6)))
+    threshold, accuracy = best_threshold(p, actual, np.unique(np.round(p, 6)), weight)
     name = getattr(choice, "name", type(choice).__name__)
     return engage, Calibration(threshold, accuracy, len(actual), split,
                                rule=f"engage when P(choose) from {name} >= threshold", method=method,
