@@ -28,7 +28,9 @@ from feedbackgen.data.text import tokenize
 from feedbackgen.errors import ConfigError, NotFittedError
 from feedbackgen.models import create, load
 from feedbackgen.models import trainer as trainer_mod
+from feedbackgen.generation.decoding import beam_search, logits_processors
 from feedbackgen.models.peter import PETER, Peter, PeterShape, peter_mask
+from feedbackgen.models.peter.model import NEVER
 from feedbackgen.models.vocab import BOS, EOS, PAD, Vocab
 from feedbackgen.types import FeedbackRequest
 
@@ -257,7 +259,9 @@ def test_beam_search_with_one_beam_is_greedy(fitted, ds):
     users, items, aspects = fitted._ids(requests_of(ds.test))
     dec = Decoding(max_new_tokens=20)
     greedy, fin_g, _ = fitted.model.generate(users, items, aspects, dec)
-    beam, fin_b, _ = fitted.model._beam_search(users, items, aspects, dec, 1, True)
+    processors = logits_processors(dec, EOS, suppress=NEVER, min_new_tokens=1)
+    beam, fin_b, _ = beam_search(fitted.model.stepper(users, items, aspects, 20), len(users), 1, 20, processors,
+                                 eos=EOS, pad=PAD)
     assert torch.equal(greedy, beam) and torch.equal(fin_g, fin_b)
 
 

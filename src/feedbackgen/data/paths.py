@@ -7,6 +7,7 @@ from pathlib import Path
 
 DATA_ENV = "FEEDBACKGEN_DATA"
 FIXTURES_ENV = "FEEDBACKGEN_FIXTURES"
+FIELD_CASES_ENV = "FEEDBACKGEN_FIELD_CASES"
 
 
 def data_dir() -> Path:
@@ -17,3 +18,8 @@ def data_dir() -> Path:
 def fixtures_dir() -> Path:
     """`$FEEDBACKGEN_FIXTURES`, default `../shared/fixtures`."""
     return Path(os.environ.get(FIXTURES_ENV, "../shared/fixtures"))
+
+
+def field_cases_dir() -> Path:
+    """`$FEEDBACKGEN_FIELD_CASES`, default `../shared/field-cases`."""
+    return Path(os.environ.get(FIELD_CASES_ENV, "../shared/field-cases"))
