@@ -57,7 +57,7 @@ def mi_small(mi_dataset):
 
 # -- field case 13: one seeded request, whatever it is batched with ----------------------------------
 
-def post_concurrently(app, bodies: list) -> tuple[list, float]:
+def _post_concurrently(app, bodies: list) -> tuple[list, float]:
     """POST every body to `app`'s /v1/feedback at once, in process. Returns the responses and the
     mean number of requests per model call (above 1 when the micro-batcher joined the calls)."""
     import asyncio
@@ -98,7 +98,7 @@ def _texts_of_the_seeded_request(case, generator, decoding: dict) -> list[str]:
     bodies.append({"requests": [other, {**mine, "seed": decoding["seed"]}], "decoding": unseeded})
     calls.append((None, 1))
     app = create_app({"m": generator}, None, {"max_batch": 64, "max_wait_ms": 500})
-    responses, per_call = post_concurrently(app, bodies)
+    responses, per_call = _post_concurrently(app, bodies)
     assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
     assert per_call > 1, "the burst was not micro-batched"
     for r, (_, k) in zip(responses, calls):
@@ -106,6 +106,12 @@ def _texts_of_the_seeded_request(case, generator, decoding: dict) -> list[str]:
         assert answer["meta"]["seed"] == decoding["seed"]
         texts.append(answer["text"])
     return texts
+
+
+@pytest.fixture(scope="session")
+def post_concurrently():
+    """`post_concurrently(app, bodies)`: see `_post_concurrently`."""
+    return _post_concurrently
 
 
 @pytest.fixture(scope="session")
