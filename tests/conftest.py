@@ -90,6 +90,7 @@ def _texts_of_the_seeded_request(case, generator, decoding: dict) -> list[str]:
     one, two = case
     assert one[0] == two[1]
     texts = [generator.generate(one, decoding)[0].text, generator.generate(two, decoding)[1].text]
+    assert texts[1] == texts[0], f"second of two: {texts[1]!r}; alone: {texts[0]!r}"
     mine = {"user_id": one[0].user_id, "item_id": one[0].item_id}
     other = {"user_id": two[0].user_id, "item_id": two[0].item_id}
     calls = [([other, mine], 1), ([mine], 0), ([other, other, mine, other], 2), ([mine, other], 0)]

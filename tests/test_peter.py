@@ -264,6 +264,8 @@ def test_beam_search_reports_its_scores(fitted, ds):
     reqs = requests_of(ds.test)[:10]
     _, metas = fitted.generate_text(reqs, Decoding(num_beams=4, max_new_tokens=20))
     assert all("beam_score" in m for m in metas)
+    with pytest.raises(ConfigError, match="beam sampling is not supported"):
+        fitted.generate(reqs, {"num_beams": 4, "do_sample": True})
 
 
 def test_sampling_is_seeded_and_constraints_hold(fitted, ds):

@@ -99,8 +99,9 @@ class Backend(ABC):
     """`chat(conversations, decoding, prefix, seeds)` -> one Completion each, in order.
 
     `seeds`: one stream seed per conversation (`decoding.stream_seed`; None: 0 for each), so that
-    a conversation's sampled answer does not depend on the others in the call. `prefix` starts the assistant's answer (`{"rating":` keeps a small model on the JSON track);
-    the completion's text includes it. A back-end that cannot pre-fill an answer (`prefills` False:
+    a conversation's sampled answer does not depend on the others in the call. `prefix` starts the
+    assistant's answer (`{"rating":` keeps a small model on the JSON track); the completion's text
+    includes it. A back-end that cannot pre-fill an answer (`prefills` False:
     the HTTP chat API) ignores it and returns what the model wrote. `stats` counts the work."""
 
     name: str
@@ -299,7 +300,8 @@ class OpenAIBackend(Backend):
 
     def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
              seeds: list[int] | None = None) -> list[Completion]:
-        payloads = [self.payload(m, decoding, seed) for m, seed in zip(conversations, seeds or [0] * len(conversations))]
+        seeds = seeds or [0] * len(conversations)
+        payloads = [self.payload(m, decoding, seed) for m, seed in zip(conversations, seeds)]
         if self.concurrency == 1 or len(payloads) == 1:
             return [self._one(p) for p in payloads]
         with ThreadPoolExecutor(self.concurrency) as pool:
