@@ -130,7 +130,7 @@ def generate(
     seed: Annotated[Optional[int], typer.Option(
         help="seed of requests without their own (default: drawn per request, written in meta.seed)")] = None,
     threads: Annotated[Optional[int], typer.Option(
-        help="torch CPU threads (default: torch's; never the model's training setting)")] = None,
+        min=1, help="torch CPU threads (default: torch's; never the model's training setting)")] = None,
     engine: Annotated[str, typer.Option(help="local | ray: a pool of Ray actors (docs/distributed.md)")] = "local",
     address: Annotated[Optional[str], typer.Option(
         help="Ray cluster HOST:PORT, ray://HOST:PORT or auto (default: start Ray here)")] = None,
@@ -151,8 +151,6 @@ def generate(
     from feedbackgen.models import load
 
     if threads is not None:
-        if threads < 1:
-            raise FeedbackgenError(f"--threads must be at least 1 (got {threads})")
         import torch
 
         torch.set_num_threads(threads)
