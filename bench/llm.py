@@ -167,13 +167,13 @@ def throughput(ds, args) -> list[dict]:
         print(f"  throughput {name} {batch_label}: {len(convs) / s:.2f} samples/s, {tokens / s:.1f} tokens/s",
               flush=True)
 
-    tf = TransformersBackend(DEFAULT_MODEL, num_threads=args.threads)
+    tf = TransformersBackend(DEFAULT_MODEL)  # on the process's threads, set in main
     timed("transformers", tf, d1, "1")
     timed("transformers", tf, dn, str(len(convs)))
     del tf
     gc.collect()
     try:
-        lc = LlamaCppBackend(DEFAULT_MODEL, num_threads=args.threads)
+        lc = LlamaCppBackend(DEFAULT_MODEL)
     except Exception as e:  # llama-cpp-python missing
         print(f"  llama.cpp skipped: {e}")
         return out

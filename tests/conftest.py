@@ -6,7 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from feedbackgen.data.paths import data_dir, fixtures_dir  # noqa: E402
+from feedbackgen.data.paths import data_dir, field_cases_dir, fixtures_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,14 @@ def fixtures_root():
     root = fixtures_dir()
     if not root.is_dir():
         pytest.fail(f"shared fixtures not found at {root}; set FEEDBACKGEN_FIXTURES")
+    return root
+
+
+@pytest.fixture(scope="session")
+def field_cases_root():
+    root = field_cases_dir()
+    if not root.is_dir():
+        pytest.fail(f"field cases not found at {root}; set FEEDBACKGEN_FIELD_CASES")
     return root
 
 
@@ -45,3 +53,79 @@ def mi_small(mi_dataset):
            .head(25)["item_id"])
     return Dataset(mi_dataset.interactions.filter(pl.col("item_id").is_in(top.implode())), mi_dataset.items,
                    manifest=mi_dataset.manifest)
+
+
+# -- field case 13: one seeded request, whatever it is batched with ----------------------------------
+
+def _post_concurrently(app, bodies: list) -> tuple[list, float]:
+    """POST every body to `app`'s /v1/feedback at once, in process. Returns the responses and the
+    mean number of requests per model call (above 1 when the micro-batcher joined the calls)."""
+    import asyncio
+    import re
+
+    import httpx
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
+                                         timeout=600) as client:
+                while (await client.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.05)
+                responses = await asyncio.gather(*(client.post("/v1/feedback", json=b) for b in bodies))
+                metrics = (await client.get("/metrics")).text
+        return responses, metrics
+
+    responses, metrics = asyncio.run(run())
+    total = {k: sum(float(v) for v in re.findall(rf"^feedbackgen_batch_size_{k}{{.*}} (\S+)$", metrics, re.M))
+             for k in ("sum", "count")}
+    return responses, total["sum"] / max(1.0, total["count"])
+
+
+def _texts_of_the_seeded_request(case, generator, decoding: dict) -> list[str]:
+    """Case 13's request, sampled with `decoding` (which holds a seed): alone, second of two, and in
+    each call of a concurrent server burst (in several positions, and once with the seed on the
+    request instead of the decoding). Each should be the same text."""
+    from feedbackgen.serve import create_app
+
+    one, two = case
+    assert one[0] == two[1]
+    texts = [generator.generate(one, decoding)[0].text, generator.generate(two, decoding)[1].text]
+    assert texts[1] == texts[0], f"second of two: {texts[1]!r}; alone: {texts[0]!r}"
+    mine = {"user_id": one[0].user_id, "item_id": one[0].item_id}
+    other = {"user_id": two[0].user_id, "item_id": two[0].item_id}
+    calls = [([other, mine], 1), ([mine], 0), ([other, other, mine, other], 2), ([mine, other], 0)]
+    bodies = [{"requests": reqs, "decoding": decoding} for reqs, _ in calls]
+    unseeded = {k: v for k, v in decoding.items() if k != "seed"}
+    bodies.append({"requests": [other, {**mine, "seed": decoding["seed"]}], "decoding": unseeded})
+    calls.append((None, 1))
+    app = create_app({"m": generator}, None, {"max_batch": 64, "max_wait_ms": 500})
+    responses, per_call = _post_concurrently(app, bodies)
+    assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
+    assert per_call > 1, "the burst was not micro-batched"
+    for r, (_, k) in zip(responses, calls):
+        answer = r.json()["feedback"][k]
+        assert answer["meta"]["seed"] == decoding["seed"]
+        texts.append(answer["text"])
+    return texts
+
+
+@pytest.fixture(scope="session")
+def post_concurrently():
+    """`post_concurrently(app, bodies)`: see `_post_concurrently`."""
+    return _post_concurrently
+
+
+@pytest.fixture(scope="session")
+def seeded_case(field_cases_root):
+    """Case 13's requests: one request alone, and the same request second of two."""
+    from feedbackgen.generation import read_requests
+
+    folder = field_cases_root / "13-seeded-sampling"
+    return read_requests(folder / "one_request.jsonl"), read_requests(folder / "two_requests.jsonl")
+
+
+@pytest.fixture(scope="session")
+def seeded_request_texts(seeded_case):
+    """`texts(generator, decoding)`: case 13's request decoded alone, in a batch and in a server
+    burst (see `_texts_of_the_seeded_request`)."""
+    return lambda generator, decoding: _texts_of_the_seeded_request(seeded_case, generator, decoding)

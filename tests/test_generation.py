@@ -65,3 +65,15 @@ def test_read_requests_csv(tmp_path):
     f.write_text("user_id,item_id,aspect\nu1,i1,\nu2,i2,strings\n")
     reqs = read_requests(f)
     assert [(r.user_id, r.aspect) for r in reqs] == [("u1", None), ("u2", "strings")]
+
+
+def test_requests_files_carry_each_request_seed(tmp_path):
+    (tmp_path / "req.csv").write_text("user_id,item_id,seed\nu1,i1,\nu2,i2,7\nu3,i3,seven\n")
+    problems = Problems()
+    assert [r.seed for r in read_requests(tmp_path / "req.csv", problems)] == [None, 7]
+    assert problems.count == 1 and problems.examples[0]["line"] == 4
+    (tmp_path / "req.jsonl").write_text('{"user_id": "u", "item_id": "i", "seed": 3}\n'
+                                        '{"user_id": "u", "item_id": "i", "seed": -1}\n')
+    problems = Problems()
+    assert [r.seed for r in read_requests(tmp_path / "req.jsonl", problems)] == [3]
+    assert problems.count == 1 and "seed" in problems.examples[0]["reason"]

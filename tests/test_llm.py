@@ -7,6 +7,7 @@ not quality, which `bench/llm.py` measures.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -250,7 +251,7 @@ class ScriptedBackend(Backend):
         super().__init__()
         self.answers, self.asked = list(answers), []
 
-    def chat(self, conversations, decoding, prefix=""):
+    def chat(self, conversations, decoding, prefix="", seeds=None):
         self.asked.append((conversations, decoding))
         return [Completion(self.answers.pop(0)) for _ in conversations]
 
@@ -319,6 +320,39 @@ def test_prompt_lm_trains_in_phases_saves_and_loads(tiny, tmp_path, cfg):
     # batched and one-at-a-time decoding agree (left padding handled)
     one = again.generate(reqs, {**QUICK, "batch_size": 1})
     assert [f.text for f in one] == [f.text for f in out]
+
+
+# -- seeds: a request's sample is its own (field case 13) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def prompt_lm(tiny):
+    return create("prompt_lm", {"max_train_samples": 8, "max_valid_samples": 4, "batch_size": 8, "prompt_epochs": 1,
+                                "full_epochs": 0, "num_threads": 1, "progress": False}).fit(tiny)
+
+
+def test_prompt_lm_samples_a_seeded_request_alike_alone_batched_and_served(prompt_lm, seeded_request_texts):
+    state = torch.get_rng_state()
+    texts = seeded_request_texts(prompt_lm, {**QUICK, "do_sample": True, "seed": 7})
+    assert torch.equal(torch.get_rng_state(), state)  # no global random state read or written
+    assert texts[0] and len(set(texts)) == 1, texts
+
+
+def test_prompt_lm_unseeded_sampling_varies_and_its_drawn_seed_replays_it(prompt_lm, seeded_case):
+    requests, unseeded = seeded_case[1], {**QUICK, "do_sample": True}
+    first, second = prompt_lm.generate(requests, unseeded), prompt_lm.generate(requests, unseeded)
+    assert [f.text for f in first] != [f.text for f in second]
+    again = prompt_lm.generate([dataclasses.replace(r, seed=f.meta["seed"]) for r, f in zip(requests, first)],
+                               unseeded)
+    assert [f.text for f in again] == [f.text for f in first]
+
+
+def test_llm_samples_a_seeded_request_alike_alone_batched_and_served(tiny, seeded_request_texts):
+    model = create("llm", {"shots": 1}).fit(tiny)
+    state = torch.get_rng_state()
+    texts = seeded_request_texts(model, {"max_new_tokens": 8, "batch_size": 8, "do_sample": True, "seed": 7})
+    assert torch.equal(torch.get_rng_state(), state)
+    assert texts[0] and len(set(texts)) == 1, texts
+    assert model.answer_counts["fallback"] < sum(model.answer_counts.values())  # the texts are the model's
 
 
 # -- llama.cpp, in process and behind its OpenAI-compatible server ----------------------------------

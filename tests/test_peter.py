@@ -5,14 +5,9 @@ Tiny configurations on a few hundred real rows of the PETER-format Musical Instr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +15,6 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
@@ -28,7 +22,10 @@ from feedbackgen.data.text import tokenize
 from feedbackgen.errors import ConfigError, NotFittedError
 from feedbackgen.models import create, load
 from feedbackgen.models import trainer as trainer_mod
+from feedbackgen.generation import run_generation
+from feedbackgen.generation.decoding import beam_search, logits_processors
 from feedbackgen.models.peter import PETER, Peter, PeterShape, peter_mask
+from feedbackgen.models.peter.model import NEVER
 from feedbackgen.models.vocab import BOS, EOS, PAD, Vocab
 from feedbackgen.types import FeedbackRequest
 
@@ -257,7 +254,9 @@ def test_beam_search_with_one_beam_is_greedy(fitted, ds):
     users, items, aspects = fitted._ids(requests_of(ds.test))
     dec = Decoding(max_new_tokens=20)
     greedy, fin_g, _ = fitted.model.generate(users, items, aspects, dec)
-    beam, fin_b, _ = fitted.model._beam_search(users, items, aspects, dec, 1, True)
+    processors = logits_processors(dec, EOS, suppress=NEVER, min_new_tokens=1)
+    beam, fin_b, _ = beam_search(fitted.model.stepper(users, items, aspects, 20), len(users), 1, 20, processors,
+                                 eos=EOS, pad=PAD)
     assert torch.equal(greedy, beam) and torch.equal(fin_g, fin_b)
 
 
@@ -265,6 +264,8 @@ def test_beam_search_reports_its_scores(fitted, ds):
     reqs = requests_of(ds.test)[:10]
     _, metas = fitted.generate_text(reqs, Decoding(num_beams=4, max_new_tokens=20))
     assert all("beam_score" in m for m in metas)
+    with pytest.raises(ConfigError, match="beam sampling is not supported"):
+        fitted.generate(reqs, {"num_beams": 4, "do_sample": True})
 
 
 def test_sampling_is_seeded_and_constraints_hold(fitted, ds):
@@ -290,6 +291,57 @@ def test_sampling_is_seeded_and_constraints_hold(fitted, ds):
     for row in out.tolist():
         if EOS in row:
             assert set(row[row.index(EOS) + 1:]) <= {PAD}
+
+
+# -- seeds: a request's sample is its own (field case 13) -----------------------------------------
+
+def test_a_seeded_request_samples_one_text_alone_batched_and_served(fitted, seeded_case, seeded_request_texts):
+    dec = {"do_sample": True, "seed": 7, "max_new_tokens": 20}
+    texts = seeded_request_texts(fitted, dec)
+    assert texts[0] and len(set(texts)) == 1, texts
+    assert fitted.generate(seeded_case[0], {**dec, "seed": 8})[0].text != texts[0]
+
+
+def test_unseeded_sampling_varies_and_its_drawn_seed_replays_it(fitted, ds):
+    reqs = requests_of(ds.test)[:10]
+    dec = Decoding(do_sample=True, max_new_tokens=20)
+    first, second = fitted.generate(reqs, dec), fitted.generate(reqs, dec)
+    assert [f.text for f in first] != [f.text for f in second]
+    seeds = [f.meta["seed"] for f in first]
+    assert len(set(seeds)) == len(seeds)
+    replay = fitted.generate([dataclasses.replace(r, seed=s) for r, s in zip(reqs, seeds)], dec)
+    assert [f.text for f in replay] == [f.text for f in first]
+    alone = fitted.generate(reqs[3:4], dec.model_copy(update={"seed": seeds[3]}))  # the decoding's seed too
+    assert alone[0].text == first[3].text
+    assert "seed" not in fitted.generate(reqs[:1])[0].meta  # greedy: nothing drawn
+
+
+def test_sampled_rows_depend_on_neither_shards_nor_the_global_random_state(fitted, ds, tmp_path):
+    reqs = requests_of(ds.test)
+    dec = Decoding(do_sample=True, seed=7, max_new_tokens=15, batch_size=4)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    run_generation(fitted, reqs, tmp_path / "a.jsonl", dec, shard_size=3, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)  # inference never touches the global generator
+    torch.manual_seed(1)
+    run_generation(fitted, reqs, tmp_path / "b.jsonl", dec.model_copy(update={"batch_size": 64}), shard_size=100,
+                   progress=False)
+
+    def rows(path):
+        return [(r["text"], r["meta"]) for r in map(json.loads, path.read_text().splitlines())]
+
+    assert rows(tmp_path / "a.jsonl") == rows(tmp_path / "b.jsonl")
+
+
+def test_generation_runs_on_the_process_threads_not_the_training_setting(fitted, ds):
+    assert fitted.config.num_threads == 1
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fitted.generate(requests_of(ds.test)[:2], {"do_sample": True, "seed": 1})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
@@ -367,49 +419,3 @@ def test_interrupted_fit_resumes_to_the_same_result(ds, tmp_path, monkeypatch):
     # other settings in the same folder are refused
     with pytest.raises(ConfigError, match="other settings"):
         create("peter", {**cfg, "lr": 1e-3}).fit(ds)
-
-
-CHILD = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from safetensors.torch import save_file
-    sys.path.insert(0, {tests!r})
-    from test_peter import TINY, peter_slice
-    from feedbackgen.models import create
-    from feedbackgen.models import trainer as trainer_mod
-
-    root, ckpt, out, pause = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
-    real_save = trainer_mod.Trainer._save_checkpoint
-    def save_and_pause(self, path):
-        real_save(self, path)
-        time.sleep(pause)  # a window for the parent's SIGKILL
-    trainer_mod.Trainer._save_checkpoint = save_and_pause
-    m = create("peter", {{**TINY, "max_epochs": 3, "checkpoint_dir": ckpt or None}}).fit(peter_slice(root))
-    save_file({{k: v.contiguous() for k, v in m.model.state_dict().items() if k != "head.weight"}}, out)
-""")
-
-
-def test_resume_after_sigkill_matches_an_uninterrupted_run(data_root, tmp_path):
-    script = tmp_path / "child.py"
-    script.write_text(CHILD.format(tests=str(Path(__file__).parent)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = [sys.executable, str(script), str(Path(data_root).resolve())]
-    ckpt, ckpt_file = str(tmp_path / "ckpt"), tmp_path / "ckpt" / trainer_mod.CHECKPOINT_FILE
-
-    # the uninterrupted run (no checkpoints) goes alongside
-    straight = subprocess.Popen([*run, "", str(tmp_path / "straight.safetensors"), "0"], env=env)
-    child = subprocess.Popen([*run, ckpt, str(tmp_path / "killed.safetensors"), "30"], env=env)
-    deadline = time.time() + 120
-    while not ckpt_file.exists() and child.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL
-    meta, _ = trainer_mod.read_checkpoint(ckpt_file)
-    assert meta["epoch"] == 1 and not meta["done"]
-    assert not (tmp_path / "killed.safetensors").exists()
-
-    subprocess.run([*run, ckpt, str(tmp_path / "resumed.safetensors"), "0"], env=env, check=True)
-    assert straight.wait(timeout=120) == 0
-    a, b = load_file(str(tmp_path / "resumed.safetensors")), load_file(str(tmp_path / "straight.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -147,7 +147,8 @@ def test_cli_on_a_ray_start_cluster_matches_the_local_engine(job, tmp_path, ray_
     out = tmp_path / "cluster.jsonl"
     cmd = [str(Path(sys.executable).with_name("feedbackgen")), "generate", str(job / "model"),
            "--requests", str(job / "req.parquet"), "--out", str(out), "--engine", "ray", "--address", address,
-           "--workers", "2", "--shard-size", str(SHARD), "--max-new-tokens", "12", "--batch-size", "16"]
+           "--workers", "2", "--shard-size", str(SHARD), "--max-new-tokens", "12", "--batch-size", "16",
+           "--seed", "1"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "wrote 400 feedback rows" in result.stderr

@@ -164,7 +164,8 @@ def generate(
     out: Annotated[Path, typer.Option(help="PRED.jsonl to write")],
     dataset: Annotated[Optional[Path], typer.Option(help="dataset whose split to generate for")] = None,
     split: Annotated[str, typer.Option(help="train | valid | test")] = "test",
-    requests: Annotated[Optional[Path], typer.Option(help="JSONL/CSV/Parquet of user_id, item_id[, aspect]")] = None,
+    requests: Annotated[Optional[Path], typer.Option(
+        help="JSONL/CSV/Parquet of user_id, item_id[, aspect, rating, seed]")] = None,
     with_aspect: Annotated[bool, typer.Option(help="condition on each row's aspect (PETER+)")] = False,
     max_new_tokens: int = 25,
     min_new_tokens: int = 0,
@@ -176,7 +177,10 @@ def generate(
     repetition_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0,
     batch_size: int = 128,
-    seed: int = 1,
+    seed: Annotated[Optional[int], typer.Option(
+        help="seed of requests without their own (default: drawn per request, written in meta.seed)")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="torch CPU threads (default: torch's; never the model's training setting)")] = None,
     engine: Annotated[str, typer.Option(help="local | ray: a pool of Ray actors (docs/distributed.md)")] = "local",
     address: Annotated[Optional[str], typer.Option(
         help="Ray cluster HOST:PORT, ray://HOST:PORT or auto (default: start Ray here)")] = None,
@@ -195,6 +199,11 @@ def generate(
     from feedbackgen.data.problems import Problems
     from feedbackgen.generation import requests_file, requests_from_dataset, run_generation
     from feedbackgen.models import load
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
     decoding = validate(Decoding, dict(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
@@ -561,6 +570,11 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="requests waiting per model before 503")] = 1024,
     max_requests: Annotated[int, typer.Option(help="most requests in one /v1/feedback call (more: 413)")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body (more: 413)")] = 1 << 20,
+    max_new_tokens: Annotated[int, typer.Option(help="largest decoding.max_new_tokens of a call (more: 422)")] = 128,
+    max_beams: Annotated[int, typer.Option(help="largest decoding.num_beams of a call (more: 422)")] = 4,
+    max_call_tokens: Annotated[int, typer.Option(
+        help="largest requests × num_beams × max_new_tokens of a call (more: 422)")] = 8192,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads of the server (default: torch's)")] = None,
     unknown: Annotated[str, typer.Option(
         help="users/items without training reviews: fallback | reject (404)")] = "fallback",
     graceful_timeout: Annotated[float, typer.Option(help="seconds to finish in-flight requests on shutdown")] = 30.0,
@@ -583,6 +597,8 @@ def serve(
         raise FeedbackgenError(f"{dataset} is not a feedbackgen dataset (no interactions.parquet)")
     config = validate(ServeConfig, dict(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                         max_requests=max_requests, max_body_bytes=max_body_bytes,
+                                        max_new_tokens=max_new_tokens, max_beams=max_beams,
+                                        max_call_tokens=max_call_tokens, threads=threads,
                                         unknown=unknown), "serve options")
     key_hashes = read_key_file(api_keys) if api_keys is not None else None
     try:

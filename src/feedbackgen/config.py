@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from feedbackgen.errors import ConfigError
 
@@ -15,8 +15,18 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+MAX_SEED = 2**63 - 1
+
+
 class Decoding(StrictModel):
-    """How text is decoded. Names follow Hugging Face `generate`."""
+    """How text is decoded. Names follow Hugging Face `generate`; `feedbackgen.generation.decoding`
+    carries them out for every generator.
+
+    `seed` is the seed of every request that carries none of its own (`FeedbackRequest.seed`);
+    each request samples from its own random stream, so its text does not depend on what it is
+    batched with. None draws a fresh seed per request, recorded in `Feedback.meta["seed"]` to
+    replay it. Greedy and beam search use no seed.
+    """
 
     max_new_tokens: int = Field(25, ge=1, le=1024, description="most tokens generated per sample")
     min_new_tokens: int = Field(0, ge=0, le=1024, description="fewest tokens before end-of-sequence is allowed")
@@ -28,7 +38,15 @@ class Decoding(StrictModel):
     repetition_penalty: float = Field(1.0, ge=1.0, le=10.0)
     no_repeat_ngram_size: int = Field(0, ge=0, le=10)
     batch_size: int = Field(128, ge=1, le=8192)
-    seed: int = Field(1, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED,
+                             description="seed of requests without their own (None = draw one per request)")
+
+    @model_validator(mode="after")
+    def _no_beam_sampling(self) -> Decoding:
+        if self.do_sample and self.num_beams > 1:
+            raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample, "
+                             "or do_sample=false with num_beams>1")
+        return self
 
 
 def validate(model_cls: type[BaseModel], values: dict[str, Any] | BaseModel | None, what: str) -> Any:

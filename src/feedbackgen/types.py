@@ -34,13 +34,15 @@ class FeedbackRequest:
     """Ask for the feedback `user_id` would give `item_id`, optionally about `aspect`.
 
     `rating` may be given to condition the text on a known rating (generators that cannot use it
-    ignore it).
+    ignore it). `seed` (0 ≤ seed < 2**63) fixes this request's sampled text, whatever it is
+    batched with; None takes the decoding's seed (see `feedbackgen.config.Decoding`).
     """
 
     user_id: str
     item_id: str
     aspect: str | None = None
     rating: float | None = None
+    seed: int | None = None
 
     def __post_init__(self):
         for name in ("user_id", "item_id"):
@@ -55,6 +57,9 @@ class FeedbackRequest:
             or not _finite(self.rating)
         ):
             raise ValueError(f"FeedbackRequest.rating must be a finite number or None, got {self.rating!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**63):
+            raise ValueError(f"FeedbackRequest.seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeedbackRequest:
@@ -69,6 +74,7 @@ class FeedbackRequest:
             item_id=str(iid) if isinstance(iid, (int, str)) and not isinstance(iid, bool) else iid,
             aspect=d.get("aspect"),
             rating=d.get("rating"),
+            seed=d.get("seed"),
         )
 
 

@@ -8,6 +8,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from feedbackgen.serve import create_app
 from feedbackgen.serve.keys import add_key, read_key_file
@@ -271,3 +272,61 @@ def test_not_ready_until_models_load(tmp_path, known_pairs, live):
         user, item = known_pairs[0]
         r = httpx.post(s.url + "/v1/feedback", json={"requests": [{"user_id": user, "item_id": item}]})
         assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+
+
+# -- the cost of one call, and the server's own settings ---------------------------------------------
+
+@pytest.mark.parametrize("decoding, n, status, limit", [
+    ({"num_beams": 32, "max_new_tokens": 1024}, 64, 422, "max_new_tokens"),  # issue 13's call, on the defaults
+    ({"num_beams": 5}, 1, 422, "max_beams"),
+    ({"max_new_tokens": 129}, 1, 422, "max_new_tokens"),
+    ({"num_beams": 4, "max_new_tokens": 128}, 17, 422, "max_call_tokens"),  # 17 × 4 × 128 > 8192
+    ({}, 65, 413, "max_requests"),
+])
+def test_a_call_over_the_cost_limits_is_refused_naming_the_limit(served_models, known_pairs, decoding, n, status,
+                                                                  limit):
+    from fastapi.testclient import TestClient
+
+    user, item = known_pairs[0]
+    with TestClient(create_app(served_models)) as c:  # the default limits
+        r = c.post("/v1/feedback", json={"requests": [{"user_id": user, "item_id": item}] * n, "decoding": decoding})
+        assert r.status_code == status, r.text
+        assert limit in r.json()["detail"], r.text
+        if status == 422:
+            assert r.json()["field"] == ("decoding" if limit == "max_call_tokens" else
+                                         "decoding." + {"max_beams": "num_beams"}.get(limit, limit))
+        within = c.post("/v1/feedback", json={"requests": [{"user_id": user, "item_id": item}] * 16,
+                                              "decoding": {"num_beams": 4, "max_new_tokens": 128}})
+        assert within.status_code == 200, within.text
+        k = c.post("/v1/recommend", json={"user_id": user, "k": 65, "candidates": [item]})
+        assert k.status_code == 413 and "max_requests" in k.json()["detail"]
+
+
+def test_served_models_generate_on_the_server_threads_not_their_training_setting(
+        served_models, mi_small, known_pairs, tmp_path, monkeypatch, post_concurrently):
+    from feedbackgen.models import create
+    from feedbackgen.models.peter import Peter
+
+    before = torch.get_num_threads()
+    peter = create("peter", {"target": "review", "emsize": 16, "nhead": 2, "nlayers": 1, "nhid": 32,
+                             "max_epochs": 1, "progress": False, "num_threads": 1}).fit(mi_small)
+    peter.save(tmp_path / "peter")
+    seen = []
+    plain = Peter.generate_text
+
+    def recording(self, requests, decoding, *args, **kwargs):
+        out = plain(self, requests, decoding, *args, **kwargs)
+        seen.append(torch.get_num_threads())
+        return out
+
+    monkeypatch.setattr(Peter, "generate_text", recording)
+    user, item = known_pairs[0]
+    body = {"requests": [{"user_id": user, "item_id": item}], "decoding": {"do_sample": True, "seed": 7}}
+    try:
+        torch.set_num_threads(1)
+        app = create_app({"peter": tmp_path / "peter", "popular": served_models["popular"]}, None, {"threads": 2})
+        responses, _ = post_concurrently(app, [body, {**body, "model": "popular"}, body])
+        assert [r.status_code for r in responses] == [200] * 3
+        assert seen and set(seen) == {2}, seen
+    finally:
+        torch.set_num_threads(before)

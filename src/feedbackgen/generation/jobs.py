@@ -80,7 +80,7 @@ BATCH_ROWS = 65_536
 
 
 def read_requests(path: str | Path, problems: Problems | None = None) -> list[FeedbackRequest]:
-    """Requests from JSONL, CSV or Parquet (columns user_id, item_id, optional aspect, rating).
+    """Requests from JSONL, CSV or Parquet (columns user_id, item_id, optional aspect, rating, seed).
 
     Bad records are reported to `problems` (default: strict, so the first one raises)."""
     return list(_iter_requests(Path(path), problems or Problems(strict=True)))
@@ -104,6 +104,8 @@ def request_from_record(rec: Any) -> FeedbackRequest:
     if isinstance(rec, dict):
         if isinstance(rec.get("rating"), str):
             rec = {**rec, "rating": float(rec["rating"]) if rec["rating"] else None}
+        if isinstance(rec.get("seed"), str):
+            rec = {**rec, "seed": int(rec["seed"]) if rec["seed"] else None}
         if rec.get("aspect") == "":
             rec = {**rec, "aspect": None}
     return FeedbackRequest.from_dict(rec)
@@ -173,7 +175,8 @@ def _job_identity(model_id: str, requests: Iterable[FeedbackRequest], decoding: 
     h = hashlib.sha256()
     n = 0
     for r in requests:
-        h.update(f"{r.user_id}\t{r.item_id}\t{r.aspect}\t{r.rating}\n".encode())
+        seed = "" if r.seed is None else f"\t{r.seed}"  # jobs from before per-request seeds keep their identity
+        h.update(f"{r.user_id}\t{r.item_id}\t{r.aspect}\t{r.rating}{seed}\n".encode())
         n += 1
     return {"model": model_id, "requests": n, "requests_sha256": h.hexdigest(),
             "decoding": decoding.model_dump(), "shard_size": shard_size}

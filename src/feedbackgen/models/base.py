@@ -77,12 +77,19 @@ class Generator(ABC):
 
     def generate(self, requests: Sequence[FeedbackRequest],
                  decoding: Decoding | dict | None = None) -> list[Feedback]:
-        """One `Feedback` per request, in order."""
+        """One `Feedback` per request, in order. Sampled text records its request's seed in
+        `meta["seed"]` (drawn when neither the request nor `decoding` gives one)."""
+        # imported here: the `generation` package's __init__ imports this module
+        from feedbackgen.generation.decoding import with_seeds
+
         self.check_fitted()
         decoding = validate(Decoding, decoding, "decoding settings")
-        requests = list(requests)
+        requests = with_seeds(requests, decoding)
         ratings = self.predict_rating(requests)
         texts, metas = self.generate_text(requests, decoding)
+        if decoding.do_sample and self.produces_text:
+            for r, meta in zip(requests, metas):
+                meta["seed"] = r.seed
         return [
             Feedback(r.user_id, r.item_id, float(rt), txt, [r.aspect] if r.aspect else [], self.name, meta)
             for r, rt, txt, meta in zip(requests, ratings, texts, metas)
@@ -90,7 +97,8 @@ class Generator(ABC):
 
     def generate_text(self, requests: list[FeedbackRequest],
                       decoding: Decoding) -> tuple[list[str], list[dict[str, Any]]]:
-        """Texts (and per-sample metadata) for `requests`. Rating-only models return empty texts."""
+        """Texts (and per-sample metadata) for `requests`, each from its own seed (`FeedbackRequest.seed`,
+        set by `generate`). Rating-only models return empty texts."""
         return [""] * len(requests), [{} for _ in requests]
 
     # -- state -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from feedbackgen.config import Decoding
+from feedbackgen.config import MAX_SEED, Decoding
 from feedbackgen.serve.batching import QueueFull, ShuttingDown
 from feedbackgen.serve.ranking import rank_items
 from feedbackgen.serve.service import FieldError, ServedModel, Service
@@ -27,6 +27,8 @@ class FeedbackRequestIn(Strict):
     item_id: str = Field(..., **ID_FIELD, examples=["1384719342"])
     aspect: str | None = Field(None, min_length=1, max_length=100, description="ask about this aspect (PETER+)")
     rating: float | None = Field(None, allow_inf_nan=False, description="condition the text on a known rating")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="this request's sampling seed (default: "
+                             "decoding.seed, else drawn and returned in meta.seed)")
 
 
 class FeedbackCall(Strict):
@@ -140,23 +142,23 @@ async def list_models(svc: Service = Depends(ready_service)):
 async def feedback(call: FeedbackCall, svc: Service = Depends(ready_service)):
     """Answers 1..max_requests (user, item[, aspect]) requests with a rating and a text each.
     Concurrent calls are batched together for the model."""
-    if len(call.requests) > svc.config.max_requests:
-        raise HTTPException(413, f"this call holds {len(call.requests)} requests; the limit is "
-                                 f"{svc.config.max_requests} per call (--max-requests)")
+    svc.check_cost(len(call.requests), call.decoding)
     served = svc.model(call.model)
     requests = []
     for k, r in enumerate(call.requests):
         svc.check_known("user", r.user_id, f"requests[{k}].user_id")
         svc.check_known("item", r.item_id, f"requests[{k}].item_id")
-        requests.append(FeedbackRequest(r.user_id, r.item_id, r.aspect, r.rating))
+        requests.append(FeedbackRequest(r.user_id, r.item_id, r.aspect, r.rating, r.seed))
     results = await run_feedback(svc, served, requests, call.decoding)
     return FeedbackAnswer(model=served.name, feedback=[answer(fb, svc) for fb in results])
 
 
 @v1.post("/recommend", response_model=RecommendAnswer, summary="top-k items for a user, with their feedback",
-         responses={401: {}, 404: {}, 422: {}, 503: {}})
+         responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}})
 async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
     """Ranks candidate items by the model's predicted rating and generates the feedback for the top k."""
+    if call.with_feedback:
+        svc.check_cost(call.k, call.decoding)
     served = svc.model(call.model)
     svc.check_known("user", call.user_id, "user_id")
     if call.candidates is not None:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from fastapi import HTTPException
 from pydantic import Field
 
-from feedbackgen.config import StrictModel
+from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.models.base import Generator
 from feedbackgen.serve.batching import MicroBatcher
@@ -34,10 +35,22 @@ class ServeConfig(StrictModel):
     max_queue: int = Field(1024, ge=1, le=1_000_000,
                            description="requests waiting per model; a call that does not fit gets 503")
     max_requests: int = Field(64, ge=1, le=100_000, description="most requests in one /v1/feedback call (more: 413)")
+    # the cost of one call: what a client may ask the model's thread to do
+    max_new_tokens: int = Field(128, ge=1, le=1024, description="largest decoding.max_new_tokens of a call (more: 422)")
+    max_beams: int = Field(4, ge=1, le=32, description="largest decoding.num_beams of a call (more: 422)")
+    max_call_tokens: int = Field(8192, ge=1, le=100_000_000,
+                                 description="largest requests × num_beams × max_new_tokens of a call (more: 422)")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads for every model "
+                                "(None = torch's default); a model's own training setting is never used")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="largest request body (more: 413)")
     unknown: Literal["fallback", "reject"] = Field(
         "fallback", description="users/items without training reviews: answer with the model's fallback "
                                 "(and say so in `fallback`), or refuse with 404")
+
+
+# the command-line flag of each limit, named in refusals so that a client knows what to ask for
+FLAGS = {"max_requests": "--max-requests", "max_new_tokens": "--max-new-tokens", "max_beams": "--max-beams",
+         "max_call_tokens": "--max-call-tokens"}
 
 
 class FieldError(Exception):
@@ -95,6 +108,8 @@ class Service:
         from feedbackgen.models import load
 
         try:
+            if self.config.threads:  # the process's setting: generators never set threads themselves
+                torch.set_num_threads(self.config.threads)
             for name, source in self.sources.items():
                 generator = source if isinstance(source, Generator) else await asyncio.to_thread(load, source)
                 executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
@@ -146,6 +161,25 @@ class Service:
         if self.catalog is None:
             raise HTTPException(404, "this server has no dataset (start it with --dataset DIR)")
         return self.catalog
+
+    def check_cost(self, n_requests: int, decoding: Decoding) -> None:
+        """Refuse a call over this server's cost limits: 413 for too many requests, 422 naming the
+        decoding field and the limit otherwise. `n_requests` texts are generated with `decoding`."""
+        c = self.config
+        if n_requests > c.max_requests:
+            raise HTTPException(413, f"this call holds {n_requests} requests; the limit is {c.max_requests} "
+                                     f"per call (max_requests, {FLAGS['max_requests']})")
+        for field, limit in (("max_new_tokens", "max_new_tokens"), ("num_beams", "max_beams")):
+            value, most = getattr(decoding, field), getattr(c, limit)
+            if value > most:
+                raise FieldError(f"decoding.{field}", f"{value} is over this server's limit of {most} "
+                                                      f"({limit}, {FLAGS[limit]})")
+        cost = n_requests * decoding.num_beams * decoding.max_new_tokens
+        if cost > c.max_call_tokens:
+            raise FieldError("decoding", f"{n_requests} requests × {decoding.num_beams} beams × "
+                                         f"{decoding.max_new_tokens} new tokens = {cost} is over this server's "
+                                         f"limit of {c.max_call_tokens} per call (max_call_tokens, "
+                                         f"{FLAGS['max_call_tokens']}): send fewer requests, tokens or beams")
 
     def fallback_of(self, user_id: str, item_id: str) -> list[str] | None:
         if self.catalog is None:

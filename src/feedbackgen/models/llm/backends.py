@@ -11,9 +11,13 @@
 |                | Ollama, llama.cpp's server, OpenAI               | by (`served_model`, else `model`)    |
 | `vllm`         | in-process vLLM on a GPU, batched                | folder or hub name                   |
 
-Decoding follows `feedbackgen.config.Decoding`. Greedy decoding is temperature 0 on the llama.cpp
-and HTTP back-ends. Beam search (`num_beams` > 1) and `no_repeat_ngram_size` exist only in
-`transformers`; the others refuse them with a message rather than silently ignoring them.
+Decoding follows `feedbackgen.config.Decoding`. `chat` takes one stream seed per conversation
+(`feedbackgen.generation.decoding.stream_seed`): `transformers` samples each row from its own
+`torch.Generator` (`decoding.RowSampler`), the others send the seed with each conversation (32
+bits of it for llama.cpp and HTTP servers). Greedy decoding is temperature 0 on the llama.cpp and
+HTTP back-ends. Beam search (`num_beams` > 1) and `no_repeat_ngram_size` exist only in
+`transformers`; the others refuse them with a message rather than silently ignoring them. CPU
+threads are the process's (`generate`/`serve --threads`): a back-end never sets them.
 
 The HTTP back-end reads its base URL, model and key from the configuration or the environment
 (`FEEDBACKGEN_LLM_BASE_URL` / `OPENAI_BASE_URL`, `FEEDBACKGEN_LLM_MODEL`, the variable named by
@@ -42,6 +46,7 @@ from pydantic import Field
 
 from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.errors import ConfigError, FeedbackgenError
+from feedbackgen.generation.decoding import hf_generate_kwargs
 from feedbackgen.io import atomic_write_json
 from feedbackgen.models.llm.pretrained import (
     DEFAULT_MODEL,
@@ -63,7 +68,8 @@ class BackendConfig(StrictModel):
     backend: BackendName = "transformers"
     device: str = Field("cpu", description="transformers: cpu, cuda, cuda:N or auto")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    num_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (None = the library's choice)")
+    num_threads: int | None = Field(None, ge=1, le=1024, description="not read at inference, where the "
+                                    "process's threads apply (generate/serve --threads); kept so saved folders load")
     n_ctx: int = Field(4096, ge=256, le=1_000_000, description="llama_cpp: context length")
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8080/v1 "
                                                    "(default: $FEEDBACKGEN_LLM_BASE_URL, $OPENAI_BASE_URL)")
@@ -90,10 +96,12 @@ class Completion:
 
 
 class Backend(ABC):
-    """`chat(conversations, decoding, prefix)` -> one Completion each, in order.
+    """`chat(conversations, decoding, prefix, seeds)` -> one Completion each, in order.
 
-    `prefix` starts the assistant's answer (`{"rating":` keeps a small model on the JSON track);
-    the completion's text includes it. A back-end that cannot pre-fill an answer (`prefills` False:
+    `seeds`: one stream seed per conversation (`decoding.stream_seed`; None: 0 for each), so that
+    a conversation's sampled answer does not depend on the others in the call. `prefix` starts the
+    assistant's answer (`{"rating":` keeps a small model on the JSON track); the completion's text
+    includes it. A back-end that cannot pre-fill an answer (`prefills` False:
     the HTTP chat API) ignores it and returns what the model wrote. `stats` counts the work."""
 
     name: str
@@ -103,7 +111,8 @@ class Backend(ABC):
         self.stats: Counter = Counter()
 
     @abstractmethod
-    def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "") -> list[Completion]:
+    def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
+             seeds: list[int] | None = None) -> list[Completion]:
         ...
 
     def close(self) -> None:
@@ -123,34 +132,14 @@ class Backend(ABC):
 
 # -- transformers ----------------------------------------------------------------------------------
 
-def generation_kwargs(d: Decoding, pad_token_id: int, eos_token_id) -> dict[str, Any]:
-    """`Decoding` as keyword arguments of Hugging Face `generate`."""
-    kwargs: dict[str, Any] = dict(max_new_tokens=d.max_new_tokens, do_sample=d.do_sample, num_beams=d.num_beams,
-                                  repetition_penalty=d.repetition_penalty, pad_token_id=pad_token_id,
-                                  eos_token_id=eos_token_id)
-    if d.no_repeat_ngram_size:
-        kwargs["no_repeat_ngram_size"] = d.no_repeat_ngram_size
-    if d.min_new_tokens:
-        kwargs["min_new_tokens"] = d.min_new_tokens
-    if d.do_sample:
-        kwargs.update(temperature=d.temperature, top_k=d.top_k or None, top_p=d.top_p)
-    else:  # generation_config.json may carry sampling values; greedy must not warn about them
-        kwargs.update(temperature=None, top_k=None, top_p=None)
-    return kwargs
-
-
 class TransformersBackend(Backend):
     """A causal LM in this process: prompts sorted by length, batched with left padding, KV-cached."""
 
     name = "transformers"
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32",
-                 num_threads: int | None = None, lm=None, tokenizer=None):
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32", lm=None,
+                 tokenizer=None):
         super().__init__()
-        if num_threads:
-            import torch
-
-            torch.set_num_threads(num_threads)
         if lm is None:
             lm, tokenizer = load_causal_lm(model, device, dtype)
         self.lm, self.tokenizer = lm, tokenizer
@@ -159,23 +148,26 @@ class TransformersBackend(Backend):
     def render(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "") -> list[Completion]:
+    def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
+             seeds: list[int] | None = None) -> list[Completion]:
         import torch
 
+        seeds = seeds or [0] * len(conversations)
         prompts = [self.render(m) + prefix for m in conversations]
         lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # similar lengths share a batch
         out: list[Completion | None] = [None] * len(prompts)
         eos = self.tokenizer.eos_token_id
-        kwargs = generation_kwargs(decoding, self.tokenizer.pad_token_id, eos)
         device = next(self.lm.parameters()).device
-        torch.manual_seed(decoding.seed)
         for start in range(0, len(order), decoding.batch_size):
             idx = order[start:start + decoding.batch_size]
             enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                                  add_special_tokens=False).to(device)
+            width = enc.input_ids.shape[1]
+            kwargs = hf_generate_kwargs(decoding, self.tokenizer.pad_token_id, eos, prompt_length=width,
+                                        seeds=[seeds[i] for i in idx] if decoding.do_sample else None, device=device)
             with torch.no_grad():
-                tokens = self.lm.generate(**enc, **kwargs)[:, enc.input_ids.shape[1]:]
+                tokens = self.lm.generate(**enc, **kwargs)[:, width:]
             for row, i in enumerate(idx):
                 seq = tokens[row].tolist()
                 stopped = eos in seq
@@ -188,10 +180,11 @@ class TransformersBackend(Backend):
 
 # -- llama.cpp in process --------------------------------------------------------------------------
 
-def sampling_options(d: Decoding) -> dict[str, Any]:
-    """Decoding for llama.cpp and OpenAI-style APIs: greedy is temperature 0."""
+def sampling_options(d: Decoding, seed: int) -> dict[str, Any]:
+    """Decoding for llama.cpp and OpenAI-style APIs: greedy is temperature 0. `seed`: the
+    conversation's stream seed, cut to the 32 bits llama.cpp (and its server) take."""
     return {"temperature": d.temperature if d.do_sample else 0.0, "top_p": d.top_p if d.do_sample else 1.0,
-            "seed": d.seed}
+            "seed": seed % 2**32}
 
 
 class LlamaCppBackend(Backend):
@@ -199,7 +192,7 @@ class LlamaCppBackend(Backend):
 
     name = "llama_cpp"
 
-    def __init__(self, model: str = DEFAULT_MODEL, n_ctx: int = 4096, num_threads: int | None = None):
+    def __init__(self, model: str = DEFAULT_MODEL, n_ctx: int = 4096):
         super().__init__()
         try:
             from llama_cpp import Llama
@@ -208,23 +201,26 @@ class LlamaCppBackend(Backend):
                               "pip install 'llama-cpp-python[server]==0.3.36'") from None
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        kwargs = {"n_threads": num_threads, "n_threads_batch": num_threads} if num_threads else {}
-        self.llm = Llama(model_path=str(gguf_path(model)), n_ctx=n_ctx, verbose=False, **kwargs)
+        import torch
+
+        threads = torch.get_num_threads()  # the process's setting (generate/serve --threads)
+        self.llm = Llama(model_path=str(gguf_path(model)), n_ctx=n_ctx, verbose=False, n_threads=threads,
+                         n_threads_batch=threads)
         # the GGUF's own chat template, rendered here so that an answer can be pre-filled
         special = lambda t: self.llm.detokenize([t], special=True).decode("utf-8", "ignore")  # noqa: E731
         self.eos = special(self.llm.token_eos())
         self.template = Jinja2ChatFormatter(self.llm.metadata["tokenizer.chat_template"], eos_token=self.eos,
                                             bos_token=special(self.llm.token_bos()))
 
-    def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "") -> list[Completion]:
+    def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
+             seeds: list[int] | None = None) -> list[Completion]:
         self._refuse(decoding)
         out = []
-        opts = sampling_options(decoding)
         extra = {"top_k": decoding.top_k if decoding.do_sample else 1, "repeat_penalty": decoding.repetition_penalty}
-        for messages in conversations:
+        for messages, seed in zip(conversations, seeds or [0] * len(conversations)):
             prompt = self.template(messages=messages).prompt + prefix
             r = self.llm.create_completion(prompt, max_tokens=decoding.max_new_tokens, stop=[self.eos],
-                                           **opts, **extra)
+                                           **sampling_options(decoding, seed), **extra)
             usage = r.get("usage") or {}
             out.append(Completion(prefix + r["choices"][0]["text"], usage.get("prompt_tokens"),
                                   usage.get("completion_tokens"), r["choices"][0].get("finish_reason")))
@@ -289,10 +285,10 @@ class OpenAIBackend(Backend):
         self.cache = ResponseCache(cache_dir or cache_root() / "responses") if response_cache else None
         self._lock = threading.Lock()
 
-    def payload(self, messages: Messages, d: Decoding) -> dict[str, Any]:
+    def payload(self, messages: Messages, d: Decoding, seed: int = 0) -> dict[str, Any]:
         self._refuse(d)
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": d.max_new_tokens,
-                                **sampling_options(d)}
+                                **sampling_options(d, seed)}
         if self.json_mode:  # the chat API cannot pre-fill an answer; servers can constrain it to JSON
             body["response_format"] = {"type": "json_object"}
         # not part of OpenAI's own API, but understood by vLLM and llama.cpp; sent only when used
@@ -302,8 +298,10 @@ class OpenAIBackend(Backend):
             body["repetition_penalty"] = body["repeat_penalty"] = d.repetition_penalty
         return body
 
-    def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "") -> list[Completion]:
-        payloads = [self.payload(m, decoding) for m in conversations]
+    def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
+             seeds: list[int] | None = None) -> list[Completion]:
+        seeds = seeds or [0] * len(conversations)
+        payloads = [self.payload(m, decoding, seed) for m, seed in zip(conversations, seeds)]
         if self.concurrency == 1 or len(payloads) == 1:
             return [self._one(p) for p in payloads]
         with ThreadPoolExecutor(self.concurrency) as pool:
@@ -375,15 +373,17 @@ class VLLMBackend(Backend):
         self.llm = LLM(model=resolve_model(model), dtype="auto" if dtype == "float32" else dtype)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "") -> list[Completion]:
+    def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
+             seeds: list[int] | None = None) -> list[Completion]:
         from vllm import SamplingParams
 
         self._refuse(decoding)
-        params = SamplingParams(max_tokens=decoding.max_new_tokens, seed=decoding.seed,
-                                temperature=decoding.temperature if decoding.do_sample else 0.0,
-                                top_p=decoding.top_p if decoding.do_sample else 1.0,
-                                top_k=(decoding.top_k or -1) if decoding.do_sample else -1,
-                                repetition_penalty=decoding.repetition_penalty)
+        params = [SamplingParams(max_tokens=decoding.max_new_tokens, seed=seed,
+                                 temperature=decoding.temperature if decoding.do_sample else 0.0,
+                                 top_p=decoding.top_p if decoding.do_sample else 1.0,
+                                 top_k=(decoding.top_k or -1) if decoding.do_sample else -1,
+                                 repetition_penalty=decoding.repetition_penalty)
+                  for seed in seeds or [0] * len(conversations)]
         prompts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) + prefix
                    for m in conversations]
         results = self.llm.generate(prompts, params, use_tqdm=False)
@@ -396,9 +396,9 @@ class VLLMBackend(Backend):
 
 def make_backend(c: BackendConfig) -> Backend:
     if c.backend == "transformers":
-        return TransformersBackend(c.model, c.device, c.dtype, c.num_threads)
+        return TransformersBackend(c.model, c.device, c.dtype)
     if c.backend == "llama_cpp":
-        return LlamaCppBackend(c.model, c.n_ctx, c.num_threads)
+        return LlamaCppBackend(c.model, c.n_ctx)
     if c.backend == "openai":
         key = os.environ.get(c.api_key_env) or os.environ.get("OPENAI_API_KEY")
         return OpenAIBackend(c.base_url, c.served_model or os.environ.get("FEEDBACKGEN_LLM_MODEL") or c.model,

@@ -34,6 +34,7 @@ import torch
 
 from feedbackgen.config import Decoding, validate
 from feedbackgen.data.dataset import Dataset
+from feedbackgen.generation.decoding import stream_seed, with_seeds
 from feedbackgen.models.base import Generator, register
 from feedbackgen.models.llm.answers import ONLY_REASONING, read_answer
 from feedbackgen.models.llm.backends import Backend, BackendConfig, Completion, make_backend
@@ -91,8 +92,11 @@ class LLMUser(Generator):
                               exclude=exclude, reminder=retry)
 
     def answer(self, requests: Sequence[FeedbackRequest], decoding: Decoding) -> list[tuple[float, str, dict]]:
-        """(rating, text, meta) per request: checked answers, retried, else the fallback."""
+        """(rating, text, meta) per request: checked answers, retried, else the fallback. A sampled
+        answer (or a retry, which always samples) records its request's seed in meta["seed"]."""
         c = self.config
+        # retries sample even after greedy decoding, which draws no seed: they use 0, so greedy stays repeatable
+        requests = with_seeds(requests, decoding)
         budget = decoding.model_copy(update={"max_new_tokens": min(1024, decoding.max_new_tokens + JSON_TOKENS)})
         results: list[tuple[float, str, dict] | None] = [None] * len(requests)
         last: dict[int, tuple[Completion, str]] = {}
@@ -101,10 +105,10 @@ class LLMUser(Generator):
             if not pending:
                 break
             d = budget if attempt == 0 else budget.model_copy(update={
-                "do_sample": True, "temperature": c.retry_temperature, "num_beams": 1,
-                "seed": decoding.seed + attempt})
+                "do_sample": True, "temperature": c.retry_temperature, "num_beams": 1})
             convs = [self.messages(requests[i], retry=attempt > 0)[0] for i in pending]
-            completions = self.backend.chat(convs, d, ANSWER_PREFIX)
+            seeds = [stream_seed(requests[i], salt=attempt) for i in pending]
+            completions = self.backend.chat(convs, d, ANSWER_PREFIX, seeds)
             still = []
             for i, done in zip(pending, completions):
                 ans = read_answer(done.text, self.rating_range, c.review_words)
@@ -119,6 +123,8 @@ class LLMUser(Generator):
                 kind = "retried" if attempt else ans.status
                 results[i] = (ans.rating, ans.text, {"answer": kind, "attempts": attempt + 1,
                                                      "repairs": ans.repairs, **self._usage(done)})
+                if d.do_sample:
+                    results[i][2]["seed"] = requests[i].seed
             pending = still
         if pending:
             fallback_ratings = self.rating.predict_rating([requests[i] for i in pending])

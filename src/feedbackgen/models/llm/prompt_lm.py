@@ -18,7 +18,8 @@ continuous prompt; the LM then writes the target text:
 - Unknown users and items use vector 0 of their `IdIndex`, learnt by ID dropout (`id_dropout`).
 
 Generation is batched with Hugging Face `generate` on `inputs_embeds` (left padding, KV cache),
-with every `Decoding` option. Texts are returned as the model writes them.
+with every `Decoding` option through `feedbackgen.generation.decoding` (each request samples from
+its own random stream). Texts are returned as the model writes them.
 
 Saved folder: `model.safetensors` (prompt vectors, rating head, rating baseline), `state.json`
 (ids, aspect words), and `lm/` (a Hugging Face folder) when phase 2 changed the LM; otherwise the
@@ -44,8 +45,8 @@ from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import truncate_tokens
 from feedbackgen.errors import DataError
+from feedbackgen.generation.decoding import hf_generate_kwargs, stream_seed, with_seeds
 from feedbackgen.models.base import Generator, IdIndex, register
-from feedbackgen.models.llm.backends import generation_kwargs
 from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_causal_lm
 from feedbackgen.models.llm.training import TrainableView, pad_right, set_threads
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
@@ -63,7 +64,8 @@ MAX_WORDS = {"explanation": 20, "review": 60}
 class PromptLMConfig(StrictModel):
     model: str = Field(DEFAULT_MODEL, description="base model: smollm2-135m-instruct, a .gguf, a folder or a hub name")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
-    num_threads: int | None = Field(None, ge=1, le=1024)
+    num_threads: int | None = Field(None, ge=1, le=1024, description="training threads (generation uses the "
+                                    "process's: generate/serve --threads)")
     target: Target = "explanation"
     max_words: int | None = Field(None, ge=1, le=1000, description="target words kept (None: 20 / 60)")
     # the prompt
@@ -289,11 +291,10 @@ class PromptLM(Generator):
 
     def generate_text(self, requests: list[FeedbackRequest], decoding: Decoding) -> tuple[list[str], list[dict]]:
         self.check_fitted()
-        set_threads(self.config.num_threads)
+        requests = with_seeds(requests, decoding)
         user, item = self._ids(requests)
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-        kwargs = generation_kwargs(decoding, pad, eos)
-        torch.manual_seed(decoding.seed)
+        device = self._device
         texts, metas = [], []
         for start in range(0, len(requests), decoding.batch_size):
             sl = slice(start, start + decoding.batch_size)
@@ -301,8 +302,10 @@ class PromptLM(Generator):
             width = 2 + max(len(p) for p in prefixes)
             # left padding: every row ends with its separator, where writing starts
             mask = torch.tensor([[0] * (width - 2 - len(p)) + [1] * (2 + len(p)) for p in prefixes])
-            device = self._device
             u, i = user[sl].to(device), item[sl].to(device)
+            # from inputs_embeds, generate's input_ids hold only the new tokens: no prompt to skip
+            kwargs = hf_generate_kwargs(decoding, pad, eos, prompt_length=0, device=device,
+                                        seeds=[stream_seed(r) for r in requests[sl]] if decoding.do_sample else None)
             with torch.no_grad():
                 x = self._left_padded_inputs(u, i, prefixes, width)
                 out = self.lm.generate(inputs_embeds=x, attention_mask=mask.to(device), **kwargs)

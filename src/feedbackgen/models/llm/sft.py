@@ -51,7 +51,8 @@ class SFTConfig(PromptConfig):
     model: str = Field(DEFAULT_MODEL, description="base model: smollm2-135m-instruct, a .gguf, a folder or a hub name")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16)$")
-    num_threads: int | None = Field(None, ge=1, le=1024)
+    num_threads: int | None = Field(None, ge=1, le=1024, description="training threads (generation uses the "
+                                    "process's: generate/serve --threads)")
     # LoRA
     lora_r: int = Field(16, ge=1, le=1024, description="adapter rank")
     lora_alpha: float = Field(32.0, gt=0.0, le=4096.0, description="adapter scale (alpha / r multiplies the update)")
@@ -180,7 +181,6 @@ class LoRASFT(LLMUser):
 
     # -- generation: llm's, with the adapted model -------------------------------------------
     def make_backend(self) -> Backend:
-        set_threads(self.config.num_threads)
         return TransformersBackend(lm=self.lm, tokenizer=self.tokenizer)
 
     # -- state -------------------------------------------------------------------------------
