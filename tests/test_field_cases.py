@@ -18,15 +18,11 @@ from typer.testing import CliRunner
 from feedbackgen.cli import app
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.duplicates import normalised_text
-from feedbackgen.data.paths import field_cases_dir
 
 
 @pytest.fixture(scope="module")
-def cases() -> Path:
-    root = field_cases_dir()
-    if not root.is_dir():
-        pytest.fail(f"field cases not found at {root}; set FEEDBACKGEN_FIELD_CASES")
-    return root
+def cases(field_cases_root) -> Path:
+    return field_cases_root
 
 
 def cli(*args) -> tuple[int, str]:
