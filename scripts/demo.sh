@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end: public review file → Dataset → baseline generators → feedback for the
-# test split → report. Run through `make demo` (which sets up .venv first).
+# test split → choice model, ranking and simulated-user fidelity → report. Run through `make demo` (which sets up .venv first).
 set -euo pipefail
 OUT="${DEMO_OUT:-runs/demo}"
 start=$(date +%s)
@@ -16,6 +16,13 @@ for model in global_mean bias mf popular retrieval; do
   feedbackgen generate "$OUT/models/$model" --dataset "$OUT/data" --split test --out "$OUT/pred/$model.jsonl"
 done
 
-feedbackgen evaluate "$OUT"/pred/*.jsonl --dataset "$OUT/data" --out "$OUT/report"
+# the simulated user: the default choice model decides what a user takes; retrieval writes the feedback
+echo "== choice model: ease"
+feedbackgen train "$OUT/data" --model ease --out "$OUT/models/ease"
+feedbackgen recommend "$OUT/models/ease" --dataset "$OUT/data" --evaluate --out "$OUT/ranking"
+feedbackgen fidelity "$OUT/models/retrieval" --choice "$OUT/models/ease" --dataset "$OUT/data" --out "$OUT/fidelity"
+
+feedbackgen evaluate "$OUT"/pred/*.jsonl --dataset "$OUT/data" --out "$OUT/report" \
+  --include "$OUT/ranking/ranking.md" --include "$OUT/fidelity/fidelity.md"
 echo
 echo "Demo finished in $(( $(date +%s) - start )) s. Report: $OUT/report/report.md (report.json, plots beside it)"

@@ -172,3 +172,23 @@ def test_review_target_uses_the_text_column(tmp_path, dataset):
     model = result["models"]["copy-review"]
     assert model["reference_column"] == "text" and model["metrics"]["bleu4"] == pytest.approx(100)
     assert "rmse" not in model["metrics"] and model["rating_confusion"] is None
+
+
+def test_sections_from_other_commands_sit_beside_the_text_metrics(tmp_path, dataset):
+    from feedbackgen.recommend import Popularity, evaluate_ranking
+    from feedbackgen.recommend.ranking import write_ranking
+
+    table = evaluate_ranking({"popularity": Popularity().fit(dataset)}, dataset)
+    write_ranking(table, tmp_path / "ranking", "mi300")
+    rows = dataset.test.select("user_id", "item_id", "rating").with_columns(
+        text=pl.lit("good"), model=pl.lit("constant"))
+    rows.write_ndjson(tmp_path / "pred.jsonl")
+    report = evaluate([tmp_path / "pred.jsonl"], dataset, tmp_path / "out", embeddings=False,
+                      sections=[tmp_path / "ranking" / "ranking.md"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.index("## Main metrics") < md.index("## Ranking (mi300") < md.index("## Counts")
+    hr = f"{table.filter(pl.col('protocol') == 'full')['hr@10'][0]:.4f}"
+    assert hr in md and report["sections"][0]["title"] == "Ranking"
+    with pytest.raises(Exception, match="no such Markdown file"):
+        evaluate([tmp_path / "pred.jsonl"], dataset, tmp_path / "out2", embeddings=False,
+                 sections=[tmp_path / "missing.md"])

@@ -265,6 +265,9 @@ def evaluate(
     split: Annotated[str, typer.Option(help="the split the predictions answer")] = "test",
     target: Annotated[Optional[str], typer.Option(help="explanation | review (default: from the rows)")] = None,
     embeddings: Annotated[bool, typer.Option(help="compute MiniLM-based metrics")] = True,
+    include: Annotated[list[Path], typer.Option(
+        help="a Markdown section to show beside the text metrics: ranking.md from `recommend --evaluate "
+             "--out`, fidelity.md from `fidelity --out` (repeatable)")] = [],
 ):
     """Score predictions against the dataset's references; write report.json, report.md and plots.
 
@@ -274,7 +277,7 @@ def evaluate(
     from feedbackgen.evaluation.report import evaluate as run_evaluate
 
     run_evaluate(predictions, Dataset.load(dataset), out, split=split, target=target, embeddings=embeddings,
-                 dataset_path=dataset)
+                 dataset_path=dataset, sections=include)
     main_table = (out / "report.md").read_text().split("## Other metrics")[0]
     print(main_table.rstrip())
     err.print(f"[green]report[/green] written to {out / 'report.md'} (and report.json, plots)")

@@ -307,7 +307,7 @@ def _finite(obj: Any) -> Any:
 
 def evaluate(predictions: list[Path], dataset: Dataset, out_dir: Path, split: str = "test",
              target: str | None = None, embeddings: bool = True, *,
-             dataset_path: str | Path | None = None, seed: int = 1) -> dict:
+             dataset_path: str | Path | None = None, seed: int = 1, sections: Sequence[str | Path] = ()) -> dict:
     """Score every model in `predictions` against `dataset`'s `split`; write report.json, report.md
     and plots to `out_dir`; return the report dict.
 
@@ -346,12 +346,24 @@ def evaluate(predictions: list[Path], dataset: Dataset, out_dir: Path, split: st
         "predictions": [{"file": str(p), "rows": len(f)} for p, f in zip(predictions, frames)],
         "models": models,
         "metric_definitions": {k: m.to_dict() for k, m in ALL_METRICS.items()},
+        "sections": [read_section(p) for p in sections],
     })
     out_dir = Path(out_dir)
     report["plots"] = write_plots(report, preds, ctx, out_dir)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     return report
+
+
+def read_section(path: str | Path) -> dict[str, str]:
+    """A Markdown file written by another command (`recommend --evaluate --out`, `fidelity --out`),
+    shown in the report beside the text metrics: {"file", "title", "markdown"}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--include {path}: no such Markdown file (write it with `feedbackgen recommend "
+                          "--evaluate --out DIR` or `feedbackgen fidelity --out DIR`)")
+    title = {"ranking": "Ranking", "fidelity": "Simulated user fidelity"}.get(path.stem, path.stem.replace("_", " "))
+    return {"file": str(path), "title": title, "markdown": path.read_text(encoding="utf-8")}
 
 
 # -- Markdown ----------------------------------------------------------------------------------
@@ -408,6 +420,11 @@ def render_markdown(report: dict) -> str:
         rows = [[ALL_METRICS[k].name + _header(ALL_METRICS[k].direction)]
                 + [_format(k, m["metrics"].get(k)) for m in models.values()] for k in rest]
         lines += _table(header, rows) + [""]
+
+    for section in report.get("sections") or ():
+        text = section["markdown"].strip()
+        title = "" if text.startswith("#") else f"## {section['title']}\n\nFrom `{section['file']}`.\n\n"
+        lines += [title + text, ""]
 
     leaks = {k: v for k, v in (report.get("leak_check") or {}).items() if isinstance(v, dict)}
     if leaks:
