@@ -122,7 +122,7 @@ def part_simulate(args) -> None:
         peter, trained = load(args.peter), f"loaded from {args.peter}"
     else:
         t = time.time()
-        peter = create("peter", {"max_epochs": args.peter_epochs}).fit(ds)
+        peter = create("peter", {"max_epochs": args.peter_epochs, "progress": False}).fit(ds)
         trained = f"trained here, {args.peter_epochs} epoch(s), {time.time() - t:.0f}s"
     ease, _ = fit_choice("ease", ds)
     known = sorted(set(ds.train["user_id"].unique().to_list()))[:args.users]

@@ -80,6 +80,13 @@ def test_agent4rec_protocol_by_hand():
         assert everything[f"1:{r}"]["recall"] == 1.0
         assert everything[f"1:{r}"]["f1"] == pytest.approx(2 * p / (p + 1))
         assert nothing[f"1:{r}"]["accuracy"] == pytest.approx(r / (1 + r)) and nothing[f"1:{r}"]["f1"] == 0.0
+    # an oracle decision scores 1.0 and the inverted one 0.0, at every ratio
+    real = set(ds.interactions.select("user_id", "item_id").iter_rows())
+    oracle = discrimination_agent4rec(FixedRule(lambda u, i: (u, i) in real), ds, users, np.random.default_rng(1))
+    inverted = discrimination_agent4rec(FixedRule(lambda u, i: (u, i) not in real), ds, users,
+                                        np.random.default_rng(1))
+    assert all(m["accuracy"] == m["f1"] == 1.0 for m in oracle.values())
+    assert all(m["accuracy"] == m["f1"] == 0.0 for m in inverted.values())
     # per-user averaging, not pooling: engaging everything for half the users and nothing for the
     # others averages their accuracies (0.5 and 0.5 at 1:1) and their precisions (0.5 and 0)
     half = discrimination_agent4rec(FixedRule(lambda u, i: int(u[1:]) % 2 == 0), ds, users, np.random.default_rng(1))
