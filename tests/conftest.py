@@ -129,3 +129,42 @@ def seeded_request_texts(seeded_case):
     """`texts(generator, decoding)`: case 13's request decoded alone, in a batch and in a server
     burst (see `_texts_of_the_seeded_request`)."""
     return lambda generator, decoding: _texts_of_the_seeded_request(seeded_case, generator, decoding)
+
+
+@pytest.fixture
+def chat_server():
+    """`chat_server(answer)` starts a local OpenAI-compatible /v1/chat/completions server and
+    returns its base URL; `answer(body) -> (status, headers, content)` answers each request (the
+    parsed JSON body; `content` is the assistant message). Stopped when the test ends."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def start(answer) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status, headers, content = answer(body)
+                payload = json.dumps({"choices": [{"message": {"content": content}, "finish_reason": "stop"}],
+                                      "usage": {"prompt_tokens": 5, "completion_tokens": 7}}).encode()
+                self.send_response(status)
+                for k, v in {**headers, "Content-Type": "application/json",
+                             "Content-Length": str(len(payload))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(payload)
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        servers.append(httpd)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections import defaultdict, deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
@@ -240,46 +238,25 @@ def test_11_a_file_that_yields_nothing_exits_non_zero(cases, tmp_path):
 
 # -- 14: reasoning-model answers, replayed by an OpenAI-compatible server ---------------------------
 
-class ReplayServer:
+class Replay:
     """Answers each chat request with the next logged answer for the user whose prompt it is."""
 
-    def __init__(self, log: list[dict], user_of_prompt: dict[str, str]):
+    def __init__(self, log: list[dict]):
         self.answers = defaultdict(deque)
         for entry in log:
             self.answers[entry["user"]].append(entry["answer"])
-        self.user_of_prompt, self.calls = user_of_prompt, []
-        outer = self
+        self.user_of_prompt: dict[str, str] = {}
+        self.calls: list[str | None] = []
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                user = outer.user_of_prompt.get(body["messages"][-1]["content"])
-                outer.calls.append(user)
-                if user is None or not outer.answers[user]:
-                    self.send_response(400)
-                    self.end_headers()
-                    return
-                payload = json.dumps({"choices": [{"message": {"content": outer.answers[user].popleft()},
-                                                   "finish_reason": "stop"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def __call__(self, body: dict) -> tuple[int, dict, str]:
+        user = self.user_of_prompt.get(body["messages"][-1]["content"])
+        self.calls.append(user)
+        if user is None or not self.answers[user]:
+            return 400, {}, ""
+        return 200, {}, self.answers[user].popleft()
 
 
-def test_14_reasoning_is_never_parsed_as_the_answer(cases, data_root, tmp_path):
+def test_14_reasoning_is_never_parsed_as_the_answer(cases, data_root, tmp_path, chat_server):
     from feedbackgen.models import load
     from feedbackgen.models.llm.answers import ONLY_REASONING
     from feedbackgen.types import FeedbackRequest
@@ -296,22 +273,20 @@ def test_14_reasoning_is_never_parsed_as_the_answer(cases, data_root, tmp_path):
     source.write_bytes(gzip.compress("".join(rows).encode()))
     prepared(tmp_path, source, "--format", "amazon2014")
 
-    server = ReplayServer(log, {})
-    try:
-        code, said = cli("train", tmp_path / "ds", "--model", "llm", "--out", tmp_path / "m",
-                         "--set", "backend=openai", "--set", f"base_url={server.url}", "--set", "shots=1",
-                         "--set", "response_cache=false", "--set", "concurrency=1")
-        assert code == 0, said
-        model = load(tmp_path / "m")
-        for r in requests:
-            request = FeedbackRequest(r["user_id"], r["item_id"])
-            for retry in (False, True):
-                server.user_of_prompt[model.messages(request, retry=retry)[0][-1]["content"]] = r["user_id"]
-        code, said = cli("generate", tmp_path / "m", "--requests", folder / "requests.jsonl",
-                         "--out", tmp_path / "pred.jsonl")
-        assert code == 0, said
-    finally:
-        server.close()
+    server = Replay(log)
+    url = chat_server(server)
+    code, said = cli("train", tmp_path / "ds", "--model", "llm", "--out", tmp_path / "m",
+                     "--set", "backend=openai", "--set", f"base_url={url}", "--set", "shots=1",
+                     "--set", "response_cache=false", "--set", "concurrency=1")
+    assert code == 0, said
+    model = load(tmp_path / "m")
+    for r in requests:
+        request = FeedbackRequest(r["user_id"], r["item_id"])
+        for retry in (False, True):
+            server.user_of_prompt[model.messages(request, retry=retry)[0][-1]["content"]] = r["user_id"]
+    code, said = cli("generate", tmp_path / "m", "--requests", folder / "requests.jsonl",
+                     "--out", tmp_path / "pred.jsonl")
+    assert code == 0, said
     out = {r["user_id"]: r for r in map(json.loads, (tmp_path / "pred.jsonl").read_text().splitlines())}
     assert [out[u]["rating"] for u in ("A2EZWZ8MBEDOLN", "A1GMWTGXW682GB", "A1UPZM995ZAH90")] == [5.0, 4.0, 3.0]
     assert out["A2EZWZ8MBEDOLN"]["text"] == "Solid stand, holds my guitar securely."

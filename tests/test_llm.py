@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import polars as pl
 import pytest
@@ -140,73 +139,48 @@ def test_config_errors_name_the_field():
 
 # -- the HTTP back-end against a scripted server: retries, back-off, concurrency, cache ---------------
 
-class ScriptedServer:
-    """A local OpenAI-style server that answers from a script: (status, headers) per call, then 200."""
+class Script:
+    """Answers from a script: (status, headers) per call, then 200; counts calls in flight."""
 
     def __init__(self, script: list[tuple[int, dict]]):
         self.script, self.calls, self.in_flight, self.most_in_flight = list(script), 0, 0, 0
-        lock = threading.Lock()
-        outer = self
+        self.lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with lock:
-                    outer.calls += 1
-                    outer.in_flight += 1
-                    outer.most_in_flight = max(outer.most_in_flight, outer.in_flight)
-                    status, headers = outer.script.pop(0) if outer.script else (200, {})
-                time.sleep(0.05)
-                content = json.dumps({"rating": 4, "review": body["messages"][-1]["content"][:20]})
-                payload = json.dumps({"choices": [{"message": {"content": content}, "finish_reason": "stop"}],
-                                      "usage": {"prompt_tokens": 5, "completion_tokens": 7}}).encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-                with lock:
-                    outer.in_flight -= 1
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def __call__(self, body: dict) -> tuple[int, dict, str]:
+        with self.lock:
+            self.calls += 1
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            status, headers = self.script.pop(0) if self.script else (200, {})
+        time.sleep(0.05)
+        with self.lock:
+            self.in_flight -= 1
+        return status, headers, json.dumps({"rating": 4, "review": body["messages"][-1]["content"][:20]})
 
 
-def test_openai_backend_retries_limits_and_caches(tmp_path):
-    server = ScriptedServer([(429, {"Retry-After": "0"}), (503, {}), (500, {})])
-    try:
-        backend = OpenAIBackend(server.url, "m", timeout_s=5, max_retries=5, backoff_s=0.01, concurrency=2,
-                                cache_dir=tmp_path / "cache")
-        convs = [[{"role": "user", "content": f"question {k}"}] for k in range(6)]
-        out = backend.chat(convs, Decoding(max_new_tokens=8))
-        assert [json.loads(c.text)["review"] for c in out] == [f"question {k}" for k in range(6)]
-        assert server.calls == 9 and backend.stats["retries"] == 3
-        assert server.most_in_flight <= 2
-        calls = server.calls
-        again = backend.chat(convs, Decoding(max_new_tokens=8))  # a rerun costs nothing
-        assert server.calls == calls and backend.stats["cache_hits"] == 6 and all(c.cached for c in again)
-        other = backend.chat(convs[:1], Decoding(max_new_tokens=9))  # other decoding settings: a new key
-        assert server.calls == calls + 1 and not other[0].cached
+def test_openai_backend_retries_limits_and_caches(tmp_path, chat_server):
+    server = Script([(429, {"Retry-After": "0"}), (503, {}), (500, {})])
+    url = chat_server(server)
+    backend = OpenAIBackend(url, "m", timeout_s=5, max_retries=5, backoff_s=0.01, concurrency=2,
+                            cache_dir=tmp_path / "cache")
+    convs = [[{"role": "user", "content": f"question {k}"}] for k in range(6)]
+    out = backend.chat(convs, Decoding(max_new_tokens=8))
+    assert [json.loads(c.text)["review"] for c in out] == [f"question {k}" for k in range(6)]
+    assert server.calls == 9 and backend.stats["retries"] == 3
+    assert server.most_in_flight <= 2
+    calls = server.calls
+    again = backend.chat(convs, Decoding(max_new_tokens=8))  # a rerun costs nothing
+    assert server.calls == calls and backend.stats["cache_hits"] == 6 and all(c.cached for c in again)
+    other = backend.chat(convs[:1], Decoding(max_new_tokens=9))  # other decoding settings: a new key
+    assert server.calls == calls + 1 and not other[0].cached
 
-        server.script = [(500, {})] * 3
-        give_up = OpenAIBackend(server.url, "m", max_retries=2, backoff_s=0.0, response_cache=False)
-        with pytest.raises(FeedbackgenError, match="giving up after 3 attempts"):
-            give_up.chat(convs[:1], Decoding())
-        server.script = [(401, {})]
-        with pytest.raises(FeedbackgenError, match="401"):  # not retried
-            give_up.chat(convs[:1], Decoding())
-    finally:
-        server.close()
+    server.script = [(500, {})] * 3
+    give_up = OpenAIBackend(url, "m", max_retries=2, backoff_s=0.0, response_cache=False)
+    with pytest.raises(FeedbackgenError, match="giving up after 3 attempts"):
+        give_up.chat(convs[:1], Decoding())
+    server.script = [(401, {})]
+    with pytest.raises(FeedbackgenError, match="401"):  # not retried
+        give_up.chat(convs[:1], Decoding())
     key = ResponseCache.key({"a": 1, "b": [1, 2]})
     assert key == ResponseCache.key({"b": [1, 2], "a": 1})
 

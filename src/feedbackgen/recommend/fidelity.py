@@ -269,7 +269,7 @@ def fidelity_markdown(results: Sequence[dict[str, Any]], dataset_label: str = "t
                  + [_num(anchor.get("f1_1_1")) if x == "1:1" else "–" for x in ratios]
                  + [_num(anchor.get("rmse")), "–", "–", "–", "–", "–"])
         lines.append("| " + " | ".join(cells) + " |")
-    basis = (f"Agent4Rec's protocol: per user, min(held-out, ⌊20/(r+1)⌋) of their valid ∪ test items and r× as "
+    basis = ("Agent4Rec's protocol: per user, min(held-out, ⌊20/(r+1)⌋) of their valid ∪ test items and r× as "
              "many never-seen items, shuffled; metrics per user, averaged" if protocol == "agent4rec" else
              "pooled protocol: every test pair of the users against r× as many never-seen items, metrics over "
              "all pairs")
