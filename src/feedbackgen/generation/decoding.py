@@ -4,7 +4,8 @@ One implementation of each piece, used by `peter` (its own KV-cached network), `
 `transformers` LLM back-end (Hugging Face `generate`):
 
 - **logits processors** (`logits_processors`): Hugging Face's own — suppressed tokens,
-  `min_new_tokens`, `repetition_penalty`, `no_repeat_ngram_size` — then, when sampling,
+  `min_new_tokens`, `repetition_penalty`, `no_repeat_ngram_size` — then a grammar constraint
+  (`constrained.SchemaConstraint`, when given), then, when sampling,
   `temperature`, `top_k`, `top_p` and `RowSampler`, in the order `generate` applies them;
 - **sampling** (`RowSampler`): each row draws from its own `torch.Generator`, seeded from its
   request (`stream_seed`), and the processor returns scores where only the drawn token is finite,
@@ -94,12 +95,14 @@ class RowSampler:
 
 def logits_processors(d: Decoding, eos_token_id: int | list[int], *, prompt_length: int = 0,
                       min_new_tokens: int | None = None, suppress: Sequence[int] = (),
-                      seeds: Sequence[int] | None = None, device: str | torch.device = "cpu"):
+                      seeds: Sequence[int] | None = None, device: str | torch.device = "cpu", constraint=None):
     """Hugging Face's `LogitsProcessorList` for `d`, applied to (input_ids, scores) at every step.
 
     `prompt_length`: leading columns of input_ids that are prompt, not generated text (for
     `min_new_tokens`); `min_new_tokens` overrides `d.min_new_tokens`; `suppress`: tokens never
-    generated; `seeds`: one stream seed per row (`stream_seed`), needed when `d.do_sample`.
+    generated; `seeds`: one stream seed per row (`stream_seed`), needed when `d.do_sample`;
+    `constraint`: a processor that masks tokens outside a grammar (`constrained.SchemaConstraint`),
+    applied before the warpers so that they, and the sampler, see only allowed tokens.
     Raises ValueError when sampling without seeds."""
     from transformers.generation.logits_process import (
         LogitsProcessorList,
@@ -122,6 +125,8 @@ def logits_processors(d: Decoding, eos_token_id: int | list[int], *, prompt_leng
         out.append(RepetitionPenaltyLogitsProcessor(d.repetition_penalty))
     if d.no_repeat_ngram_size:
         out.append(NoRepeatNGramLogitsProcessor(d.no_repeat_ngram_size))
+    if constraint is not None:
+        out.append(constraint)
     if d.do_sample:
         if seeds is None:
             raise ValueError("sampling needs one stream seed per row")
@@ -136,8 +141,10 @@ def logits_processors(d: Decoding, eos_token_id: int | list[int], *, prompt_leng
 
 
 def hf_generate_kwargs(d: Decoding, pad_token_id: int, eos_token_id: int | list[int], *, prompt_length: int,
-                       seeds: Sequence[int] | None = None, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Keyword arguments of Hugging Face `generate` that decode as `d` through `logits_processors`.
+                       seeds: Sequence[int] | None = None, device: str | torch.device = "cpu",
+                       constraint=None) -> dict[str, Any]:
+    """Keyword arguments of Hugging Face `generate` that decode as `d` through `logits_processors`
+    (`constraint`: there).
 
     `generate` itself only searches (greedy, or beams): every processor, and the sampling, comes
     from here, and the settings it would otherwise build processors from (or that a model's
@@ -145,7 +152,7 @@ def hf_generate_kwargs(d: Decoding, pad_token_id: int, eos_token_id: int | list[
     return dict(max_new_tokens=d.max_new_tokens, do_sample=False, num_beams=d.num_beams,
                 pad_token_id=pad_token_id, eos_token_id=eos_token_id,
                 logits_processor=logits_processors(d, eos_token_id, prompt_length=prompt_length, seeds=seeds,
-                                                   device=device),
+                                                   device=device, constraint=constraint),
                 temperature=None, top_k=None, top_p=None, repetition_penalty=1.0, no_repeat_ngram_size=0,
                 min_new_tokens=0)
 

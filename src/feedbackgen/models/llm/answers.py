@@ -20,6 +20,9 @@ remains, the answer is invalid ("only reasoning") and the caller retries, then f
 
 The result says `valid` (parsed as it was), `repaired` (with what was done), or `invalid` (with
 why), so the caller can retry and count.
+
+`answer_schema` is the same contract as a JSON schema, for back-ends that decode under one
+(constrained decoding): what it lets through, `read_answer` takes as `valid`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,32 @@ _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*\d+|stars?|out of \d+)?\s*
 TEXT_KEYS = ("review", "text", "explanation", "feedback")
 # how a generated row's answer was obtained (its `meta["answer"]`), counted in generate and evaluate
 ANSWER_KINDS = ("valid", "repaired", "retried", "fallback")
+
+
+# One word of a constrained review: no whitespace, no quote or backslash (so the JSON string needs
+# no escapes, which llama.cpp's schema-to-grammar converter would not write), at most 25 characters
+# (a word cannot run on for the whole token budget).
+_WORD = r'[^\x00-\x20"\\]{1,25}'
+
+
+def answer_schema(rating_range: tuple[float, float] = (1.0, 5.0), max_words: int = 60) -> dict[str, Any]:
+    """The JSON schema of a valid answer: `{"rating": r, "review": "<1..max_words words>"}`, in
+    that key order, no other keys.
+
+    The rating is an integer `enum` when both ends of `rating_range` are whole numbers at most 10
+    apart (every converter honours `enum`; llama.cpp's ignores `minimum`/`maximum`), else a number
+    with `minimum`/`maximum`. The review is single-spaced words (`_WORD`), which is how
+    `read_answer` normalises it anyway. Raises ValueError for an empty range or `max_words` < 1."""
+    lo, hi = rating_range
+    if not lo <= hi or max_words < 1:
+        raise ValueError(f"answer_schema needs lo <= hi and max_words >= 1 (got {rating_range}, {max_words})")
+    if float(lo).is_integer() and float(hi).is_integer() and hi - lo <= 10:
+        rating: dict[str, Any] = {"type": "integer", "enum": list(range(int(lo), int(hi) + 1))}
+    else:
+        rating = {"type": "number", "minimum": lo, "maximum": hi}
+    review = {"type": "string", "pattern": f"^{_WORD}( {_WORD}){{0,{max_words - 1}}}$"}
+    return {"type": "object", "properties": {"rating": rating, "review": review},
+            "required": ["rating", "review"], "additionalProperties": False}
 
 
 _REASONING_TAGS = r"think|thinking|reasoning|reason|thought"

@@ -15,7 +15,13 @@ Decoding follows `feedbackgen.config.Decoding`. `chat` takes one stream seed per
 (`feedbackgen.generation.decoding.stream_seed`): `transformers` samples each row from its own
 `torch.Generator` (`decoding.RowSampler`), the others send the seed with each conversation (32
 bits of it for llama.cpp and HTTP servers). Greedy decoding is temperature 0 on the llama.cpp and
-HTTP back-ends. Beam search (`num_beams` > 1) and `no_repeat_ngram_size` exist only in
+HTTP back-ends.
+
+Constrained decoding (`chat(..., schema=...)`, on back-ends whose `constrains` is True): the answer
+is decoded under a JSON schema, so it parses by construction. `transformers` masks tokens with
+`llguidance` (`generation.constrained`); `llama_cpp` samples under a llama.cpp grammar converted
+from the schema; `openai` asks the server with `response_format` (below). `vllm` does not
+constrain yet: its answers are pre-filled and repaired as before. Beam search (`num_beams` > 1) and `no_repeat_ngram_size` exist only in
 `transformers`; the others refuse them with a message rather than silently ignoring them. CPU
 threads are the process's (`generate`/`serve --threads`): a back-end never sets them.
 
@@ -24,15 +30,23 @@ The HTTP back-end reads its base URL, model and key from the configuration or th
 `api_key_env`, then `OPENAI_API_KEY`; the key is never written to a model folder). It sends at most
 `concurrency` requests at once, gives each `timeout_s`, retries on 429, 5xx and network errors
 with exponential back-off (honouring `Retry-After`), and keeps every answer in an on-disk cache
-keyed by the model, the messages and the decoding settings, so a rerun costs nothing.
+keyed by the model, the messages and the decoding settings, so a rerun costs nothing. With a
+schema it sends `response_format` `{"type": "json_schema", ...}` (OpenAI, vLLM, llama.cpp's
+`llama-server`, Ollama); a server that answers 400/422 about it gets the next form down —
+`{"type": "json_object", "schema": ...}` (llama-cpp-python's server, which refuses `json_schema`),
+then plain JSON mode (`json_mode`), then nothing — and keeps that form for later requests. Each
+refusal is counted (`stats["response_format_refused"]`); an answer decoded without its schema is
+marked `Completion.constrained` False and goes through the usual repair and retries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -57,6 +71,7 @@ from feedbackgen.models.llm.pretrained import (
     resolve_model,
 )
 
+log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 BackendName = Literal["transformers", "llama_cpp", "openai", "vllm"]
 
@@ -93,26 +108,30 @@ class Completion:
     completion_tokens: int | None = None
     finish_reason: str | None = None  # "stop" | "length"
     cached: bool = False
+    constrained: bool = False  # decoded under the JSON schema it was asked for
 
 
 class Backend(ABC):
-    """`chat(conversations, decoding, prefix, seeds)` -> one Completion each, in order.
+    """`chat(conversations, decoding, prefix, seeds, schema)` -> one Completion each, in order.
 
     `seeds`: one stream seed per conversation (`decoding.stream_seed`; None: 0 for each), so that
     a conversation's sampled answer does not depend on the others in the call. `prefix` starts the
     assistant's answer (`{"rating":` keeps a small model on the JSON track); the completion's text
     includes it. A back-end that cannot pre-fill an answer (`prefills` False:
-    the HTTP chat API) ignores it and returns what the model wrote. `stats` counts the work."""
+    the HTTP chat API) ignores it and returns what the model wrote. `schema`: a JSON schema the
+    answer must follow (only on back-ends whose `constrains` is True; give no `prefix` with it, as
+    the grammar starts at the answer's first token). `stats` counts the work."""
 
     name: str
     prefills: bool = True
+    constrains: bool = False
 
     def __init__(self):
         self.stats: Counter = Counter()
 
     @abstractmethod
     def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
-             seeds: list[int] | None = None) -> list[Completion]:
+             seeds: list[int] | None = None, schema: dict[str, Any] | None = None) -> list[Completion]:
         ...
 
     def close(self) -> None:
@@ -136,6 +155,7 @@ class TransformersBackend(Backend):
     """A causal LM in this process: prompts sorted by length, batched with left padding, KV-cached."""
 
     name = "transformers"
+    constrains = True
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32", lm=None,
                  tokenizer=None):
@@ -149,8 +169,10 @@ class TransformersBackend(Backend):
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
-             seeds: list[int] | None = None) -> list[Completion]:
+             seeds: list[int] | None = None, schema: dict[str, Any] | None = None) -> list[Completion]:
         import torch
+
+        from feedbackgen.generation.constrained import SchemaConstraint
 
         seeds = seeds or [0] * len(conversations)
         prompts = [self.render(m) + prefix for m in conversations]
@@ -164,8 +186,11 @@ class TransformersBackend(Backend):
             enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                                  add_special_tokens=False).to(device)
             width = enc.input_ids.shape[1]
+            constraint = (SchemaConstraint(self.tokenizer, schema, prompt_length=width,
+                                           max_new_tokens=decoding.max_new_tokens) if schema else None)
             kwargs = hf_generate_kwargs(decoding, self.tokenizer.pad_token_id, eos, prompt_length=width,
-                                        seeds=[seeds[i] for i in idx] if decoding.do_sample else None, device=device)
+                                        seeds=[seeds[i] for i in idx] if decoding.do_sample else None, device=device,
+                                        constraint=constraint)
             with torch.no_grad():
                 tokens = self.lm.generate(**enc, **kwargs)[:, width:]
             for row, i in enumerate(idx):
@@ -173,7 +198,7 @@ class TransformersBackend(Backend):
                 stopped = eos in seq
                 seq = seq[:seq.index(eos)] if stopped else seq
                 out[i] = Completion(prefix + self.tokenizer.decode(seq, skip_special_tokens=True), lengths[i], len(seq),
-                                    "stop" if stopped else "length")
+                                    "stop" if stopped else "length", constrained=schema is not None)
             self.stats["requests"] += len(idx)
         return out  # type: ignore[return-value]
 
@@ -187,10 +212,27 @@ def sampling_options(d: Decoding, seed: int) -> dict[str, Any]:
             "seed": seed % 2**32}
 
 
+class CloseInTime:
+    """A llama-cpp-python logits processor: on the budget's last token, put `close` (the `"}` token)
+    first, so an answer still in its review string ends as JSON. The grammar, applied after it,
+    refuses `close` wherever it would not parse (then the best token it allows is taken)."""
+
+    def __init__(self, close: int, max_new_tokens: int):
+        self.close, self.max_new_tokens, self.start = close, max_new_tokens, None
+
+    def __call__(self, input_ids, scores):
+        if self.start is None:  # the first call comes before the first new token
+            self.start = len(input_ids)
+        if len(input_ids) - self.start == self.max_new_tokens - 1:
+            scores[self.close] = scores.max() + 1.0
+        return scores
+
+
 class LlamaCppBackend(Backend):
     """A GGUF model through `llama-cpp-python`, one conversation at a time (its API has no batching)."""
 
     name = "llama_cpp"
+    constrains = True
 
     def __init__(self, model: str = DEFAULT_MODEL, n_ctx: int = 4096):
         super().__init__()
@@ -211,19 +253,35 @@ class LlamaCppBackend(Backend):
         self.eos = special(self.llm.token_eos())
         self.template = Jinja2ChatFormatter(self.llm.metadata["tokenizer.chat_template"], eos_token=self.eos,
                                             bos_token=special(self.llm.token_bos()))
+        self._grammars: dict[str, Any] = {}
+
+    def grammar(self, schema: dict[str, Any]):
+        """llama.cpp's grammar for `schema` (llama-cpp-python's converter), built once per schema."""
+        from llama_cpp import LlamaGrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+        return self._grammars[key]
 
     def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
-             seeds: list[int] | None = None) -> list[Completion]:
+             seeds: list[int] | None = None, schema: dict[str, Any] | None = None) -> list[Completion]:
         self._refuse(decoding)
         out = []
         extra = {"top_k": decoding.top_k if decoding.do_sample else 1, "repeat_penalty": decoding.repetition_penalty}
+        close = self.llm.tokenize(b'"}', add_bos=False)
         for messages, seed in zip(conversations, seeds or [0] * len(conversations)):
+            if schema:  # a fresh budget watcher per conversation (it counts that conversation's tokens)
+                extra["grammar"] = self.grammar(schema)
+                if len(close) == 1:
+                    extra["logits_processor"] = [CloseInTime(close[0], decoding.max_new_tokens)]
             prompt = self.template(messages=messages).prompt + prefix
             r = self.llm.create_completion(prompt, max_tokens=decoding.max_new_tokens, stop=[self.eos],
                                            **sampling_options(decoding, seed), **extra)
             usage = r.get("usage") or {}
             out.append(Completion(prefix + r["choices"][0]["text"], usage.get("prompt_tokens"),
-                                  usage.get("completion_tokens"), r["choices"][0].get("finish_reason")))
+                                  usage.get("completion_tokens"), r["choices"][0].get("finish_reason"),
+                                  constrained=schema is not None))
             self.stats["requests"] += 1
         return out
 
@@ -257,6 +315,17 @@ class ResponseCache:
 
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# How an answer's schema is asked for, most to least exact; a server that refuses one gets the next.
+RESPONSE_FORMATS = ("json_schema", "json_object+schema", "json_object", "none")
+_ABOUT_FORMAT = re.compile(r"response_format|json_schema|guided|grammar", re.IGNORECASE)
+
+
+class RequestRefused(FeedbackgenError):
+    """The server answered a status that retrying cannot change (400, 401, 404, 422, ...)."""
+
+    def __init__(self, message: str, status: int, body: str):
+        super().__init__(message)
+        self.status, self.body = status, body
 
 
 class OpenAIBackend(Backend):
@@ -264,6 +333,7 @@ class OpenAIBackend(Backend):
 
     name = "openai"
     prefills = False
+    constrains = True  # asks; a server that refuses is answered without the schema (module docstring)
 
     def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
                  timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 1.0, concurrency: int = 4,
@@ -279,17 +349,27 @@ class OpenAIBackend(Backend):
         self.model = model or os.environ.get("FEEDBACKGEN_LLM_MODEL") or DEFAULT_MODEL
         self.max_retries, self.backoff_s, self.concurrency = max_retries, backoff_s, concurrency
         self.json_mode = json_mode
+        self.response_format = RESPONSE_FORMATS[0]  # lowered, for good, by the first refusal of it
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout_s, headers=headers,
                                    limits=httpx.Limits(max_connections=concurrency))
         self.cache = ResponseCache(cache_dir or cache_root() / "responses") if response_cache else None
         self._lock = threading.Lock()
 
-    def payload(self, messages: Messages, d: Decoding, seed: int = 0) -> dict[str, Any]:
+    def payload(self, messages: Messages, d: Decoding, seed: int = 0, schema: dict[str, Any] | None = None,
+                form: str | None = None) -> dict[str, Any]:
+        """The request body; `form`: how `schema` is asked for (`RESPONSE_FORMATS`, default the
+        current one). Without a schema, JSON mode (`json_mode`) is the most asked for."""
         self._refuse(d)
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": d.max_new_tokens,
                                 **sampling_options(d, seed)}
-        if self.json_mode:  # the chat API cannot pre-fill an answer; servers can constrain it to JSON
+        form = (form or self.response_format) if schema else "json_object"
+        if form == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "answer", "strict": True, "schema": schema}}
+        elif form == "json_object+schema":
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        elif form == "json_object" and self.json_mode:  # the chat API cannot pre-fill; JSON mode helps
             body["response_format"] = {"type": "json_object"}
         # not part of OpenAI's own API, but understood by vLLM and llama.cpp; sent only when used
         if d.do_sample and d.top_k:
@@ -299,31 +379,50 @@ class OpenAIBackend(Backend):
         return body
 
     def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
-             seeds: list[int] | None = None) -> list[Completion]:
+             seeds: list[int] | None = None, schema: dict[str, Any] | None = None) -> list[Completion]:
         seeds = seeds or [0] * len(conversations)
-        payloads = [self.payload(m, decoding, seed) for m, seed in zip(conversations, seeds)]
-        if self.concurrency == 1 or len(payloads) == 1:
-            return [self._one(p) for p in payloads]
+        self.payload(conversations[0] if conversations else [], decoding)  # refuses bad settings up front
+        jobs = [(m, decoding, seed, schema) for m, seed in zip(conversations, seeds)]
+        if self.concurrency == 1 or len(jobs) == 1:
+            return [self._one(*j) for j in jobs]
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(self._one, payloads))
+            return list(pool.map(lambda j: self._one(*j), jobs))
 
     def _count(self, what: str, n: int = 1) -> None:
         with self._lock:
             self.stats[what] += n
 
-    def _one(self, payload: dict[str, Any]) -> Completion:
-        key = ResponseCache.key(payload) if self.cache else ""
-        if self.cache and (hit := self.cache.get(key)) is not None:
-            self._count("cache_hits")
-            return Completion(**{**hit, "cached": True})
-        body = self._post(payload)
+    def _one(self, messages: Messages, decoding: Decoding, seed: int, schema: dict[str, Any] | None) -> Completion:
+        while True:
+            form = self.response_format
+            payload = self.payload(messages, decoding, seed, schema, form)
+            key = ResponseCache.key(payload) if self.cache else ""
+            if self.cache and (hit := self.cache.get(key)) is not None:
+                self._count("cache_hits")
+                return Completion(**{**hit, "cached": True})
+            try:
+                body = self._post(payload)
+                break
+            except RequestRefused as e:
+                if not (schema and e.status in (400, 422) and form != "none" and _ABOUT_FORMAT.search(e.body)):
+                    raise
+                self._lower_response_format(form, e)
         choice = body["choices"][0]
         usage = body.get("usage") or {}
         result = Completion((choice.get("message") or {}).get("content") or "", usage.get("prompt_tokens"),
-                            usage.get("completion_tokens"), choice.get("finish_reason"))
+                            usage.get("completion_tokens"), choice.get("finish_reason"),
+                            constrained=form in ("json_schema", "json_object+schema"))
         if self.cache:
             self.cache.put(key, {k: v for k, v in result.__dict__.items() if k != "cached"})
         return result
+
+    def _lower_response_format(self, refused: str, e: RequestRefused) -> None:
+        with self._lock:
+            if self.response_format == refused:  # another thread may have lowered it already
+                self.response_format = RESPONSE_FORMATS[RESPONSE_FORMATS.index(refused) + 1]
+                self.stats["response_format_refused"] += 1
+                log.warning("%s refused response_format %s (HTTP %d: %s); asking with %s from now on",
+                            self.base_url, refused, e.status, e.body[:200], self.response_format)
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         import httpx
@@ -337,7 +436,7 @@ class OpenAIBackend(Backend):
                 if r.status_code == 200:
                     return r.json()
                 if r.status_code not in RETRY_STATUS:
-                    raise FeedbackgenError(f"{url} answered {r.status_code}: {r.text[:300]}")
+                    raise RequestRefused(f"{url} answered {r.status_code}: {r.text[:300]}", r.status_code, r.text)
                 problem = f"HTTP {r.status_code}"
                 retry_after = r.headers.get("retry-after")
                 if retry_after and retry_after.replace(".", "", 1).isdigit():

@@ -2,8 +2,10 @@
 
 For each request the model gets the prompt of `prompts.build_messages` — the user's profile, the
 item's description and (few-shot, `shots` > 0) the user's own most similar past reviews as worked
-examples — and answers `{"rating": 4, "review": "..."}`. Each answer goes through
-`answers.read_answer`:
+examples — and answers `{"rating": 4, "review": "..."}`. With `constrained` (the default) and a
+back-end that can, the answer is decoded under `answers.answer_schema`, so it parses as it is;
+otherwise its start is pre-filled (`ANSWER_PREFIX`). Each answer goes through
+`answers.read_answer` all the same (a server may ignore the schema):
 
 1. valid or repairable: used (repairs are listed in `Feedback.meta["repairs"]`);
 2. invalid: asked again, up to `max_attempts` in all, with a reminder in the prompt and sampling
@@ -36,7 +38,7 @@ from feedbackgen.config import Decoding, validate
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.generation.decoding import stream_seed, with_seeds
 from feedbackgen.models.base import Generator, register
-from feedbackgen.models.llm.answers import ONLY_REASONING, read_answer
+from feedbackgen.models.llm.answers import ONLY_REASONING, answer_schema, read_answer
 from feedbackgen.models.llm.backends import Backend, BackendConfig, Completion, make_backend
 from feedbackgen.models.llm.prompts import PromptConfig, ReviewHistory, build_messages, clean
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
@@ -95,6 +97,9 @@ class LLMUser(Generator):
         """(rating, text, meta) per request: checked answers, retried, else the fallback. A sampled
         answer (or a retry, which always samples) records its request's seed in meta["seed"]."""
         c = self.config
+        constrain = c.constrained and self.backend.constrains
+        schema = answer_schema(self.rating_range, c.review_words) if constrain else None
+        prefix = "" if schema else ANSWER_PREFIX  # a grammar starts at the answer's first token
         # retries sample even after greedy decoding, which draws no seed: they use 0, so greedy stays repeatable
         requests = with_seeds(requests, decoding)
         budget = decoding.model_copy(update={"max_new_tokens": min(1024, decoding.max_new_tokens + JSON_TOKENS)})
@@ -108,7 +113,8 @@ class LLMUser(Generator):
                 "do_sample": True, "temperature": c.retry_temperature, "num_beams": 1})
             convs = [self.messages(requests[i], retry=attempt > 0)[0] for i in pending]
             seeds = [stream_seed(requests[i], salt=attempt) for i in pending]
-            completions = self.backend.chat(convs, d, ANSWER_PREFIX, seeds)
+            # the schema only to back-ends that take one (a Backend written before schemas keeps working)
+            completions = self.backend.chat(convs, d, prefix, seeds, **({"schema": schema} if schema else {}))
             still = []
             for i, done in zip(pending, completions):
                 ans = read_answer(done.text, self.rating_range, c.review_words)
@@ -139,7 +145,7 @@ class LLMUser(Generator):
 
     def _usage(self, done: Completion) -> dict[str, Any]:
         return {"backend": self.backend.name, "prompt_tokens": done.prompt_tokens,
-                "completion_tokens": done.completion_tokens, "cached": done.cached}
+                "completion_tokens": done.completion_tokens, "cached": done.cached, "constrained": done.constrained}
 
     def fallback_text(self, request: FeedbackRequest) -> str:
         h = self.history

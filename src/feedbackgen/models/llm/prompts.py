@@ -209,6 +209,8 @@ class PromptConfig(StrictModel):
     max_words: int | None = Field(None, ge=1, le=1000, description="longest review accepted, in words "
                                                                    "(None: 20 for explanation, 60 for review)")
     prompt_words: int = Field(40, ge=1, le=1000, description="words of each past review quoted in a prompt")
+    constrained: bool = Field(True, description="decode the answer under its JSON schema where the back-end "
+                              "can (answers.answer_schema); false: pre-fill, repair and retry only")
     max_attempts: int = Field(3, ge=1, le=10, description="answers asked for per request before the fallback")
     retry_temperature: float = Field(0.7, gt=0.0, le=2.0, description="sampling temperature of the retries")
     embedding_model: str = Field(DEFAULT_MODEL, description="sentence-transformers folder or name")
