@@ -8,6 +8,7 @@
     python bench/llm.py --only llm-zero-shot llm-few-shot --no-throughput
     python bench/llm.py --only                    # just the back-end throughput table
     python bench/llm.py --save-models runs/llm    # keep each row's model folder (for bench/fidelity.py)
+    python bench/llm.py --only llm-zero-shot --test-rows 30 --threads 2 --no-throughput  # answer kinds
 
 Data: the PETER-format Musical Instruments (split 1), target = the explanation sentence, the same
 fixed test subset for every row (the first `--test-rows` test rows). `retrieval` and `peter
@@ -21,7 +22,9 @@ Main table columns: BLEU-1/4, ROUGE-L F (×100, PETER's definitions), USR, disti
 reference among 1 + K other users' references, by cosine with the generated text; lower is
 better, chance is printed), sent.-rating ρ (Spearman between VADER sentiment and the rating),
 RMSE, MAE, train s, gen/s (samples per second), back-end, and for LLM rows how the JSON answers
-went (valid / repaired / retried / fallback).
+went (valid / repaired / retried / fallback) and the mean prompt length in tokens. `--constrained
+both` (the default) answers every `llm`/`sft` row twice from the same fitted model: decoded under
+the answer's JSON schema (the row as named) and free, pre-filled and repaired ("…, free").
 
 Throughput table: the same model (SmolLM2-135M-Instruct; float32 weights for transformers, the
 Q4_1 GGUF for llama.cpp) answering the same few-shot prompts, greedy, at batch 1 and batched:
@@ -98,16 +101,27 @@ def run_row(row: str, ds, args) -> dict:
     fit_s = time.perf_counter() - t
     test = ds.test
     reqs = [FeedbackRequest(u, i) for u, i in zip(test["user_id"], test["item_id"])]
-    t = time.perf_counter()
-    fb = model.generate(reqs, {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size})
-    gen_s = time.perf_counter() - t
     if args.save_models:  # e.g. for bench/fidelity.py --model-dir
         model.save(Path(args.save_models) / SLUG[row])
     backend = {"retrieval": "numpy", "peter": "torch", "llm": cfg.get("backend")}.get(kind, "transformers")
     trained_on = len(ds.train) if kind in ("retrieval", "peter", "llm") else min(args.train_rows, len(ds.train))
-    return {"row": row, "fit_s": fit_s, "gen_per_s": len(reqs) / gen_s, "texts": [f.text for f in fb],
-            "ratings": [f.rating for f in fb], "backend": backend, "trained_on": trained_on,
-            "answers": dict(getattr(model, "answer_counts", {}) or {})}
+    variants = {"on": [True], "off": [False], "both": [True, False]}[args.constrained] if kind in ("llm", "sft") \
+        else [None]
+    out = []
+    for constrained in variants:
+        if constrained is not None:
+            model.config = model.config.model_copy(update={"constrained": constrained})
+            model.answer_counts.clear()
+        t = time.perf_counter()
+        fb = model.generate(reqs, {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size})
+        gen_s = time.perf_counter() - t
+        prompt_tokens = [f.meta["prompt_tokens"] for f in fb if f.meta.get("prompt_tokens")]
+        out.append({"row": row + (", free" if constrained is False and len(variants) > 1 else ""), "fit_s": fit_s,
+                    "gen_per_s": len(reqs) / gen_s, "texts": [f.text for f in fb], "ratings": [f.rating for f in fb],
+                    "backend": backend, "trained_on": trained_on,
+                    "answers": dict(getattr(model, "answer_counts", {}) or {}),
+                    "prompt_tokens": sum(prompt_tokens) / len(prompt_tokens) if prompt_tokens else None})
+    return out
 
 
 def score(result: dict, ds) -> dict:
@@ -228,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="run only these rows (`--only` alone: none, just the throughput table)")
     p.add_argument("--throughput-prompts", type=int, default=8, help="prompts per throughput measurement")
     p.add_argument("--no-throughput", action="store_true", help="skip the back-end throughput table")
+    p.add_argument("--constrained", default="both", choices=["on", "off", "both"],
+                   help="llm/sft answers decoded under their JSON schema, free (pre-filled, repaired), or both")
     p.add_argument("--save-models", default=None, help="save each trained row's model folder under this folder")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (1 is fastest while anything else runs on 2 cores; try 2 on an idle machine)")
@@ -250,30 +266,32 @@ def main(argv: list[str] | None = None) -> None:
             continue
         t = time.perf_counter()
         try:
-            result = run_row(row, ds, args)
+            done = run_row(row, ds, args)
         except Exception as e:  # one failing row should not lose the others
             print(f"  {row}: failed ({type(e).__name__}: {e})", flush=True)
             continue
-        result["metrics"] = score(result, ds)
-        results.append(result)
+        for result in done:
+            result["metrics"] = score(result, ds)
+            results.append(result)
         print(f"  {row}: done in {time.perf_counter() - t:.0f} s", flush=True)
         gc.collect()
 
     chance = next((r["metrics"].get("personalisation_chance_mean_rank") for r in results), None)
     cols = ["BLEU-1", "BLEU-4", "ROUGE-L F", "USR", "distinct-2", "emb", "pers. rank", "sent.-rating ρ",
-            "RMSE", "MAE", "train s", "trained on", "gen/s", "back-end", "JSON valid/repaired/retried/fallback"]
+            "RMSE", "MAE", "train s", "trained on", "gen/s", "back-end", "JSON valid/repaired/retried/fallback", "prompt tok"]
     if results:
         print()
         print(f"pers. rank: lower is better; chance = {fmt(chance, '.1f')}")
         print("| model | " + " | ".join(cols) + " |")
-        print("|---|" + "---:|" * (len(cols) - 2) + "---|---|")
+        print("|---|" + "---:|" * (len(cols) - 3) + "---|---|---:|")
     for r in results:
         m, a = r["metrics"], r["answers"]
         answers = "/".join(str(a.get(k, 0)) for k in ("valid", "repaired", "retried", "fallback")) if a else "—"
         cells = [fmt(m["bleu1"], ".2f"), fmt(m["bleu4"], ".2f"), fmt(m["rougeL_f"], ".2f"), fmt(m["usr"], ".3f"),
                  fmt(m["distinct2"], ".3f"), fmt(m["emb"], ".3f"), fmt(m.get("personalisation_mean_rank"), ".1f"),
                  fmt(m["sentiment_rating"], ".3f"), fmt(m["rmse"], ".3f"), fmt(m["mae"], ".3f"),
-                 fmt(r["fit_s"], ".0f"), f"{r['trained_on']} rows", fmt(r["gen_per_s"], ".2f"), r["backend"], answers]
+                 fmt(r["fit_s"], ".0f"), f"{r['trained_on']} rows", fmt(r["gen_per_s"], ".2f"), r["backend"], answers,
+                 fmt(r["prompt_tokens"], ".0f")]
         print(f"| {r['row']} | " + " | ".join(cells) + " |")
 
     if not args.no_throughput:

@@ -24,8 +24,8 @@ from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import ConfigError, FeedbackgenError
 from feedbackgen.models import create, load
-from feedbackgen.models.llm.answers import CONTROL_TOKENS, read_answer
-from feedbackgen.models.llm.backends import Backend, Completion, OpenAIBackend, ResponseCache
+from feedbackgen.models.llm.answers import CONTROL_TOKENS, answer_schema, read_answer
+from feedbackgen.models.llm.backends import Backend, Completion, OpenAIBackend, ResponseCache, TransformersBackend
 from feedbackgen.types import FeedbackRequest
 
 QUICK = {"max_new_tokens": 12, "batch_size": 8}
@@ -185,6 +185,46 @@ def test_openai_backend_retries_limits_and_caches(tmp_path, chat_server):
     assert key == ResponseCache.key({"b": [1, 2], "a": 1})
 
 
+class RefusesSchemas:
+    """A server that refuses some `response_format` types with 422 (as llama-cpp-python's refuses
+    `json_schema`), answers the others, and records what it was asked."""
+
+    def __init__(self, refused: set[str]):
+        self.refused, self.formats = refused, []
+
+    def __call__(self, body: dict) -> tuple[int, dict, str]:
+        form = body.get("response_format")
+        kind = "none" if form is None else form["type"] + ("+schema" if "schema" in form else "")
+        self.formats.append(kind)
+        if kind in self.refused:
+            return 422, {}, f"body.response_format.type: Input should be 'text' or 'json_object' (got {kind})"
+        return 200, {}, '{"rating": 4, "review": "Solid stand for the price."}'
+
+
+def test_openai_backend_asks_for_the_schema_and_steps_down_when_refused(tmp_path, chat_server):
+    schema = answer_schema((1.0, 5.0), 20)
+    convs = [[{"role": "user", "content": f"question {k}"}] for k in range(3)]
+    server = RefusesSchemas({"json_schema"})
+    backend = OpenAIBackend(chat_server(server), "m", concurrency=1, response_cache=False)
+    sent = backend.payload(convs[0], Decoding(), schema=schema)["response_format"]
+    assert sent == {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": schema}}
+    out = backend.chat(convs, Decoding(max_new_tokens=8), schema=schema)
+    assert server.formats == ["json_schema", "json_object+schema", "json_object+schema", "json_object+schema"]
+    assert all(c.constrained for c in out) and backend.stats["response_format_refused"] == 1
+
+    server = RefusesSchemas({"json_schema", "json_object+schema", "json_object"})
+    backend = OpenAIBackend(chat_server(server), "m", concurrency=2, response_cache=False)
+    out = backend.chat(convs, Decoding(max_new_tokens=8), schema=schema)
+    assert server.formats[-2:] == ["none", "none"] and backend.response_format == "none"
+    assert not any(c.constrained for c in out) and backend.stats["response_format_refused"] == 3
+    assert json.loads(out[0].text)["rating"] == 4  # answered all the same, unconstrained
+    assert "response_format" not in backend.payload(convs[0], Decoding(), schema=schema)
+
+    server = Script([(400, {})])  # a 400 that is not about response_format is not stepped around
+    with pytest.raises(FeedbackgenError, match="400"):
+        OpenAIBackend(chat_server(server), "m", response_cache=False).chat(convs[:1], Decoding(), schema=schema)
+
+
 # -- the pretrained model -----------------------------------------------------------------------------
 
 def test_default_model_is_converted_once_and_reloaded():
@@ -214,6 +254,49 @@ def test_llm_answers_keep_the_contract_and_reload(tiny, tmp_path, shots):
     model.save(tmp_path / "m")
     again = load(tmp_path / "m").generate(reqs, QUICK)
     assert [(f.rating, f.text) for f in again] == [(f.rating, f.text) for f in out]
+
+
+# -- constrained decoding: answers valid by construction ---------------------------------------------
+
+TIGHT = {"max_new_tokens": 6, "batch_size": 8}  # a budget that cuts most free answers off mid-review
+
+
+def test_answer_schema_admits_only_what_read_answer_takes_as_valid():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = answer_schema((1.0, 5.0), 4)
+    ok = ['{"rating": 4, "review": "Great strings, cheap."}', '{"rating": 1, "review": "no"}']
+    bad = ['{"rating": 6, "review": "x"}', '{"rating": 4, "review": ""}', '{"rating": 4, "review": "a b c d e"}',
+           '{"rating": 4, "review": "two  spaces"}', '{"rating": 4.5, "review": "x"}', '{"rating": 4}',
+           '{"rating": 4, "review": "x", "extra": 1}']
+    for raw in ok:
+        jsonschema.validate(json.loads(raw), schema)
+        assert read_answer(raw, (1.0, 5.0), 4).status == "valid"
+    for raw in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(json.loads(raw), schema)
+    assert answer_schema((0.5, 5.0), 4)["properties"]["rating"] == {"type": "number", "minimum": 0.5, "maximum": 5.0}
+
+
+@pytest.mark.parametrize("decoding", [{}, {"do_sample": True, "seed": 3, "temperature": 1.5}, {"num_beams": 2}],
+                         ids=["greedy", "sampled", "beams"])
+def test_transformers_answers_parse_by_construction(tiny, decoding):
+    model = create("llm", {"shots": 1}).fit(tiny)
+    reqs = requests_for(tiny, 2)
+    out = model.generate(reqs, {**TIGHT, **decoding})
+    check_contract(out)
+    assert all(f.meta["constrained"] for f in out)
+    assert [(f.meta["answer"], f.meta["repairs"]) for f in out] == [("valid", [])] * len(reqs)
+
+
+def test_schema_constraint_keeps_each_row_to_itself(tiny):
+    """A constrained row decodes alike alone and batched with others (its grammar state is its own)."""
+    backend = TransformersBackend()
+    convs = [[{"role": "user", "content": f"Review item {k}. Answer in JSON."}] for k in range(3)]
+    schema, d = answer_schema((1.0, 5.0), 8), Decoding(max_new_tokens=10, do_sample=True, batch_size=3)
+    together = backend.chat(convs, d, seeds=[11, 12, 13], schema=schema)
+    alone = backend.chat(convs[1:2], d, seeds=[12], schema=schema)
+    assert together[1].text == alone[0].text
+    assert all(read_answer(c.text, (1.0, 5.0), 8).status == "valid" for c in together)
 
 
 class ScriptedBackend(Backend):
@@ -340,9 +423,11 @@ def _free_port() -> int:
 def test_llm_on_llama_cpp_in_process(tiny):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make setup builds it)")
     model = create("llm", {"shots": 2, "backend": "llama_cpp", "num_threads": 1}).fit(tiny)
-    out = model.generate(requests_for(tiny), QUICK)
+    out = model.generate(requests_for(tiny), TIGHT)
     check_contract(out)
     assert out[0].meta["backend"] == "llama_cpp"
+    # decoded under the schema's grammar, closed within the budget: nothing to repair
+    assert [(f.meta["answer"], f.meta["constrained"]) for f in out] == [("valid", True)] * len(out)
     with pytest.raises(ConfigError, match="beam"):
         model.generate(requests_for(tiny, 1)[:1], {**QUICK, "num_beams": 2})
 
@@ -374,6 +459,12 @@ def test_llm_against_a_real_llama_cpp_server(tiny, tmp_path):
         reqs = requests_for(tiny, 2)
         out = model.generate(reqs, QUICK)
         check_contract(out)
+        # llama-cpp-python's server refuses {"type": "json_schema"} (422) and honours the schema
+        # given as {"type": "json_object", "schema": ...}: every answer parses, none is retried
+        assert model.backend.response_format == "json_object+schema"
+        assert model.backend_stats["response_format_refused"] == 1 and all(f.meta["constrained"] for f in out)
+        assert not model.answer_counts["retried"] and not model.answer_counts["fallback"], model.answer_counts
+        assert all(set(f.meta["repairs"]) <= {"cut off"} for f in out)  # the server cannot close in time
         asked = model.backend_stats["requests"]
         assert asked >= len(reqs) and out[0].meta["backend"] == "openai"
         again = model.generate(reqs, QUICK)  # the rerun is answered from the cache
