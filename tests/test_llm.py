@@ -508,12 +508,14 @@ def test_cli_trains_and_generates(tiny, tmp_path, name, settings):
     (tmp_path / "requests.jsonl").write_text("".join(
         json.dumps({"user_id": r.user_id, "item_id": r.item_id}) + "\n" for r in requests_for(tiny, 2)))
     res = runner.invoke(app, ["generate", str(tmp_path / "m"), "--requests", str(tmp_path / "requests.jsonl"),
-                              "--out", str(tmp_path / "pred.jsonl"), "--max-new-tokens", "12"])
+                              "--out", str(tmp_path / "pred.jsonl"), "--max-new-tokens", "12",
+                              *(["--no-constrained"] if name == "llm" else [])])
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and all(r["model"] == name and 1 <= r["rating"] <= 5 for r in rows)
     if name == "llm":
         assert all(r["text"] for r in rows) and "answers:" in res.output
+        assert not any(r["meta"]["constrained"] for r in rows)  # --no-constrained over the model's setting
         # the report counts how every answer was obtained, so repairs and fallbacks are never hidden
         res = runner.invoke(app, ["evaluate", str(tmp_path / "pred.jsonl"), "--dataset", str(tmp_path / "ds"),
                                   "--out", str(tmp_path / "report"), "--no-embeddings"])

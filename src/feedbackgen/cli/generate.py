@@ -52,6 +52,10 @@ def generate(
     workers: Annotated[Optional[int], typer.Option(
         help="Ray actors, one CPU and one model copy each (default: every CPU of the cluster)")] = None,
     shard_size: Annotated[int, typer.Option(help="requests per output shard, the unit a rerun resumes from")] = 1024,
+    constrained: Annotated[Optional[bool], typer.Option(
+        "--constrained/--no-constrained",
+        help="llm/sft: decode each answer under its JSON schema, or free (pre-filled, repaired, retried); "
+             "default: the model's `constrained` setting")] = None,
 ):
     """Generate feedback for a dataset split or a requests file (resumable: rerun after a kill).
 
@@ -80,6 +84,9 @@ def generate(
         raise FeedbackgenError("--address and --workers go with --engine ray")
     if shard_size < 1:
         raise FeedbackgenError(f"--shard-size must be at least 1 (got {shard_size})")
+    if constrained is not None and engine == "ray":
+        raise FeedbackgenError("--constrained/--no-constrained go with --engine local; on Ray, train the model "
+                               "with --set constrained=true|false")
     problems = Problems()
     if engine == "ray":
         from feedbackgen.generation.ray_engine import run_generation_ray
@@ -99,6 +106,10 @@ def generate(
         except ValueError as e:
             raise FeedbackgenError(str(e)) from None
     generator = load(model)
+    if constrained is not None:
+        if "constrained" not in type(generator.config).model_fields:
+            raise FeedbackgenError(f"--constrained/--no-constrained apply to llm and sft models, not {generator.name}")
+        generator.config = generator.config.model_copy(update={"constrained": constrained})
     t0 = time.time()
     run_generation(generator, reqs, out, decoding, model_id=str(model.resolve()), shard_size=shard_size)
     _report_generation(out, reqs.count, time.time() - t0, problems, requests)
