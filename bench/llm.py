@@ -9,6 +9,7 @@
     python bench/llm.py --only                    # just the back-end throughput table
     python bench/llm.py --save-models runs/llm    # keep each row's model folder (for bench/fidelity.py)
     python bench/llm.py --only llm-zero-shot --test-rows 30 --threads 2 --no-throughput  # answer kinds
+    python bench/llm.py --only llm-few-shot --prompt-style short --no-throughput   # shorter prompts
 
 Data: the PETER-format Musical Instruments (split 1), target = the explanation sentence, the same
 fixed test subset for every row (the first `--test-rows` test rows). `retrieval` and `peter
@@ -73,7 +74,7 @@ def load_data(test_rows: int):
 
 
 def row_config(row: str, args) -> tuple[str, dict]:
-    llm_common = {"model": args.model, "num_threads": args.threads}
+    llm_common = {"model": args.model, "num_threads": args.threads, "prompt_style": args.prompt_style}
     backend = {"backend": args.backend, "base_url": args.base_url, "served_model": args.served_model}
     trained = {"max_train_samples": args.train_rows, "max_valid_samples": args.valid_rows,
                "max_epochs": args.epochs, "progress": False}
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-throughput", action="store_true", help="skip the back-end throughput table")
     p.add_argument("--constrained", default="both", choices=["on", "off", "both"],
                    help="llm/sft answers decoded under their JSON schema, free (pre-filled, repaired), or both")
+    p.add_argument("--prompt-style", default="full", choices=["full", "short"],
+                   help="llm/sft prompts: the instruction in every turn, or once in a one-line system prompt")
     p.add_argument("--save-models", default=None, help="save each trained row's model folder under this folder")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (1 is fastest while anything else runs on 2 cores; try 2 on an idle machine)")
@@ -278,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
 
     chance = next((r["metrics"].get("personalisation_chance_mean_rank") for r in results), None)
     cols = ["BLEU-1", "BLEU-4", "ROUGE-L F", "USR", "distinct-2", "emb", "pers. rank", "sent.-rating ρ",
-            "RMSE", "MAE", "train s", "trained on", "gen/s", "back-end", "JSON valid/repaired/retried/fallback", "prompt tok"]
+            "RMSE", "MAE", "train s", "trained on", "gen/s", "back-end", "JSON valid/repaired/retried/fallback",
+            "prompt tok"]
     if results:
         print()
         print(f"pers. rank: lower is better; chance = {fmt(chance, '.1f')}")

@@ -299,6 +299,22 @@ def test_schema_constraint_keeps_each_row_to_itself(tiny):
     assert all(read_answer(c.text, (1.0, 5.0), 8).status == "valid" for c in together)
 
 
+def test_short_prompts_give_the_instruction_once(tiny):
+    from feedbackgen.models.llm.pretrained import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    request = requests_for(tiny, 1)[0]
+    full = create("llm", {"shots": 2}).fit(tiny)
+    short = create("llm", {"shots": 2, "prompt_style": "short"}).fit(tiny)
+    f, s = full.messages(request)[0], short.messages(request)[0]
+    assert [m["role"] for m in f] == [m["role"] for m in s] and f[1:-1:2] != s[1:-1:2]
+    assert [m["content"] for m in f[2:-1:2]] == [m["content"] for m in s[2:-1:2]]  # the same examples
+    said = [m["content"] for m in s if "20 words" in m["content"]]
+    assert len(said) == 1 and '"review"' in said[0] and s[-1]["content"].startswith("Customer: ")
+    tokens = [len(tok(tok.apply_chat_template(m, tokenize=False), add_special_tokens=False).input_ids) for m in (f, s)]
+    assert tokens[1] < 0.8 * tokens[0], tokens
+
+
 class ScriptedBackend(Backend):
     """Answers from a list, whatever it is asked: to drive the retry and fallback paths exactly."""
 

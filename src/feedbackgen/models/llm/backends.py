@@ -76,7 +76,8 @@ class BackendConfig(StrictModel):
     backoff_s: float = Field(1.0, ge=0.0, le=600.0, description="openai: first back-off, doubled per retry")
     concurrency: int = Field(4, ge=1, le=1024, description="openai: requests in flight at once")
     response_cache: bool = Field(True, description="openai: keep answers on disk; a rerun costs nothing")
-    json_mode: bool = Field(True, description='openai: ask for response_format {"type": "json_object"}')
+    json_mode: bool = Field(True, description='openai: ask for response_format {"type": "json_object"} when '
+                                              "no schema is sent (constrained=false, or the server refused it)")
     cache_dir: str | None = Field(None, description="openai: response cache folder "
                                                     "(default: $FEEDBACKGEN_CACHE/responses)")
 
