@@ -264,9 +264,10 @@ TIGHT = {"max_new_tokens": 6, "batch_size": 8}  # a budget that cuts most free a
 def test_answer_schema_admits_only_what_read_answer_takes_as_valid():
     jsonschema = pytest.importorskip("jsonschema")
     schema = answer_schema((1.0, 5.0), 4)
-    ok = ['{"rating": 4, "review": "Great strings, cheap."}', '{"rating": 1, "review": "no"}']
+    ok = ['{"rating": 4, "review": "Great strings, cheap."}', '{"rating": 1, "review": "no"}',
+          '{"rating": 4.5, "review": "x"}']
     bad = ['{"rating": 6, "review": "x"}', '{"rating": 4, "review": ""}', '{"rating": 4, "review": "a b c d e"}',
-           '{"rating": 4, "review": "two  spaces"}', '{"rating": 4.5, "review": "x"}', '{"rating": 4}',
+           '{"rating": 4, "review": "two  spaces"}', '{"rating": 4.2, "review": "x"}', '{"rating": 4}',
            '{"rating": 4, "review": "x", "extra": 1}']
     for raw in ok:
         jsonschema.validate(json.loads(raw), schema)
@@ -274,7 +275,7 @@ def test_answer_schema_admits_only_what_read_answer_takes_as_valid():
     for raw in bad:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(json.loads(raw), schema)
-    assert answer_schema((0.5, 5.0), 4)["properties"]["rating"] == {"type": "number", "minimum": 0.5, "maximum": 5.0}
+    assert answer_schema((0.3, 5.0), 4)["properties"]["rating"] == {"type": "number", "minimum": 0.3, "maximum": 5.0}
 
 
 @pytest.mark.parametrize("decoding", [{}, {"do_sample": True, "seed": 3, "temperature": 1.5}, {"num_beams": 2}],
@@ -285,14 +286,18 @@ def test_transformers_answers_parse_by_construction(tiny, decoding):
     out = model.generate(reqs, {**TIGHT, **decoding})
     check_contract(out)
     assert all(f.meta["constrained"] for f in out)
-    assert [(f.meta["answer"], f.meta["repairs"]) for f in out] == [("valid", [])] * len(reqs)
+    kinds = [(f.meta["answer"], f.meta["repairs"]) for f in out]
+    if "num_beams" in decoding:  # beams rank whole hypotheses: one may run out of tokens, never break the format
+        assert all(k in ("valid", "repaired") and set(r) <= {"cut off"} for k, r in kinds), kinds
+    else:
+        assert kinds == [("valid", [])] * len(reqs)
 
 
 def test_schema_constraint_keeps_each_row_to_itself(tiny):
     """A constrained row decodes alike alone and batched with others (its grammar state is its own)."""
     backend = TransformersBackend()
     convs = [[{"role": "user", "content": f"Review item {k}. Answer in JSON."}] for k in range(3)]
-    schema, d = answer_schema((1.0, 5.0), 8), Decoding(max_new_tokens=10, do_sample=True, batch_size=3)
+    schema, d = answer_schema((1.0, 5.0), 8), Decoding(max_new_tokens=20, do_sample=True, batch_size=3)
     together = backend.chat(convs, d, seeds=[11, 12, 13], schema=schema)
     alone = backend.chat(convs[1:2], d, seeds=[12], schema=schema)
     assert together[1].text == alone[0].text

@@ -58,15 +58,19 @@ def answer_schema(rating_range: tuple[float, float] = (1.0, 5.0), max_words: int
     """The JSON schema of a valid answer: `{"rating": r, "review": "<1..max_words words>"}`, in
     that key order, no other keys.
 
-    The rating is an integer `enum` when both ends of `rating_range` are whole numbers at most 10
-    apart (every converter honours `enum`; llama.cpp's ignores `minimum`/`maximum`), else a number
-    with `minimum`/`maximum`. The review is single-spaced words (`_WORD`), which is how
-    `read_answer` normalises it anyway. Raises ValueError for an empty range or `max_words` < 1."""
+    The rating is one of the half steps of `rating_range` (1, 1.5, ..., 5) as an `enum`, when its
+    ends are half steps at most 20 apart: half stars let a model unsure between 4 and 5 say 4.5,
+    which scores better than either; a closed list keeps a decoder from writing digits until the
+    token budget runs out; and every converter honours `enum` (llama.cpp's drops `minimum` and
+    `maximum`). Otherwise it is a number with `minimum`/`maximum`. The review is single-spaced
+    words (`_WORD`), which is how `read_answer` normalises it anyway. Raises ValueError for an
+    empty range or `max_words` < 1."""
     lo, hi = rating_range
     if not lo <= hi or max_words < 1:
         raise ValueError(f"answer_schema needs lo <= hi and max_words >= 1 (got {rating_range}, {max_words})")
-    if float(lo).is_integer() and float(hi).is_integer() and hi - lo <= 10:
-        rating: dict[str, Any] = {"type": "integer", "enum": list(range(int(lo), int(hi) + 1))}
+    if float(2 * lo).is_integer() and float(2 * hi).is_integer() and hi - lo <= 20:
+        steps = [k / 2 for k in range(int(2 * lo), int(2 * hi) + 1)]
+        rating: dict[str, Any] = {"type": "number", "enum": [int(x) if x.is_integer() else x for x in steps]}
     else:
         rating = {"type": "number", "minimum": lo, "maximum": hi}
     review = {"type": "string", "pattern": f"^{_WORD}( {_WORD}){{0,{max_words - 1}}}$"}
