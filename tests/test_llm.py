@@ -186,25 +186,26 @@ def test_openai_backend_retries_limits_and_caches(tmp_path, chat_server):
 
 
 class RefusesSchemas:
-    """A server that refuses some `response_format` types with 422 (as llama-cpp-python's refuses
-    `json_schema`), answers the others, and records what it was asked."""
+    """A server that refuses some `response_format` types with `status` (llama-cpp-python's refuses
+    `json_schema` with a 500 holding the validation error), answers the others, and records what it
+    was asked."""
 
-    def __init__(self, refused: set[str]):
-        self.refused, self.formats = refused, []
+    def __init__(self, refused: set[str], status: int = 422):
+        self.refused, self.status, self.formats = refused, status, []
 
     def __call__(self, body: dict) -> tuple[int, dict, str]:
         form = body.get("response_format")
         kind = "none" if form is None else form["type"] + ("+schema" if "schema" in form else "")
         self.formats.append(kind)
         if kind in self.refused:
-            return 422, {}, f"body.response_format.type: Input should be 'text' or 'json_object' (got {kind})"
+            return self.status, {}, f"('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"
         return 200, {}, '{"rating": 4, "review": "Solid stand for the price."}'
 
 
 def test_openai_backend_asks_for_the_schema_and_steps_down_when_refused(tmp_path, chat_server):
     schema = answer_schema((1.0, 5.0), 20)
     convs = [[{"role": "user", "content": f"question {k}"}] for k in range(3)]
-    server = RefusesSchemas({"json_schema"})
+    server = RefusesSchemas({"json_schema"}, status=500)  # not retried: it would be refused again
     backend = OpenAIBackend(chat_server(server), "m", concurrency=1, response_cache=False)
     sent = backend.payload(convs[0], Decoding(), schema=schema)["response_format"]
     assert sent == {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": schema}}

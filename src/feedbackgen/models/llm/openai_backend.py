@@ -8,7 +8,7 @@ It reads its base URL, model and key from the configuration or the environment
 with exponential back-off (honouring `Retry-After`), and keeps every answer in an on-disk cache
 keyed by the model, the messages and the decoding settings, so a rerun costs nothing. With a
 schema it sends `response_format` `{"type": "json_schema", ...}` (OpenAI, vLLM, llama.cpp's
-`llama-server`, Ollama); a server that answers 400/422 about it gets the next form down —
+`llama-server`, Ollama); a server that answers 400/422 (or 500) about it gets the next form down —
 `{"type": "json_object", "schema": ...}` (llama-cpp-python's server, which refuses `json_schema`),
 then plain JSON mode (`json_mode`), then nothing — and keeps that form for later requests. Each
 refusal is counted (`stats["response_format_refused"]`); an answer decoded without its schema is
@@ -151,7 +151,7 @@ class OpenAIBackend(Backend):
                 body = self._post(payload)
                 break
             except RequestRefused as e:
-                if not (schema and e.status in (400, 422) and form != "none" and _ABOUT_FORMAT.search(e.body)):
+                if not (schema and e.status in (400, 422, 500) and form != "none" and _ABOUT_FORMAT.search(e.body)):
                     raise
                 self._lower_response_format(form, e)
         choice = body["choices"][0]
@@ -182,7 +182,10 @@ class OpenAIBackend(Backend):
                 r = self.client.post(url, json=payload)
                 if r.status_code == 200:
                     return r.json()
-                if r.status_code not in RETRY_STATUS:
+                # a refused response_format is refused again on every retry (llama-cpp-python's server
+                # reports it as a 500)
+                about_format = "response_format" in payload and r.status_code <= 500 and _ABOUT_FORMAT.search(r.text)
+                if r.status_code not in RETRY_STATUS or about_format:
                     raise RequestRefused(f"{url} answered {r.status_code}: {r.text[:300]}", r.status_code, r.text)
                 problem = f"HTTP {r.status_code}"
                 retry_after = r.headers.get("retry-after")
