@@ -321,6 +321,26 @@ def test_short_prompts_give_the_instruction_once(tiny):
     assert tokens[1] < 0.8 * tokens[0], tokens
 
 
+@pytest.mark.parametrize("wish", [" 0", " \\u00e9"], ids=["lone space", "escape"])
+def test_constrained_answers_close_within_any_budget(wish):
+    """A model that wants to write a review of " 0 0 0 ..." (SmolLM2 spells " 0" as a lone space,
+    then the digit) or of JSON escapes still ends with valid JSON on its budget's last token."""
+    from feedbackgen.generation.constrained import SchemaConstraint
+    from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_tokenizer
+
+    tok = load_tokenizer(DEFAULT_MODEL)
+    wanted = tok('{"rating": 4, "review": "across' + wish * 40, add_special_tokens=False).input_ids
+    for budget in range(14, 26):
+        constraint = SchemaConstraint(tok, answer_schema((1.0, 5.0), 60), prompt_length=1, max_new_tokens=budget)
+        ids = [0]
+        for t in range(budget):
+            scores = torch.zeros(1, len(tok))
+            scores[0, wanted[t]] = 10.0  # what the model would write; the constraint decides
+            ids.append(int(constraint(torch.tensor([ids]), scores).argmax()))
+        text = tok.decode(ids[1:])
+        assert read_answer(text, (1.0, 5.0), 60).status == "valid", (budget, text)
+
+
 class ScriptedBackend(Backend):
     """Answers from a list, whatever it is asked: to drive the retry and fallback paths exactly."""
 

@@ -17,9 +17,10 @@ the decoding settings, as in `decoding`.
 The token budget. A free model can run out of `max_new_tokens` inside the review string, and the
 answer would be cut off. When the tokens left equal the length of a closing sequence (`"}` or `}`)
 the grammar accepts from the current state, that sequence is forced, so every answer ends as valid
-JSON within the budget (its last words may be cut, as any length limit cuts them). An escape
-sequence (`\u00e9`) takes up to six tokens to finish, so none may start in the last
-`ESCAPE_WINDOW` tokens. Greedy decoding and sampling keep this promise; beam search, which ranks
+JSON within the budget (its last words may be cut, as any length limit cuts them). For the
+closing to be possible then: an escape sequence (`\u00e9`) takes up to six tokens to finish, so
+none may start in the last `ESCAPE_WINDOW` tokens; and the review's words are single-spaced, so a
+token that ends in a space (SmolLM2 writes " 4" as " " then "4") may not be the last but one. Greedy decoding and sampling keep this promise; beam search, which ranks
 whole hypotheses, may still return one that ran out of tokens.
 """
 
@@ -35,7 +36,7 @@ _tokenizers: dict[int, Any] = {}  # id(hf tokenizer) -> (tokenizer, llguidance t
 _lock = threading.Lock()
 CLOSERS = ('"}', "}")  # texts that can end an object whose last value is a string (or was)
 ESCAPE_WINDOW = 6  # a backslash, "u" and four hex digits, one token each at worst
-_no_backslash: dict[int, Any] = {}  # id(llguidance tokenizer) -> bitmask of tokens without "\"
+_masks: dict[tuple[int, str], Any] = {}  # (id(llguidance tokenizer), what) -> bitmask of tokens
 
 
 def ll_tokenizer(tokenizer):
@@ -54,20 +55,22 @@ def ll_tokenizer(tokenizer):
         return hit[1]
 
 
-def _without_backslash(tokenizer, tok):
-    """A bitmask (as llguidance's) of the tokens whose text holds no backslash, built once."""
+def _tokens_without(tokenizer, tok, what: str):
+    """A bitmask (as llguidance's) of the tokens whose text does not contain ("backslash") or end
+    in ("trailing space") the thing, built once per tokenizer. Byte-level BPE spells a space "Ġ"."""
     import llguidance.torch as lt
 
+    test = {"backslash": lambda t: "\\" in t, "trailing space": lambda t: t.endswith(("Ġ", " ", "▁"))}[what]
     with _lock:
-        if id(tok) not in _no_backslash:
+        if (id(tok), what) not in _masks:
             mask = lt.allocate_token_bitmask(1, tok.vocab_size)[0]
             texts = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
             for t, text in enumerate(texts):
-                if text is not None and "\\" in text and t < 32 * mask.numel():
+                if text is not None and test(text) and t < 32 * mask.numel():
                     bit = t % 32
                     mask[t // 32] &= ~(1 << bit) if bit < 31 else (1 << 31) - 1  # clear the bit
-            _no_backslash[id(tok)] = mask
-        return _no_backslash[id(tok)]
+            _masks[(id(tok), what)] = mask
+        return _masks[(id(tok), what)]
 
 
 class SchemaConstraint:
@@ -92,7 +95,8 @@ class SchemaConstraint:
             raise ValueError(f"the JSON schema does not compile to a grammar: {problem}")
         self.prompt_length, self.max_new_tokens = prompt_length, max_new_tokens
         self.closers = [tokenizer(c, add_special_tokens=False).input_ids for c in CLOSERS]
-        self.no_backslash = _without_backslash(tokenizer, self.tok)
+        self.no_backslash = _tokens_without(tokenizer, self.tok, "backslash")
+        self.no_trailing_space = _tokens_without(tokenizer, self.tok, "trailing space")
         self.states: dict[tuple[int, ...], Any] = {}  # generated tokens -> matcher (None: stopped)
 
     def _state(self, generated: tuple[int, ...]):
@@ -136,8 +140,10 @@ class SchemaConstraint:
                 free.append(r)
                 continue
             lt.fill_next_token_bitmask(m, mask, r)
-            if left <= ESCAPE_WINDOW:
-                mask[r] &= self.no_backslash
+            for narrower, applies in ((self.no_backslash, left <= ESCAPE_WINDOW),
+                                      (self.no_trailing_space, left == 2)):
+                if applies and (narrowed := mask[r] & narrower).any():  # never to nothing (too small a budget)
+                    mask[r] = narrowed
             forced = self._forced(m, left)
             if forced is not None:
                 bit = forced % 32
