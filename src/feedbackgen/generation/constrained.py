@@ -20,8 +20,9 @@ the grammar accepts from the current state, that sequence is forced, so every an
 JSON within the budget (its last words may be cut, as any length limit cuts them). For the
 closing to be possible then: an escape sequence (`\u00e9`) takes up to six tokens to finish, so
 none may start in the last `ESCAPE_WINDOW` tokens; and the review's words are single-spaced, so a
-token that ends in a space (SmolLM2 writes " 4" as " " then "4") may not be the last but one. Greedy decoding and sampling keep this promise; beam search, which ranks
-whole hypotheses, may still return one that ran out of tokens.
+token that ends in a space (SmolLM2 writes " 4" as " " then "4") may not be the last but one.
+Greedy decoding and sampling keep this promise; beam search, which ranks whole hypotheses, may
+still return one that ran out of tokens.
 """
 
 from __future__ import annotations

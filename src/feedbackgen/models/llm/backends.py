@@ -195,16 +195,22 @@ def sampling_options(d: Decoding, seed: int) -> dict[str, Any]:
 
 class CloseInTime:
     """A llama-cpp-python logits processor: on the budget's last token, put `close` (the `"}` token)
-    first, so an answer still in its review string ends as JSON. The grammar, applied after it,
-    refuses `close` wherever it would not parse (then the best token it allows is taken)."""
+    first, so an answer still in its review string ends as JSON; on the last but one, put the
+    `spaced` tokens (those ending in a space, after which a word must follow) last. The grammar,
+    applied after it, refuses `close` wherever it would not parse (then the best token it allows
+    is taken). The grammar converted from `answers.answer_schema` allows no escapes, so no escape
+    is left open at the end."""
 
-    def __init__(self, close: int, max_new_tokens: int):
-        self.close, self.max_new_tokens, self.start = close, max_new_tokens, None
+    def __init__(self, close: int, spaced, max_new_tokens: int):
+        self.close, self.spaced, self.max_new_tokens, self.start = close, spaced, max_new_tokens, None
 
     def __call__(self, input_ids, scores):
         if self.start is None:  # the first call comes before the first new token
             self.start = len(input_ids)
-        if len(input_ids) - self.start == self.max_new_tokens - 1:
+        left = self.max_new_tokens - (len(input_ids) - self.start)
+        if left == 2:
+            scores[self.spaced] -= 1e4  # not -inf: if the grammar allows nothing else, still one of them
+        elif left == 1:
             scores[self.close] = scores.max() + 1.0
         return scores
 
@@ -235,6 +241,7 @@ class LlamaCppBackend(Backend):
         self.template = Jinja2ChatFormatter(self.llm.metadata["tokenizer.chat_template"], eos_token=self.eos,
                                             bos_token=special(self.llm.token_bos()))
         self._grammars: dict[str, Any] = {}
+        self._spaced = None  # ids of the tokens ending in a space (CloseInTime), found on first use
 
     def grammar(self, schema: dict[str, Any]):
         """llama.cpp's grammar for `schema` (llama-cpp-python's converter), built once per schema."""
@@ -244,6 +251,14 @@ class LlamaCppBackend(Backend):
         if key not in self._grammars:
             self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
         return self._grammars[key]
+
+    def spaced_tokens(self):
+        if self._spaced is None:
+            import numpy as np
+
+            self._spaced = np.array([t for t in range(self.llm.n_vocab())
+                                     if self.llm.detokenize([t]).endswith(b" ")], dtype=np.int64)
+        return self._spaced
 
     def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
              seeds: list[int] | None = None, schema: dict[str, Any] | None = None) -> list[Completion]:
@@ -255,7 +270,7 @@ class LlamaCppBackend(Backend):
             if schema:  # a fresh budget watcher per conversation (it counts that conversation's tokens)
                 extra["grammar"] = self.grammar(schema)
                 if len(close) == 1:
-                    extra["logits_processor"] = [CloseInTime(close[0], decoding.max_new_tokens)]
+                    extra["logits_processor"] = [CloseInTime(close[0], self.spaced_tokens(), decoding.max_new_tokens)]
             prompt = self.template(messages=messages).prompt + prefix
             r = self.llm.create_completion(prompt, max_tokens=decoding.max_new_tokens, stop=[self.eos],
                                            **sampling_options(decoding, seed), **extra)
