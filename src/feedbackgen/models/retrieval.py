@@ -11,6 +11,15 @@ where a user's (item's) vector is the normalised mean embedding of their trainin
 whichever is closer. Unknown ids have no vector (similarity 0); ties go to the text closest to
 the user's and item's centroid. With an aspect in the request, candidates mentioning that aspect
 are preferred when there are any.
+
+An explanation of item i must be about item i (issue 15: a banjo "explained" by the user's
+sentence about a tuner). So with `target="explanation"` only the item's own sentences (by other
+users) are candidates, whatever `candidates` says, and an item without any gets an empty text
+with provenance "none: no sentence about this item". With `target="review"` the user's reviews of
+other items stay candidates (they carry the user's way of writing), and a request with no
+candidate at all takes the best text of the whole training split, marked as a fallback. Every
+answer records the review it copied (`meta["source_user"]`, `meta["source_item"]`; see
+`feedbackgen.types.provenance`).
 """
 
 from __future__ import annotations
@@ -28,11 +37,13 @@ from feedbackgen.embeddings import DEFAULT_MODEL, embed
 from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
 from feedbackgen.models.text_units import Target, target_column, target_rows
+from feedbackgen.types import COPIED, FALLBACK, NO_ITEM_SENTENCE, NO_TEXT, provenance
 
 
 class RetrievalConfig(StrictModel):
     target: Target = "explanation"
-    candidates: Literal["both", "item", "user"] = Field("both", description="where candidate texts come from")
+    candidates: Literal["both", "item", "user"] = Field(
+        "both", description="where candidate texts come from (target=review; an explanation always comes from the item)")
     embedding_model: str = Field(DEFAULT_MODEL, description="sentence-transformers folder or name")
     rating_model: Literal["global_mean", "bias", "mf"] = "mf"
 
@@ -80,19 +91,27 @@ class Retrieval(Generator):
         return self.rating.predict_rating(requests)
 
     def _candidates(self, u: int, i: int) -> np.ndarray:
+        """Training rows that may answer (u, i); empty when none may (see the module docstring)."""
+        about_item = self.config.target == "explanation"  # an explanation of i is about i
         parts = []
-        if self.config.candidates in ("both", "item") and i in self.rows_of_item:
+        if (about_item or self.config.candidates in ("both", "item")) and i in self.rows_of_item:
             parts.append(self.rows_of_item[i][self.author[self.rows_of_item[i]] != u])
-        if self.config.candidates in ("both", "user") and u in self.rows_of_user:
+        if not about_item and self.config.candidates in ("both", "user") and u in self.rows_of_user:
             parts.append(self.rows_of_user[u][self.about[self.rows_of_user[u]] != i])
-        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        return rows if len(rows) else np.arange(len(self.texts))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def generate_text(self, requests, decoding):
         texts, metas = [], []
         for r in requests:
             u, i = self.users.get(r.user_id), self.items.get(r.item_id)
             rows = self._candidates(u, i)
+            kind = COPIED
+            if not len(rows) and self.config.target == "explanation":
+                texts.append("")
+                metas.append(provenance(NO_TEXT, fallback=NO_ITEM_SENTENCE))
+                continue
+            if not len(rows):
+                rows, kind = np.arange(len(self.texts)), FALLBACK
             if r.aspect:
                 with_aspect = rows[[self.aspects[k] == r.aspect for k in rows]]
                 rows = with_aspect if len(with_aspect) else rows
@@ -102,8 +121,10 @@ class Retrieval(Generator):
                      + 1e-3 * (self.vectors[rows] @ centre))
             best = int(rows[int(np.argmax(score))])
             texts.append(self.texts[best])
-            metas.append({"source_user": self.users.ids[self.author[best] - 1],
-                          "source_item": self.items.ids[self.about[best] - 1],
+            metas.append({**provenance(kind, source_user=self.users.ids[self.author[best] - 1],
+                                       source_item=self.items.ids[self.about[best] - 1],
+                                       fallback="no candidate: best of all training texts" if kind == FALLBACK
+                                       else None),
                           "score": round(float(score.max()), 4)})
         return texts, metas
 

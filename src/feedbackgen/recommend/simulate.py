@@ -172,7 +172,8 @@ def read_recommendations(source: str | Path | pl.DataFrame, dataset: Dataset, k:
 class Simulation:
     """Everything one `simulate` call produced."""
 
-    items: pl.DataFrame        # recommender, user_id, rank, item_id, rating, stars, text, engage, p_engage
+    items: pl.DataFrame        # recommender, user_id, rank, item_id, rating, stars, text, provenance,
+                               # source_item, source, engage, p_engage, repeated
     users: pl.DataFrame        # recommender, user_id, per-user satisfaction summary
     summary: pl.DataFrame      # one row per recommender: the comparison table
     checks: list[RecommendationsCheck]
@@ -199,11 +200,30 @@ class Simulation:
         if len(user_sets) > 1 and any(s != user_sets[0] for s in user_sets):
             common = set.intersection(*user_sets)
             lines += ["", f"The recommenders cover different users ({len(common)} in common): compare with care."]
+        texts = self.text_basis()
+        if texts:
+            lines += ["", "Where the texts came from:"] + [f"- {t}" for t in texts]
         notes = [c.describe() for c in self.checks
                  if c.kept != c.rows or c.rank_from_order]
         if notes:
             lines += ["", "Left out:"] + [f"- {n}" for n in notes]
         return "\n".join(lines) + "\n"
+
+    def text_basis(self) -> list[str]:
+        """Per recommender, one line counting its texts by provenance, the copies of another item's
+        review and the texts repeated within a user's list; [] when no text was written."""
+        out = []
+        for name in self.summary["recommender"]:
+            mine = self.items.filter((pl.col("recommender") == name) & pl.col("text").is_not_null())
+            if not len(mine) or mine["provenance"].null_count() == len(mine):
+                continue
+            counts = mine.group_by("provenance").len().sort("provenance")
+            kinds = ", ".join(f"{n} {kind or 'unrecorded'}" for kind, n in counts.iter_rows())
+            other = mine.filter(pl.col("source_item").is_not_null()
+                                & (pl.col("source_item") != pl.col("item_id"))).height
+            out.append(f"{name}: {len(mine)} texts: {kinds}; {other} copied from another item's review; "
+                       f"{int(mine['repeated'].sum())} repeated within a user's list")
+        return out
 
     def save(self, out_dir: str | Path) -> Path:
         """Write simulated_items.parquet, simulated_users.parquet, summary.json and summary.md."""
@@ -279,7 +299,11 @@ def simulate(model: Any, dataset: Dataset,
         judged.append(pl.concat([recs.with_columns(pl.lit(name).alias("recommender")), verdict],
                                 how="horizontal"))
     items = pl.concat(judged).select("recommender", "user_id", "rank", "item_id", "rating", "stars",
-                                     "text", "engage", "p_engage")
+                                     "text", "provenance", "source_item", "source", "engage", "p_engage")
+    # the same text for several items of one user's list says nothing about any of them
+    items = items.with_columns(
+        (pl.col("text").is_not_null() & (pl.col("text") != "")
+         & (pl.len().over("recommender", "user_id", "text") > 1)).alias("repeated"))
     users = _per_user(items)
     rows = []
     for check in checks:

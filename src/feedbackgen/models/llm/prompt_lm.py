@@ -313,7 +313,7 @@ class PromptLM(Generator):
                 stopped = eos in seq
                 seq = seq[:seq.index(eos)] if stopped else seq
                 texts.append(" ".join(self.tokenizer.decode(seq, skip_special_tokens=True).split()))
-                metas.append({"tokens": len(seq), "stopped": "eos" if stopped else "length",
+                metas.append({**provenance(GENERATED), "tokens": len(seq), "stopped": "eos" if stopped else "length",
                               "unknown_user": int(u[row]) == 0, "unknown_item": int(i[row]) == 0})
         return texts, metas
 

@@ -268,7 +268,8 @@ class Peter(Generator):
                 i = start + r
                 words = tokenize(" ".join(self.vocab.decode(row)))
                 texts.append(" ".join(words))
-                meta = {"tokens": len(words), "stopped": "eos" if bool(finished[r]) else "length",
+                meta = {**provenance(GENERATED), "tokens": len(words),
+                        "stopped": "eos" if bool(finished[r]) else "length",
                         "unknown_user": int(users[i]) == 0, "unknown_item": int(items[i]) == 0}
                 if aspects is not None:
                     meta["unknown_aspect"] = int(aspects[i]) == 0
