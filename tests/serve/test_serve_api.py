@@ -68,8 +68,11 @@ def test_unknown_ids_get_the_generators_fallback_and_say_so(client, served_model
     assert r.status_code == 200
     first, second = r.json()["feedback"]
     assert first["fallback"] == ["user"] and second["fallback"] == ["item"]
-    assert second["text"] == served_models["popular"].fallback  # popular's documented fallback
-    assert second["meta"]["source"] == "global (unknown item)"
+    # an explanation of an item with no training sentence is empty, and says so
+    assert second["text"] == "" and second["meta"]["provenance"] == "none"
+    assert second["source"] == "none: no sentence about this item"
+    fb = served_models["popular"].generate([FeedbackRequest("no-such-user", item)])[0]
+    assert first["source"] == f"copied: {fb.meta['source_user']}'s review" and first["text"] == fb.text
 
 
 def test_recommend_ranks_unseen_items_by_predicted_rating(client, served_models, mi_small):
@@ -85,6 +88,9 @@ def test_recommend_ranks_unseen_items_by_predicted_rating(client, served_models,
     scores = served_models["popular"].predict_rating([FeedbackRequest(user, i) for i in everything])
     assert [x["predicted_rating"] for x in body["items"]] == pytest.approx(sorted(scores, reverse=True)[:4], abs=1e-4)
     assert all(x["feedback"]["text"] for x in body["items"])
+    texts = [x["feedback"]["text"] for x in body["items"]]
+    assert [x["repeated"] for x in body["items"]] == [texts.count(t) > 1 for t in texts]
+    assert all(x["feedback"]["source"].startswith("copied: ") for x in body["items"])
 
     chosen = everything[:3]
     r = client.post("/v1/recommend", json={"user_id": user, "k": 10, "candidates": chosen, "with_feedback": False})

@@ -13,7 +13,7 @@ from feedbackgen.config import MAX_SEED, Decoding
 from feedbackgen.serve.batching import QueueFull, ShuttingDown
 from feedbackgen.serve.ranking import rank_items
 from feedbackgen.serve.service import FieldError, ServedModel, Service
-from feedbackgen.types import Feedback, FeedbackRequest
+from feedbackgen.types import Feedback, FeedbackRequest, source_label
 
 ID_FIELD = dict(min_length=1, max_length=256)
 
@@ -48,6 +48,10 @@ class FeedbackOut(BaseModel):
     fallback: list[str] | None = Field(
         None, description="what the model did not know and answered with its fallback for: 'user', 'item' "
                           "(null when the server has no dataset to tell)")
+    source: str | None = Field(
+        None, description="where the text came from, in one line: generated, copied from a training review "
+                          "(whose, and of which item when another), fallback or none (meta.provenance has the "
+                          "parts); null when the model records none")
 
 
 class FeedbackAnswer(BaseModel):
@@ -71,6 +75,7 @@ class Recommendation(BaseModel):
     title: str | None
     predicted_rating: float
     feedback: FeedbackOut | None
+    repeated: bool = Field(False, description="the same text explains another item of this list too")
 
 
 class RecommendAnswer(BaseModel):
@@ -114,7 +119,8 @@ async def metrics(svc: Service = Depends(service)):
 
 
 def answer(fb: Feedback, svc: Service) -> FeedbackOut:
-    return FeedbackOut(**fb.to_dict(), fallback=svc.fallback_of(fb.user_id, fb.item_id))
+    return FeedbackOut(**fb.to_dict(), fallback=svc.fallback_of(fb.user_id, fb.item_id),
+                       source=source_label(fb.meta, fb.item_id) or None)
 
 
 async def run_feedback(svc: Service, served: ServedModel, requests: list[FeedbackRequest],
@@ -177,8 +183,10 @@ async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
     if call.with_feedback and ranked:
         requests = [FeedbackRequest(call.user_id, item) for item, _ in ranked]
         feedback = await run_feedback(svc, served, requests, call.decoding)
+    texts = [fb.text for fb in feedback if fb is not None and fb.text]
     items = [Recommendation(item_id=item, title=svc.title(item), predicted_rating=round(score, 4),
-                            feedback=answer(fb, svc) if fb else None)
+                            feedback=answer(fb, svc) if fb else None,
+                            repeated=fb is not None and bool(fb.text) and texts.count(fb.text) > 1)
              for (item, score), fb in zip(ranked, feedback)]
     return RecommendAnswer(user_id=call.user_id, model=served.name, candidates=len(candidates), items=items)
 

@@ -52,7 +52,7 @@ from feedbackgen.models.llm.training import TrainableView, pad_right, set_thread
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
 from feedbackgen.models.text_units import Target, target_column, target_rows
 from feedbackgen.models.trainer import Trainer, TrainSettings
-from feedbackgen.types import FeedbackRequest
+from feedbackgen.types import GENERATED, FeedbackRequest, provenance
 
 IGNORE = -100
 # where the text starts. PEPLER uses GPT-2's <bos>; plain text that any LM reads as "a review

@@ -72,7 +72,7 @@ from feedbackgen.models.privacy import PrivacySettings, default_delta
 from feedbackgen.models.text_units import target_column, target_rows
 from feedbackgen.models.trainer import Trainer, TrainSettings, read_checkpoint_extra
 from feedbackgen.models.vocab import BOS, EOS, PAD, Vocab
-from feedbackgen.types import FeedbackRequest
+from feedbackgen.types import GENERATED, FeedbackRequest, provenance
 
 # -- the generator -------------------------------------------------------------------------------
 
