@@ -247,6 +247,12 @@ def test_llm_retries_then_falls_back_rather_than_passing_on_a_broken_answer(tiny
     model._backend = ScriptedBackend(["", "{}", '{"rating": 3, "review": "  "}'])
     out = model.generate(reqs[1:], QUICK)
     assert out[0].meta["answer"] == "fallback" and out[0].meta["problem"] == "empty review"
+    assert first.meta["provenance"] == second.meta["provenance"] == "generated"
+    # the stand-in is the user's own past review, named as such
+    assert out[0].meta["provenance"] == "fallback" and out[0].meta["source_user"] == reqs[1].user_id
+    rows = model.history.rows
+    past = rows.filter((pl.col("user_id") == reqs[1].user_id) & (pl.col("item_id") == out[0].meta["source_item"]))
+    assert len(past) == 1 and out[0].text.split()[:3] == past["answer"][0].split()[:3]
     check_contract(out, max_words=10**6)
     assert model.answer_counts == {"valid": 1, "retried": 1, "fallback": 1}
 
