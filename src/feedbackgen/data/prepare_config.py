@@ -33,8 +33,9 @@ class PrepareConfig(StrictModel):
     min_tokens: int = Field(0, ge=0, le=100_000, description="drop reviews shorter than this (0 = off)")
     max_tokens: int = Field(0, ge=0, le=100_000, description="longest review kept, in tokens (0 = no limit)")
     over_max: Literal["truncate", "drop"] = Field("truncate", description="what to do with longer reviews")
-    k_core: int = Field(0, ge=0, le=10_000, description="keep users and items with >= k reviews in the output, after every "
-                                                                    "row drop (0 = off)")
+    k_core: int = Field(0, ge=0, le=10_000,
+                        description="keep users and items with >= k reviews in the output, after every row drop "
+                                    "(0 = off)")
     rating_scale: Literal["auto"] | tuple[float, float] = Field(
         "auto", description="source rating range mapped onto 1-5; auto = the format's known scale (Amazon, Yelp: "
                            "1-5; outside it = a bad record), else the observed min/max, said in the output")
