@@ -407,3 +407,14 @@ def test_settings_help_lists_every_setting_with_its_default_and_range():
     assert lines["over_max"].startswith("over_max: truncate | drop, default truncate.")
     assert lines["rating_scale"].startswith("rating_scale: auto | [number, number], default auto.")
     assert lines["cold_start"].startswith("cold_start: move_to_train | keep | null, default null.")
+
+
+def test_prepare_help_lists_the_settings():
+    from typer.testing import CliRunner
+
+    from feedbackgen.cli import app
+
+    result = CliRunner().invoke(app, ["prepare", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    for name in PrepareConfig.model_fields:
+        assert f"{name}: " in result.output, name

@@ -14,8 +14,6 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import Field, model_validator
 
 from feedbackgen.config import StrictModel
-from feedbackgen.data import splits
-from feedbackgen.data.loaders import FORMATS
 from feedbackgen.errors import ConfigError
 
 
@@ -38,7 +36,8 @@ class PrepareConfig(StrictModel):
                                     "(0 = off)")
     rating_scale: Literal["auto"] | tuple[float, float] = Field(
         "auto", description="source rating range mapped onto 1-5; auto = the format's known scale (Amazon, Yelp: "
-                           "1-5; outside it = a bad record), else the observed min/max, said in the output")
+                           "1-5; outside it = a bad record), else the loader's own (MovieLens: kept as it is), "
+                           "else the observed min/max, said in the output")
     split_ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/valid/test for --split random")
     cold_start: Literal["move_to_train", "keep"] | None = Field(
         None, description="valid/test rows with a user or item unseen in train: move them to train, or keep "
@@ -79,6 +78,10 @@ def default_split(fmt: str, split: str | None) -> str:
 def check_arguments(fmt: str, split: str, seed: Any, config: PrepareConfig) -> None:
     """Raises ConfigError naming the argument when the format, the split (for this format), the
     seed or the index folder of --split peter is not one `prepare` can use."""
+    # imported here: `feedbackgen prepare --help` reads this module without loading polars
+    from feedbackgen.data import splits
+    from feedbackgen.data.loaders import FORMATS
+
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     if (fmt == "lightgcn") != (split == "files"):
