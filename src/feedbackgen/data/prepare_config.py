@@ -10,10 +10,9 @@ import types
 import typing
 from typing import Any, Literal
 
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import Field, model_validator
 
-from feedbackgen.config import StrictModel
+from feedbackgen.config import StrictModel, field_range
 from feedbackgen.errors import ConfigError
 
 
@@ -112,19 +111,6 @@ def _kind(annotation: Any) -> str:
     return {bool: "true | false", int: "integer", float: "number", str: "text"}.get(annotation, str(annotation))
 
 
-def _range(metadata: list[Any]) -> str:
-    """pydantic's ge/gt/le/lt bounds as an interval: [0, 1) for ge=0, lt=1."""
-    lo = next((("[", m.ge) for m in metadata if isinstance(m, Ge)), None) or \
-        next((("(", m.gt) for m in metadata if isinstance(m, Gt)), None)
-    hi = next(((m.le, "]") for m in metadata if isinstance(m, Le)), None) or \
-        next(((m.lt, ")") for m in metadata if isinstance(m, Lt)), None)
-    if lo is None and hi is None:
-        return ""
-    left = f"{lo[0]}{lo[1]}" if lo else "(-inf"
-    right = f"{hi[0]}{hi[1]}" if hi else "inf)"
-    return f" in {left}, {right}"
-
-
 def _value(value: Any) -> str:
     """A default as it is typed after `--set key=`: text bare, the rest as JSON."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -141,6 +127,6 @@ def prepare_settings_help() -> str:
     defaults = PrepareConfig().model_dump(mode="json")
     lines = []
     for name, info in PrepareConfig.model_fields.items():
-        lines.append(f"{name}: {_kind(info.annotation)}{_range(info.metadata)}, "
+        lines.append(f"{name}: {_kind(info.annotation)}{field_range(info.metadata)}, "
                      f"default {_value(defaults[name])}. {info.description or ''}".rstrip())
     return "\n".join(lines)
