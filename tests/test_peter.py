@@ -216,6 +216,7 @@ def test_generated_text_is_tokenized_and_ratings_clipped(fitted, ds):
         assert fb.text and fb.text == " ".join(tokenize(fb.text))
         assert 1.0 <= fb.rating <= 5.0
         assert fb.model == "peter" and fb.meta["stopped"] in ("eos", "length")
+        assert fb.meta["provenance"] == "generated"
 
 
 def test_unknown_users_and_items_still_get_feedback(fitted):
