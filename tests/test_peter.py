@@ -483,3 +483,18 @@ def test_interrupted_fit_resumes_to_the_same_result(ds, tmp_path, monkeypatch):
     # other settings in the same folder are refused
     with pytest.raises(ConfigError, match="other settings"):
         create("peter", {**cfg, "lr": 1e-3}).fit(ds)
+
+
+def test_models_command_shows_the_presets_effective_values():
+    from typer.testing import CliRunner
+
+    from feedbackgen.cli import app
+    from feedbackgen.models.peter.model import PRESETS
+
+    res = CliRunner().invoke(app, ["models"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    peter = text.split(" peter ", 1)[1].split(" popular ", 1)[0]
+    for key, value in PRESETS["default"].items():  # what the default preset decides, never None
+        assert f"{key}={value!r}" in peter, key
+    assert "max_words=20" in peter and "=None, " not in peter.split("dp_epsilon")[0]

@@ -180,6 +180,26 @@ def create(name: str, config: dict[str, Any] | None = None) -> Generator:
     return REGISTRY[name](config)
 
 
+# fields whose None is resolved by a property of the config (the target decides the length)
+RESOLVED_BY = {"max_words": ("words", "review_words")}
+
+
+def effective_defaults(cls: type[Generator]) -> dict[str, Any]:
+    """The settings a generator of class `cls` trains with when given none: its config built from
+    nothing, so presets and targets have filled in what they decide (peter's `emsize=256` of the
+    `default` preset, not the field's declared None). A None left means the setting is off or the
+    library's choice (`checkpoint_dir`, `dp_epsilon`, `num_threads`)."""
+    config = validate(cls.Config, {}, f"{cls.name} config")
+    values = config.model_dump()
+    for key, properties in RESOLVED_BY.items():
+        if values.get(key) is None:
+            for prop in properties:
+                if isinstance(getattr(type(config), prop, None), property):
+                    values[key] = getattr(config, prop)
+                    break
+    return values
+
+
 def read_model_config(path: Path) -> dict[str, Any]:
     cfg = path / "config.json"
     if not cfg.exists():
