@@ -3,6 +3,7 @@ request alike: one Markdown table of the collapse signal.
 
     python bench/collapse.py                  # slices 300 / 1000 / 3000 / all × 1 / 3 / 10 epochs
     python bench/collapse.py --skip-all-10    # the same without the dearest cell (all rows, 10 epochs)
+    python bench/collapse.py --slices 300 1000 --epochs 1 3   # a part of the grid
     python bench/collapse.py --quick          # 300 rows × 1 epoch: checks the bench works
 
 Data: Amazon Musical Instruments 2014 5-core from $FEEDBACKGEN_DATA, prepared as the tests do
@@ -56,8 +57,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-all-10", action="store_true")
+    ap.add_argument("--slices", type=int, nargs="+", help="training reviews per row (default: 300 1000 3000 all)")
+    ap.add_argument("--epochs", type=int, nargs="+", help="epochs per column (default: 1 3 10)")
     args = ap.parse_args()
-    slices, epochs = ([300], [1]) if args.quick else (SLICES, EPOCHS)
+    slices, epochs = ([300], [1]) if args.quick else (args.slices or SLICES, args.epochs or EPOCHS)
     full = prepared()
     n_all = len(full.train)
     rows = []
