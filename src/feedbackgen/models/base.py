@@ -154,10 +154,10 @@ class Generator(ABC):
         model.set_state(tensors, state)
         log = path / "training_log.jsonl"
         if log.exists():
-            model.training_log = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            model.training_log = [json.loads(line) for line in log.read_text(encoding="utf-8").split("\n") if line.strip()]
         summary = path / "training.json"
         if summary.exists():
-            model.training_summary = json.loads(summary.read_text())
+            model.training_summary = json.loads(summary.read_text(encoding="utf-8"))
             warning = (model.training_summary.get("collapse") or {}).get("warning")
             if warning:  # said at training; said again to whoever loads it (generate, serve)
                 warnings.warn(f"{path}: {warning}", CollapseWarning, stacklevel=2)
