@@ -26,7 +26,8 @@ class FeedbackRequestIn(Strict):
     user_id: str = Field(..., **ID_FIELD, examples=["A2IBPI20UZIR0U"])
     item_id: str = Field(..., **ID_FIELD, examples=["1384719342"])
     aspect: str | None = Field(None, min_length=1, max_length=100, description="ask about this aspect (PETER+)")
-    rating: float | None = Field(None, allow_inf_nan=False, description="condition the text on a known rating")
+    rating: float | None = Field(None, allow_inf_nan=False, description="condition the text on a known rating, "
+                                 "within the model's rating scale (GET /v1/models: rating_range; else 422)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="this request's sampling seed (default: "
                              "decoding.seed, else drawn and returned in meta.seed)")
 
@@ -150,11 +151,11 @@ async def feedback(call: FeedbackCall, svc: Service = Depends(ready_service)):
     Concurrent calls are batched together for the model."""
     svc.check_cost(len(call.requests), call.decoding)
     served = svc.model(call.model)
-    requests = []
     for k, r in enumerate(call.requests):
-        svc.check_known("user", r.user_id, f"requests[{k}].user_id")
-        svc.check_known("item", r.item_id, f"requests[{k}].item_id")
-        requests.append(FeedbackRequest(r.user_id, r.item_id, r.aspect, r.rating, r.seed))
+        svc.check_rating(served, r.rating, f"requests[{k}].rating")
+    svc.check_known([(kind, getattr(r, f"{kind}_id"), f"requests[{k}].{kind}_id")
+                     for k, r in enumerate(call.requests) for kind in ("user", "item")])
+    requests = [FeedbackRequest(r.user_id, r.item_id, r.aspect, r.rating, r.seed) for r in call.requests]
     results = await run_feedback(svc, served, requests, call.decoding)
     return FeedbackAnswer(model=served.name, feedback=[answer(fb, svc) for fb in results])
 
@@ -166,10 +167,9 @@ async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
     if call.with_feedback:
         svc.check_cost(call.k, call.decoding)
     served = svc.model(call.model)
-    svc.check_known("user", call.user_id, "user_id")
+    svc.check_known([("user", call.user_id, "user_id")]
+                    + [("item", item, f"candidates[{k}]") for k, item in enumerate(call.candidates or [])])
     if call.candidates is not None:
-        for k, item in enumerate(call.candidates):
-            svc.check_known("item", item, f"candidates[{k}]")
         candidates = list(dict.fromkeys(call.candidates))
     elif svc.catalog is None:
         raise FieldError("candidates", "this server has no dataset to draw candidates from (start it with "

@@ -3,7 +3,12 @@
 The network, its configuration and its decoding loop are in `model.py`; this file learns it from
 a `Dataset` (`fit`), answers requests (`predict_rating`, `generate`) and saves it as a folder.
 
-Early stopping watches the validation text NLL + rating MSE, as the reference does. With
+Early stopping watches the validation text NLL + rating MSE, as the reference does: logged as
+`criterion`, while `loss` is the optimised weighted sum in both the train and valid entries
+(`loss_terms`). After every epoch a greedy decoding of 200 seeded validation requests gives the
+collapse signal (USR, repetition; `feedbackgen.models.collapse`), logged per epoch; a collapsed
+final model is announced on stderr and in `training.json`. `max_new_tokens` above `max_words` + 1
+(what the model learnt to write) draws a `DecodingWarning`. With
 `use_aspect=True` (PETER+), the aspect word of each training row (the dataset's `aspect` column)
 is placed after the item; at generation the request's `aspect` goes there, and the decoder learns
 to mention it.
@@ -52,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,9 +69,9 @@ import torch
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import tokenize
-from feedbackgen.errors import ConfigError, DataError
+from feedbackgen.errors import ConfigError, DataError, DecodingWarning
 from feedbackgen.generation.decoding import stream_seed, with_seeds
-from feedbackgen.models import distributed
+from feedbackgen.models import collapse, distributed
 from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.peter.model import MAX_NEW_TOKENS, PETER, PeterConfig, PeterShape
 from feedbackgen.models.privacy import PrivacySettings, default_delta
@@ -90,6 +96,7 @@ class Peter(Generator):
         self.vocab: Vocab | None = None
         self.training_log: list[dict[str, Any]] = []
         self.privacy: dict[str, Any] | None = None  # the spent (ε, δ) of a DP-trained model
+        self.training_summary: dict[str, Any] | None = None  # loss terms, collapse signal (training.json)
 
     # -- data --------------------------------------------------------------------------------
     def _rows(self, dataset: Dataset, split: str) -> pl.DataFrame:
@@ -193,12 +200,18 @@ class Peter(Generator):
                     for k, v in self.model.losses(self._batch(va, idx), weights).items():
                         sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
             if world.parallel:  # every rank then decides on the same numbers
-                keys = ["loss", "text", "context", "rating"]
+                keys = ["loss", "nll_text", "nll_context", "mse_rating"]
                 sums = dict(zip(keys, distributed.sum_across([sums.get(k, 0.0) for k in keys])))
             out = {k: v / n for k, v in sums.items()}
-            out["weighted"] = out["loss"]
-            out["loss"] = out["text"] + out["rating"]  # the reference's early-stopping criterion
+            out["criterion"] = out["nll_text"] + out["mse_rating"]  # the reference's early-stopping sum
             return out
+
+        # the collapse signal after every epoch: greedy decoding of 200 rows costs well under a second
+        probe_requests = collapse.sample_requests(valid, c.seed)
+
+        def probe() -> dict[str, Any]:
+            self.is_fitted = True  # generate_text refuses an unfitted model; set for good below
+            return collapse.probe(self, probe_requests, self.max_text_tokens)
 
         settings = TrainSettings(
             optimizer=c.optimizer, lr=c.lr, weight_decay=c.weight_decay, schedule=c.schedule,
@@ -215,13 +228,34 @@ class Peter(Generator):
                           loss_fn=lambda b: self.model.losses(b, weights, c.label_smoothing, per_row),
                           valid_fn=valid_fn,
                           fingerprint=fingerprint,
-                          extra={"fingerprint": fingerprint, "vocab": self.vocab.to_str()})
+                          extra={"fingerprint": fingerprint, "vocab": self.vocab.to_str()},
+                          criterion="criterion", terms=self.loss_terms(), probe=probe)
         result = trainer.fit()
         self.training_log = result.log
         self.privacy = result.privacy
         self.model.eval()
         self.is_fitted = True
+        # the kept weights are the best epoch's, so its entry holds the final model's signal
+        best = next(e for e in result.log if e["epoch"] == result.best_epoch)
+        sig = best.get("collapse") or probe()  # a checkpoint from before the signal was logged
+        if world.is_main:  # one warning, not one per rank
+            sig = collapse.announce(self.name, sig, len(train), len(result.log))
+        best["collapse"] = sig
+        self.training_summary = {"terms": self.loss_terms(), "best_epoch": result.best_epoch,
+                                 "epochs": len(result.log), "train_rows": len(train), "collapse": sig}
         return self
+
+    def loss_terms(self) -> dict[str, str]:
+        """What each logged loss adds up, with this model's weights (the same for train and valid)."""
+        c = self.config
+        return {"loss": f"{c.text_weight:g}·nll_text + {c.context_weight:g}·nll_context + "
+                        f"{c.rating_weight:g}·mse_rating",
+                "criterion": "nll_text + mse_rating (valid only: early stopping, as the reference)"}
+
+    @property
+    def max_text_tokens(self) -> int:
+        """The longest output this model learnt to write: `max_words` words and <eos>."""
+        return self.config.max_words + 1
 
     def _shape(self, n_tokens: int | None = None) -> PeterShape:
         c = self.config
@@ -255,6 +289,14 @@ class Peter(Generator):
     def generate_text(self, requests: list[FeedbackRequest], decoding: Decoding,
                       use_cache: bool = True) -> tuple[list[str], list[dict[str, Any]]]:
         self.check_fitted()
+        limit = self.max_text_tokens
+        if decoding.max_new_tokens > limit and "max_new_tokens" in decoding.model_fields_set:
+            # positions are encoded up to MAX_NEW_TOKENS, but no training text went past `limit`
+            warnings.warn(f"{self.name} learnt texts of at most {self.config.max_words} words and <eos> "
+                          f"({limit} tokens, max_words): max_new_tokens={decoding.max_new_tokens} asks for "
+                          "more than it was trained to write, so texts end by about that length or run on "
+                          "untrained; retrain with --set max_words=N for longer texts",
+                          DecodingWarning, stacklevel=3)
         requests = with_seeds(requests, decoding)
         users, items, aspects = self._ids(requests)
         texts, metas = [], []

@@ -21,7 +21,8 @@ came before it:
     w1  1  1  1  1  1
 
 Loss = `text_weight` × text NLL + `context_weight` × context NLL + `rating_weight` × rating MSE
-(1, 1, 0.1 as in the paper). With `use_aspect=True` (PETER+), the aspect word sits after the item.
+(1, 1, 0.1 as in the paper), logged as `loss = λ_t·nll_text + λ_c·nll_context + λ_r·mse_rating`.
+With `use_aspect=True` (PETER+), the aspect word sits after the item.
 
 Presets (`preset`; every other field given overrides the preset's value):
 
@@ -325,7 +326,8 @@ class PETER(nn.Module):
 
     def losses(self, batch: dict[str, torch.Tensor], weights: tuple[float, float, float],
                label_smoothing: float = 0.0, per_row: bool = False) -> dict[str, torch.Tensor]:
-        """Text NLL, context NLL, rating MSE and their weighted sum ("loss") for one batch.
+        """Text NLL, context NLL, rating MSE and their weighted sum for one batch, named
+        {"nll_text", "nll_context", "mse_rating", "loss"}.
 
         batch: user, item, (aspect), inputs = [<bos>, w1..wn] and targets = [w1..wn, <eos>]
         (both padded with <pad>, which is ignored), rating, rating_mask.
@@ -344,7 +346,8 @@ class PETER(nn.Module):
         err = (self.rating(h[:, 0]) - batch["rating"]) ** 2 * rmask
         rating = err.sum() / rmask.sum().clamp(min=1)
         wt, wc, wr = weights
-        return {"loss": wt * text + wc * ctx + wr * rating, "text": text, "context": ctx, "rating": rating}
+        return {"loss": wt * text + wc * ctx + wr * rating, "nll_text": text, "nll_context": ctx,
+                "mse_rating": rating}
 
     def _row_losses(self, batch, weights, label_smoothing: float) -> dict[str, torch.Tensor]:
         """`losses` with every term a mean over rows of that row's own loss, so each row's
@@ -363,7 +366,8 @@ class PETER(nn.Module):
         rating = (self.rating(h[:, 0]) - batch["rating"]) ** 2 * batch["rating_mask"]
         wt, wc, wr = weights
         loss = wt * text + wc * ctx + wr * rating
-        return {"loss": loss.mean(), "text": text.mean(), "context": ctx.mean(), "rating": rating.mean()}
+        return {"loss": loss.mean(), "nll_text": text.mean(), "nll_context": ctx.mean(),
+                "mse_rating": rating.mean()}
     # -- decoding ----------------------------------------------------------------------------
     def stepper(self, user, item, aspect, max_new_tokens: int, use_cache: bool = True) -> Step:
         """The `decoding.Step` of these rows: next-word logits (rows, n_tokens) after `<bos>` and the
