@@ -146,7 +146,7 @@ def throughput(ds, args) -> list[dict]:
     from feedbackgen.models import create
     from feedbackgen.models.llm.backends import LlamaCppBackend, OpenAIBackend, TransformersBackend
     from feedbackgen.models.llm.llm_user import ANSWER_PREFIX, JSON_TOKENS
-    from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, packaged_gguf
+    from feedbackgen.pretrained import DEFAULT_MODEL, packaged_gguf
     from feedbackgen.types import FeedbackRequest
 
     prompter = create("llm", {"shots": args.shots}).fit(ds)
