@@ -9,7 +9,8 @@ Everything here returns plain dicts; `report.evaluate` assembles them and `rende
 - Collapse: a model that writes nearly the same text for every request gets the best possible
   DIV (0) and a ROUGE near the best one fixed sentence can reach. A group is marked collapsed when
   its unique-sentence ratio (USR, PETER) is below `COLLAPSE_USR`, or its most frequent text is at
-  least `COLLAPSE_TOP_SHARE` of its outputs.
+  least `COLLAPSE_TOP_SHARE` of its outputs (judged from `COLLAPSE_MIN_OUTPUTS` outputs on: one
+  or two texts are alike by chance).
 - The leak check: the share of the split's references whose normalised text (data/duplicates.py)
   occurs in the training split, from the same user and from anyone.
 """
@@ -38,6 +39,7 @@ from feedbackgen.types import ANSWER_KINDS
 STARS = (1, 2, 3, 4, 5)
 COLLAPSE_USR = 0.05
 COLLAPSE_TOP_SHARE = 0.5
+COLLAPSE_MIN_OUTPUTS = 10
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
 
 
@@ -91,9 +93,11 @@ def collapse(texts: Sequence[str], usr: float | None) -> dict[str, Any]:
     """{"collapsed", "usr", "top_share", "top_text"}: see the module docstring for the rule."""
     top_text, top_count = Counter(texts).most_common(1)[0] if texts else ("", 0)
     top_share = top_count / len(texts) if texts else 0.0
-    collapsed = bool(texts) and ((usr is not None and usr < COLLAPSE_USR) or top_share >= COLLAPSE_TOP_SHARE)
+    collapsed = len(texts) >= COLLAPSE_MIN_OUTPUTS and (
+        (usr is not None and usr < COLLAPSE_USR) or top_share >= COLLAPSE_TOP_SHARE)
     return {"collapsed": collapsed, "usr": usr, "top_share": top_share, "top_text": top_text,
-            "rule": f"USR < {COLLAPSE_USR} or one text ≥ {COLLAPSE_TOP_SHARE:.0%} of the outputs"}
+            "rule": f"USR < {COLLAPSE_USR} or one text ≥ {COLLAPSE_TOP_SHARE:.0%} of the outputs, "
+                    f"from {COLLAPSE_MIN_OUTPUTS} outputs on"}
 
 
 class Context:
