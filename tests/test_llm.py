@@ -425,7 +425,8 @@ def test_cli_trains_and_generates(tiny, tmp_path, name, settings):
         assert all(r["text"] for r in rows) and "answers:" in res.output
         # the report counts how every answer was obtained, so repairs and fallbacks are never hidden
         res = runner.invoke(app, ["evaluate", str(tmp_path / "pred.jsonl"), "--dataset", str(tmp_path / "ds"),
-                                  "--out", str(tmp_path / "report"), "--no-embeddings"])
+                                  "--out", str(tmp_path / "report"), "--no-embeddings", "--no-naturalness",
+                                  "--allow-partial"])  # 5 requests of the split, on purpose
         assert res.exit_code == 0, res.output
         report = json.loads((tmp_path / "report" / "report.json").read_text())
         kinds = [r["meta"]["answer"] for r in rows]
