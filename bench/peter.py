@@ -174,7 +174,8 @@ def score(result: dict, ds, feature_set) -> dict:
 
     test = ds.test
     refs = test["explanation"].to_list()
-    ref_features = test["aspect"].to_list() if "aspect" in test.columns else None
+    # lower-cased like the feature set (evaluation.scoring.feature_set)
+    ref_features = [a.lower() if a else None for a in test["aspect"].to_list()] if feature_set else None
     m = peter_metrics([t.split() for t in result["texts"]], [tokenize(r) for r in refs], feature_set,
                       ref_features, result["ratings"], test["rating"].to_list())
     m["emb"] = embedding_similarity(result["texts"], refs)
@@ -219,8 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data: {source}: {len(ds.train)} train / {len(ds.valid)} valid / {len(ds.test)} test rows"
           + (f" ({left_out} test rows without an explanation left out)" if left_out else "")
           + (f"; epochs capped at {args.epochs}" if args.epochs else ""))
-    feature_set = sorted(set(ds.interactions["aspect"].drop_nulls().to_list())) \
-        if "aspect" in ds.interactions.columns else None
+    from feedbackgen.evaluation.scoring import feature_set as aspect_vocabulary  # the one definition
+
+    feature_set = aspect_vocabulary(ds)
 
     results = []
     for name in args.only or list(ROWS):

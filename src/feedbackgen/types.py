@@ -78,6 +78,11 @@ class FeedbackRequest:
         )
 
 
+# How an LLM generator's answer was obtained (`Feedback.meta["answer"]`): valid as given, repaired
+# without guessing, valid after a retry, or the fallback. Counted by generate and evaluate.
+ANSWER_KINDS = ("valid", "repaired", "retried", "fallback")
+
+
 @dataclass
 class Feedback:
     """What a generator says `user_id` would give `item_id`: a star rating and a text.

@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedbackgen.types import ANSWER_KINDS  # noqa: F401  (re-exported: callers import it from here)
+
 # Control tokens of common chat templates (ChatML, Llama 2/3, Mistral, Gemma, Phi). Removed from
 # untrusted text before it goes into a prompt, and from generated text before it comes out.
 CONTROL_TOKENS = re.compile(
@@ -41,8 +43,6 @@ _TEXT_FIELD = re.compile(r"[\"']?(?:review|text|explanation|feedback)[\"']?\s*[:
                          re.IGNORECASE | re.DOTALL)
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*\d+|stars?|out of \d+)?\s*$", re.IGNORECASE)
 TEXT_KEYS = ("review", "text", "explanation", "feedback")
-# how a generated row's answer was obtained (its `meta["answer"]`), counted in generate and evaluate
-ANSWER_KINDS = ("valid", "repaired", "retried", "fallback")
 
 
 _REASONING_TAGS = r"think|thinking|reasoning|reason|thought"

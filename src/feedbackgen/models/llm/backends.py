@@ -48,7 +48,7 @@ from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.errors import ConfigError, FeedbackgenError
 from feedbackgen.generation.decoding import hf_generate_kwargs
 from feedbackgen.io import atomic_write_json
-from feedbackgen.models.llm.pretrained import (
+from feedbackgen.pretrained import (
     DEFAULT_MODEL,
     cache_root,
     gguf_path,

@@ -47,7 +47,7 @@ from feedbackgen.data.text import truncate_tokens
 from feedbackgen.errors import DataError
 from feedbackgen.generation.decoding import hf_generate_kwargs, stream_seed, with_seeds
 from feedbackgen.models.base import Generator, IdIndex, register
-from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_causal_lm
+from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm
 from feedbackgen.models.llm.training import TrainableView, pad_right, set_threads
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
 from feedbackgen.models.text_units import Target, target_column, target_rows

@@ -36,7 +36,7 @@ from feedbackgen.errors import DataError
 from feedbackgen.models.base import register
 from feedbackgen.models.llm.backends import Backend, TransformersBackend
 from feedbackgen.models.llm.llm_user import LLMUser
-from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_causal_lm
+from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm
 from feedbackgen.models.llm.prompts import PromptConfig, ReviewHistory, answer_json, clean
 from feedbackgen.models.llm.training import TrainableView, pad_right, set_threads
 from feedbackgen.models.rating import fit_rating_model
