@@ -91,6 +91,10 @@ def test_recommend_ranks_unseen_items_by_predicted_rating(client, served_models,
     texts = [x["feedback"]["text"] for x in body["items"]]
     assert [x["repeated"] for x in body["items"]] == [texts.count(t) > 1 for t in texts]
     assert all(x["feedback"]["source"].startswith("copied: ") for x in body["items"])
+    from feedbackgen.data.text import detokenize
+
+    assert [x["feedback"]["display_text"] for x in body["items"]] == [detokenize(t) for t in texts]
+    assert any(x["feedback"]["display_text"] != x["feedback"]["text"] for x in body["items"])
 
     chosen = everything[:3]
     r = client.post("/v1/recommend", json={"user_id": user, "k": 10, "candidates": chosen, "with_feedback": False})

@@ -79,11 +79,14 @@ def test_explorer_shows_each_models_feedback_beside_the_real_review(page, shots,
         page.wait_for_selector("#results .card.real")
         cards = {c.get_attribute("data-model"): c.inner_text() for c in page.locator(".card.generated").all()}
         assert set(cards) == set(models)
+        from feedbackgen.data.text import detokenize
+        from feedbackgen.types import source_label
         for name, model in models.items():
             expected = model.generate([FeedbackRequest(user, item)])[0]
             assert f"{expected.rating:.2f}" in cards[name]
-            if expected.text:
-                assert expected.text in cards[name]
+            if expected.text:  # shown for reading, beside where it came from
+                assert detokenize(expected.text) in cards[name]
+                assert f"source: {source_label(expected.meta, item)}" in cards[name]
         real = page.locator(".card.real").inner_text()
         assert pick["text"][:60] in real and "held out" in real
         assert f"item={item}" in page.url  # the view can be linked to

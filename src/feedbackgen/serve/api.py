@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from feedbackgen.config import MAX_SEED, Decoding
+from feedbackgen.data.text import detokenize
 from feedbackgen.serve.batching import QueueFull, ShuttingDown
 from feedbackgen.serve.ranking import rank_items
 from feedbackgen.serve.service import FieldError, ServedModel, Service
@@ -49,6 +50,8 @@ class FeedbackOut(BaseModel):
     fallback: list[str] | None = Field(
         None, description="what the model did not know and answered with its fallback for: 'user', 'item' "
                           "(null when the server has no dataset to tell)")
+    display_text: str = Field("", description="`text` for reading: punctuation attached, sentence case "
+                                                "(`text` keeps the tokens the metrics use)")
     source: str | None = Field(
         None, description="where the text came from, in one line: generated, copied from a training review "
                           "(whose, and of which item when another), fallback or none (meta.provenance has the "
@@ -121,7 +124,7 @@ async def metrics(svc: Service = Depends(service)):
 
 def answer(fb: Feedback, svc: Service) -> FeedbackOut:
     return FeedbackOut(**fb.to_dict(), fallback=svc.fallback_of(fb.user_id, fb.item_id),
-                       source=source_label(fb.meta, fb.item_id) or None)
+                       source=source_label(fb.meta, fb.item_id) or None, display_text=detokenize(fb.text))
 
 
 async def run_feedback(svc: Service, served: ServedModel, requests: list[FeedbackRequest],

@@ -139,7 +139,7 @@ async function generateAll() {
       const { feedback } = await api("/v1/feedback", { model: m, requests: [request] });
       const fb = feedback[0];
       const fallback = fb.fallback && fb.fallback.length ? `fallback for unknown ${fb.fallback.join(" and ")}` : "";
-      const card = feedbackCard(m, fb.rating, fb.text, fallback, "generated", fb.source);
+      const card = feedbackCard(m, fb.rating, fb.display_text || fb.text, fallback, "generated", fb.source);
       card.dataset.model = m;
       return card;
     } catch (e) {
@@ -178,7 +178,7 @@ function recommendationText(it) {
   const fb = it.feedback;
   if (!fb) return "";
   if (!fb.text) return fb.source ? el("div", { class: "muted source" }, `(${fb.source})`) : "";
-  return el("div", { class: "muted" }, fb.text,
+  return el("div", { class: "muted" }, fb.display_text || fb.text,
     fb.source ? el("span", { class: "source small" }, ` — source: ${fb.source}`) : "",
     it.repeated ? el("span", { class: "repeated small" }, " — repeated in this list") : "");
 }
