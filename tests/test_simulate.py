@@ -191,6 +191,6 @@ def test_cli_recommend_simulate_fidelity(mi_small, popular, two_recommenders, tm
     assert res.exit_code == 0, res.output
     assert "| recs |" in res.output and "| by_count |" in res.output
     res = runner.invoke(app, ["fidelity", str(tmp_path / "model"), "--dataset", str(tmp_path / "ds"),
-                              "--no-review", "--max-users", "10"])
+                              "--no-reviews", "--max-users", "10"])
     assert res.exit_code == 0, res.output
     assert "acc 1:9" in res.output

@@ -181,7 +181,7 @@ def test_ratings_free_dataset_end_to_end_through_the_cli(data_root, tmp_path):
     items = pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet")
     assert items["engage"].sum() > 0 and items["rating"].null_count() == len(items)  # no generator, no ratings
     run("fidelity", "--choice", tmp_path / "ease", "--dataset", tmp_path / "a4r", "--protocol", "agent4rec",
-        "--no-review", "--max-users", "200", "--out", tmp_path / "fid")
+        "--no-reviews", "--max-users", "200", "--out", tmp_path / "fid")
     result = json.loads((tmp_path / "fid" / "fidelity.json").read_text())["results"][0]
     assert result["protocol"] == "agent4rec" and result["users"] == 200 and result["rating"] is None
     # EASE separates a user's held-out movies from never-seen ones far better than chance

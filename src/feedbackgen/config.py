@@ -31,13 +31,14 @@ class Decoding(StrictModel):
     max_new_tokens: int = Field(25, ge=1, le=1024, description="most tokens generated per sample")
     min_new_tokens: int = Field(0, ge=0, le=1024, description="fewest tokens before end-of-sequence is allowed")
     do_sample: bool = Field(False, description="sample instead of greedy / beam search")
-    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    temperature: float = Field(1.0, gt=0.0, le=10.0, description="divides the logits before sampling")
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens when sampling (0 = off)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1 = off)")
-    num_beams: int = Field(1, ge=1, le=32)
-    repetition_penalty: float = Field(1.0, ge=1.0, le=10.0)
-    no_repeat_ngram_size: int = Field(0, ge=0, le=10)
-    batch_size: int = Field(128, ge=1, le=8192)
+    num_beams: int = Field(1, ge=1, le=32, description="beams of beam search (1 = greedy or sampling)")
+    repetition_penalty: float = Field(1.0, ge=1.0, le=10.0,
+                                      description="CTRL penalty on tokens already generated (1 = off)")
+    no_repeat_ngram_size: int = Field(0, ge=0, le=10, description="never repeat an n-gram of this size (0 = off)")
+    batch_size: int = Field(128, ge=1, le=8192, description="requests decoded together (output does not depend on it)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED,
                              description="seed of requests without their own (None = draw one per request)")
 
@@ -63,6 +64,28 @@ def validate(model_cls: type[BaseModel], values: dict[str, Any] | BaseModel | No
             loc = ".".join(str(x) for x in err["loc"]) or "(root)"
             problems.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"invalid {what}: " + "; ".join(problems)) from None
+
+
+def field_range(metadata: list[Any]) -> str:
+    """pydantic's ge/gt/le/lt bounds as an interval, " in [0, 1)" for ge=0, lt=1; "" when unbounded."""
+    from annotated_types import Ge, Gt, Le, Lt
+
+    lo = next((("[", m.ge) for m in metadata if isinstance(m, Ge)), None) or \
+        next((("(", m.gt) for m in metadata if isinstance(m, Gt)), None)
+    hi = next(((m.le, "]") for m in metadata if isinstance(m, Le)), None) or \
+        next(((m.lt, ")") for m in metadata if isinstance(m, Lt)), None)
+    if lo is None and hi is None:
+        return ""
+    left = f"{lo[0]}{lo[1]}" if lo else "(-inf"
+    right = f"{hi[0]}{hi[1]}" if hi else "inf)"
+    return f" in {left}, {right}"
+
+
+def field_help(model_cls: type[BaseModel], name: str) -> str:
+    """One line for `--help`: the field's description and its range, read from the pydantic model
+    so that help text, defaults and validation cannot drift apart."""
+    field = model_cls.model_fields[name]
+    return (field.description or name.replace("_", " ")) + field_range(field.metadata)
 
 
 def parse_set_options(pairs: list[str]) -> dict[str, Any]:

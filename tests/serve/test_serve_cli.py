@@ -101,3 +101,16 @@ def test_api_key_command_prints_a_key_and_stores_its_hash(tmp_path, monkeypatch,
     assert code == 0 and key.startswith("fbg_")
     assert read_key_file(tmp_path / "keys.txt") == {hash_key(key): "alice"}
     assert oct((tmp_path / "keys.txt").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_label_with_a_unicode_line_separator_stays_one_line(tmp_path, monkeypatch, capsys):
+    from feedbackgen.errors import ConfigError
+    from feedbackgen.serve.keys import hash_key, read_key_file
+
+    code, out, _ = run_cli(monkeypatch, capsys, "api-key", tmp_path / "keys.txt", "--label", "ops\u2028team")
+    assert code == 0
+    assert read_key_file(tmp_path / "keys.txt") == {hash_key(out.strip()): "ops\u2028team"}
+    with open(tmp_path / "keys.txt", "a", encoding="utf-8") as f:
+        f.write("not a key\n")
+    with pytest.raises(ConfigError, match="line 2:"):  # the label's U+2028 does not shift the count
+        read_key_file(tmp_path / "keys.txt")

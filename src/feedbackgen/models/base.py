@@ -149,7 +149,7 @@ class Generator(ABC):
         model.set_state(tensors, state)
         log = path / "training_log.jsonl"
         if log.exists():
-            model.training_log = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            model.training_log = [json.loads(line) for line in log.read_text(encoding="utf-8").split("\n") if line.strip()]
         model.is_fitted = True
         return model
 

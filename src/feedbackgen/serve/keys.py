@@ -34,7 +34,8 @@ def read_key_file(path: str | Path) -> dict[str, str]:
     if not path.exists():
         raise ConfigError(f"API keys file {path} does not exist; add a key with `feedbackgen api-key {path}`")
     keys = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # split on "\n" only: str.splitlines would also break a label at U+2028, \x85, ... and shift line numbers
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -1,0 +1,47 @@
+"""The Typer application, its consoles and `main`, which turns every error into one line.
+
+The commands live beside this module, one per command group (data, train, generate, evaluate,
+recommend, serve, annotate); importing `feedbackgen.cli` registers them all.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from feedbackgen.errors import FeedbackgenError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="Learn how users write and rate; generate the feedback they would give.")
+err = Console(stderr=True)
+out = Console()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except FeedbackgenError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted; rerun the same command to resume where a resumable step stopped")
+        sys.exit(130)
+    except Exception as e:  # anything unforeseen still ends in one line, unless asked for more
+        if os.environ.get("FEEDBACKGEN_DEBUG"):
+            raise
+        err.print(f"[red]error:[/red] {type(e).__name__}: {e} (set FEEDBACKGEN_DEBUG=1 for the traceback)",
+                  highlight=False)

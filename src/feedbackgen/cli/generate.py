@@ -1,0 +1,120 @@
+"""`feedbackgen generate`: a model folder and requests in, resumable PRED.jsonl out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from feedbackgen.cli.app import app, err
+from feedbackgen.config import Decoding, field_help
+from feedbackgen.errors import FeedbackgenError
+
+
+# decoding options come from the Decoding model: its defaults, descriptions and ranges
+_D = Decoding.model_fields
+
+
+def _help(name: str) -> str:
+    return field_help(Decoding, name)
+
+
+@app.command()
+def generate(
+    model: Annotated[Path, typer.Argument(help="a saved model folder")],
+    out: Annotated[Path, typer.Option(help="PRED.jsonl to write")],
+    dataset: Annotated[Optional[Path], typer.Option(help="dataset whose split to generate for")] = None,
+    split: Annotated[str, typer.Option(help="train | valid | test")] = "test",
+    requests: Annotated[Optional[Path], typer.Option(
+        help="JSONL/CSV/Parquet of user_id, item_id[, aspect, rating, seed]")] = None,
+    with_aspect: Annotated[bool, typer.Option(help="condition on each row's aspect (PETER+)")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help=_help("max_new_tokens"))] = _D["max_new_tokens"].default,
+    min_new_tokens: Annotated[int, typer.Option(help=_help("min_new_tokens"))] = _D["min_new_tokens"].default,
+    do_sample: Annotated[bool, typer.Option(help=_help("do_sample"))] = _D["do_sample"].default,
+    temperature: Annotated[float, typer.Option(help=_help("temperature"))] = _D["temperature"].default,
+    top_k: Annotated[int, typer.Option(help=_help("top_k"))] = _D["top_k"].default,
+    top_p: Annotated[float, typer.Option(help=_help("top_p"))] = _D["top_p"].default,
+    num_beams: Annotated[int, typer.Option(help=_help("num_beams"))] = _D["num_beams"].default,
+    repetition_penalty: Annotated[float, typer.Option(
+        help=_help("repetition_penalty"))] = _D["repetition_penalty"].default,
+    no_repeat_ngram_size: Annotated[int, typer.Option(
+        help=_help("no_repeat_ngram_size"))] = _D["no_repeat_ngram_size"].default,
+    batch_size: Annotated[int, typer.Option(help=_help("batch_size"))] = _D["batch_size"].default,
+    seed: Annotated[Optional[int], typer.Option(
+        help="seed of requests without their own (default: drawn per request, written in meta.seed)")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="torch CPU threads (default: torch's; never the model's training setting)")] = None,
+    engine: Annotated[str, typer.Option(help="local | ray: a pool of Ray actors (docs/distributed.md)")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster HOST:PORT, ray://HOST:PORT or auto (default: start Ray here)")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Ray actors, one CPU and one model copy each (default: every CPU of the cluster)")] = None,
+    shard_size: Annotated[int, typer.Option(help="requests per output shard, the unit a rerun resumes from")] = 1024,
+):
+    """Generate feedback for a dataset split or a requests file (resumable: rerun after a kill).
+
+    Example: `feedbackgen generate models/retrieval --dataset data/mi --split test --out pred/retrieval.jsonl`
+
+    On a Ray cluster: `feedbackgen generate models/peter --dataset data/mi --out pred/peter.jsonl
+    --engine ray --address auto` (the same output as the local engine; docs/distributed.md).
+    """
+    from feedbackgen.config import validate
+    from feedbackgen.data.problems import Problems
+    from feedbackgen.generation import requests_file, requests_from_dataset, run_generation
+    from feedbackgen.models import load
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    chosen = locals()
+    decoding = validate(Decoding, {name: chosen[name] for name in _D}, "decoding options")
+    if (dataset is None) == (requests is None):
+        raise FeedbackgenError("give exactly one of --dataset (with --split) or --requests")
+    if engine not in ("local", "ray"):
+        raise FeedbackgenError(f"unknown --engine {engine!r}; choose local or ray")
+    if engine == "local" and (address is not None or workers is not None):
+        raise FeedbackgenError("--address and --workers go with --engine ray")
+    if shard_size < 1:
+        raise FeedbackgenError(f"--shard-size must be at least 1 (got {shard_size})")
+    problems = Problems()
+    if engine == "ray":
+        from feedbackgen.generation.ray_engine import run_generation_ray
+
+        t0 = time.time()
+        _, count = run_generation_ray(model, out, decoding, requests=requests, dataset=dataset, split=split,
+                                      with_aspect=with_aspect, problems=problems, address=address,
+                                      workers=workers, shard_size=shard_size)
+        _report_generation(out, count, time.time() - t0, problems, requests)
+        return
+    # read in batches, never all at once: millions of requests fit in the memory of one shard
+    if requests is not None:
+        reqs = requests_file(requests, problems)
+    else:
+        try:
+            reqs = requests_from_dataset(dataset, split, with_aspect=with_aspect)
+        except ValueError as e:
+            raise FeedbackgenError(str(e)) from None
+    generator = load(model)
+    t0 = time.time()
+    run_generation(generator, reqs, out, decoding, model_id=str(model.resolve()), shard_size=shard_size)
+    _report_generation(out, reqs.count, time.time() - t0, problems, requests)
+    answers = getattr(generator, "answer_counts", None)  # LLM generators: how the JSON answers went
+    if answers:
+        err.print("answers: " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items()))
+                  + " (fallback = still invalid after every retry; each row's meta says which)")
+    reasoning = getattr(generator, "reasoning_counts", None)
+    if reasoning:
+        err.print(f"reasoning: {reasoning.get('with_reasoning', 0)} repl(ies) had a reasoning block, removed before "
+                  f"parsing; {reasoning.get('only_reasoning', 0)} held nothing else (retried, then the fallback)")
+
+
+def _report_generation(out: Path, count: int, dt: float, problems, requests: Optional[Path]) -> None:
+    if problems.count:
+        err.print(f"[yellow]{requests}: {problems.describe()}[/yellow]")
+    err.print(f"[green]wrote[/green] {count} feedback rows to {out} in {dt:.1f}s "
+              f"({count / max(dt, 1e-9):.1f} samples/s)")
+
