@@ -281,7 +281,7 @@ def test_sft_trains_saves_merges_and_loads(tiny, tmp_path):
 
 @pytest.mark.parametrize("cfg", [
     {"discrete_prompt": True, "rating_head": "mlp", "full_epochs": 1},
-    {"discrete_prompt": False, "rating_head": "none", "full_epochs": 0},
+    {"discrete_prompt": False, "rating_head": "none", "full_epochs": 0, "rag_k": 2},  # retrieved reviews quoted
 ])
 def test_prompt_lm_trains_in_phases_saves_and_loads(tiny, tmp_path, cfg):
     cfg = {**cfg, "max_train_samples": 8, "max_valid_samples": 4, "batch_size": 8, "num_threads": 1,

@@ -89,7 +89,7 @@ class LLMUser(Generator):
     def messages(self, request: FeedbackRequest, retry: bool = False, exclude: int | None = None):
         c = self.config
         return build_messages(self.history, request, c.shots, c.review_words, c.prompt_words, self.rating_range,
-                              exclude=exclude, reminder=retry)
+                              exclude=exclude, reminder=retry, rag_k=c.rag_k, rag_sources=c.rag_sources)
 
     def answer(self, requests: Sequence[FeedbackRequest], decoding: Decoding) -> list[tuple[float, str, dict]]:
         """(rating, text, meta) per request: checked answers, retried, else the fallback. A sampled

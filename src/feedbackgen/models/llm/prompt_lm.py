@@ -15,6 +15,10 @@ continuous prompt; the LM then writes the target text:
   come from the `rating_model` baseline.
 - **Discrete prompts** (`discrete_prompt=True`, PEPLER-D's idea): the user's and the item's most
   frequent aspect words from training, as text after the two vectors.
+- **Retrieved reviews** (`rag_k` > 0, retrieval-augmented generation): the `rag_k` training texts
+  that best fit the request (`feedbackgen.models.neighbours`), quoted as text after the discrete
+  prompt; a training row never reads its own text, another of its pair, or a copy of it
+  (leave-one-out). The index is saved in the folder (`rag.*` tensors, `rag.texts` in state.json).
 - Unknown users and items use vector 0 of their `IdIndex`, learnt by ID dropout (`id_dropout`).
 
 Generation is batched with Hugging Face `generate` on `inputs_embeds` (left padding, KV cache),
@@ -47,6 +51,8 @@ from feedbackgen.data.text import truncate_tokens
 from feedbackgen.errors import DataError
 from feedbackgen.generation.decoding import hf_generate_kwargs, stream_seed, with_seeds
 from feedbackgen.models.base import Generator, IdIndex, register
+from feedbackgen.models.llm.prompts import similar_reviews_line
+from feedbackgen.models.neighbours import NeighbourIndex
 from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm
 from feedbackgen.models.llm.training import TrainableView, pad_right, set_threads
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
@@ -71,6 +77,11 @@ class PromptLMConfig(StrictModel):
     # the prompt
     discrete_prompt: bool = Field(False, description="add the user's and item's top aspect words as text")
     prompt_aspects: int = Field(3, ge=1, le=20, description="aspect words per user and per item")
+    rag_k: int = Field(0, ge=0, le=20, description="retrieved training texts quoted in the prompt (0 = off)")
+    rag_sources: Literal["both", "item", "user"] = Field(
+        "both", description="retrieve the item's texts by similar users, the user's about similar items, or both")
+    rag_embedding_model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers folder or name "
+                                     "for the retrieval's user/item similarity")
     id_dropout: float = Field(0.03, ge=0.0, le=0.5, description="share of training IDs replaced by 'unknown'")
     # rating regularisation
     rating_head: Literal["none", "mf", "mlp"] = "mlp"
@@ -128,6 +139,7 @@ class PromptLM(Generator):
         self.lm = self.tokenizer = self.prompts = None
         self.lm_tuned = False
         self.training_log: list[dict[str, Any]] = []
+        self.neighbours: NeighbourIndex | None = None  # the retrieval index when rag_k > 0
 
     # -- inputs ------------------------------------------------------------------------------
     def _aspect_words(self, train: pl.DataFrame, key: str) -> dict[str, list[str]]:
@@ -138,19 +150,37 @@ class PromptLM(Generator):
                .group_by(key, maintain_order=True).agg(pl.col("aspect").head(self.config.prompt_aspects)))
         return {k: list(v) for k, v in top.iter_rows()}
 
-    def _discrete(self, user_id: str, item_id: str) -> list[int]:
-        """The text between the vectors and the separator: aspect words, or nothing."""
-        if not self.config.discrete_prompt:
-            return []
-        text = (f" user: {', '.join(self.user_aspects.get(user_id, []))};"
-                f" item: {', '.join(self.item_aspects.get(item_id, []))}.")
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+    def prompt_text(self, user_id: str, item_id: str, training: bool = False) -> str:
+        """The text between the vectors and the separator: aspect words, retrieved texts, or "".
+        training: (user_id, item_id) is a training row, left out of its own retrieval."""
+        text = ""
+        if self.config.discrete_prompt:
+            text = (f" user: {', '.join(self.user_aspects.get(user_id, []))};"
+                    f" item: {', '.join(self.item_aspects.get(item_id, []))}.")
+        if self.neighbours is not None:
+            leave_out = self.neighbours.row_of(user_id, item_id) if training else None
+            retrieved = self.neighbours.neighbour_texts([user_id], [item_id], self.config.rag_k,
+                                                        self.config.rag_sources, [leave_out])[0]
+            line = similar_reviews_line(retrieved, self.config.words)
+            text += f" {line}" if line else ""
+        return text
+
+    def _discrete(self, user_id: str, item_id: str, training: bool = False) -> list[int]:
+        text = self.prompt_text(user_id, item_id, training)
+        return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    def index_neighbours(self, train: pl.DataFrame) -> None:
+        """The retrieval index over the training rows `train` (when rag_k > 0)."""
+        c = self.config
+        self.neighbours = None if not c.rag_k else NeighbourIndex.build(
+            train[target_column(c.target)].to_list(), train["user_id"].to_list(), train["item_id"].to_list(),
+            self.users, self.items, c.rag_embedding_model)
 
     @property
     def _sep(self) -> list[int]:
         return self.tokenizer(SEPARATOR, add_special_tokens=False).input_ids
 
-    def _encode(self, df: pl.DataFrame) -> list[dict[str, Any]]:
+    def _encode(self, df: pl.DataFrame, training: bool = False) -> list[dict[str, Any]]:
         col, words = target_column(self.config.target), self.config.words
         out = []
         for row in df.iter_rows(named=True):
@@ -158,7 +188,7 @@ class PromptLM(Generator):
             tokens = self.tokenizer(text, add_special_tokens=False).input_ids[: 3 * words]
             tokens.append(self.tokenizer.eos_token_id)
             out.append({"user": self.users.get(row["user_id"]), "item": self.items.get(row["item_id"]),
-                        "prefix": self._discrete(row["user_id"], row["item_id"]) + self._sep,
+                        "prefix": self._discrete(row["user_id"], row["item_id"], training) + self._sep,
                         "tokens": tokens, "rating": row["rating"]})
         return out
 
@@ -214,6 +244,7 @@ class PromptLM(Generator):
         self.users, self.items = IdIndex(train["user_id"].to_list()), IdIndex(train["item_id"].to_list())
         self.user_aspects = self._aspect_words(train, "user_id")
         self.item_aspects = self._aspect_words(train, "item_id")
+        self.index_neighbours(train)
         ratings = train["rating"].drop_nulls()
         self.rating_range = (float(ratings.min()), float(ratings.max()))
         self.rating = fit_rating_model(c.rating_model, dataset) if c.rating_head == "none" else None
@@ -226,7 +257,7 @@ class PromptLM(Generator):
         emb = self.lm.get_input_embeddings().weight
         self.prompts = ContinuousPrompts(len(self.users), len(self.items), emb.shape[1], c.rating_head,
                                          float(ratings.mean()), float(emb.detach().std())).to(self._device)
-        tr, va = self._encode(train), self._encode(valid)
+        tr, va = self._encode(train, training=True), self._encode(valid)
         fingerprint = self._fingerprint(train, valid)
 
         def valid_fn() -> dict[str, float]:
@@ -339,6 +370,10 @@ class PromptLM(Generator):
             rt, rs = rating_model_state(self.rating)
             tensors.update(rt)
             state.update(rs)
+        if self.neighbours is not None:
+            nt, ns = self.neighbours.get_state("rag.")
+            tensors.update(nt)
+            state.update(ns)
         return tensors, state
 
     def set_state(self, tensors, state):
@@ -350,6 +385,8 @@ class PromptLM(Generator):
         self.prompts.load_state_dict({k[len("prompts."):]: v for k, v in tensors.items() if k.startswith("prompts.")})
         self.prompts.eval()
         self.rating = rating_model_from_state(tensors, state) if "rating_model" in state else None
+        self.neighbours = (NeighbourIndex.from_state(tensors, state, self.users, self.items, "rag.")
+                           if self.config.rag_k else None)
 
     def save(self, path: str | Path) -> Path:
         path = super().save(path)

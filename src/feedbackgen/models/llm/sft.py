@@ -15,6 +15,9 @@ the adapted model in process. Saved folder, besides `llm`'s files:
     merged/    with `merge=True`: the base model with the adapters merged in, a plain Hugging Face
                folder any back-end can serve (`--set model=MODEL/merged` for `llm`)
 
+With `rag_k` > 0 the prompt also quotes retrieved training reviews (`prompts.build_messages`),
+leave-one-out for each training row, as for its examples.
+
 The rating in each training answer is the user's real rating; the profile's averages are computed
 over the training split including that review (a mild leak of its rating into its own prompt;
 prompts at test time hold no test review).

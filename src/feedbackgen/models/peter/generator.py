@@ -23,6 +23,11 @@ The sub-word vocabulary (`vocab="bpe"`), emsize 512, 3 layers, more dropout, lab
 other learning rates were tried and did no better here. Greedy outputs are shorter than the
 references (about 10 tokens against 15), which costs BLEU-1 its brevity penalty.
 
+Retrieval-augmented generation (`rag_k` > 0; `rag.py`, `model.py`): each row also reads the
+`rag_k` training sentences that best fit its user and item, leave-one-out at training time; the
+retrieval index is saved in the model folder, so `generate`, `serve`, `recommend` and `simulate`
+retrieve the same way.
+
 Targets: `target="explanation"` (the dataset's `explanation` column, the aspect sentence PETER
 was built for, `max_words` 20 by default) or `target="review"` (the whole `text`, 60 words by
 default). Longer texts are cut after `max_words` words (PETER's `--words`).
@@ -74,6 +79,7 @@ from feedbackgen.generation.decoding import stream_seed, with_seeds
 from feedbackgen.models import collapse, distributed
 from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.peter.model import MAX_NEW_TOKENS, PETER, PeterConfig, PeterShape
+from feedbackgen.models.peter.rag import PREFIX as RAG_PREFIX, RagContext
 from feedbackgen.models.privacy import PrivacySettings, default_delta
 from feedbackgen.models.text_units import target_column, target_rows
 from feedbackgen.models.trainer import Trainer, TrainSettings, read_checkpoint_extra
@@ -97,6 +103,7 @@ class Peter(Generator):
         self.training_log: list[dict[str, Any]] = []
         self.privacy: dict[str, Any] | None = None  # the spent (ε, δ) of a DP-trained model
         self.training_summary: dict[str, Any] | None = None  # loss terms, collapse signal (training.json)
+        self.rag: RagContext | None = None  # the retrieval index when rag_k > 0
 
     # -- data --------------------------------------------------------------------------------
     def _rows(self, dataset: Dataset, split: str) -> pl.DataFrame:
@@ -110,8 +117,9 @@ class Peter(Generator):
         n = self.config.max_words
         return [tokenize(t)[:n] for t in df[target_column(self.config.target)].to_list()]
 
-    def _encode(self, df: pl.DataFrame) -> dict[str, torch.Tensor]:
-        """Rows as tensors; `seq` = <bos> ids <eos> padded to the longest row."""
+    def _encode(self, df: pl.DataFrame, leave_out: bool = False) -> dict[str, torch.Tensor]:
+        """Rows as tensors; `seq` = <bos> ids <eos> padded to the longest row; with RAG, `context`
+        (leave-one-out when `df` is the indexed training rows and `leave_out`)."""
         ids = self.vocab.encode_batch(self._sentences(df))
         width = max((len(x) for x in ids), default=0) + 2
         seq = np.full((len(ids), width), PAD, dtype=np.int64)
@@ -128,6 +136,9 @@ class Peter(Generator):
         }
         if self.config.use_aspect:
             out["aspect"] = torch.from_numpy(self.aspects.lookup(df["aspect"].fill_null("").to_list()))
+        if self.rag is not None:
+            out["context"] = self.rag.encode(self.vocab, df["user_id"].to_list(), df["item_id"].to_list(),
+                                             leave_out)
         return out
 
     @staticmethod
@@ -136,7 +147,8 @@ class Peter(Generator):
         """Rows `idx` trimmed to their longest sequence; IDs replaced by "unknown" at `id_dropout`."""
         width = int(data["length"][idx].max())
         seq = data["seq"][idx, :width]
-        batch = {k: data[k][idx] for k in ("user", "item", "rating", "rating_mask", "aspect") if k in data}
+        batch = {k: data[k][idx] for k in ("user", "item", "rating", "rating_mask", "aspect", "context")
+                 if k in data}
         batch["inputs"], batch["targets"] = seq[:, :-1], seq[:, 1:]
         if id_dropout > 0:
             for key in ("user", "item", "aspect"):
@@ -185,9 +197,12 @@ class Peter(Generator):
         ratings = train["rating"].drop_nulls()
         if len(ratings):
             self.rating_range = (float(ratings.min()), float(ratings.max()))
+        if c.rag_k:
+            texts = [" ".join(t) for t in self._sentences(train)]
+            self.rag = RagContext.fit(train, texts, self.users, self.items, c)
         torch.manual_seed(c.seed)
         self.model = PETER(self._shape(), float(ratings.mean()) if len(ratings) else 0.0)
-        tr, va = self._encode(train), self._encode(valid)
+        tr, va = self._encode(train, leave_out=True), self._encode(valid)
         weights = (c.text_weight, c.context_weight, c.rating_weight)
 
         def valid_fn() -> dict[str, float]:
@@ -265,7 +280,8 @@ class Peter(Generator):
             n_tokens=n_tokens if n_tokens is not None else len(self.vocab),
             emsize=c.emsize, nhead=c.nhead, nlayers=c.nlayers, nhid=c.nhid, dropout=c.dropout,
             norm_first=c.norm_first, activation=c.activation, tie_weights=c.tie_weights,
-            max_len=3 + 2 + max(self.config.max_words, MAX_NEW_TOKENS))
+            n_context=c.rag_max_tokens if c.rag_k else 0,
+            max_len=3 + 2 + max(self.config.max_words, MAX_NEW_TOKENS) + (c.rag_max_tokens if c.rag_k else 0))
 
     # -- prediction --------------------------------------------------------------------------
     def _ids(self, requests: Sequence[FeedbackRequest]):
@@ -299,13 +315,16 @@ class Peter(Generator):
                           DecodingWarning, stacklevel=3)
         requests = with_seeds(requests, decoding)
         users, items, aspects = self._ids(requests)
+        context = None if self.rag is None else self.rag.encode(
+            self.vocab, [r.user_id for r in requests], [r.item_id for r in requests])
         texts, metas = [], []
         self.model.eval()
         for start in range(0, len(requests), decoding.batch_size):
             sl = slice(start, start + decoding.batch_size)
             seeds = [stream_seed(r) for r in requests[sl]] if decoding.do_sample else None
             out, finished, scores = self.model.generate(
-                users[sl], items[sl], aspects[sl] if aspects is not None else None, decoding, seeds, use_cache)
+                users[sl], items[sl], aspects[sl] if aspects is not None else None, decoding, seeds, use_cache,
+                context[sl] if context is not None else None)
             for r, row in enumerate(out.tolist()):
                 i = start + r
                 words = tokenize(" ".join(self.vocab.decode(row)))
@@ -317,6 +336,8 @@ class Peter(Generator):
                     meta["unknown_aspect"] = int(aspects[i]) == 0
                 if scores is not None:
                     meta["beam_score"] = float(scores[r])
+                if context is not None:
+                    meta["retrieved"] = int((context[i] == EOS).sum())  # sentences read
                 metas.append(meta)
         return texts, metas
 
@@ -329,6 +350,10 @@ class Peter(Generator):
                  "n_tokens": self.model.shape.n_tokens}
         if self.privacy is not None:
             state["privacy"] = self.privacy
+        if self.rag is not None:
+            rag_tensors, rag_state = self.rag.get_state()
+            tensors.update(rag_tensors)
+            state.update(rag_state)
         return tensors, state
 
     def set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -336,6 +361,9 @@ class Peter(Generator):
         self.aspects = IdIndex(state["aspects"]) if state.get("aspects") is not None else None
         self.privacy = state.get("privacy")
         self.model = PETER(self._shape(state["n_tokens"]))
+        if self.config.rag_k:
+            self.rag = RagContext.from_state(tensors, state, self.users, self.items, self.config)
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(RAG_PREFIX)}
         if self.config.tie_weights:
             tensors = {**tensors, "head.weight": tensors["word_emb.weight"]}
         self.model.load_state_dict(tensors)
