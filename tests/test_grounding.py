@@ -40,3 +40,27 @@ def test_item_grounding_leaves_out_and_counts_what_it_cannot_score(mi_small):
         item_grounding([], mi_small, column="summary_text")
     with pytest.raises(DataError, match="prediction 0 has no item_id"):
         item_grounding([{"text": "x"}], mi_small)
+
+
+def test_evaluate_reports_item_grounding_in_the_main_table(mi_small, tmp_path):
+    """`evaluate` shows item grounding per model: a file copying each item's own sentence scores 1,
+    one copying the next item's sentence close to 0."""
+    import json
+
+    from feedbackgen.evaluation.report import evaluate
+
+    train = mi_small.train.drop_nulls("explanation").filter(pl.col("explanation") != "")
+    own = dict(train.group_by("item_id", maintain_order=True).agg(pl.col("explanation").first()).iter_rows())
+    items = sorted(own)
+    nxt = {i: own[items[(n + 1) % len(items)]] for n, i in enumerate(items)}
+    test = mi_small.test.filter(pl.col("item_id").is_in(items))
+    for name, text_of in (("right", own), ("other", nxt)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            for u, i in test.select("user_id", "item_id").iter_rows():
+                f.write(json.dumps({"user_id": u, "item_id": i, "rating": 4.0, "text": text_of[i],
+                                    "model": name}) + "\n")
+    report = evaluate([tmp_path / "right.jsonl", tmp_path / "other.jsonl"], mi_small, tmp_path / "r",
+                      embeddings=False, allow_partial=True)
+    assert report["models"]["right"]["metrics"]["item_grounding"] == 1.0
+    assert report["models"]["other"]["metrics"]["item_grounding"] < 0.1
+    assert "Item grounding" in (tmp_path / "r" / "report.md").read_text().split("## Other metrics")[0]

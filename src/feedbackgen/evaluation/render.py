@@ -20,7 +20,7 @@ from feedbackgen.types import ANSWER_KINDS
 ALL_METRICS = {**METRICS, **EXTRA_METRICS}
 # The headline table, in this order; every other metric goes to the second table.
 MAIN_COLUMNS = ("bleu1", "bleu4", "rouge1_f", "rouge2_f", "rougeL_f", "usr", "fmr", "fcr", "div",
-                "rmse", "mae", "embedding_sim", "distinct2", "memorisation")
+                "rmse", "mae", "embedding_sim", "distinct2", "memorisation", "item_grounding")
 MISSING = "—"
 COLLAPSED, PARTIAL = "collapsed*", "partial†"
 

@@ -31,6 +31,7 @@ from feedbackgen.data.text import tokenize
 from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.evaluation import extra
 from feedbackgen.evaluation.extra import NgramIndex
+from feedbackgen.evaluation.grounding import item_grounding
 from feedbackgen.evaluation.metrics import mean_absolute_error, peter_metrics, root_mean_square_error
 from feedbackgen.evaluation.naturalness import PerplexityScorer, summary
 from feedbackgen.evaluation.predictions import TARGETS
@@ -158,6 +159,8 @@ def _text_metrics(rows: pl.DataFrame, ctx: Context, column: str) -> dict[str, An
     out.update(extra.length_stats(generated, "gen"))
     out.update(extra.length_stats(references, "ref"))
     out.update(extra.memorisation(generated, ctx.training_index(column)))
+    if ctx.dataset.train[column].drop_nulls().len():  # item grounding: is the text about its item?
+        out["item_grounding"] = item_grounding(rows.select("item_id", "text"), ctx.dataset, column)["item_grounding"]
     compound = extra.vader_compound(generated_text)
     with_true = rows["rating_ref"].is_not_null().to_numpy()
     out["sentiment_rating_rho"] = extra.spearman(compound[with_true], rows["rating_ref"].to_numpy()[with_true])
