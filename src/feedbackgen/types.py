@@ -22,7 +22,8 @@ def _unicode(text: str) -> bool:
     return True
 
 
-def _finite(value: int | float) -> bool:
+def is_finite(value: int | float) -> bool:
+    """math.isfinite, but False (not OverflowError) for an int beyond float range such as 10**400."""
     try:
         return math.isfinite(value)
     except OverflowError:  # an int beyond float range, such as 10**400
@@ -54,7 +55,7 @@ class FeedbackRequest:
         if self.rating is not None and (
             isinstance(self.rating, bool)
             or not isinstance(self.rating, (int, float))
-            or not _finite(self.rating)
+            or not is_finite(self.rating)
         ):
             raise ValueError(f"FeedbackRequest.rating must be a finite number or None, got {self.rating!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)

@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from feedbackgen.data.problems import Problems
+from feedbackgen.types import is_finite
 
 CANONICAL_REVIEW_FIELDS = ("user_id", "item_id", "rating", "text", "summary", "timestamp")
 # A metadata line that is not JSON may be a Python literal (the 2014 Amazon meta files are);
@@ -41,14 +42,6 @@ class _Bad(Exception):
 def describe_value(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
-
-
-def is_finite(value: int | float) -> bool:
-    """math.isfinite, but False (not OverflowError) for an int beyond float range such as 10**400."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _parse_id(value: Any, name: str) -> str:

@@ -22,10 +22,8 @@ Every report carries a leak check (`scoring.leak_check`) and, when asked, natura
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
@@ -35,7 +33,7 @@ from feedbackgen.evaluation.predictions import read_predictions
 from feedbackgen.evaluation.render import ALL_METRICS, MAIN_COLUMNS, render_markdown
 from feedbackgen.evaluation.scoring import (Context, default_target, examples, leak_check, rating_confusion,
                                             score_group)
-from feedbackgen.io import atomic_write_json, atomic_write_text
+from feedbackgen.io import atomic_write_json, atomic_write_text, json_ready
 from feedbackgen.pretrained import DEFAULT_MODEL
 
 REPORT_VERSION = 2  # 2: rows keyed by file and model; coverage, collapse, naturalness, examples
@@ -76,17 +74,6 @@ def _partial(group: pl.DataFrame, ctx: Context, file: str, model: str, min_cover
                     "(marked partial)", source=file)
 
 
-def _finite(obj: Any) -> Any:
-    """NaN / inf become None: JSON has no spelling for them."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def evaluate(predictions: list[Path], dataset: Dataset, out_dir: Path, split: str = "test",
              target: str | None = None, embeddings: bool = True, *,
              dataset_path: str | Path | None = None, seed: int = 1, sections: Sequence[str | Path] = (),
@@ -122,7 +109,7 @@ def evaluate(predictions: list[Path], dataset: Dataset, out_dir: Path, split: st
               for (label, group), (file, model, group_target), is_partial in zip(groups.items(), keys, partial)}
 
     manifest = dataset.manifest or {}
-    report = _finite({
+    report = json_ready({
         "report_version": REPORT_VERSION,
         "dataset": {"path": str(dataset_path) if dataset_path is not None else None,
                     "source": manifest.get("source"), "summary": dataset.summary(),

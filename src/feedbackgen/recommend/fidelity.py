@@ -52,12 +52,12 @@ import polars as pl
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError, FeedbackgenError
-from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
+from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, json_ready
 from feedbackgen.recommend.metrics import (classification_metrics, preference_estimation,
                                            review_score_without_emotion, sentiment_error, star_histogram,
                                            topic_error, total_variation)
 from feedbackgen.recommend.ranking import UnseenSampler
-from feedbackgen.recommend.simulate import json_ready, simulator_name
+from feedbackgen.recommend.simulate import simulator_name
 from feedbackgen.recommend.simulated_user import SimulatedUser
 
 RATIOS = (1, 3, 9)

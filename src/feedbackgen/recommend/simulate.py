@@ -43,7 +43,7 @@ import polars as pl
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError, FeedbackgenError
-from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
+from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, json_ready
 from feedbackgen.recommend.ranking import model_name
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
 
@@ -239,17 +239,6 @@ class Simulation:
 
 def _num(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
-
-
-def json_ready(obj: Any) -> Any:
-    """NaN is not JSON: write null instead."""
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [json_ready(v) for v in obj]
-    return obj
 
 
 def _per_user(items: pl.DataFrame) -> pl.DataFrame:

@@ -29,7 +29,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedbackgen.types import ANSWER_KINDS  # noqa: F401  (re-exported: callers import it from here)
 
 # Control tokens of common chat templates (ChatML, Llama 2/3, Mistral, Gemma, Phi). Removed from
 # untrusted text before it goes into a prompt, and from generated text before it comes out.
