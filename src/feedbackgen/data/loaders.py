@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,8 +179,21 @@ def _item_reader(fmt: str, mapping: dict[str, str] | None) -> Callable[[dict], d
     return generic_item(mapping)
 
 
-def _full(columns: ReviewColumns, chunk_rows: int | None) -> bool:
-    return chunk_rows is not None and len(columns) >= chunk_rows
+def _chunks(records: Iterator[tuple[int, dict]], columns: ReviewColumns, path: Path, problems: Problems,
+            first_row: int, chunk_rows: int | None) -> Generator[pl.DataFrame, None, tuple[int, int]]:
+    """Parse `records` into `columns`, yielding a table every `chunk_rows` rows and a last one, even
+    when empty (its columns still join the table); returns (records read, rows kept). Source rows
+    are numbered from `first_row` on."""
+    read = rows = 0
+    for line, record in records:
+        columns.add(record, str(path), line, problems, first_row + read)
+        read += 1
+        if chunk_rows is not None and len(columns) >= chunk_rows:
+            rows += len(columns)
+            yield columns.take()
+    rows += len(columns)
+    yield columns.take()
+    return read, rows
 
 
 def _load_records(paths: list[Path], fmt: str, meta: Path | None, mapping: dict[str, str] | None,
@@ -200,18 +213,11 @@ def _load_records(paths: list[Path], fmt: str, meta: Path | None, mapping: dict[
             continue
         fields = _review_fields(fmt, path, mapping)
         columns = ReviewColumns(fields)
-        read = rows = 0
         facts: dict[str, Any] = {}
         mark = problems.mark()
-        for line, record in _review_records(fmt, path, problems, encoding, facts):
-            columns.add(record, str(path), line, problems, source_row)
-            read += 1
-            source_row += 1
-            if _full(columns, chunk_rows):
-                rows += len(columns)
-                yield columns.take()
-        rows += len(columns)
-        yield columns.take()  # even when empty: its columns still join the table
+        read, rows = yield from _chunks(_review_records(fmt, path, problems, encoding, facts), columns, path,
+                                        problems, source_row, chunk_rows)
+        source_row += read
         files.append({**file_info(path, role), "records": read, "rows": rows, **facts,
                       **_yield_facts(read, rows, problems, mark)})
     for path, role in roles:
@@ -254,17 +260,10 @@ def _load_recbole(paths: list[Path], meta: Path | None, mapping: dict[str, str] 
         decoder = line_decoder(path, encoding, delimited=True)
         header = recbole_header(path, decoder)
         columns = ReviewColumns(generic_fields(mapping, numbers_as_text=True, columns=list(header)))
-        read = rows = 0
         mark = problems.mark()
-        for line, record in recbole_records(path, problems, decoder):
-            columns.add(record, str(path), line, problems, source_row)
-            read += 1
-            source_row += 1
-            if _full(columns, chunk_rows):
-                rows += len(columns)
-                yield columns.take()
-        rows += len(columns)
-        yield columns.take()
+        read, rows = yield from _chunks(recbole_records(path, problems, decoder), columns, path, problems,
+                                        source_row, chunk_rows)
+        source_row += read
         files.append({**file_info(path, "reviews"), "records": read, "rows": rows, **decoder.describe(),
                       **_yield_facts(read, rows, problems, mark)})
     for path in found["item"]:
