@@ -171,6 +171,13 @@ class LLMUser(Generator):
                                 [r.aspect] if r.aspect else [], self.name, meta))
         return out
 
+    def generate_text(self, requests: list[FeedbackRequest],
+                      decoding: Decoding) -> tuple[list[str], list[dict[str, Any]]]:
+        """The review texts of `answer` (checked, retried, else the fallback) and their meta."""
+        self.check_fitted()
+        answers = self.answer(requests, decoding)
+        return [text for _, text, _ in answers], [meta for _, _, meta in answers]
+
     def predict_rating(self, requests: Sequence[FeedbackRequest]) -> np.ndarray:
         """The ratings of the model's answers (asking for them costs a generation per request)."""
         return np.array([f.rating for f in self.generate(requests)], dtype=np.float64)

@@ -8,11 +8,11 @@ continuous prompt; the LM then writes the target text:
       └─ learnt ─┘ └── discrete prompt ─┘        └ the loss ┘
 
 - **Sequential tuning**: phase 1 trains the prompts (and the rating head) with the LM frozen;
-  phase 2 trains everything, the LM at a smaller learning rate. Each phase early-stops on the
-  validation loss (`models.trainer.Trainer`); `full_epochs=0` skips phase 2.
+  phase 2 trains everything, the LM at a smaller learning rate (`models.trainer.Trainer`);
+  `full_epochs=0` skips phase 2.
 - **Rating regularisation** (`rating_head`): an MF head (`mean + u·i`) or an MLP head over
-  `[u; i]`, trained jointly with loss `text NLL + rating_reg × rating MSE`; with `none`, ratings
-  come from the `rating_model` baseline.
+  `[u; i]`, trained jointly with `loss = nll_text + rating_reg·mse_rating`; with `none`, ratings
+  come from the `rating_model` baseline and `loss = nll_text`.
 - **Discrete prompts** (`discrete_prompt=True`, PEPLER-D's idea): the user's and the item's most
   frequent aspect words from training, as text after the two vectors.
 - **Retrieved reviews** (`rag_k` > 0, retrieval-augmented generation): the `rag_k` training texts
@@ -20,6 +20,13 @@ continuous prompt; the LM then writes the target text:
   prompt; a training row never reads its own text, another of its pair, or a copy of it
   (leave-one-out). The index is saved in the folder (`rag.*` tensors, `rag.texts` in state.json).
 - Unknown users and items use vector 0 of their `IdIndex`, learnt by ID dropout (`id_dropout`).
+
+The training log names each loss by its terms (`loss_terms`, the `terms` of every entry): the train
+and valid `loss` are the same sum. Each phase early-stops on the valid `criterion`, `nll_text +
+mse_rating` as PEPLER's code does (unweighted, whatever `rating_reg`), or on `loss` without a rating
+head. After training, a greedy decoding of `collapse_requests` seeded validation requests gives the
+collapse signal (USR, repetition; `feedbackgen.models.collapse`), logged in the entry of the kept
+epoch and in `training.json`, and announced on stderr when the model answers every request alike.
 
 Generation is batched with Hugging Face `generate` on `inputs_embeds` (left padding, KV cache),
 with every `Decoding` option through `feedbackgen.generation.decoding` (each request samples from
@@ -54,7 +61,8 @@ from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.llm.prompts import similar_reviews_line
 from feedbackgen.models.neighbours import NeighbourIndex
 from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm
-from feedbackgen.models.llm.training import TrainableView, pad_right, set_threads
+from feedbackgen.models.llm.training import (COLLAPSE_MAX_NEW_TOKENS, COLLAPSE_REQUESTS, COLLAPSE_SETTINGS,
+                                             TrainableView, check_collapse, pad_right, set_threads)
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
 from feedbackgen.models.text_units import Target, target_column, target_rows
 from feedbackgen.models.trainer import Trainer, TrainSettings
@@ -99,6 +107,9 @@ class PromptLMConfig(StrictModel):
     seed: int = Field(1, ge=0)
     checkpoint_dir: str | None = Field(None, description="resumable training state (one sub-folder per phase)")
     progress: bool = True
+    # the collapse check after training (`training.check_collapse`)
+    collapse_requests: int = COLLAPSE_REQUESTS
+    collapse_max_new_tokens: int = COLLAPSE_MAX_NEW_TOKENS
 
     @property
     def words(self) -> int:
@@ -139,6 +150,7 @@ class PromptLM(Generator):
         self.lm = self.tokenizer = self.prompts = None
         self.lm_tuned = False
         self.training_log: list[dict[str, Any]] = []
+        self.training_summary: dict[str, Any] | None = None  # loss terms, collapse signal (training.json)
         self.neighbours: NeighbourIndex | None = None  # the retrieval index when rag_k > 0
 
     # -- inputs ------------------------------------------------------------------------------
@@ -213,19 +225,29 @@ class PromptLM(Generator):
                 "rating_mask": torch.tensor([x is not None for x in ratings], dtype=torch.float32)}
 
     def losses(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's scalar losses, named as `loss_terms` defines them: `nll_text` (mean over the
+        text tokens and <eos>), `mse_rating` (over the rows with a rating; with a rating head) and
+        their weighted sum `loss`, the optimised one."""
         device = self._device
         x = torch.cat([self.prompts(b["user"].to(device), b["item"].to(device)),
                        self.lm.get_input_embeddings()(b["tokens"].to(device))], 1)
         logits = self.lm(inputs_embeds=x, attention_mask=b["mask"].to(device)).logits
         labels = b["labels"].to(device)
         text = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
-        out = {"text": text, "loss": text}
+        out = {"loss": text, "nll_text": text}
         if self.prompts.head != "none":
             err = (self.prompts.rating(b["user"].to(device), b["item"].to(device)) - b["rating"].to(device)) ** 2
             rmask = b["rating_mask"].to(device)
-            out["rating"] = (err * rmask).sum() / rmask.sum().clamp(min=1)
-            out["loss"] = text + self.config.rating_reg * out["rating"]
+            out["mse_rating"] = (err * rmask).sum() / rmask.sum().clamp(min=1)
+            out["loss"] = text + self.config.rating_reg * out["mse_rating"]
         return out
+
+    def loss_terms(self) -> dict[str, str]:
+        """What each logged loss adds up, with this model's weights (the same for train and valid)."""
+        if self.config.rating_head == "none":
+            return {"loss": "nll_text"}
+        return {"loss": f"1·nll_text + {self.config.rating_reg:g}·mse_rating",
+                "criterion": "nll_text + mse_rating (valid only: early stopping, as PEPLER)"}
 
     @property
     def _device(self) -> torch.device:
@@ -241,6 +263,7 @@ class PromptLM(Generator):
         if len(train) == 0 or len(valid) == 0:
             raise DataError(f"prompt_lm needs non-empty train and valid splits with a {c.target} text "
                             f"(got {len(train)} and {len(valid)} rows)")
+        probe_rows = valid  # the collapse check draws from the whole split, not the loss's sample
         self.users, self.items = IdIndex(train["user_id"].to_list()), IdIndex(train["item_id"].to_list())
         self.user_aspects = self._aspect_words(train, "user_id")
         self.item_aspects = self._aspect_words(train, "item_id")
@@ -270,9 +293,13 @@ class PromptLM(Generator):
                     for k, v in self.losses(self._batch(va, idx)).items():
                         sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
             out = {k: v / n for k, v in sums.items()}
-            out["loss"] = out["text"] + out.get("rating", 0.0)  # PEPLER's criterion: text NLL + rating MSE
+            if "mse_rating" in out:  # PEPLER early-stops on the unweighted sum
+                out["criterion"] = out["nll_text"] + out["mse_rating"]
             return out
 
+        terms = self.loss_terms()
+        criterion = "criterion" if "criterion" in terms else "loss"
+        self.training_log, kept = [], None
         for phase, lr, epochs in (("prompts", c.prompt_lr, c.prompt_epochs), ("full", c.full_lr, c.full_epochs)):
             if epochs == 0:
                 continue
@@ -287,18 +314,27 @@ class PromptLM(Generator):
             view = TrainableView(module)
             trainer = Trainer(view, settings, n_train=len(tr),
                               make_batch=lambda idx, _train: self._batch(tr, idx, c.id_dropout),
-                              loss_fn=self.losses, valid_fn=valid_fn, fingerprint=f"{fingerprint}-{phase}")
-            self.training_log += [{"phase": phase, **entry} for entry in trainer.fit().log]
+                              loss_fn=self.losses, valid_fn=valid_fn, fingerprint=f"{fingerprint}-{phase}",
+                              criterion=criterion, terms=terms)
+            result = trainer.fit()
+            phase_log = [{"phase": phase, **entry} for entry in result.log]
+            self.training_log += phase_log
+            # the last phase's best epoch holds the weights that are kept
+            kept = next(e for e in phase_log if e["epoch"] == result.best_epoch)
             self.lm_tuned |= phase == "full"
         for p in self.lm.parameters():
             p.requires_grad_(False)
         self.lm.eval()
         self.prompts.eval()
+        kept = kept if kept is not None else {}  # no epoch (both phases 0): the signal of the untrained prompts
+        sig = check_collapse(self, probe_rows, kept, len(train), len(self.training_log))
+        self.training_summary = {"terms": terms, "best_phase": kept.get("phase"), "best_epoch": kept.get("epoch"),
+                                 "epochs": len(self.training_log), "train_rows": len(train), "collapse": sig}
         self.is_fitted = True
         return self
 
     def _fingerprint(self, train: pl.DataFrame, valid: pl.DataFrame) -> str:
-        skip = {"checkpoint_dir", "progress", "num_threads"}
+        skip = {"checkpoint_dir", "progress", "num_threads"} | COLLAPSE_SETTINGS
         h = hashlib.sha256(json.dumps({k: v for k, v in self.config.model_dump().items() if k not in skip},
                                       sort_keys=True).encode())
         col = target_column(self.config.target)
