@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data: {source}: {len(ds.train)} train / {len(ds.valid)} valid / {len(ds.test)} test rows"
           + (f"; max_epochs {args.epochs}" if args.epochs else "")
           + (f"; settings {' '.join(args.set)}" if args.set else ""))
-    feature_set = sorted(set(ds.interactions["aspect"].drop_nulls().to_list())) \
-        if "aspect" in ds.interactions.columns else None
+    from feedbackgen.evaluation.scoring import feature_set as aspect_vocabulary  # the one definition
+
+    feature_set = aspect_vocabulary(ds)
 
     results = []
     for eps in [math.inf, *args.epsilons]:

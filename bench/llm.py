@@ -132,11 +132,16 @@ def score(result: dict, ds) -> dict:
     from feedbackgen.embeddings import embed
     from feedbackgen.evaluation.extra import distinct_n, mean_cosine, personalisation, sentiment_rating_agreement
     from feedbackgen.evaluation.metrics import peter_metrics
+    from feedbackgen.evaluation.scoring import feature_set  # the one definition (FMR / FCR / DIV)
 
     test = ds.test
     refs = test["explanation"].to_list()
     gen_tokens = [tokenize(t) for t in result["texts"]]
-    m = peter_metrics(gen_tokens, [tokenize(r) for r in refs], None, None, result["ratings"], test["rating"].to_list())
+    features = feature_set(ds)
+    ref_features = ([a.lower() if a else None for a in test["aspect"].to_list()]
+                    if features is not None else None)
+    m = peter_metrics(gen_tokens, [tokenize(r) for r in refs], features, ref_features, result["ratings"],
+                      test["rating"].to_list())
     gen_vecs, ref_vecs = embed([" ".join(t) for t in gen_tokens]), embed(refs)
     m["emb"] = mean_cosine(gen_vecs, ref_vecs)
     m["distinct2"] = distinct_n(gen_tokens, 2)
@@ -161,7 +166,7 @@ def throughput(ds, args) -> list[dict]:
     from feedbackgen.models import create
     from feedbackgen.models.llm.backends import LlamaCppBackend, OpenAIBackend, TransformersBackend
     from feedbackgen.models.llm.llm_user import ANSWER_PREFIX, JSON_TOKENS
-    from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, packaged_gguf
+    from feedbackgen.pretrained import DEFAULT_MODEL, packaged_gguf
     from feedbackgen.types import FeedbackRequest
 
     prompter = create("llm", {"shots": args.shots}).fit(ds)

@@ -4,8 +4,11 @@
     python bench/peter.py --epochs 8           # cap every PETER row at 8 epochs
     python bench/peter.py --dataset DATA/mi    # a prepared feedbackgen dataset (its own aspects)
     python bench/peter.py --quick              # a tiny run that checks the bench works
+    python bench/peter.py --only "peter (rag)" --set rag_k=3 --set rag_max_tokens=48
 
-Rows: `popular`, `retrieval`, `peter (reference preset)`, `peter (default)`, `peter+ (aspect)`.
+Rows: `popular`, `retrieval`, `peter (reference preset)`, `peter (default)`, `peter+ (aspect)`,
+`peter (rag)` (retrieval-augmented: the 4 training sentences nearest the request read as context).
+`--set key=value` overrides a setting of every PETER row run (and is shown in its name).
 Each row runs in its own subprocess (so each peak memory is its own), trains on the train split
 (early stopping on valid), then answers every test (user, item[, aspect]) greedily at batch 128
 with at most 20 new tokens. The parent scores the texts with the PETER metrics
@@ -14,6 +17,8 @@ cosine between each text and its reference, and prints:
 
 - s/epoch: median seconds per training epoch; train/s: training samples per second of the best
   epoch (the machine is shared: the best epoch is the least disturbed one);
+- copy: share of generated texts that copy an 8-gram verbatim from the training texts
+  (`feedbackgen.evaluation.extra.memorisation`; lower means less copying);
 - gen/s: generated samples per second; peak MB: the subprocess's peak resident memory;
 - FLOP %: achieved training FLOP/s (FLOPs of a training step counted by torch's FlopCounterMode
   × the best epoch's steps per second) as a share of this machine's fp32 matmul rate, measured in
@@ -44,6 +49,7 @@ ROWS = {
     "peter (reference preset)": ("peter", {"preset": "reference", "max_epochs": 8}),
     "peter (default)": ("peter", {"preset": "default"}),
     "peter+ (aspect)": ("peter", {"preset": "default", "use_aspect": True}),
+    "peter (rag)": ("peter", {"preset": "default", "rag_k": 4}),
 }
 MAX_NEW_TOKENS = 20  # PETER's --words 20
 QUICK = {"rows": 600, "epochs": 1, "test_rows": 100}
@@ -133,6 +139,7 @@ def run_row(name: str, args) -> dict:
     cfg = dict(cfg)
     if kind == "peter":
         cfg["progress"] = False
+        cfg.update(parse_settings(args.set))
         if args.epochs:
             cfg["max_epochs"] = args.epochs
     ds = load_data(args)
@@ -167,17 +174,31 @@ def run_row(name: str, args) -> dict:
 
 # -- the table -----------------------------------------------------------------------------------
 
-def score(result: dict, ds, feature_set) -> dict:
+def parse_settings(pairs: list[str] | None) -> dict:
+    """`key=value` pairs, each value read as JSON when it parses (numbers, true/false), else text."""
+    out = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def score(result: dict, ds, feature_set, copies) -> dict:
     from feedbackgen.data.text import tokenize
-    from feedbackgen.evaluation.extra import embedding_similarity
+    from feedbackgen.evaluation.extra import embedding_similarity, memorisation
     from feedbackgen.evaluation.metrics import peter_metrics
 
     test = ds.test
     refs = test["explanation"].to_list()
-    ref_features = test["aspect"].to_list() if "aspect" in test.columns else None
+    # lower-cased like the feature set (evaluation.scoring.feature_set)
+    ref_features = [a.lower() if a else None for a in test["aspect"].to_list()] if feature_set else None
     m = peter_metrics([t.split() for t in result["texts"]], [tokenize(r) for r in refs], feature_set,
                       ref_features, result["ratings"], test["rating"].to_list())
     m["emb"] = embedding_similarity(result["texts"], refs)
+    m["copy"] = memorisation([t.split() for t in result["texts"]], copies)["memorisation"]
     return m
 
 
@@ -194,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help=f"a tiny check run: {QUICK}")
     p.add_argument("--only", nargs="*", default=None, help="run only these rows", choices=list(ROWS))
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="override a setting of every PETER row (repeatable), e.g. --set rag_k=3")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -219,8 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data: {source}: {len(ds.train)} train / {len(ds.valid)} valid / {len(ds.test)} test rows"
           + (f" ({left_out} test rows without an explanation left out)" if left_out else "")
           + (f"; epochs capped at {args.epochs}" if args.epochs else ""))
-    feature_set = sorted(set(ds.interactions["aspect"].drop_nulls().to_list())) \
-        if "aspect" in ds.interactions.columns else None
+    from feedbackgen.data.text import tokenize
+    from feedbackgen.evaluation.extra import NgramIndex
+    from feedbackgen.evaluation.scoring import feature_set as aspect_vocabulary  # the one definition
+
+    copies = NgramIndex([tokenize(t) for t in ds.train["explanation"].drop_nulls().to_list()])
+    feature_set = aspect_vocabulary(ds)
 
     results = []
     for name in args.only or list(ROWS):
@@ -235,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
             for flag in ("epochs", "dataset", "rows", "test_rows"):
                 if getattr(args, flag) is not None:
                     cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            for pair in args.set or []:
+                cmd += ["--set", pair]
             t = time.perf_counter()
             proc = subprocess.run(cmd)
             if proc.returncode != 0:
@@ -244,11 +273,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name}: done in {time.perf_counter() - t:.0f} s"
               + (f" ({result['epochs']} epochs, best {result['best_epoch']})" if "epochs" in result else ""),
               flush=True)
-        result["metrics"] = score(result, ds, feature_set)
+        if kind == "peter" and args.set:
+            result["row"] += " " + " ".join(args.set)
+        result["metrics"] = score(result, ds, feature_set, copies)
         results.append(result)
 
     cols = ["BLEU-1", "BLEU-4", "R-1 F", "R-2 F", "R-L F", "USR", "FMR", "FCR", "DIV", "RMSE", "MAE", "emb",
-            "s/epoch", "train/s", "gen/s", "peak MB", "FLOP %"]
+            "copy", "s/epoch", "train/s", "gen/s", "peak MB", "FLOP %"]
     print()
     print("| model | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
@@ -259,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
                  fmt(m["rouge2_f"], ".2f"), fmt(m["rougeL_f"], ".2f"), fmt(m["usr"], ".3f"),
                  fmt(m.get("fmr"), ".3f"), fmt(m.get("fcr"), ".3f"), fmt(m.get("div"), ".3f"),
                  fmt(m["rmse"], ".4f"), fmt(m["mae"], ".4f"), fmt(m["emb"], ".3f"),
-                 fmt(r.get("epoch_seconds"), ".1f"), fmt(r.get("train_samples_per_s"), ".0f"),
+                 fmt(m["copy"], ".3f"), fmt(r.get("epoch_seconds"), ".1f"), fmt(r.get("train_samples_per_s"), ".0f"),
                  fmt(r["gen_samples_per_s"], ".0f"), fmt(r["peak_mb"], ".0f"),
                  fmt(100 * flops / (rate * 1e9) if flops else None, ".1f")]
         print(f"| {r['row']} | " + " | ".join(cells) + " |")

@@ -22,7 +22,7 @@ feedbackgen train "$OUT/data" --model ease --out "$OUT/models/ease"
 feedbackgen recommend "$OUT/models/ease" --dataset "$OUT/data" --evaluate --out "$OUT/ranking"
 feedbackgen fidelity "$OUT/models/retrieval" --choice "$OUT/models/ease" --dataset "$OUT/data" --out "$OUT/fidelity"
 
-feedbackgen evaluate "$OUT"/pred/*.jsonl --dataset "$OUT/data" --out "$OUT/report" \
+feedbackgen evaluate "$OUT"/pred/*.jsonl --dataset "$OUT/data" --out "$OUT/report" --naturalness --naturalness-sample 200 \
   --include "$OUT/ranking/ranking.md" --include "$OUT/fidelity/fidelity.md"
 echo
 echo "Demo finished in $(( $(date +%s) - start )) s. Report: $OUT/report/report.md (report.json, plots beside it)"

@@ -4,7 +4,7 @@ import pytest
 from feedbackgen.data import aspects as A
 from feedbackgen.data.loaders import load_source
 from feedbackgen.data.problems import Problems
-from feedbackgen.data.splits import random_split
+from feedbackgen.data.splits import SPLIT_CODES, random_split_codes
 from feedbackgen.data.text import clean_text, tokenize
 
 
@@ -13,7 +13,7 @@ def mi(data_root):
     path = data_root / "amazon_musical_instruments_5core" / "reviews_Musical_Instruments_5.json.gz"
     df, _, _ = load_source([path], "amazon2014", problems=Problems())
     df = df.with_columns(pl.Series("text", [clean_text(t) for t in df["text"]]))
-    return df.with_columns(pl.Series("split", random_split(df.height, seed=1)))
+    return df.with_columns(pl.Series("split", [SPLIT_CODES[c] for c in random_split_codes(df.height, seed=1)]))
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ def test_torchrun_trains_a_model_like_one_process_does(ds, ddp_run):
     assert [e["world_size"] for e in log2] == [2, 2, 2] and "world_size" not in log1[0]
     assert [e["step"] for e in log2] == [e["step"] for e in log1] == [10, 20, 30]
     for e1, e2 in zip(log1, log2):  # measured: within 0.05 %
-        for key in ("text", "context", "rating"):
+        for key in ("nll_text", "nll_context", "mse_rating"):
             assert e2["valid"][key] == pytest.approx(e1["valid"][key], rel=0.005), (e1["epoch"], key)
     assert log2[-1]["valid"]["loss"] < log2[0]["valid"]["loss"]  # and it learnt
     ratings = model.predict_rating(requests_of(ds.test))

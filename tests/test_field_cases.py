@@ -99,7 +99,7 @@ def test_04_variant_copies_are_kept_once_and_never_on_both_sides(cases, tmp_path
     pred.write_text("".join(json.dumps({"user_id": u, "item_id": i, "rating": 5.0, "text": t, "model": "copy"}) + "\n"
                             for u, i, t in test.select("user_id", "item_id", "text").iter_rows()))
     code, said = cli("evaluate", pred, "--dataset", tmp_path / "counted", "--out", tmp_path / "report",
-                     "--no-embeddings")
+                     "--no-embeddings", "--no-naturalness")
     assert code == 0, said
     check = json.loads((tmp_path / "report" / "report.json").read_text())["leak_check"]["review"]
     norm = test.select(normalised_text().alias("n"))["n"]

@@ -22,10 +22,11 @@ import torch
 
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.errors import ConfigError, FeedbackgenError
-from feedbackgen.models import create, load
+from feedbackgen.errors import CollapseWarning, ConfigError, FeedbackgenError
+from feedbackgen.models import collapse, create, load
 from feedbackgen.models.llm.answers import CONTROL_TOKENS, answer_schema, read_answer
 from feedbackgen.models.llm.backends import Backend, Completion, OpenAIBackend, ResponseCache, TransformersBackend
+from feedbackgen.models.text_units import target_rows
 from feedbackgen.types import FeedbackRequest
 
 QUICK = {"max_new_tokens": 12, "batch_size": 8}
@@ -198,7 +199,7 @@ class RefusesSchemas:
         kind = "none" if form is None else form["type"] + ("+schema" if "schema" in form else "")
         self.formats.append(kind)
         if kind in self.refused:
-            return self.status, {}, f"('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"
+            return self.status, {}, "('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"
         return 200, {}, '{"rating": 4, "review": "Solid stand for the price."}'
 
 
@@ -229,7 +230,7 @@ def test_openai_backend_asks_for_the_schema_and_steps_down_when_refused(tmp_path
 # -- the pretrained model -----------------------------------------------------------------------------
 
 def test_default_model_is_converted_once_and_reloaded():
-    from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_causal_lm, resolve_model
+    from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm, resolve_model
 
     folder = resolve_model(DEFAULT_MODEL)
     files = sorted(os.listdir(folder))
@@ -306,7 +307,7 @@ def test_schema_constraint_keeps_each_row_to_itself(tiny):
 
 
 def test_short_prompts_give_the_instruction_once(tiny):
-    from feedbackgen.models.llm.pretrained import load_tokenizer
+    from feedbackgen.pretrained import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m-instruct")
     request = requests_for(tiny, 1)[0]
@@ -326,7 +327,7 @@ def test_constrained_answers_close_within_any_budget(wish):
     """A model that wants to write a review of " 0 0 0 ..." (SmolLM2 spells " 0" as a lone space,
     then the digit) or of JSON escapes still ends with valid JSON on its budget's last token."""
     from feedbackgen.generation.constrained import SchemaConstraint
-    from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_tokenizer
+    from feedbackgen.pretrained import DEFAULT_MODEL, load_tokenizer
 
     tok = load_tokenizer(DEFAULT_MODEL)
     wanted = tok('{"rating": 4, "review": "across' + wish * 40, add_special_tokens=False).input_ids
@@ -372,6 +373,12 @@ def test_llm_retries_then_falls_back_rather_than_passing_on_a_broken_answer(tiny
     model._backend = ScriptedBackend(["", "{}", '{"rating": 3, "review": "  "}'])
     out = model.generate(reqs[1:], QUICK)
     assert out[0].meta["answer"] == "fallback" and out[0].meta["problem"] == "empty review"
+    assert first.meta["provenance"] == second.meta["provenance"] == "generated"
+    # the stand-in is the user's own past review, named as such
+    assert out[0].meta["provenance"] == "fallback" and out[0].meta["source_user"] == reqs[1].user_id
+    rows = model.history.rows
+    past = rows.filter((pl.col("user_id") == reqs[1].user_id) & (pl.col("item_id") == out[0].meta["source_item"]))
+    assert len(past) == 1 and out[0].text.split()[:3] == past["answer"][0].split()[:3]
     check_contract(out, max_words=10**6)
     assert model.answer_counts == {"valid": 1, "retried": 1, "fallback": 1}
 
@@ -380,7 +387,8 @@ def test_llm_retries_then_falls_back_rather_than_passing_on_a_broken_answer(tiny
 
 def test_sft_trains_saves_merges_and_loads(tiny, tmp_path):
     cfg = {"shots": 1, "max_train_samples": 4, "max_valid_samples": 2, "batch_size": 4, "num_threads": 1,
-           "progress": False, "merge": True, "lora_r": 4, "lora_alpha": 8}
+           "progress": False, "merge": True, "lora_r": 4, "lora_alpha": 8,
+           "collapse_requests": 2, "collapse_max_new_tokens": 4}
     model = create("sft", cfg).fit(tiny)
     assert len(model.training_log) == 1 and model.training_log[0]["step"] == 1
     reqs = requests_for(tiny, 2)
@@ -400,14 +408,17 @@ def test_sft_trains_saves_merges_and_loads(tiny, tmp_path):
 
 @pytest.mark.parametrize("cfg", [
     {"discrete_prompt": True, "rating_head": "mlp", "full_epochs": 1},
-    {"discrete_prompt": False, "rating_head": "none", "full_epochs": 0},
+    {"discrete_prompt": False, "rating_head": "none", "full_epochs": 0, "rag_k": 2},  # retrieved reviews quoted
 ])
 def test_prompt_lm_trains_in_phases_saves_and_loads(tiny, tmp_path, cfg):
     cfg = {**cfg, "max_train_samples": 8, "max_valid_samples": 4, "batch_size": 8, "num_threads": 1,
-           "progress": False, "prompt_epochs": 1}
+           "progress": False, "prompt_epochs": 1, "collapse_requests": 4, "collapse_max_new_tokens": 4}
     model = create("prompt_lm", cfg).fit(tiny)
     phases = [e["phase"] for e in model.training_log]
     assert phases == (["prompts", "full"] if cfg["full_epochs"] else ["prompts"])
+    assert_same_named_sums(model.training_log, None if cfg["rating_head"] == "none" else 0.1)
+    # the collapse signal belongs to the kept weights: the last phase's best epoch
+    assert ["collapse" in e for e in model.training_log] == [False] * (len(phases) - 1) + [True]
     reqs = requests_for(tiny)
     out = model.generate(reqs, QUICK)
     assert all(1.0 <= f.rating <= 5.0 for f in out) and all(isinstance(f.text, str) for f in out)
@@ -454,6 +465,92 @@ def test_llm_samples_a_seeded_request_alike_alone_batched_and_served(tiny, seede
     assert model.answer_counts["fallback"] < sum(model.answer_counts.values())  # the texts are the model's
 
 
+# -- failure is announced (issue 15): losses named by their terms, the collapse signal ---------------
+
+def assert_same_named_sums(log: list[dict], rating_reg: float | None) -> None:
+    """Every entry's train and valid `loss` is the sum its `terms` name; early stopping's own sum
+    (`criterion`, PEPLER's unweighted nll_text + mse_rating) is on valid only, and only with a rating head."""
+    for entry in log:
+        if rating_reg is None:
+            assert entry["terms"] == {"loss": "nll_text"}
+        else:
+            assert entry["terms"]["loss"] == f"1·nll_text + {rating_reg:g}·mse_rating"
+        for part in ("train", "valid"):
+            x = entry[part]
+            reg = 0.0 if rating_reg is None else rating_reg * x["mse_rating"]
+            assert x["loss"] == pytest.approx(x["nll_text"] + reg, rel=1e-5), (part, x)
+        assert "criterion" not in entry["train"]
+        if rating_reg is None:
+            assert "criterion" not in entry["valid"] and "mse_rating" not in entry["valid"]
+        else:
+            v = entry["valid"]
+            assert v["criterion"] == pytest.approx(v["nll_text"] + v["mse_rating"], rel=1e-6)
+
+
+def test_prompt_lm_train_and_valid_losses_are_the_same_named_sums(prompt_lm):
+    assert_same_named_sums(prompt_lm.training_log, 0.1)
+    assert prompt_lm.training_summary["terms"] == prompt_lm.training_log[0]["terms"]
+
+
+def test_prompt_lm_collapse_signal_is_that_of_its_own_greedy_texts(prompt_lm, tiny, tmp_path):
+    sig = prompt_lm.training_log[-1]["collapse"]
+    # drawn from the whole validation split (25 rows here), not from the 4 the loss is scored on
+    requests = collapse.sample_requests(target_rows(tiny, "valid", "explanation"), prompt_lm.config.seed,
+                                        prompt_lm.config.collapse_requests)
+    assert sig["n"] == len(requests) == min(32, len(tiny.valid)) > 4
+    texts, _ = prompt_lm.generate_text(requests, Decoding(max_new_tokens=prompt_lm.config.collapse_max_new_tokens))
+    assert {k: v for k, v in sig.items() if k != "warning"} == collapse.signal(texts)
+    assert ("warning" in sig) == sig["collapsed"]
+    prompt_lm.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "training.json").read_text(encoding="utf-8"))["collapse"] == sig
+    logged = [json.loads(x) for x in (tmp_path / "m" / "training_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert logged[-1]["collapse"] == sig
+
+
+def alike_valid(ds: Dataset, n: int = 21) -> Dataset:
+    """`ds` with its validation split replaced by `n` copies of its first validation row. The collapse
+    check then asks one request `n` times, and greedy decoding gives one text: USR 1/n, under the
+    0.05 that flags a model from n = 21 on. A real model decoding for real, collapsed on purpose."""
+    rows = ds.interactions
+    first = rows.filter(pl.col("split") == "valid").head(1)
+    return Dataset(pl.concat([rows.filter(pl.col("split") != "valid")] + [first] * n))
+
+
+@pytest.mark.parametrize("name, cfg", [
+    ("prompt_lm", {"max_train_samples": 8, "max_valid_samples": 4, "batch_size": 8, "prompt_epochs": 1,
+                   "full_epochs": 0}),
+    ("sft", {"shots": 0, "max_train_samples": 2, "max_valid_samples": 1, "batch_size": 2, "lora_r": 4,
+             "lora_alpha": 8}),
+])
+def test_a_collapsed_llm_generator_is_announced_on_stderr_in_the_log_and_the_folder(tiny, tmp_path, capsys,
+                                                                                    name, cfg):
+    cfg = {**cfg, "num_threads": 1, "progress": False, "collapse_requests": 21, "collapse_max_new_tokens": 1}
+    model = create(name, cfg).fit(alike_valid(tiny))
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "answers every request alike" in x]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"feedbackgen: warning: {name} answers every request alike: of 21 validation "
+                               "requests it wrote 1 distinct texts (USR 0.048")
+    assert "more data or more epochs" in lines[0]
+    sig = model.training_summary["collapse"]
+    assert sig["collapsed"] and (sig["n"], sig["distinct"]) == (21, 1) and sig["warning"] in lines[0]
+    assert model.training_log[-1]["collapse"] == sig  # the kept (only) epoch's entry
+    if name == "sft":  # one named loss, averaged alike for train and valid; the check's answers counted apart
+        for entry in model.training_log:
+            assert entry["terms"]["loss"].startswith("nll_answer ")
+            assert all(entry[part]["loss"] == entry[part]["nll_answer"] for part in ("train", "valid"))
+        assert sum(sig["answers"].values()) == 21 and not model.answer_counts
+    else:
+        assert_same_named_sums(model.training_log, 0.1)
+    model.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "training.json").read_text(encoding="utf-8"))
+    assert saved["collapse"] == sig and saved["terms"] == model.training_log[0]["terms"]
+    logged = json.loads((tmp_path / "m" / "training_log.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    assert logged["collapse"]["collapsed"]
+    with pytest.warns(CollapseWarning, match="answers every request alike"):
+        load(tmp_path / "m")
+
+
 # -- llama.cpp, in process and behind its OpenAI-compatible server ----------------------------------
 
 def _free_port() -> int:
@@ -476,7 +573,7 @@ def test_llm_on_llama_cpp_in_process(tiny):
 
 def test_llm_against_a_real_llama_cpp_server(tiny, tmp_path):
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
-    from feedbackgen.models.llm.pretrained import packaged_gguf
+    from feedbackgen.pretrained import packaged_gguf
 
     port = _free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": "passive", "OMP_NUM_THREADS": "1"}
@@ -535,7 +632,7 @@ def test_vllm_backend_needs_a_gpu():
 @pytest.mark.parametrize("name, settings", [
     ("llm", ["shots=1", "num_threads=1"]),
     ("prompt_lm", ["max_train_samples=8", "max_valid_samples=4", "batch_size=8", "prompt_epochs=1",
-                   "full_epochs=0", "num_threads=1", "progress=false"]),
+                   "full_epochs=0", "num_threads=1", "progress=false", "collapse_requests=4"]),
 ])
 def test_cli_trains_and_generates(tiny, tmp_path, name, settings):
     from typer.testing import CliRunner
@@ -560,7 +657,8 @@ def test_cli_trains_and_generates(tiny, tmp_path, name, settings):
         assert not any(r["meta"]["constrained"] for r in rows)  # --no-constrained over the model's setting
         # the report counts how every answer was obtained, so repairs and fallbacks are never hidden
         res = runner.invoke(app, ["evaluate", str(tmp_path / "pred.jsonl"), "--dataset", str(tmp_path / "ds"),
-                                  "--out", str(tmp_path / "report"), "--no-embeddings"])
+                                  "--out", str(tmp_path / "report"), "--no-embeddings", "--no-naturalness",
+                                  "--allow-partial"])  # 5 requests of the split, on purpose
         assert res.exit_code == 0, res.output
         report = json.loads((tmp_path / "report" / "report.json").read_text())
         kinds = [r["meta"]["answer"] for r in rows]

@@ -59,6 +59,12 @@ def test_popular_returns_the_items_most_frequent_sentence(mi_small):
     fb = model.generate([FeedbackRequest("someone", item)])[0]
     assert counts[fb.text] == max(counts.values())
     assert fb.model == "popular" and 1.0 <= fb.rating <= 5.0
+    # copied from the earliest training review of the item with that sentence
+    first = train.filter((train["item_id"] == item) & (train["explanation"] == fb.text)).row(0, named=True)
+    assert (fb.meta["provenance"], fb.meta["source_user"], fb.meta["source_item"]) == ("copied", first["user_id"], item)
+    # an unknown item has no sentence about it
+    fb = model.generate([FeedbackRequest("someone", "never-seen")])[0]
+    assert fb.text == "" and fb.meta["provenance"] == "none"
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +83,13 @@ def test_retrieval_picks_another_users_training_text_and_roundtrips(mi_small, re
     asked = retrieval.generate([FeedbackRequest(u, i) for u, i in train.select("user_id", "item_id").iter_rows()])
     own = train["explanation"].to_list()
     assert not any(fb.text == text for fb, text in zip(asked, own))
-    assert not any((fb.meta["source_user"], fb.meta["source_item"]) == (fb.user_id, fb.item_id) for fb in asked)
-    # the chosen text comes from the item (by another user) or from the user (about another item)
-    assert all(fb.meta["source_item"] == fb.item_id or fb.meta["source_user"] == fb.user_id for fb in out)
+    assert not any((fb.meta.get("source_user"), fb.meta.get("source_item")) == (fb.user_id, fb.item_id)
+                   for fb in asked)
+    # an explanation is the item's own sentence, by another user, and names the review it copied
+    sentences = {(u, i): t for u, i, t in mi_small.train.select("user_id", "item_id", "explanation").iter_rows()}
+    for fb in out:
+        assert fb.meta["provenance"] == "copied" and fb.meta["source_item"] == fb.item_id
+        assert fb.meta["source_user"] != fb.user_id and sentences[(fb.meta["source_user"], fb.item_id)] == fb.text
     retrieval.save(tmp_path / "m")
     assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors", "state.json"}
     again = load(tmp_path / "m").generate(reqs)
@@ -97,6 +107,13 @@ def test_retrieval_of_whole_reviews(mi_small):
     model = create("retrieval", {"target": "review"}).fit(tiny)
     out = model.generate(requests_from_split(tiny, "test"))
     assert out and all(fb.text in set(tiny.train["text"].to_list()) for fb in out)
+    # a whole review may come from the user's review of another item: the source says which
+    reviews = {(u, i): t for u, i, t in tiny.train.select("user_id", "item_id", "text").iter_rows()}
+    for fb in out:
+        assert fb.meta["provenance"] == "copied" and reviews[(fb.meta["source_user"], fb.meta["source_item"])] == fb.text
+    # nothing about the item nor by the user: the best of all texts, marked as a fallback
+    fb = model.generate([FeedbackRequest("never-seen", "never-seen")])[0]
+    assert fb.meta["provenance"] == "fallback" and reviews[(fb.meta["source_user"], fb.meta["source_item"])] == fb.text
 
 
 def test_retrieval_prefers_the_requested_aspect(mi_small, retrieval):
@@ -111,5 +128,9 @@ def test_unknown_users_and_items_fall_back(mi_small, retrieval):
     user = mi_small.train["user_id"][0]
     out = retrieval.generate([FeedbackRequest("never-seen", item), FeedbackRequest(user, "never-seen"),
                               FeedbackRequest("never-seen", "never-seen")])
-    assert all(fb.text for fb in out)
+    # a new user still gets the item's sentence; a new item has no sentence about it: an empty
+    # explanation that says so, never the user's sentence about something else
+    assert out[0].text and out[0].meta["provenance"] == "copied" and out[0].meta["source_item"] == item
+    for fb in out[1:]:
+        assert fb.text == "" and fb.meta == {"provenance": "none", "fallback": "no sentence about this item"}
     assert all(1.0 <= fb.rating <= 5.0 for fb in out)

@@ -203,7 +203,7 @@ def test_agent4rec_split_through_the_cli(data_root, tmp_path):
     assert manifest["split"] == "files" and manifest["feedback"] == "implicit"
     assert manifest["has_text"] is False and manifest["has_ratings"] is False
     skipped = {s["step"] for s in manifest["steps"] if "skipped_because" in s}
-    assert skipped == {"clean_text", "drop_empty", "scrub_pii", "normalize_ratings", "explanations"}
+    assert skipped == {"clean_text", "drop_empty", "copies", "scrub_pii", "normalize_ratings", "explanations"}
     ds = Dataset.load(out)
     assert ds.items.height == 3_292 and ds.items["title"].null_count() == 0
     toy = ds.items.filter(pl.col("item_id") == "0").row(0, named=True)
@@ -221,7 +221,8 @@ def test_ratings_only_prepares_trains_mf_and_text_generators_refuse(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["prepare", str(src), "--format", "movielens", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "no review text: skipped clean_text, drop_empty, scrub_pii, explanations" in " ".join(result.output.split())
+    assert "no review text: skipped clean_text, drop_empty, copies, scrub_pii, explanations" in \
+        " ".join(result.output.split())
     ds = Dataset.load(out)
     assert ds.interactions.height == 12 and not ds.has_text and ds.has_ratings
     assert ds.manifest["problems"]["skipped"] == 1 and not ds.has_explanations
@@ -263,6 +264,8 @@ def test_ratings_only_csv_field_case_prepares(tmp_path):
     ds = prepare([source], "csv", progress=False)
     assert ds.interactions.height == sum(1 for _ in source.open()) - 1 and not ds.has_text
     assert ds.manifest["has_text"] is False and ds.manifest["feedback"] == "explicit"
+    copies = next(s for s in ds.manifest["steps"] if s["step"] == "copies")
+    assert copies["skipped_because"] == "no review text in this source" and copies["rows_in"] == copies["rows_out"]
     assert create("mf").fit(ds).is_fitted
 
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import tokenize
-from feedbackgen.errors import ConfigError, NotFittedError
-from feedbackgen.models import create, load
+from feedbackgen.errors import CollapseWarning, ConfigError, DecodingWarning, NotFittedError
+from feedbackgen.models import collapse, create, load
 from feedbackgen.models import trainer as trainer_mod
 from feedbackgen.generation import run_generation
 from feedbackgen.generation.decoding import beam_search, logits_processors
@@ -124,16 +124,16 @@ def test_loss_terms_match_their_definitions():
     logp = F.log_softmax(net.logits(h), -1)
     # text: next-word NLL from <bos> on, pads ignored
     nll = [-logp[0, 2 + j, t] for j, t in enumerate([5, 6, 7, EOS])] + [-logp[1, 2, 8], -logp[1, 3, EOS]]
-    assert math.isclose(float(out["text"]), float(torch.stack(nll).mean()), rel_tol=1e-5)
+    assert math.isclose(float(out["nll_text"]), float(torch.stack(nll).mean()), rel_tol=1e-5)
     # context: the item position's distribution scored on every target word (not <eos>)
     ctx = [-logp[0, 1, t] for t in (5, 6, 7)] + [-logp[1, 1, 8]]
-    assert math.isclose(float(out["context"]), float(torch.stack(ctx).mean()), rel_tol=1e-5)
+    assert math.isclose(float(out["nll_context"]), float(torch.stack(ctx).mean()), rel_tol=1e-5)
     r = net.rating(h[:, 0])
-    assert math.isclose(float(out["rating"]), float(((r - batch["rating"]) ** 2).mean()), rel_tol=1e-5)
-    assert math.isclose(float(out["loss"]), float(out["text"] + out["context"] + 0.1 * out["rating"]),
+    assert math.isclose(float(out["mse_rating"]), float(((r - batch["rating"]) ** 2).mean()), rel_tol=1e-5)
+    assert math.isclose(float(out["loss"]), float(out["nll_text"] + out["nll_context"] + 0.1 * out["mse_rating"]),
                         rel_tol=1e-5)
     w = net.losses(batch, (0.5, 0.0, 2.0))
-    assert math.isclose(float(w["loss"]), float(0.5 * out["text"] + 2.0 * out["rating"]), rel_tol=1e-5)
+    assert math.isclose(float(w["loss"]), float(0.5 * out["nll_text"] + 2.0 * out["mse_rating"]), rel_tol=1e-5)
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -216,6 +216,7 @@ def test_generated_text_is_tokenized_and_ratings_clipped(fitted, ds):
         assert fb.text and fb.text == " ".join(tokenize(fb.text))
         assert 1.0 <= fb.rating <= 5.0
         assert fb.model == "peter" and fb.meta["stopped"] in ("eos", "length")
+        assert fb.meta["provenance"] == "generated"
 
 
 def test_unknown_users_and_items_still_get_feedback(fitted):
@@ -372,13 +373,77 @@ def test_tiny_model_overfits_a_handful_of_samples(ds):
                          "batch_size": 8, "min_count": 1})
     m.fit(data)
     log = m.training_log
-    assert log[-1]["train"]["text"] < 0.1 * log[0]["train"]["text"]
+    assert log[-1]["train"]["nll_text"] < 0.1 * log[0]["train"]["nll_text"]
     reqs = requests_of(small)
     out = m.generate(reqs, {"max_new_tokens": 25})
     refs = [" ".join(tokenize(t)[:20]) for t in small["explanation"]]
     assert sum(fb.text == ref for fb, ref in zip(out, refs)) >= 5
     ratings = m.predict_rating(reqs)
     assert np.abs(ratings - small["rating"].to_numpy()).mean() < 0.5
+
+
+# -- failure is announced -----------------------------------------------------------------------
+
+def test_collapse_signal_follows_its_definitions():
+    texts = ["great sound", "i i i i", "great sound", "good , good good strings"]
+    sig = collapse.signal(texts)
+    # USR: distinct / all (PETER's unique_sentence_percent); repetition: a token 3+ times in a row
+    assert (sig["n"], sig["distinct"], sig["usr"]) == (4, 3, 0.75)
+    assert sig["repetition"] == 0.25 and not sig["collapsed"]  # "good , good good" is no run of 3
+    assert collapse.signal(["i i i"] * 3 + ["ok"])["collapsed"]  # 75 % loop
+    assert collapse.signal(["same words"] * 40)["collapsed"]  # USR 1/40 < 0.05
+    with pytest.raises(ValueError):
+        collapse.signal([])
+
+
+def test_a_collapsed_model_is_announced_on_stderr_in_the_log_and_the_folder(ds, capsys, tmp_path):
+    # the default preset, 1 epoch on 300 real reviews: 3 steps of a 200-step warm-up, a collapsed model
+    m = create("peter", {"max_epochs": 1, "progress": False, "num_threads": 1}).fit(ds)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "answers every request alike" in x]
+    assert len(lines) == 1, err
+    sig = m.training_log[0]["collapse"]
+    assert sig["collapsed"] and sig["n"] == len(ds.valid)
+    assert f"USR {sig['usr']:.3f}" in lines[0] and "more data or more epochs" in lines[0]
+    # the numbers are those of the model's own greedy texts on the same requests
+    requests = collapse.sample_requests(ds.valid, m.config.seed)
+    texts, _ = m.generate_text(requests, Decoding(max_new_tokens=m.config.max_words + 1))
+    assert sig["distinct"] == len(set(texts))
+    m.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert saved["collapse"]["collapsed"] and "answers every request alike" in saved["collapse"]["warning"]
+    logged = json.loads((tmp_path / "m" / "training_log.jsonl").read_text().splitlines()[0])
+    assert logged["collapse"]["usr"] == sig["usr"]
+    with pytest.warns(CollapseWarning, match="answers every request alike"):
+        load(tmp_path / "m")
+
+
+def test_train_and_valid_losses_are_the_same_named_sums(fitted):
+    for entry in fitted.training_log:
+        assert entry["terms"]["loss"] == "1·nll_text + 1·nll_context + 0.1·mse_rating"
+        for part in ("train", "valid"):
+            x = entry[part]
+            assert {"loss", "nll_text", "nll_context", "mse_rating"} <= set(x)
+            assert x["loss"] == pytest.approx(x["nll_text"] + x["nll_context"] + 0.1 * x["mse_rating"], rel=1e-4)
+        # early stopping's sum has its own name, on valid only
+        assert entry["valid"]["criterion"] == pytest.approx(entry["valid"]["nll_text"] + entry["valid"]["mse_rating"])
+        assert "criterion" not in entry["train"]
+    best = [e for e in fitted.training_log if e["best"]]
+    assert best[-1]["valid"]["criterion"] == min(e["valid"]["criterion"] for e in fitted.training_log)
+
+
+def test_max_new_tokens_beyond_the_trained_length_warns_naming_the_limit(fitted, ds, recwarn):
+    reqs = requests_of(ds.test.head(4))
+    limit = fitted.config.max_words + 1
+    with pytest.warns(DecodingWarning, match=rf"at most {fitted.config.max_words} words and <eos> \({limit} "
+                                             r"tokens, max_words\): max_new_tokens=100") as caught:
+        out = fitted.generate(reqs, {"max_new_tokens": 100, "batch_size": 2})
+    assert len([w for w in caught if w.category is DecodingWarning]) == 1  # once per call, not per batch
+    assert len(out) == len(reqs)  # warned, not refused
+    recwarn.clear()
+    fitted.generate(reqs, {"max_new_tokens": limit})
+    fitted.generate(reqs)  # the decoding's own default is not the caller's ask
+    assert not [w for w in recwarn if w.category is DecodingWarning]
 
 
 # -- resuming ------------------------------------------------------------------------------------
@@ -419,3 +484,18 @@ def test_interrupted_fit_resumes_to_the_same_result(ds, tmp_path, monkeypatch):
     # other settings in the same folder are refused
     with pytest.raises(ConfigError, match="other settings"):
         create("peter", {**cfg, "lr": 1e-3}).fit(ds)
+
+
+def test_models_command_shows_the_presets_effective_values():
+    from typer.testing import CliRunner
+
+    from feedbackgen.cli import app
+    from feedbackgen.models.peter.model import PRESETS
+
+    res = CliRunner().invoke(app, ["models"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    peter = text.split(" peter ", 1)[1].split(" popular ", 1)[0]
+    for key, value in PRESETS["default"].items():  # what the default preset decides, never None
+        assert f"{key}={value!r}" in peter, key
+    assert "max_words=20" in peter and "=None, " not in peter.split("dp_epsilon")[0]

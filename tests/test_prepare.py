@@ -8,11 +8,12 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.loaders import load_source
 from feedbackgen.data.peter_format import export_peter, read_peter
 from feedbackgen.data.prepare import PrepareConfig, prepare
+from feedbackgen.data.prepare_config import prepare_settings_help
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.io import sha256_file
 
-STEPS = ["load", "clean_text", "drop_empty", "drop_duplicates", "copies", "scrub_pii", "k_core", "normalize_ratings",
+STEPS = ["load", "clean_text", "drop_empty", "drop_duplicates", "copies", "scrub_pii", "normalize_ratings", "k_core",
          "split", "explanations", "keep_referenced"]
 
 
@@ -139,9 +140,13 @@ def test_peter_split_is_the_shared_one(data_root):
     assert all(v["rows_cold"] == 0 for v in splits.cold_start_counts(moved.interactions).values())
 
 
+def split_names(codes):
+    return [splits.SPLIT_CODES[c] for c in codes]
+
+
 def test_random_split_reproduces_the_peter_index_files(data_root):
     _, shared = read_peter(data_root / "peter_format_musical_instruments")
-    assert splits.random_split(len(shared), seed=1) == shared.to_list()
+    assert split_names(splits.random_split_codes(len(shared), seed=1)) == shared.to_list()
 
 
 def test_export_peter_round_trip(tmp_path, mi):
@@ -162,17 +167,25 @@ def test_export_peter_round_trip(tmp_path, mi):
 # -- splits ----------------------------------------------------------------------------------------
 
 def test_random_split_sizes_and_seeds():
-    a = splits.random_split(1_000, seed=1)
+    a = split_names(splits.random_split_codes(1_000, seed=1))
     assert [a.count(s) for s in ("train", "valid", "test")] == [800, 100, 100]
-    assert a == splits.random_split(1_000, seed=1)
-    assert a != splits.random_split(1_000, seed=2)
-    b = splits.random_split(1_000, seed=1, ratios=(0.7, 0.0, 0.3))
+    assert a == split_names(splits.random_split_codes(1_000, seed=1))
+    assert a != split_names(splits.random_split_codes(1_000, seed=2))
+    b = split_names(splits.random_split_codes(1_000, seed=1, ratios=(0.7, 0.0, 0.3)))
     assert [b.count(s) for s in ("train", "valid", "test")] == [700, 0, 300]
+    assert splits.random_split_codes(0, seed=1).shape == (0,)
+
+
+def temporal_split(df):
+    test, valid = splits.temporal_rows(df.lazy())
+    return df.with_columns(split=pl.when(pl.col("source_row").is_in(test.implode())).then(pl.lit("test"))
+                           .when(pl.col("source_row").is_in(valid.implode())).then(pl.lit("valid"))
+                           .otherwise(pl.lit("train")))
 
 
 def test_temporal_split(mi_path):
     df, _, _ = load_source([mi_path], "amazon2014", problems=Problems())
-    out = splits.assign_split(df, "temporal")
+    out = temporal_split(df)
     per_user = out.group_by("user_id").agg(
         n=pl.len(), n_test=(pl.col("split") == "test").sum(), n_valid=(pl.col("split") == "valid").sum(),
         latest=pl.col("timestamp").max(), test_ts=pl.col("timestamp").filter(pl.col("split") == "test").first(),
@@ -183,33 +196,32 @@ def test_temporal_split(mi_path):
     assert (per_user["valid_ts"] <= per_user["test_ts"]).all() and (per_user["max_train"] <= per_user["valid_ts"]).all()
     few = pl.DataFrame({"user_id": ["a", "a", "b", "b", "b"], "item_id": list("xyxyz"), "timestamp": [1, 2, 3, 1, 2],
                         "source_row": range(5)})
-    assert splits.temporal_split(few).to_list() == ["train", "train", "test", "train", "valid"]
+    assert temporal_split(few)["split"].to_list() == ["train", "train", "test", "train", "valid"]
     with pytest.raises(DataError, match="timestamps"):
-        splits.temporal_split(few.with_columns(pl.lit(None, pl.Int64).alias("timestamp")))
+        splits.temporal_rows(few.with_columns(pl.lit(None, pl.Int64).alias("timestamp")))
 
 
-def test_cold_start_move_and_keep():
+def test_cold_start_counts_and_rows_to_move():
     df = pl.DataFrame({
         "user_id": ["u1", "u1", "u2", "u3", "u3", "u4"],
         "item_id": ["i1", "i2", "i1", "i1", "i9", "i2"],
         "split": ["train", "train", "train", "valid", "test", "test"],
+        "source_row": range(6),
     })
-    counts = splits.cold_start_counts(df)
+    counts = splits.cold_start_counts(df.lazy())
     assert counts["valid"] == {"rows_with_unseen_user": 1, "rows_with_unseen_item": 0, "rows_cold": 1,
                                "unseen_users": 1, "unseen_items": 0}
     assert counts["test"]["rows_cold"] == 2 and counts["test"]["unseen_items"] == 1
-    kept, record = splits.apply_cold_start(df, "keep")
-    assert kept.equals(df) and record["cold_before"] == counts and "moved_to_train" not in record
-    moved, record = splits.apply_cold_start(df, "move_to_train")
+    rows, moved = splits.cold_rows_to_move(df.lazy())
     # u3's first row moves (valid); then u3 is known, but its test row still has the unseen item i9
-    assert moved["split"].to_list() == ["train", "train", "train", "train", "train", "train"]
-    assert record["moved_to_train"] == {"valid": 1, "test": 2}
-    assert all(v["rows_cold"] == 0 for v in record["cold_after"].values())
-    # only the first row of an unseen user moves
-    df2 = pl.DataFrame({"user_id": ["u1", "u2", "u2"], "item_id": ["i1", "i1", "i1"],
-                        "split": ["train", "valid", "test"]})
-    moved2, rec2 = splits.apply_cold_start(df2, "move_to_train")
-    assert moved2["split"].to_list() == ["train", "train", "test"] and rec2["moved_to_train"] == {"valid": 1, "test": 0}
+    assert rows == {3, 4, 5} and moved == {"valid": 1, "test": 2}
+    after = df.with_columns(split=pl.when(pl.col("source_row").is_in(sorted(rows))).then(pl.lit("train"))
+                            .otherwise(pl.col("split")))
+    assert all(v["rows_cold"] == 0 for v in splits.cold_start_counts(after).values())
+    # only the first row of an unseen user moves, whatever the order rows are stored in
+    df2 = pl.DataFrame({"user_id": ["u2", "u1", "u2"], "item_id": ["i1", "i1", "i1"],
+                        "split": ["test", "train", "valid"], "source_row": [2, 0, 1]})
+    assert splits.cold_rows_to_move(df2.lazy()) == ({1}, {"valid": 1, "test": 0})
 
 
 def test_prepare_keep_records_cold_rows(tmp_path):
@@ -299,13 +311,64 @@ def test_length_limits(tmp_path):
 
 
 def test_k_core_iterates_to_a_fixed_point():
-    # u3 has 2 reviews; dropping u3 leaves item c with 1, which then drops u2 to 1 review, ...
+    # item d has 1 review: dropping it leaves u3 with 1, which drops c to 1, then u2, a, u1, b
     df = pl.DataFrame({"user_id": ["u1", "u1", "u2", "u2", "u3", "u3"],
                        "item_id": ["a", "b", "a", "c", "c", "d"], "source_row": range(6)})
-    out, record = preprocess.k_core(df, 2)
-    assert out.height == 0 and record["iterations"] >= 2
-    out, record = preprocess.k_core(df, 0)
-    assert out.equals(df) and record["iterations"] == 0
+    users, items, iterations = preprocess.k_core(df.lazy(), 2)
+    assert users.len() == items.len() == 0 and iterations >= 2
+    users, items, iterations = preprocess.k_core(df.lazy(), 0)
+    assert sorted(users) == ["u1", "u2", "u3"] and sorted(items) == list("abcd") and iterations == 0
+    # a 2-core that survives: the square u1, u2 x a, b; u3 and c, d go
+    square = pl.concat([df, pl.DataFrame({"user_id": ["u2"], "item_id": ["b"], "source_row": [6]})])
+    users, items, _ = preprocess.k_core(square.lazy(), 2)
+    assert sorted(users) == ["u1", "u2"] and sorted(items) == ["a", "b"]
+
+
+def assert_core_and_counts(ds, k):
+    """Every user and item of the output has >= k rows in it, and the manifest counts are the output's."""
+    df, steps = ds.interactions, steps_by_name(ds)
+    assert df.group_by("user_id").len()["len"].min() >= k
+    assert df.group_by("item_id").len()["len"].min() >= k
+    core = steps["k_core"]
+    assert (core["rows_out"], core["users"], core["items"]) == (df.height, df["user_id"].n_unique(),
+                                                                df["item_id"].n_unique())
+    assert steps["split"]["rows_out"] == df.height == sum(steps["split"]["sizes"].values())
+    assert steps["split"]["sizes"] == splits.split_sizes(df)
+
+
+def test_k_core_holds_after_a_rating_outside_the_declared_scale(tmp_path):
+    # x reviews 3 items, one rated 9: outside [1, 5], that row goes, and x is left with 2 rows
+    rows = synthetic_rows(n_users=4, n_items=4, rating=lambda u, i: 4)
+    rows += [{"user_id": "x", "item_id": f"i{i}", "rating": 9 if i == 0 else 3, "timestamp": 5_000 + i,
+              "text": f"Item {i} has a strap."} for i in range(3)]
+    path = write_jsonl(tmp_path / "r.jsonl", rows)
+    config = {"k_core": 3, "rating_scale": [1, 5], "explanations": "off"}
+    ds = prepare([path], "jsonl", progress=False, config=config)
+    assert "x" not in ds.interactions["user_id"].to_list()
+    assert_core_and_counts(ds, 3)
+    assert steps_by_name(ds)["normalize_ratings"]["dropped_out_of_range"] == 1
+    assert steps_by_name(ds)["k_core"]["rows_in"] == len(rows) - 1 == steps_by_name(ds)["k_core"]["rows_out"] + 2
+    # 3 users x 3 items with one rating of 9: no 3-core is left, and prepare says so
+    small = write_jsonl(tmp_path / "small.jsonl",
+                        synthetic_rows(n_users=3, n_items=3, rating=lambda u, i: 9 if u == i == 0 else 4))
+    with pytest.raises(DataError, match="no rows left"):
+        prepare([small], "jsonl", progress=False, config=config)
+
+
+def test_k_core_holds_after_rows_without_a_given_split(tmp_path):
+    rows = synthetic_rows(n_users=4, n_items=4) + [
+        {"user_id": "x", "item_id": f"i{i}", "rating": 3, "text": f"Item {i} has a strap."} for i in range(3)]
+    path = write_jsonl(tmp_path / "r.jsonl", rows)  # rows 0-15 the square, 16-18 x
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "train.index").write_text(" ".join(str(i) for i in range(12)) + " 16 17")
+    (index / "validation.index").write_text("12 13")
+    (index / "test.index").write_text("14 15")  # x's row 18 is in no file
+    ds = prepare([path], "jsonl", split="peter", progress=False,
+                 config={"split_index_dir": str(index), "explanations": "off", "k_core": 3})
+    assert "x" not in ds.interactions["user_id"].to_list()
+    assert_core_and_counts(ds, 3)
+    assert steps_by_name(ds)["drop_unassigned"]["dropped_unassigned"] == 1
 
 
 def test_pii_and_problems_are_counted(tmp_path):
@@ -329,3 +392,29 @@ def test_empty_texts_and_no_rows_left(tmp_path):
         r["text"] = "   "
     with pytest.raises(DataError, match="no rows left"):
         prepare([write_jsonl(tmp_path / "r.jsonl", rows)], "jsonl", progress=False)
+
+
+def test_settings_help_lists_every_setting_with_its_default_and_range():
+    text = prepare_settings_help()
+    lines = {line.split(":", 1)[0]: line for line in text.splitlines()}
+    defaults = PrepareConfig().model_dump(mode="json")
+    assert list(lines) == list(PrepareConfig.model_fields)
+    for name, default in defaults.items():
+        shown = default if isinstance(default, str) else json.dumps(default)
+        assert f", default {shown}." in lines[name], lines[name]
+    assert lines["k_core"].startswith("k_core: integer in [0, 10000], default 0.")
+    assert lines["sentiment_threshold"].startswith("sentiment_threshold: number in [0.0, 1.0), default 0.05.")
+    assert lines["over_max"].startswith("over_max: truncate | drop, default truncate.")
+    assert lines["rating_scale"].startswith("rating_scale: auto | [number, number], default auto.")
+    assert lines["cold_start"].startswith("cold_start: move_to_train | keep | null, default null.")
+
+
+def test_prepare_help_lists_the_settings():
+    from typer.testing import CliRunner
+
+    from feedbackgen.cli import app
+
+    result = CliRunner().invoke(app, ["prepare", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    for name in PrepareConfig.model_fields:
+        assert f"{name}: " in result.output, name

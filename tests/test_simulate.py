@@ -8,6 +8,8 @@ from feedbackgen.errors import DataError
 from feedbackgen.errors import FeedbackgenError
 from feedbackgen.recommend import (Popularity, calibrate_threshold, fidelity, fidelity_markdown,
                                    read_recommendations, recommend, simulate, write_fidelity)
+from feedbackgen.recommend.simulated_user import validation_pairs
+from feedbackgen.types import FeedbackRequest
 
 
 def known_test_users(dataset, n):
@@ -35,13 +37,26 @@ def test_simulation_on_a_small_real_slice(mi_small, popular, two_recommenders, t
     assert sim.summary["recommender"].to_list() == ["by_rating", "by_count"]
     assert sim.summary["users"].to_list() == [12, 12] and sim.summary["items"].to_list() == [60, 60]
     items = sim.items
-    assert items.columns == ["recommender", "user_id", "rank", "item_id", "rating", "stars", "text", "engage",
-                             "p_engage"]
+    assert items.columns == ["recommender", "user_id", "rank", "item_id", "rating", "stars", "text", "provenance",
+                             "source_item", "source", "engage", "p_engage", "repeated"]
+    # popular copies each item's most frequent review: named, and about the judged item
+    assert set(items["provenance"]) == {"copied"} and (items["source_item"] == items["item_id"]).all()
+    expected = [texts.count(t) > 1 for _, _, texts in items.group_by("recommender", "user_id", maintain_order=True)
+                .agg("text").iter_rows() for t in texts]
+    assert items["repeated"].to_list() == expected
     assert items["p_engage"].null_count() == len(items)  # the rating rule has no probability
     assert all(items["text"])  # every recommended item gets a review
     # the decision rule: engage exactly when the predicted rating reaches the calibrated threshold
     assert (items["engage"] == (items["rating"] >= sim.calibration.threshold)).all()
-    assert sim.calibration.split == "valid" and 0.0 <= sim.calibration.accuracy <= 1.0
+    # the calibration, recomputed: the validation pairs (each real one beside one unseen item)
+    # classified by "rating >= threshold"; no threshold on the grid classifies them better
+    users, pair_items, actual, split = validation_pairs(mi_small, seed=1)
+    ratings = np.asarray(popular.predict_rating([FeedbackRequest(u, i) for u, i in zip(users, pair_items)]))
+    assert split == sim.calibration.split == "valid" and sim.calibration.pairs == len(actual)
+    assert actual.sum() == len(mi_small.valid.unique(["user_id", "item_id"])) and sim.calibration.users == len(set(users))
+    assert sim.calibration.accuracy == pytest.approx(np.mean((ratings >= sim.calibration.threshold) == actual))
+    assert sim.calibration.accuracy >= max(np.mean((ratings >= t) == actual) for t in np.arange(1, 5.01, 0.05))
+    assert sim.calibration.accuracy > 0.5  # the rating tells real from unseen items better than chance
     assert (items["stars"] == np.clip(np.floor(items["rating"].to_numpy() + 0.5), 1, 5)).all()
     for row in sim.summary.iter_rows(named=True):
         mine = items.filter(pl.col("recommender") == row["recommender"])
@@ -190,7 +205,25 @@ def test_cli_recommend_simulate_fidelity(mi_small, popular, two_recommenders, tm
                               "--out", str(tmp_path / "sim")])
     assert res.exit_code == 0, res.output
     assert "| recs |" in res.output and "| by_count |" in res.output
+    # the basis of the table, in the terminal as in summary.md: rule, pairs, users, accuracy
+    c = json.loads((tmp_path / "sim" / "summary.json").read_text())["calibration"]
+    basis = (f"fitted on {c['pairs']} valid pairs of {c['users']} users (real and unseen items 1:1); "
+             f"calibration accuracy {c['accuracy']:.3f}")
+    assert basis in res.output and basis in (tmp_path / "sim" / "summary.md").read_text()
+    assert "engage when the predicted rating >= threshold" in res.output
+    items = pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet").filter(pl.col("recommender") == "recs")
+    assert f"recs: {len(items)} texts: {len(items)} copied; 0 copied from another item's review" in res.output
     res = runner.invoke(app, ["fidelity", str(tmp_path / "model"), "--dataset", str(tmp_path / "ds"),
-                              "--no-reviews", "--max-users", "10"])
+                              "--no-reviews", "--max-users", "10", "--out", str(tmp_path / "fid")])
     assert res.exit_code == 0, res.output
     assert "acc 1:9" in res.output
+    result = json.loads((tmp_path / "fid" / "fidelity.json").read_text())["results"][0]
+    d, c = result["discrimination"], result["calibration"]
+    test = mi_small.test.filter(pl.col("rating").is_not_null())
+    assert d["1:1"]["pairs"] == 2 * result["rating"]["pairs"] and result["users"] == 10
+    basis = (f"{result['model']}: 10 test users; discrimination pairs 1:1: {d['1:1']['pairs']}, "
+             f"1:3: {d['1:3']['pairs']}, 1:9: {d['1:9']['pairs']}; RMSE/MAE/stars over "
+             f"{result['rating']['pairs']} rated test pairs; engage rule rating ≥ {c['threshold']:.2f}, fitted on "
+             f"{c['pairs']} valid pairs of {c['users']} users, calibration accuracy {c['accuracy']:.3f}")
+    assert basis in res.output and basis in (tmp_path / "fid" / "fidelity.md").read_text()
+    assert result["rating"]["pairs"] < len(test)  # 10 users' pairs, not the whole split

@@ -10,6 +10,7 @@ from feedbackgen.data.peter_format import read_peter
 from feedbackgen.data.text import (
     clean_text,
     count_tokens,
+    detokenize,
     scrub_pii,
     scrub_pii_by_kind,
     split_sentences,
@@ -52,6 +53,31 @@ def test_tokenisation_matches_the_shared_peter_data(data_root):
     for user, item, explanation in zip(sample["user_id"], sample["item_id"], sample["explanation"]):
         sentences = split_sentences(reviews[(user, item)].lower())
         assert explanation in [" ".join(tokenize(s)[:20]) for s in sentences]
+
+
+# -- display ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tokens, shown", [
+    ("i bought 2 , and the m - audio ( 1 / 4 \" ) sounds great . love it !",
+     'I bought 2, and the m-audio (1/4") sounds great. Love it!'),
+    ("if you need some 6 \" cables , look no farther .", 'If you need some 6" cables, look no farther.'),
+    ("xlr to 1 / 4 & # 34 ; adapters", 'Xlr to 1/4" adapters'),
+    ('he said , " no mic is perfect " and left', 'He said, "no mic is perfect" and left'),
+    ("it costs $ 3 . 50 for 1 , 000 ... wow !! i'm in", "It costs $3.50 for 1,000... Wow!! I'm in"),
+    ("Great sound, nice price. Love it!", "Great sound, nice price. Love it!"),  # readable text kept
+    ("", ""),
+])
+def test_detokenize(tokens, shown):
+    assert detokenize(tokens) == shown
+
+
+def test_detokenize_keeps_every_token_of_the_shared_peter_data(data_root):
+    """Display changes spacing and case only: re-tokenising gives the explanation back, token for token."""
+    df, _ = read_peter(data_root / "peter_format_musical_instruments")
+    explanations = [e for e in df["explanation"].to_list() if "&" not in e]  # entities are decoded
+    assert len(explanations) > 9000
+    for explanation in explanations:
+        assert tokenize(detokenize(explanation)) == explanation.split(), explanation
 
 
 # -- cleaning --------------------------------------------------------------------------------------

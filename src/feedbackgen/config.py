@@ -66,19 +66,26 @@ def validate(model_cls: type[BaseModel], values: dict[str, Any] | BaseModel | No
         raise ConfigError(f"invalid {what}: " + "; ".join(problems)) from None
 
 
-def field_help(model_cls: type[BaseModel], name: str) -> str:
-    """One line for `--help`: the field's description and its allowed range or choices, read from
-    the pydantic model so that help text, defaults and validation cannot drift apart."""
-    import annotated_types as at
+def field_range(metadata: list[Any]) -> str:
+    """pydantic's ge/gt/le/lt bounds as an interval, " in [0, 1)" for ge=0, lt=1; "" when unbounded."""
+    from annotated_types import Ge, Gt, Le, Lt
 
+    lo = next((("[", m.ge) for m in metadata if isinstance(m, Ge)), None) or \
+        next((("(", m.gt) for m in metadata if isinstance(m, Gt)), None)
+    hi = next(((m.le, "]") for m in metadata if isinstance(m, Le)), None) or \
+        next(((m.lt, ")") for m in metadata if isinstance(m, Lt)), None)
+    if lo is None and hi is None:
+        return ""
+    left = f"{lo[0]}{lo[1]}" if lo else "(-inf"
+    right = f"{hi[0]}{hi[1]}" if hi else "inf)"
+    return f" in {left}, {right}"
+
+
+def field_help(model_cls: type[BaseModel], name: str) -> str:
+    """One line for `--help`: the field's description and its range, read from the pydantic model
+    so that help text, defaults and validation cannot drift apart."""
     field = model_cls.model_fields[name]
-    bounds = []
-    for rule in field.metadata:
-        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-            if isinstance(rule, getattr(at, attr.capitalize())):
-                bounds.append(f"{sign} {getattr(rule, attr)}")
-    text = field.description or name.replace("_", " ")
-    return text + (f" ({', '.join(bounds)})" if bounds else "")
+    return (field.description or name.replace("_", " ")) + field_range(field.metadata)
 
 
 def parse_set_options(pairs: list[str]) -> dict[str, Any]:

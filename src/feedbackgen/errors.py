@@ -28,3 +28,11 @@ class ConfigError(FeedbackgenError):
 
 class NotFittedError(FeedbackgenError):
     """A model used before `fit` (or `load`)."""
+
+
+class DecodingWarning(UserWarning):
+    """A decoding option beyond what the model can honour (it runs, but not as asked)."""
+
+
+class CollapseWarning(UserWarning):
+    """A loaded text generator that answered every request alike when trained (`training.json`)."""

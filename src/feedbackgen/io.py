@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -38,6 +39,18 @@ def _umask() -> int:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def json_ready(obj: Any) -> Any:
+    """`obj` with every NaN or infinity (nested in dicts and lists) replaced by None: JSON has no
+    spelling for them, and `json.dumps` would write the non-standard `NaN`."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_ready(v) for v in obj]
+    return obj
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

@@ -68,8 +68,11 @@ def test_unknown_ids_get_the_generators_fallback_and_say_so(client, served_model
     assert r.status_code == 200
     first, second = r.json()["feedback"]
     assert first["fallback"] == ["user"] and second["fallback"] == ["item"]
-    assert second["text"] == served_models["popular"].fallback  # popular's documented fallback
-    assert second["meta"]["source"] == "global (unknown item)"
+    # an explanation of an item with no training sentence is empty, and says so
+    assert second["text"] == "" and second["meta"]["provenance"] == "none"
+    assert second["source"] == "none: no sentence about this item"
+    fb = served_models["popular"].generate([FeedbackRequest("no-such-user", item)])[0]
+    assert first["source"] == f"copied: {fb.meta['source_user']}'s review" and first["text"] == fb.text
 
 
 def test_recommend_ranks_unseen_items_by_predicted_rating(client, served_models, mi_small):
@@ -85,6 +88,13 @@ def test_recommend_ranks_unseen_items_by_predicted_rating(client, served_models,
     scores = served_models["popular"].predict_rating([FeedbackRequest(user, i) for i in everything])
     assert [x["predicted_rating"] for x in body["items"]] == pytest.approx(sorted(scores, reverse=True)[:4], abs=1e-4)
     assert all(x["feedback"]["text"] for x in body["items"])
+    texts = [x["feedback"]["text"] for x in body["items"]]
+    assert [x["repeated"] for x in body["items"]] == [texts.count(t) > 1 for t in texts]
+    assert all(x["feedback"]["source"].startswith("copied: ") for x in body["items"])
+    from feedbackgen.data.text import detokenize
+
+    assert [x["feedback"]["display_text"] for x in body["items"]] == [detokenize(t) for t in texts]
+    assert any(x["feedback"]["display_text"] != x["feedback"]["text"] for x in body["items"])
 
     chosen = everything[:3]
     r = client.post("/v1/recommend", json={"user_id": user, "k": 10, "candidates": chosen, "with_feedback": False})
@@ -140,6 +150,29 @@ def test_422_for_bad_json_and_query_parameters(client):
     assert r.status_code == 422 and r.json()["field"] == "k"
 
 
+def test_a_body_that_is_not_utf8_is_422_naming_the_body(client, known_pairs):
+    user, _ = known_pairs[0]
+    latin1 = f'{{"requests": [{{"user_id": "{user}", "item_id": "caf\u00e9"}}]}}'.encode("latin-1")
+    r = client.post("/v1/feedback", content=latin1, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["field"] == "body" and "not UTF-8" in body["detail"]
+    offset = latin1.index("é".encode("latin-1"))
+    assert f"offset {offset}" in body["detail"]
+
+
+def test_a_rating_outside_the_models_scale_is_422_naming_the_range(client, known_pairs, served_models):
+    user, item = known_pairs[0]
+    lo, hi = served_models["popular"].rating_range
+    r = client.post("/v1/feedback", json={"requests": [{"user_id": user, "item_id": item, "rating": hi},
+                                                       {"user_id": user, "item_id": item, "rating": 42}]})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "requests[1].rating"
+    assert "42" in r.json()["detail"] and f"from {lo:g} to {hi:g}" in r.json()["detail"]
+    ok = client.post("/v1/feedback", json={"requests": [{"user_id": user, "item_id": item, "rating": lo}]})
+    assert ok.status_code == 200
+
+
 def test_413_for_a_body_or_call_too_large(client, known_pairs):
     user, item = known_pairs[0]
     many = {"requests": [{"user_id": user, "item_id": item}] * 9}  # the server allows 8 per call
@@ -161,7 +194,7 @@ def test_413_for_a_body_or_call_too_large(client, known_pairs):
 def test_garbage_never_takes_the_server_down(client, server):
     before = server.metric("feedbackgen_http_requests_total", route="/v1/feedback", method="POST", status="500")
     r = client.post("/v1/feedback", content=b"\xff\xfe\x00", headers={"content-type": "application/json"})
-    assert r.status_code == 400  # not even text: FastAPI's "error parsing the body"
+    assert r.status_code == 422 and r.json()["field"] == "body"  # not even text
     for body in (b"null", b'"text"', b'{"requests": null}', b'{"requests": [null]}',
                  b'{"requests": [{"user_id": 1e999, "item_id": "i"}]}', b'{"requests": [{"user_id": ["a"], "item_id": {}}]}'):
         r = client.post("/v1/feedback", content=body, headers={"content-type": "application/json"})
@@ -253,6 +286,18 @@ def test_reject_policy_gives_404_with_the_reason(served_models, mi_small, known_
                                                                   {"user_id": user, "item_id": "no-such-item"}]})
         assert r.status_code == 404
         assert r.json()["field"] == "requests[1].item_id" and "no-such-item" in r.json()["detail"]
+        # every unknown id of a call is named, not only the first
+        many = [{"user_id": f"nobody-{k}", "item_id": f"nothing-{k}"} for k in range(3)]
+        r = httpx.post(s.url + "/v1/feedback", json={"requests": [{"user_id": user, "item_id": item}, *many]})
+        assert r.status_code == 404 and r.json()["field"] == "requests[1].user_id"
+        detail = r.json()["detail"]
+        assert detail.startswith("6 unknown id(s)")
+        for k in range(3):
+            assert f"requests[{k + 1}].user_id = user 'nobody-{k}'" in detail
+            assert f"requests[{k + 1}].item_id = item 'nothing-{k}'" in detail
+        lots = [{"user_id": user, "item_id": f"nothing-{k}"} for k in range(25)]
+        detail = httpx.post(s.url + "/v1/feedback", json={"requests": lots}).json()["detail"]
+        assert "nothing-19'" in detail and "nothing-20'" not in detail and "and 5 more" in detail
         r = httpx.post(s.url + "/v1/recommend", json={"user_id": "no-such-user"})
         assert r.status_code == 404 and r.json()["field"] == "user_id"
         ok = httpx.post(s.url + "/v1/feedback", json={"requests": [{"user_id": user, "item_id": item}]})

@@ -79,11 +79,14 @@ def test_explorer_shows_each_models_feedback_beside_the_real_review(page, shots,
         page.wait_for_selector("#results .card.real")
         cards = {c.get_attribute("data-model"): c.inner_text() for c in page.locator(".card.generated").all()}
         assert set(cards) == set(models)
+        from feedbackgen.data.text import detokenize
+        from feedbackgen.types import source_label
         for name, model in models.items():
             expected = model.generate([FeedbackRequest(user, item)])[0]
             assert f"{expected.rating:.2f}" in cards[name]
-            if expected.text:
-                assert expected.text in cards[name]
+            if expected.text:  # shown for reading, beside where it came from
+                assert detokenize(expected.text) in cards[name]
+                assert f"source: {source_label(expected.meta, item)}" in cards[name]
         real = page.locator(".card.real").inner_text()
         assert pick["text"][:60] in real and "held out" in real
         assert f"item={item}" in page.url  # the view can be linked to
@@ -142,3 +145,32 @@ def test_annotation_is_kept_across_reloads(page, shots, predictions, mi_small, t
         assert "/annotate/1" in page.url
     judged = AnnotationTask(task_dir).store.all()
     assert len(judged) == 1 and judged[0].preference == "A" and judged[0].ratings["A"]["fluency"] == 5
+
+
+def test_docs_render_with_the_network_unreachable(page, served_models, mi_small, live):
+    """Swagger UI and ReDoc come from the server itself: with every other host blocked, /docs still
+    lists the API's operations and /redoc its sections."""
+    from urllib.parse import urlparse
+
+    from feedbackgen.serve import create_app
+
+    blocked = []
+
+    def only_localhost(route):
+        host = urlparse(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost"):
+            return route.continue_()
+        blocked.append((route.request.resource_type, route.request.url))
+        return route.abort("internetdisconnected")
+
+    page.route("**/*", only_localhost)
+    with live(create_app(served_models, mi_small)) as s:
+        page.goto(s.url + "/docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=15_000)
+        paths = page.locator(".opblock-summary-path").all_inner_texts()
+        assert "/v1/feedback" in [p.replace("\u200b", "").strip() for p in paths]
+        page.goto(s.url + "/redoc")
+        # ReDoc lists each operation by its summary
+        page.get_by_text("the feedback users would give items").first.wait_for(state="attached", timeout=15_000)
+    # only ReDoc's "powered by" badge image lives on its vendor's CDN; no script, style or data does
+    assert all(kind == "image" for kind, _ in blocked), f"the docs pages reached out for {blocked}"

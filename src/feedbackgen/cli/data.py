@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from feedbackgen.cli.app import app, err
+from feedbackgen.data.prepare_config import prepare_settings_help
 from feedbackgen.errors import FeedbackgenError
 
 FORMATS = ("amazon2014 | amazon2018 | amazon2023 | yelp | peter | recbole | movielens (ML-100K/1M/10M/20M+ folder "
@@ -28,7 +29,12 @@ def _mapping(pairs: list[str]) -> dict[str, str] | None:
     return mapping
 
 
-@app.command()
+# every PrepareConfig field, rendered from the model so that the help never falls behind it
+SETTINGS_HELP = ("**Preprocessing settings** (`--set key=value`, or a JSON object in `--config FILE`):\n\n"
+                 + "\n".join(f"- {line}" for line in prepare_settings_help().splitlines()))
+
+
+@app.command(epilog=SETTINGS_HELP)
 def prepare(
     sources: Annotated[list[Path], typer.Argument(help="review file(s) or folder (peter format)")],
     format: Annotated[str, typer.Option("--format", "-f", help=FORMATS)],

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 
 from feedbackgen.cli.app import app, err
@@ -23,6 +24,7 @@ def _help(name: str) -> str:
 
 @app.command()
 def generate(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="a saved model folder")],
     out: Annotated[Path, typer.Option(help="PRED.jsonl to write")],
     dataset: Annotated[Optional[Path], typer.Option(help="dataset whose split to generate for")] = None,
@@ -74,8 +76,11 @@ def generate(
 
         torch.set_num_threads(threads)
 
-    chosen = locals()
-    decoding = validate(Decoding, {name: chosen[name] for name in _D}, "decoding options")
+    # only what the command line gave: a model can tell an asked-for setting from a default
+    # (peter warns when asked for more tokens than it learnt to write, not at the default)
+    given = {name: value for name, value in locals().items() if name in _D
+             and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    decoding = validate(Decoding, given, "decoding options")
     if (dataset is None) == (requests is None):
         raise FeedbackgenError("give exactly one of --dataset (with --split) or --requests")
     if engine not in ("local", "ray"):

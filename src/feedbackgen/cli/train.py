@@ -86,12 +86,13 @@ def list_models():
 
     Example: `feedbackgen models`
     """
-    from feedbackgen.models import REGISTRY
+    from feedbackgen.models import REGISTRY, effective_defaults
     from feedbackgen.recommend.choice import CHOICE_MODELS, DEFAULT_CHOICE_MODEL
 
-    out.print("[bold underline]generators[/bold underline] (rating and text)")
+    out.print("[bold underline]generators[/bold underline] (rating and text); the values a model trains "
+              "with when given none (its preset's, where it has presets)")
     for name, cls in sorted(REGISTRY.items()):
-        fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.Config.model_fields.items())
+        fields = ", ".join(f"{k}={v!r}" for k, v in effective_defaults(cls).items())
         out.print(f"[bold]{name}[/bold]  {fields}", highlight=False)
     out.print("\n[bold underline]choice models[/bold underline] (will the user take the item?); "
               "hyper-parameters marked * are chosen on the valid split unless set or search=false")

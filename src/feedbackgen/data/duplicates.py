@@ -22,7 +22,7 @@ puts the same sentence in train and in test, and a model that memorises looks ex
 
 Whatever the mode, the split step records how many (user, text) pairs and how many texts occur
 both in train and in valid/test (`leaks`), and `evaluate` reports the share of test references
-whose text occurs in train (evaluation/report.py).
+whose text occurs in train (evaluation/scoring.py).
 """
 
 from __future__ import annotations

@@ -34,7 +34,9 @@ from typing import Any
 
 import polars as pl
 
-from feedbackgen.data.loaders import _collect_items, _csv_records, _file_info, _json_records, _raw_lines as _lines, _string_list
+from feedbackgen.data.fields import string_list
+from feedbackgen.data.loaders import collect_items, file_info
+from feedbackgen.data.readers import csv_records, json_records, raw_lines
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError
 
@@ -79,7 +81,7 @@ def _pairs(path: Path, split: str, problems: Problems, chunk: int, first_row: in
     rows: list[int] = []
     row = first_row
     source = str(path)
-    for line_no, raw in _lines(path, problems):
+    for line_no, raw in raw_lines(path, problems):
         tokens = raw.decode("latin-1").split()  # ids are ASCII digits; any other byte fails the check
         counts["lines"] += 1
         user, rest = tokens[0], tokens[1:]
@@ -117,8 +119,8 @@ def _frame(users: list[str], items: list[str], rows: list[int], split: str) -> p
 def _meta_records(path: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
     suffixes = [s.lower() for s in path.suffixes]
     if ".jsonl" in suffixes or ".json" in suffixes:
-        return _json_records(path, problems)
-    return _csv_records(path, problems, delimiter="\t" if ".tsv" in suffixes else ",")
+        return json_records(path, problems)
+    return csv_records(path, problems, delimiter="\t" if ".tsv" in suffixes else ",")
 
 
 def _columns(header: list[str], mapping: dict[str, str], path: Path) -> dict[str, str]:
@@ -172,12 +174,12 @@ def read_item_meta(path: Path, mapping: dict[str, str] | None, problems: Problem
         if "categories" in out:
             value = out["categories"]
             sep = "|" if isinstance(value, str) and "|" in value else ","
-            out["categories"] = _string_list(value, sep=sep)
+            out["categories"] = string_list(value, sep=sep)
         return out
 
     seen: dict[str, dict] = {}
     stream = iter([first, *records]) if first is not None else iter(())
-    read, kept, dups = _collect_items(stream, item, str(path), problems, seen)
+    read, kept, dups = collect_items(stream, item, str(path), problems, seen)
     rows = list(seen.values())
     series = []
     for name in columns:
@@ -189,7 +191,7 @@ def read_item_meta(path: Path, mapping: dict[str, str] | None, problems: Problem
         else:
             series.append(pl.Series(name, [None if v in (None, "") else str(v) for v in values], dtype=pl.Utf8))
     frame = pl.DataFrame(series) if series else None
-    entry = {**_file_info(path, "items"), "records": read, "rows": kept, "duplicate_items": dups,
+    entry = {**file_info(path, "items"), "records": read, "rows": kept, "duplicate_items": dups,
              "columns": {k: v for k, v in columns.items()}}
     return frame, entry
 
@@ -211,7 +213,7 @@ def load_lightgcn(paths: list[Path], meta: Path | None, mapping: dict[str, str] 
             rows += chunk.height
             yield chunk
         source_row += counts["records"]
-        files.append({**_file_info(path, "interactions"), "split": split, "lines": counts["lines"],
+        files.append({**file_info(path, "interactions"), "split": split, "lines": counts["lines"],
                       "records": counts["records"], "rows": rows})
     items = None
     if meta is not None:

@@ -51,8 +51,8 @@ from typing import Any
 
 import polars as pl
 
-from feedbackgen.data.loaders import _csv_records, _file_info
-from feedbackgen.data.loaders import _raw_lines as _lines
+from feedbackgen.data.loaders import file_info
+from feedbackgen.data.readers import csv_records, raw_lines
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError
 
@@ -145,7 +145,7 @@ def _encoding(seen: Counter) -> str:
 
 
 def _text_lines(path: Path, problems: Problems, seen: Counter) -> Iterator[tuple[int, str]]:
-    for line_no, raw in _lines(path, problems):
+    for line_no, raw in raw_lines(path, problems):
         yield line_no, _decode(raw, seen)
 
 
@@ -215,7 +215,7 @@ def _rating_chunks(path: Path, layout: str, scale: Scale, problems: Problems, ba
     lines: list[str] = []
     line_nos: list[int] = []
     header = layout == "ml-20m+"
-    for line_no, raw in _lines(path, problems):
+    for line_no, raw in raw_lines(path, problems):
         if header:
             found = raw.decode("utf-8", "replace").lstrip("\ufeff").strip()
             if found.replace(" ", "") != CSV_RATINGS_HEADER:
@@ -315,7 +315,7 @@ def _items_dat(path: Path, problems: Problems, seen: Counter) -> dict[str, dict]
 
 def _items_csv(path: Path, problems: Problems) -> dict[str, dict]:
     items: dict[str, dict] = {}
-    for line_no, record in _csv_records(path, problems):
+    for line_no, record in csv_records(path, problems):
         item_id = (record.get("movieId") or "").strip()
         if not item_id:
             problems.report(str(path), line_no, "movieId", "missing (expected movieId,title,genres)")
@@ -328,7 +328,7 @@ def _items_csv(path: Path, problems: Problems) -> dict[str, dict]:
 
 
 def _add_links(items: dict[str, dict], path: Path, problems: Problems) -> None:
-    for _, record in _csv_records(path, problems):
+    for _, record in csv_records(path, problems):
         item = items.get((record.get("movieId") or "").strip())
         if item is not None:
             item["imdb_id"] = record.get("imdbId") or None
@@ -340,7 +340,7 @@ def _add_tags(items: dict[str, dict], path: Path, problems: Problems, seen: Coun
     counts: dict[str, Counter] = {}
     read = 0
     if path.suffix == ".csv":
-        records = ((r.get("movieId"), r.get("tag")) for _, r in _csv_records(path, problems))
+        records = ((r.get("movieId"), r.get("tag")) for _, r in csv_records(path, problems))
     else:
         records = ((t.split("::")[1:3] + [None])[:2] for _, t in _text_lines(path, problems, seen))
     for item_id, tag in records:
@@ -408,7 +408,7 @@ def load_movielens(paths: list[Path], problems: Problems, chunk_rows: int | None
     for chunk in _rating_chunks(ratings, layout.name, scale, problems, chunk_rows or BATCH_LINES, 0, counts):
         rows += chunk.height
         yield chunk
-    files = [{**_file_info(ratings, "interactions"), "records": counts["records"], "rows": rows}]
+    files = [{**file_info(ratings, "interactions"), "records": counts["records"], "rows": rows}]
 
     items: dict[str, dict] = {}
     movies = layout.get("u.item") or layout.get("movies.dat") or layout.get("movies.csv")
@@ -418,26 +418,26 @@ def load_movielens(paths: list[Path], problems: Problems, chunk_rows: int | None
             genre_seen: Counter = Counter()
             items = _items_100k(movies, _genre_names(layout.get("u.genre"), problems, genre_seen), problems, seen)
             if layout.get("u.genre"):
-                files.append({**_file_info(layout.files["u.genre"], "genres"), "encoding": _encoding(genre_seen)})
+                files.append({**file_info(layout.files["u.genre"], "genres"), "encoding": _encoding(genre_seen)})
         elif movies.suffix == ".dat":
             items = _items_dat(movies, problems, seen)
         else:
             items = _items_csv(movies, problems)
-        entry = {**_file_info(movies, "items"), "rows": len(items)}
+        entry = {**file_info(movies, "items"), "rows": len(items)}
         files.append({**entry, "encoding": _encoding(seen)} if seen else entry)
     if layout.get("links.csv") is not None:
         _add_links(items, layout.files["links.csv"], problems)
-        files.append(_file_info(layout.files["links.csv"], "items"))
+        files.append(file_info(layout.files["links.csv"], "items"))
     tags = layout.get("tags.csv") or layout.get("tags.dat")
     if tags is not None:
         seen = Counter()
-        entry = {**_file_info(tags, "item_tags"), "records": _add_tags(items, tags, problems, seen)}
+        entry = {**file_info(tags, "item_tags"), "records": _add_tags(items, tags, problems, seen)}
         files.append({**entry, "encoding": _encoding(seen)} if seen else entry)
     seen = Counter()
     users = _users(layout, problems, seen)
     if users is not None:
         path = layout.get("u.user") or layout.files["users.dat"]
-        files.append({**_file_info(path, "users"), "rows": len(users), "encoding": _encoding(seen)})
+        files.append({**file_info(path, "users"), "rows": len(users), "encoding": _encoding(seen)})
     done.update(items=_frame(list(items.values()), ITEM_COLUMNS) if items else None,
                 users=_frame(users, USER_COLUMNS) if users else None,
                 info={"files": files, "layout": layout.name, "rating_scale": [scale.lo, scale.hi],

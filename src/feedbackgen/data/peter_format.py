@@ -15,7 +15,6 @@ reference implementations can run on our prepared datasets.
 
 from __future__ import annotations
 
-import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import polars as pl
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError
 from feedbackgen.io import atomic_write, atomic_write_text
+from feedbackgen.types import is_finite
 
 INDEX_FILES = {"train": "train.index", "valid": "validation.index", "test": "test.index"}
 PICKLE_PROTOCOL = 4  # what the reference code's Python versions read
@@ -63,13 +63,6 @@ def _short(value: Any) -> str:
         return f"an int of {value.bit_length()} bits"
 
 
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond float range
-        return False
-
-
 def _unicode(value: Any) -> bool:
     """False for a string holding a lone surrogate (a pickle can carry one; no column can hold it)."""
     try:
@@ -101,7 +94,7 @@ def _row(record: Any) -> dict[str, Any]:
         if (not isinstance(value, (str, int)) or isinstance(value, bool) or value == ""
                 or (isinstance(value, int) and not -2**63 <= value < 2**63) or not _unicode(value)):
             raise _Malformed(key, f"expected a non-empty string id, got {_short(value)}")
-    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not _finite(rating):
+    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not is_finite(rating):
         raise _Malformed("rating", f"expected a finite number, got {_short(rating)}")
     ids = {"user_id": str(user), "item_id": str(item), "rating": float(rating)}
     if template is None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from feedbackgen.data.problems import Problems
 from feedbackgen.data.text import clean_text, count_tokens, scrub_pii_by_kind, tokenize, truncate_tokens
 from feedbackgen.errors import DataError
 
@@ -25,16 +25,6 @@ RATING_RANGE = (1.0, 5.0)
 # outside it (Amazon 2023 holds a few 0.0) is a bad record, not a reason to stretch the others.
 KNOWN_SCALES = {"amazon2014": RATING_RANGE, "amazon2018": RATING_RANGE, "amazon2023": RATING_RANGE,
                 "yelp": RATING_RANGE}
-
-
-def source_scale(scale: str | tuple[float, float], fmt: str) -> tuple[str | tuple[float, float], str]:
-    """The scale ratings are read on, and where it comes from: the declared `scale`; else the
-    format's known scale; else "auto" (inferred from the data, for unknown sources only)."""
-    if scale != "auto":
-        return tuple(scale), "declared scale"
-    if fmt in KNOWN_SCALES:
-        return KNOWN_SCALES[fmt], f"known scale of {fmt}"
-    return "auto", "inferred from the observed ratings"
 
 
 def step_record(step: str, params: dict[str, Any], rows_in: int, rows_out: int, **extra: Any) -> dict[str, Any]:
@@ -100,16 +90,9 @@ def has_text_expr() -> pl.Expr:
     return pl.col("text").is_not_null() & (pl.col("text").str.strip_chars() != "")
 
 
-def drop_empty(df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """Drop reviews whose text is missing or blank: there is nothing to learn to write."""
-    empty = df["text"].is_null() | (df["text"].str.strip_chars() == "")
-    out = df.filter(~empty)
-    return out, step_record("drop_empty", {}, df.height, out.height, touched=0, dropped_empty=int(empty.sum()))
-
-
-def drop_duplicates(df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """Keep one review per (user, item): the latest by timestamp (missing = oldest), ties by
-    source order (later wins)."""
+def _keep_latest(df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """One review per (user, item) of `df` (in memory): the latest by timestamp (missing = oldest),
+    ties by source order (later wins)."""
     latest = (
         df.select("user_id", "item_id", "timestamp", "source_row")
         .sort(["timestamp", "source_row"], nulls_last=False)
@@ -121,12 +104,14 @@ def drop_duplicates(df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
                             duplicate_pairs=pairs, dropped_duplicates=df.height - out.height)
 
 
-def duplicate_rows(ids: pl.LazyFrame, buckets: int = 1) -> tuple[set[int], int]:
-    """`drop_duplicates` over a table too big for memory: the source rows it would drop, and the
-    number of (user, item) pairs with more than one review. `ids` has user_id, item_id, timestamp
+def duplicate_rows(ids: pl.LazyFrame | pl.DataFrame, buckets: int = 1) -> tuple[set[int], int]:
+    """The step `drop_duplicates`, which keeps one review per (user, item): the latest by
+    timestamp (missing = oldest), ties by source order (later wins). Returns the source rows it
+    drops, and the number of (user, item) pairs with more than one review. `ids` has user_id, item_id, timestamp
     and source_row. Only a 64-bit hash per row is grouped (the streaming engine), in `buckets`
     passes over the hash's residues so that a pass holds 1/buckets of them; the few rows whose
     hash repeats are then compared by their real ids, so a hash collision changes nothing."""
+    ids = ids.lazy()
     key = pl.struct("user_id", "item_id").hash(seed=0).alias("_pair")
     repeated = pl.concat([
         ids.select(key).filter(pl.col("_pair") % buckets == b).group_by("_pair").len()
@@ -136,7 +121,7 @@ def duplicate_rows(ids: pl.LazyFrame, buckets: int = 1) -> tuple[set[int], int]:
         return set(), 0
     candidates = (ids.filter(key.is_in(repeated.implode()))
                   .select("user_id", "item_id", "timestamp", "source_row").collect(engine="streaming"))
-    latest, record = drop_duplicates(candidates)
+    latest, record = _keep_latest(candidates)
     dropped = set(candidates["source_row"].to_list()) - set(latest["source_row"].to_list())
     return dropped, record["duplicate_pairs"]
 
@@ -159,16 +144,12 @@ def scrub_pii(df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
                            replacements=dict(sorted(kinds.items())))
 
 
-def limit_length(df: pl.DataFrame, min_tokens: int, max_tokens: int, over_max: str) -> tuple[pl.DataFrame, dict]:
-    """Drop reviews under `min_tokens`; over `max_tokens` (0 = no limit) drop or truncate them."""
-    out, record, _ = limit_length_counted(df, min_tokens, max_tokens, over_max)
-    return out, record
-
-
-def limit_length_counted(df: pl.DataFrame, min_tokens: int, max_tokens: int,
-                         over_max: str) -> tuple[pl.DataFrame, dict, Counter]:
-    """`limit_length`, also returning how many reviews have each length: a chunked run adds
-    these up for the exact median over every chunk."""
+def limit_length(df: pl.DataFrame, min_tokens: int, max_tokens: int,
+                 over_max: str) -> tuple[pl.DataFrame, dict, Counter]:
+    """The step `length_limits` on one chunk: drop reviews under `min_tokens` tokens; those over
+    `max_tokens` (0 = no limit) are dropped or truncated (`over_max`). Returns the chunk, its step
+    record, and how many reviews have each length (a chunked run adds these up for the exact
+    median over every chunk, `median_of_counts`)."""
     params = {"min_tokens": min_tokens, "max_tokens": max_tokens, "over_max": over_max}
     lengths = pl.Series([count_tokens(t) for t in df["text"]], dtype=pl.Int64)
     short = lengths < min_tokens
@@ -206,25 +187,18 @@ def median_of_counts(counts: Counter) -> float | None:
 
 # -- structure -------------------------------------------------------------------------------------
 
-def k_core(df: pl.DataFrame, k: int) -> tuple[pl.DataFrame, dict]:
-    """Keep users and items with at least `k` reviews, repeating until nothing changes (0 = off)."""
-    rows_in, iterations = df.height, 0
-    if k > 1:
-        while True:
-            keep = (pl.len().over("user_id") >= k) & (pl.len().over("item_id") >= k)
-            out = df.filter(keep)
-            iterations += 1
-            if out.height == df.height:
-                break
-            df = out
-    return df, step_record("k_core", {"k": k}, rows_in, df.height, touched=0, iterations=iterations,
-                           users=df["user_id"].n_unique(), items=df["item_id"].n_unique())
-
-
-def k_core_ids(ids: pl.LazyFrame, k: int) -> tuple[pl.Series, pl.Series, int]:
-    """`k_core` over a table too big for memory, from its user_id and item_id columns: the users
-    and items that survive, and the number of iterations (as `k_core` counts them). A row survives
-    when both its user and its item do: once an id has fewer than k rows, it never regains any."""
+def k_core(ids: pl.LazyFrame | pl.DataFrame, k: int) -> tuple[pl.Series, pl.Series, int]:
+    """The k-core of the user-item graph (as in RecBole's `user_inter_num_interval` filtering,
+    iterated): the users and the items with at least `k` rows among the rows whose user and item
+    both survive, found by dropping the ids under `k` until nothing changes. `ids` has user_id
+    and item_id. Returns (users, items, iterations); a row is in the core when both its user and
+    its item are. k <= 1 keeps every id (0 iterations). Memory: the per-id counts; once an id has
+    fewer than k rows it never regains any, so only the surviving ids are carried."""
+    ids = ids.lazy().select("user_id", "item_id")
+    if k <= 1:
+        users = ids.select(pl.col("user_id").unique()).collect(engine="streaming")["user_id"]
+        items = ids.select(pl.col("item_id").unique()).collect(engine="streaming")["item_id"]
+        return users, items, 0
     users = items = None
     iterations = 0
     while True:
@@ -239,54 +213,76 @@ def k_core_ids(ids: pl.LazyFrame, k: int) -> tuple[pl.Series, pl.Series, int]:
             return users, items, iterations
 
 
-def rating_bounds(scale: str | tuple[float, float], observed: tuple[float, float] | None) -> tuple[float, float]:
-    """The source range (lo, hi) that `normalize_ratings` maps onto 1-5: the declared `scale`, or
-    with "auto" the `observed` (min, max), which stays 1-5 when it lies within 1-5."""
+@dataclass(frozen=True)
+class RatingScale:
+    """How the step `normalize_ratings` reads the ratings: the source range [lo, hi] and where it
+    comes from. `declared` (given by the user, known for the format, or the loader's own): a
+    rating outside it is a bad record, dropped. `native` (a loader's own scale, MovieLens: 1-5 or
+    0.5-5): kept as it is. Otherwise the range is mapped linearly onto `RATING_RANGE` (1-5)."""
+
+    lo: float
+    hi: float
+    scale_from: str
+    declared: bool
+    native: bool
+
+    @property
+    def rescale(self) -> bool:
+        return not self.native and (self.lo, self.hi) != RATING_RANGE
+
+    def in_range(self) -> pl.Expr:
+        """True for a row kept: every row unless the scale is declared."""
+        if not self.declared:
+            return pl.lit(True)
+        return (pl.col("rating") >= self.lo) & (pl.col("rating") <= self.hi)
+
+    def rescaled(self, df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+        """`df` with its ratings mapped from [lo, hi] onto 1-5 (unchanged unless `rescale`), and
+        how many changed."""
+        if not self.rescale:
+            return df, 0
+        lo_t, hi_t = RATING_RANGE
+        new = ((pl.col("rating") - self.lo) / (self.hi - self.lo) * (hi_t - lo_t) + lo_t).alias("rating")
+        out = df.with_columns(new)
+        return out, int((out["rating"] != df["rating"]).sum())
+
+    def record(self, fmt: str, *, touched: int, dropped: int) -> dict[str, Any]:
+        """The extra fields of the step's manifest record."""
+        lo, hi = self.lo, self.hi
+        out: dict[str, Any] = {"touched": touched, "target_range": [lo, hi] if self.native else list(RATING_RANGE)}
+        if self.declared:
+            out["dropped_out_of_range"] = dropped
+        out["source_range"] = [lo, hi]
+        if self.native:
+            out["note"] = f"the source's own scale [{lo:g}, {hi:g}] ({fmt}): kept, not rescaled"
+        elif (lo, hi) == RATING_RANGE:
+            out["note"] = "already on 1-5: unchanged"
+        elif not self.declared:
+            out["note"] = (f"rating scale inferred from the data as [{lo:g}, {hi:g}] and mapped onto 1-5: "
+                           f"{touched:,} rating(s) changed; declare rating_scale=[lo,hi] if that is not the scale")
+        out["scale_from"] = self.scale_from
+        return out
+
+
+def rating_scale(scale: str | tuple[float, float], fmt: str, native: tuple[float, float] | None,
+                 observed: tuple[float, float] | None) -> RatingScale:
+    """The scale of a source's ratings: the declared `scale` ([lo, hi]); with "auto", the format's
+    known scale (`KNOWN_SCALES`), else the loader's own (`native`, kept as it is), else the
+    `observed` (min, max), taken as 1-5 when it lies within 1-5. Raises DataError when an
+    inferred scale is a single value (nothing to map from)."""
     if scale != "auto":
-        return scale
+        lo, hi = scale
+        return RatingScale(float(lo), float(hi), "declared scale", declared=True, native=False)
+    if fmt in KNOWN_SCALES:
+        return RatingScale(*KNOWN_SCALES[fmt], f"known scale of {fmt}", declared=True, native=False)
+    if native:
+        return RatingScale(*native, f"own scale of this {fmt} release", declared=True, native=True)
     lo, hi = observed if observed is not None else RATING_RANGE
     if RATING_RANGE[0] <= lo and hi <= RATING_RANGE[1]:
         lo, hi = RATING_RANGE
-    return lo, hi
-
-
-def rescale_ratings(df: pl.DataFrame, lo: float, hi: float) -> tuple[pl.DataFrame, int]:
-    """Ratings mapped linearly from [lo, hi] onto 1-5, and how many changed."""
-    lo_t, hi_t = RATING_RANGE
-    new = ((pl.col("rating") - lo) / (hi - lo) * (hi_t - lo_t) + lo_t).alias("rating")
-    out = df.with_columns(new)
-    return out, int((out["rating"] != df["rating"]).sum())
-
-
-def normalize_ratings(df: pl.DataFrame, scale: str | tuple[float, float],
-                      problems: Problems) -> tuple[pl.DataFrame, dict]:
-    """Map ratings linearly onto 1–5 from the declared source `scale` (lo, hi) or, with "auto",
-    from the observed min/max — which leaves data already within 1–5 as it is."""
-    rows_in = df.height
-    record: dict[str, Any] = {"target_range": list(RATING_RANGE)}
-    if scale == "auto":
-        lo, hi = (df["rating"].min(), df["rating"].max()) if df.height else RATING_RANGE
-        if RATING_RANGE[0] <= lo and hi <= RATING_RANGE[1]:
-            lo, hi = RATING_RANGE
-    else:
-        lo, hi = scale
-        outside = df.filter((pl.col("rating") < lo) | (pl.col("rating") > hi))
-        for row, rating in zip(outside["source_row"], outside["rating"]):
-            problems.report("rating_scale", int(row), "rating",
-                            f"outside the declared scale [{lo:g}, {hi:g}], got {rating:g} (source row {row})")
-        df = df.filter((pl.col("rating") >= lo) & (pl.col("rating") <= hi))
-        record["dropped_out_of_range"] = outside.height
-    record["source_range"] = [lo, hi]
-    if (lo, hi) == RATING_RANGE:
-        return df, step_record("normalize_ratings", {"scale": scale}, rows_in, df.height, touched=0,
-                               **record, note="already on 1-5: unchanged")
     if math.isclose(lo, hi):
         raise DataError(f"cannot normalise ratings: every rating is {lo}; declare rating_scale=[lo, hi]")
-    lo_t, hi_t = RATING_RANGE
-    new = ((pl.col("rating") - lo) / (hi - lo) * (hi_t - lo_t) + lo_t).alias("rating")
-    out = df.with_columns(new)
-    touched = int((out["rating"] != df["rating"]).sum())
-    return out, step_record("normalize_ratings", {"scale": scale}, rows_in, out.height, touched=touched, **record)
+    return RatingScale(lo, hi, "inferred from the observed ratings", declared=False, native=False)
 
 
 def keep_referenced(table: pl.DataFrame | None, df: pl.DataFrame, key: str) -> tuple[pl.DataFrame | None, int]:

@@ -2,7 +2,8 @@
 
 `tokenize` and `split_sentences` reproduce the tokenisation of the PETER-format data in
 `shared/data/peter_format_musical_instruments` (see its README), so targets we extract and targets
-the reference code was trained on are comparable token for token.
+the reference code was trained on are comparable token for token. `detokenize` is its inverse for
+display only: metrics keep the tokenised form.
 """
 
 from __future__ import annotations
@@ -40,6 +41,64 @@ def truncate_tokens(text: str, max_tokens: int) -> str:
         if i == max_tokens:
             return text[: m.end()]
     return text
+
+
+# -- display -------------------------------------------------------------------------------------
+
+_NO_SPACE_BEFORE = set(".,!?;:%)]}")
+_NO_SPACE_AFTER = set("([{$#")
+_JOINERS = set("-/")  # "m - audio" -> "m-audio", "1 / 4" -> "1/4"
+_FIRST_PERSON = {"i": "I", "i'm": "I'm", "i've": "I've", "i'll": "I'll", "i'd": "I'd"}
+_SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
+
+
+def _word(token: str) -> bool:
+    return token[:1].isalnum() and token[-1:].isalnum()
+
+
+def detokenize(text: str) -> str:
+    """Text tokenised by `tokenize` (or by the PETER data) made readable: punctuation attached,
+    spaced HTML entities decoded ("& # 34 ;" -> '"'), sentences and the pronoun "I" capitalised.
+
+        detokenize("i bought 2 , and the m - audio ( 1 / 4 \" ) sounds great . love it !")
+        -> 'I bought 2, and the m-audio (1/4") sounds great. Love it!'
+
+    Rules, applied to whitespace-separated tokens: no space before . , ! ? ; : % ) ] }, none after
+    ( [ { $ #; a "-" or "/" between two words joins them (tokenisation lost whether a hyphen was a
+    compound's or a dash, and compounds are the common case in reviews); "." or "," between digits
+    joins them ("3 . 5" -> "3.5", "1 , 000" -> "1,000"); a '"' after a number is an inch mark,
+    other double quotes alternate opening / closing. Letters already upper-case are never lowered,
+    so readable text passes through unchanged (except spaced hyphens). For display only: metrics
+    score the tokenised form.
+    """
+    text = _SPACED_ENTITY.sub(lambda m: html.unescape(re.sub(r"\s+", "", m.group(0))), text)
+    tokens = text.split()
+    out = ""
+    glue_next = False  # the previous token wants no space after it
+    quote_open = False
+    for i, token in enumerate(tokens):
+        prev = tokens[i - 1] if i else ""
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        token = _FIRST_PERSON.get(token, token)
+        glue = not out or glue_next
+        glue_next = False
+        if token == '"':
+            if prev[-1:].isdigit():  # an inch mark: 6 " cables
+                glue = True
+            elif quote_open:
+                glue, quote_open = True, False
+            else:
+                glue_next, quote_open = True, True
+        elif token in _JOINERS and _word(prev) and _word(nxt):
+            glue = glue_next = True
+        elif token in ".," and prev.isdigit() and nxt.isdigit() and (token == "." or len(nxt) == 3):
+            glue = glue_next = True
+        elif token[0] in _NO_SPACE_BEFORE and len(set(token)) == 1:
+            glue = True
+        if token in _NO_SPACE_AFTER:
+            glue_next = True
+        out += token if glue else " " + token
+    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), out)
 
 
 # -- cleaning ------------------------------------------------------------------------------------

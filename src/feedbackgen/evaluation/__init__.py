@@ -4,7 +4,11 @@
               FMR, FCR, DIV, RMSE, MAE) plus the official rouge-score variant
     extra     beyond PETER: distinct-n, self-BLEU, embedding similarity, sentiment vs rating,
               personalisation, lengths, memorisation
+    predictions  the one PRED.jsonl reader (evaluate, human evaluation, anything reading predictions)
+    scoring   one group's metrics, coverage, collapse; the feature set behind FMR / FCR / DIV
+    naturalness  perplexity under a fixed pretrained LM (feedbackgen.pretrained)
     report    `evaluate(prediction files, dataset, out_dir)` -> report.json, report.md, plots
+    render    report.md, and Markdown fitted to a terminal; plots: the PNGs
 
 Every metric key is documented (source and direction) in `METRICS` / `EXTRA_METRICS`. This
 package never imports `feedbackgen.models`: it scores text and ratings, not generators.

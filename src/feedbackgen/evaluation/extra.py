@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from feedbackgen.evaluation.grounding import GROUNDING_SOURCE
 from feedbackgen.evaluation.metrics import Metric, _ngrams
 
 Tokens = Sequence[str]
@@ -29,6 +30,9 @@ _PERSONALISATION = (f"feedbackgen: for each generated text, its own row's refere
                     "by MiniLM cosine; ties count half")
 
 EXTRA_METRICS: dict[str, Metric] = {
+    "item_grounding": Metric("Item grounding", GROUNDING_SOURCE, "higher",
+                             "share of texts whose nearest training sentence (TF-IDF cosine) was written "
+                             "about the same item; empty texts and unknown items left out and counted"),
     "distinct1": Metric("Distinct-1", "Li et al. 2016, A Diversity-Promoting Objective (NAACL)", "higher",
                         "distinct unigrams / unigrams, over all generated texts"),
     "distinct2": Metric("Distinct-2", "Li et al. 2016, A Diversity-Promoting Objective (NAACL)", "higher",

@@ -27,8 +27,9 @@ import numpy as np
 import polars as pl
 
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.errors import DataError, FeedbackgenError
+from feedbackgen.errors import FeedbackgenError
 from feedbackgen.evaluation.agreement import krippendorff_alpha, mean_interval, wilson_interval
+from feedbackgen.evaluation.predictions import predictions_by_pair
 from feedbackgen.io import atomic_write_json, sha256_file
 
 CRITERIA = ("relevance", "fluency", "personalisation")
@@ -46,27 +47,6 @@ CRITERIA_HELP = {
 
 
 # -- building a task --------------------------------------------------------------------------
-def read_predictions(path: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """PRED.jsonl rows keyed by (user_id, item_id); the first row of a repeated pair wins."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError("file does not exist", source=str(path))
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"not valid JSON ({e.msg})", source=str(path), line=n) from None
-            for key in ("user_id", "item_id", "text"):
-                if key not in row:
-                    raise DataError("missing field", source=str(path), line=n, field=key)
-            rows.setdefault((str(row["user_id"]), str(row["item_id"])), row)
-    return rows
-
-
 def system_names(paths: list[Path]) -> list[str]:
     """Each predictions file's name without extension; repeats get the parent folder in front."""
     stems = [p.name.removesuffix(".jsonl").removesuffix(".json") for p in paths]
@@ -92,7 +72,7 @@ def create_task(predictions: list[str | Path], dataset: Dataset, out: str | Path
     if n < 1:
         raise FeedbackgenError(f"--n must be at least 1, got {n}")
     names = system_names(paths)
-    preds = [read_predictions(p) for p in paths]
+    preds = [predictions_by_pair(p) for p in paths]
     common = set.intersection(*({k for k, row in p.items() if str(row["text"] or "").strip()} for p in preds))
     if not common:
         raise FeedbackgenError("the predictions files share no (user_id, item_id) pair with a text; "

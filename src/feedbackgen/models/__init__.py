@@ -4,6 +4,6 @@ The LLM generators (`prompt_lm`, `sft`, `llm`) import transformers and peft only
 """
 
 from feedbackgen.models import llm, peter, popular, rating, retrieval  # noqa: F401  (registration)
-from feedbackgen.models.base import REGISTRY, Generator, IdIndex, create, load, register
+from feedbackgen.models.base import REGISTRY, Generator, IdIndex, create, effective_defaults, load, register
 
-__all__ = ["REGISTRY", "Generator", "IdIndex", "create", "load", "register"]
+__all__ = ["REGISTRY", "Generator", "IdIndex", "create", "effective_defaults", "load", "register"]

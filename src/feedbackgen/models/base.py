@@ -9,11 +9,14 @@ Saved as a folder:
       model.safetensors    every tensor the model needs (never pickles)
       state.json           id maps, vocabularies and other plain data
       training_log.jsonl   one JSON object per logged step/epoch (when the model trains)
+      training.json        text generators: what each logged loss adds up, and the collapse signal
+                           of the final model (`feedbackgen.models.collapse`)
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from feedbackgen.config import Decoding, StrictModel, validate
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.errors import ConfigError, FeedbackgenError, NotFittedError
+from feedbackgen.errors import CollapseWarning, ConfigError, FeedbackgenError, NotFittedError
 from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_jsonl
 from feedbackgen.types import Feedback, FeedbackRequest
 
@@ -130,6 +133,8 @@ class Generator(ABC):
         atomic_write_json(path / "state.json", state)
         if hasattr(self, "training_log"):
             atomic_write_jsonl(path / "training_log.jsonl", self.training_log)
+        if getattr(self, "training_summary", None):
+            atomic_write_json(path / "training.json", self.training_summary)
         from feedbackgen import __version__
 
         atomic_write_json(path / "config.json", {"model": self.name, "config": self.config.model_dump(),
@@ -150,6 +155,12 @@ class Generator(ABC):
         log = path / "training_log.jsonl"
         if log.exists():
             model.training_log = [json.loads(line) for line in log.read_text(encoding="utf-8").split("\n") if line.strip()]
+        summary = path / "training.json"
+        if summary.exists():
+            model.training_summary = json.loads(summary.read_text(encoding="utf-8"))
+            warning = (model.training_summary.get("collapse") or {}).get("warning")
+            if warning:  # said at training; said again to whoever loads it (generate, serve)
+                warnings.warn(f"{path}: {warning}", CollapseWarning, stacklevel=2)
         model.is_fitted = True
         return model
 
@@ -167,6 +178,26 @@ def create(name: str, config: dict[str, Any] | None = None) -> Generator:
     if name not in REGISTRY:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name](config)
+
+
+# fields whose None is resolved by a property of the config (the target decides the length)
+RESOLVED_BY = {"max_words": ("words", "review_words")}
+
+
+def effective_defaults(cls: type[Generator]) -> dict[str, Any]:
+    """The settings a generator of class `cls` trains with when given none: its config built from
+    nothing, so presets and targets have filled in what they decide (peter's `emsize=256` of the
+    `default` preset, not the field's declared None). A None left means the setting is off or the
+    library's choice (`checkpoint_dir`, `dp_epsilon`, `num_threads`)."""
+    config = validate(cls.Config, {}, f"{cls.name} config")
+    values = config.model_dump()
+    for key, properties in RESOLVED_BY.items():
+        if values.get(key) is None:
+            for prop in properties:
+                if isinstance(getattr(type(config), prop, None), property):
+                    values[key] = getattr(config, prop)
+                    break
+    return values
 
 
 def read_model_config(path: Path) -> dict[str, Any]:

@@ -2,8 +2,13 @@
 
 The model supplies three functions: `make_batch(indices, train)` (rows -> tensors),
 `loss_fn(batch)` (a dict of scalar losses, with the optimised total under "loss") and
-`valid_fn()` (a dict of floats, the early-stopping criterion under "loss"). The trainer owns the
-rest:
+`valid_fn()` (a dict of floats: the same named terms as `loss_fn`, and the early-stopping
+criterion under `criterion`, "loss" unless the model stops on another sum). `terms` names what each
+logged loss adds up (e.g. {"loss": "1·nll_text + 1·nll_context + 0.1·mse_rating"}); it is printed
+once and written into every log entry, so a train "loss" and a valid "loss" are one definition.
+`probe()`, when given, runs after each epoch's validation (the text generators' collapse signal,
+`feedbackgen.models.collapse`) and its dict goes into the entry under "collapse". The trainer owns
+the rest:
 
 - epochs of shuffled mini-batches (a seeded `torch.Generator`, so the order is reproducible);
 - the optimiser (`sgd` or `adamw`), gradient clipping, and the learning-rate schedule:
@@ -104,12 +109,15 @@ class Trainer:
                  make_batch: Callable[[torch.Tensor, bool], Any],
                  loss_fn: Callable[[Any], dict[str, torch.Tensor]],
                  valid_fn: Callable[[], dict[str, float]],
-                 fingerprint: str = "", extra: dict[str, Any] | None = None):
+                 fingerprint: str = "", extra: dict[str, Any] | None = None,
+                 criterion: str = "loss", terms: dict[str, str] | None = None,
+                 probe: Callable[[], dict[str, Any]] | None = None):
         if n_train < 1:
             raise ConfigError("nothing to train on: the training split is empty")
         self.module, self.s = module, settings
         self.n_train, self.make_batch, self.loss_fn, self.valid_fn = n_train, make_batch, loss_fn, valid_fn
         self.fingerprint, self.extra = fingerprint, dict(extra or {})
+        self.criterion, self.terms, self.probe = criterion, dict(terms or {}), probe
         self.steps_per_epoch = math.ceil(n_train / settings.batch_size)
         self.total_steps = self.steps_per_epoch * settings.max_epochs
         self.params = [p for p in module.parameters() if p.requires_grad]
@@ -170,15 +178,17 @@ class Trainer:
         if ckpt is not None and ckpt.exists():
             self._load_checkpoint(ckpt)
             self.result.resumed_from_epoch = self.epoch
+        if self.terms and self.shows_progress and not self.done:
+            tqdm.write(f"{s.desc}: " + "; ".join(f"{k} = {v}" for k, v in self.terms.items()))
         while not self.done:
             self.epoch += 1
             t0 = time.perf_counter()
             train_losses = self._train_epoch()
             seconds = time.perf_counter() - t0
             valid = {k: float(v) for k, v in self.valid_fn().items()}
-            improved = valid["loss"] < self.result.best_valid
+            improved = valid[self.criterion] < self.result.best_valid
             if improved:
-                self.result.best_valid, self.result.best_epoch = valid["loss"], self.epoch
+                self.result.best_valid, self.result.best_epoch = valid[self.criterion], self.epoch
                 self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
             else:
                 self.misses += 1
@@ -187,6 +197,10 @@ class Trainer:
             entry = {"epoch": self.epoch, "step": self.step, "train": train_losses, "valid": valid,
                      "lr": self.opt.param_groups[0]["lr"], "seconds": round(seconds, 3),
                      "samples_per_s": round(self.n_train / seconds, 2), "best": improved}
+            if self.terms:
+                entry["terms"] = self.terms
+            if self.probe is not None:
+                entry["collapse"] = self.probe()
             if self.world.parallel:
                 entry["world_size"] = self.world.size
             if self.privacy is not None:
@@ -200,6 +214,8 @@ class Trainer:
                            + " ".join(f"{k} {v:.4f}" for k, v in train_losses.items())
                            + " | valid " + " ".join(f"{k} {v:.4f}" for k, v in valid.items())
                            + (f" | ε {entry['privacy']['epsilon']:.3f}" if "privacy" in entry else "")
+                           + (" | USR {usr:.3f} repetition {repetition:.2f}".format(**entry["collapse"])
+                              if "collapse" in entry else "")
                            + (" *" if improved else f" (miss {self.misses}/{s.patience})"))
             if ckpt is not None:
                 self._save_checkpoint(ckpt)

@@ -52,12 +52,12 @@ import polars as pl
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError, FeedbackgenError
-from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
+from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, json_ready
 from feedbackgen.recommend.metrics import (classification_metrics, preference_estimation,
                                            review_score_without_emotion, sentiment_error, star_histogram,
                                            topic_error, total_variation)
 from feedbackgen.recommend.ranking import UnseenSampler
-from feedbackgen.recommend.simulate import json_ready, simulator_name
+from feedbackgen.recommend.simulate import simulator_name
 from feedbackgen.recommend.simulated_user import SimulatedUser
 
 RATIOS = (1, 3, 9)
@@ -280,6 +280,7 @@ def fidelity_markdown(results: Sequence[dict[str, Any]], dataset_label: str = "t
               "rows are LLM-agent simulators, marked with the data they were measured on. text vs: the "
               "real text the generated one is compared with (the generator's target). – : not measured "
               "(no generator, or no ratings in the data).", ""]
+    lines += ["Basis (what each row's figures rest on):"] + [f"- {basis_line(res)}" for res in results] + [""]
     lines += ["| simulator | engage rule | pairs / users " + "".join(f"| P / R {r} " for r in ratios) + "|",
               "|---|---|---:|" + "---:|" * len(ratios)]
     for res in results:
@@ -293,8 +294,24 @@ def fidelity_markdown(results: Sequence[dict[str, Any]], dataset_label: str = "t
 def _rule(c: dict[str, Any]) -> str:
     what = f"P(choose) ≥ {_num(c['threshold'], 3)} ({c['method']})" if c.get("choice_model") else \
         f"rating ≥ {_num(c['threshold'], 2)}"
-    basis = "given" if c["split"] == "given" else f"fitted on {c['pairs']} {c['split']} pairs, acc {_num(c['accuracy'])}"
+    users = f" of {c['users']} users" if c.get("users") else ""
+    basis = ("given" if c["split"] == "given"
+             else f"fitted on {c['pairs']} {c['split']} pairs{users}, calibration accuracy {_num(c['accuracy'])}")
     return f"{what}, {basis}"
+
+
+def basis_line(res: dict[str, Any]) -> str:
+    """The counts behind one fidelity row: users, pairs per ratio, rated and reviewed pairs, the
+    engage rule and its calibration (pairs, users, accuracy)."""
+    d, r, a = res["discrimination"], res.get("rating") or {}, res.get("agentsociety") or {}
+    pairs = ", ".join(f"{x}: {d[x]['pairs']}" + (f" ({d[x]['users']} users)" if "users" in d[x] else "")
+                      for x in d)
+    parts = [f"{res['model']}: {res['users']} test users", f"discrimination pairs {pairs}"]
+    if r:
+        parts.append(f"RMSE/MAE/stars over {r['pairs']} rated test pairs")
+    if a.get("review_pairs") is not None:
+        parts.append(f"review score over {a['review_pairs']} pairs")
+    return "; ".join(parts) + f"; engage rule {_rule(res['calibration'])}"
 
 
 def plot_rating_distributions(results: Sequence[dict[str, Any]], path: str | Path) -> Path:

@@ -28,6 +28,7 @@ once from `seed`, so every model ranks the same lists.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +44,15 @@ from feedbackgen.errors import DataError, FeedbackgenError
 from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
 from feedbackgen.recommend.choice import Popularity
 from feedbackgen.recommend.metrics import KS, positions, ranking_metrics
-from feedbackgen.types import FeedbackRequest
+from feedbackgen.types import FeedbackRequest, source_label
 
 SCORE_CHUNK = 200_000  # pairs scored per call: bounds the memory of the request objects
 USERS_PER_BATCH = 128
 PROTOCOLS = ("full", "sampled")
 RECOMMENDATION_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8,
                          "predicted_rating": pl.Float64, "text": pl.Utf8, "title": pl.Utf8, "model": pl.Utf8,
-                         "score": pl.Float64}
+                         "score": pl.Float64, "provenance": pl.Utf8, "source_user": pl.Utf8,
+                         "source_item": pl.Utf8, "source": pl.Utf8, "repeated": pl.Boolean}
 
 
 def score_pairs(model: Any, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
@@ -118,9 +120,14 @@ def recommend(model: Any, dataset: Dataset, user_ids: Sequence[str], k: int = 10
     item id, so the output is deterministic.
 
     Returns one row per (user, rank): user_id, rank (1 = best), item_id, predicted_rating (null
-    without a generator), text (the generated feedback, "" when `explain` is off or the model writes
-    no text), title (from the dataset's item table, when it has one), model, score (what ranked the
-    item: the choice model's score, or the predicted rating).
+    without a generator), text (the generated feedback, "" when `explain` is off, the model writes
+    no text or has nothing to say about the item), title (from the dataset's item table, when it
+    has one), model, score (what ranked the item: the choice model's score, or the predicted
+    rating), then where the text came from (`feedbackgen.types.provenance`; nulls without a text):
+    provenance (generated | copied | fallback | none), source_user and source_item (the training
+    review a copied text was taken from), source (the one-line label of `types.source_label`), and
+    repeated (the same non-empty text appears at least twice in this user's list: it says nothing
+    specific about the item).
     """
     if model is None and choice is None:
         raise FeedbackgenError("recommend needs a generator, a choice model, or both")
@@ -177,12 +184,13 @@ def recommend(model: Any, dataset: Dataset, user_ids: Sequence[str], k: int = 10
             top_rows += [(user, r + 1, items[j], float(s[j])) for r, j in enumerate(order)]
 
     texts = [""] * len(top_rows)
+    metas: list[dict[str, Any] | None] = [None] * len(top_rows)
     ratings: list[float | None] = [s for *_, s in top_rows] if choice is None else [None] * len(top_rows)
     if model is not None and top_rows:
         requests = [FeedbackRequest(u, i) for u, _, i, _ in top_rows]
         if explain and getattr(model, "produces_text", False):
             feedback = model.generate(requests, decoding)
-            texts = [fb.text for fb in feedback]
+            texts, metas = [fb.text for fb in feedback], [fb.meta for fb in feedback]
             ratings = [fb.rating for fb in feedback] if choice is not None else ratings
         elif choice is not None:
             ratings = [float(r) for r in model.predict_rating(requests)]
@@ -192,7 +200,26 @@ def recommend(model: Any, dataset: Dataset, user_ids: Sequence[str], k: int = 10
         "user_id": [u for u, *_ in top_rows], "rank": [r for _, r, *_ in top_rows],
         "item_id": [i for _, _, i, _ in top_rows], "predicted_rating": ratings,
         "text": texts, "title": titles, "model": [name] * len(top_rows), "score": [s for *_, s in top_rows],
+        **provenance_columns(metas, [i for _, _, i, _ in top_rows]),
+        "repeated": repeated_texts([u for u, *_ in top_rows], texts),
     }, schema=RECOMMENDATION_SCHEMA)
+
+
+def provenance_columns(metas: Sequence[dict[str, Any] | None], item_ids: Sequence[str]) -> dict[str, list]:
+    """provenance, source_user, source_item and source (label) per row, from each Feedback's meta
+    (None: no feedback, so nulls)."""
+    return {
+        "provenance": [m.get("provenance") if m else None for m in metas],
+        "source_user": [m.get("source_user") if m else None for m in metas],
+        "source_item": [m.get("source_item") if m else None for m in metas],
+        "source": [source_label(m, i) or None if m else None for m, i in zip(metas, item_ids)],
+    }
+
+
+def repeated_texts(user_ids: Sequence[str], texts: Sequence[str | None]) -> list[bool]:
+    """Per row: its non-empty text appears at least twice among the rows of the same user."""
+    counts = Counter((u, t) for u, t in zip(user_ids, texts) if t)
+    return [bool(t) and counts[(u, t)] > 1 for u, t in zip(user_ids, texts)]
 
 
 def write_ranking(table: pl.DataFrame, out_dir: str | Path, dataset_label: str = "this dataset") -> Path:

@@ -43,7 +43,7 @@ import polars as pl
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError, FeedbackgenError
-from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
+from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, json_ready
 from feedbackgen.recommend.ranking import model_name
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
 
@@ -172,7 +172,8 @@ def read_recommendations(source: str | Path | pl.DataFrame, dataset: Dataset, k:
 class Simulation:
     """Everything one `simulate` call produced."""
 
-    items: pl.DataFrame        # recommender, user_id, rank, item_id, rating, stars, text, engage, p_engage
+    items: pl.DataFrame        # recommender, user_id, rank, item_id, rating, stars, text, provenance,
+                               # source_item, source, engage, p_engage, repeated
     users: pl.DataFrame        # recommender, user_id, per-user satisfaction summary
     summary: pl.DataFrame      # one row per recommender: the comparison table
     checks: list[RecommendationsCheck]
@@ -199,11 +200,30 @@ class Simulation:
         if len(user_sets) > 1 and any(s != user_sets[0] for s in user_sets):
             common = set.intersection(*user_sets)
             lines += ["", f"The recommenders cover different users ({len(common)} in common): compare with care."]
+        texts = self.text_basis()
+        if texts:
+            lines += ["", "Where the texts came from:"] + [f"- {t}" for t in texts]
         notes = [c.describe() for c in self.checks
                  if c.kept != c.rows or c.rank_from_order]
         if notes:
             lines += ["", "Left out:"] + [f"- {n}" for n in notes]
         return "\n".join(lines) + "\n"
+
+    def text_basis(self) -> list[str]:
+        """Per recommender, one line counting its texts by provenance, the copies of another item's
+        review and the texts repeated within a user's list; [] when no text was written."""
+        out = []
+        for name in self.summary["recommender"]:
+            mine = self.items.filter((pl.col("recommender") == name) & pl.col("text").is_not_null())
+            if not len(mine) or mine["provenance"].null_count() == len(mine):
+                continue
+            counts = mine.group_by("provenance").len().sort("provenance")
+            kinds = ", ".join(f"{n} {kind or 'unrecorded'}" for kind, n in counts.iter_rows())
+            other = mine.filter(pl.col("source_item").is_not_null()
+                                & (pl.col("source_item") != pl.col("item_id"))).height
+            out.append(f"{name}: {len(mine)} texts: {kinds}; {other} copied from another item's review; "
+                       f"{int(mine['repeated'].sum())} repeated within a user's list")
+        return out
 
     def save(self, out_dir: str | Path) -> Path:
         """Write simulated_items.parquet, simulated_users.parquet, summary.json and summary.md."""
@@ -219,17 +239,6 @@ class Simulation:
 
 def _num(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
-
-
-def json_ready(obj: Any) -> Any:
-    """NaN is not JSON: write null instead."""
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [json_ready(v) for v in obj]
-    return obj
 
 
 def _per_user(items: pl.DataFrame) -> pl.DataFrame:
@@ -279,7 +288,11 @@ def simulate(model: Any, dataset: Dataset,
         judged.append(pl.concat([recs.with_columns(pl.lit(name).alias("recommender")), verdict],
                                 how="horizontal"))
     items = pl.concat(judged).select("recommender", "user_id", "rank", "item_id", "rating", "stars",
-                                     "text", "engage", "p_engage")
+                                     "text", "provenance", "source_item", "source", "engage", "p_engage")
+    # the same text for several items of one user's list says nothing about any of them
+    items = items.with_columns(
+        (pl.col("text").is_not_null() & (pl.col("text") != "")
+         & (pl.len().over("recommender", "user_id", "text") > 1)).alias("repeated"))
     users = _per_user(items)
     rows = []
     for check in checks:

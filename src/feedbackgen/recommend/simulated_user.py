@@ -46,7 +46,7 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError, FeedbackgenError
 from feedbackgen.recommend.metrics import to_stars
 from feedbackgen.recommend.ranking import UnseenSampler, catalogue, score_pairs
-from feedbackgen.types import FeedbackRequest
+from feedbackgen.types import FeedbackRequest, source_label
 
 THRESHOLD_STEP = 0.05
 REFERENCE_ITEMS = 1000
@@ -67,16 +67,19 @@ class Calibration:
     method: str = "grid"
     choice_model: str | None = None
     features: list[str] = field(default_factory=list)
+    users: int = 0  # distinct users among the pairs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
-        """One line for a table's caption: the rule and the evidence behind it."""
+        """One line for a table's caption: the rule and the evidence behind it (pairs, users, accuracy)."""
         if self.split == "given":
-            return f"{self.rule}, threshold {self.threshold:.2f} given"
+            return f"{self.rule}, threshold {self.threshold:.2f} given (not fitted: no calibration accuracy)"
+        weighted = ", each user weighted once" if self.choice_model else ""
         return (f"{self.rule}, threshold {self.threshold:.2f} fitted on {self.pairs} {self.split} pairs "
-                f"(real and unseen items 1:1; accuracy there {self.accuracy:.3f})")
+                f"of {self.users} users (real and unseen items 1:1); calibration accuracy {self.accuracy:.3f}"
+                f"{weighted}")
 
 
 def validation_pairs(dataset: Dataset, seed: int = 1, max_pairs: int | None = None
@@ -119,7 +122,7 @@ def calibrate_threshold(model: Any, dataset: Dataset, seed: int = 1, max_pairs: 
     lo, hi = getattr(model, "rating_range", (1.0, 5.0))
     grid = np.round(np.arange(lo, hi + THRESHOLD_STEP / 2, THRESHOLD_STEP), 4)
     threshold, accuracy = best_threshold(scores, actual, grid)
-    return Calibration(threshold, accuracy, len(actual), split)
+    return Calibration(threshold, accuracy, len(actual), split, users=len(set(users)))
 
 
 class ChoiceEngage:
@@ -224,7 +227,7 @@ def calibrate_choice(choice: Any, dataset: Dataset, *, seed: int = 1, max_pairs:
     name = getattr(choice, "name", type(choice).__name__)
     return engage, Calibration(threshold, accuracy, len(actual), split,
                                rule=f"engage when P(choose) from {name} >= threshold", method=method,
-                               choice_model=name, features=engage.feature_names)
+                               choice_model=name, features=engage.feature_names, users=len(counts))
 
 
 class SimulatedUser:
@@ -271,7 +274,9 @@ class SimulatedUser:
 
     def judge(self, user_ids: Sequence[str], item_ids: Sequence[str], decoding: Decoding | dict | None = None,
               write: bool = True, feedback_for: str = "all") -> pl.DataFrame:
-        """rating, stars, text, engage and p_engage for each aligned (user, item) pair.
+        """rating, stars, text, provenance, source_item, source, engage and p_engage for each aligned
+        (user, item) pair (provenance, the item of a copied review and a one-line source: where the
+        text came from, `feedbackgen.types`).
 
         write: generate texts (off: ratings and decisions only). feedback_for: `all` gives every
         pair a rating (and text), `engaged` only the pairs the user engages with (the others get
@@ -285,6 +290,9 @@ class SimulatedUser:
         writes = write and self.model is not None and getattr(self.model, "produces_text", False)
         ratings, p = np.full(n, np.nan), np.full(n, np.nan)
         texts: list[str | None] = [None if writes else ""] * n
+        kinds: list[str | None] = [None] * n
+        sources: list[str | None] = [None] * n
+        source_items: list[str | None] = [None] * n
         if self.engage_rule is not None:
             p = self.engage_rule.probability(user_ids, item_ids)
             engage = p >= self.threshold
@@ -300,6 +308,8 @@ class SimulatedUser:
                                            validate(Decoding, decoding, "decoding settings"))
             for r, fb in zip(rows, feedback):
                 texts[r] = fb.text
+                kinds[r], source_items[r] = fb.meta.get("provenance"), fb.meta.get("source_item")
+                sources[r] = source_label(fb.meta, item_ids[r]) or None
                 if np.isnan(ratings[r]):
                     ratings[r] = fb.rating
         elif self.model is not None and self.engage_rule is not None and len(rows):
@@ -314,6 +324,9 @@ class SimulatedUser:
             "rating": pl.Series(ratings, dtype=pl.Float64, nan_to_null=True),
             "stars": pl.Series(stars, dtype=pl.Int64),
             "text": pl.Series(texts, dtype=pl.Utf8),
+            "provenance": pl.Series(kinds, dtype=pl.Utf8),
+            "source_item": pl.Series(source_items, dtype=pl.Utf8),
+            "source": pl.Series(sources, dtype=pl.Utf8),
             "engage": pl.Series(engage, dtype=pl.Boolean),
             "p_engage": pl.Series(p, dtype=pl.Float64, nan_to_null=True),
         })

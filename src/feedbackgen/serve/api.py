@@ -10,10 +10,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from feedbackgen.config import MAX_SEED, Decoding
+from feedbackgen.data.text import detokenize
 from feedbackgen.serve.batching import QueueFull, ShuttingDown
 from feedbackgen.serve.ranking import rank_items
 from feedbackgen.serve.service import FieldError, ServedModel, Service
-from feedbackgen.types import Feedback, FeedbackRequest
+from feedbackgen.types import Feedback, FeedbackRequest, source_label
 
 ID_FIELD = dict(min_length=1, max_length=256)
 
@@ -26,7 +27,8 @@ class FeedbackRequestIn(Strict):
     user_id: str = Field(..., **ID_FIELD, examples=["A2IBPI20UZIR0U"])
     item_id: str = Field(..., **ID_FIELD, examples=["1384719342"])
     aspect: str | None = Field(None, min_length=1, max_length=100, description="ask about this aspect (PETER+)")
-    rating: float | None = Field(None, allow_inf_nan=False, description="condition the text on a known rating")
+    rating: float | None = Field(None, allow_inf_nan=False, description="condition the text on a known rating, "
+                                 "within the model's rating scale (GET /v1/models: rating_range; else 422)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="this request's sampling seed (default: "
                              "decoding.seed, else drawn and returned in meta.seed)")
 
@@ -48,6 +50,12 @@ class FeedbackOut(BaseModel):
     fallback: list[str] | None = Field(
         None, description="what the model did not know and answered with its fallback for: 'user', 'item' "
                           "(null when the server has no dataset to tell)")
+    display_text: str = Field("", description="`text` for reading: punctuation attached, sentence case "
+                                                "(`text` keeps the tokens the metrics use)")
+    source: str | None = Field(
+        None, description="where the text came from, in one line: generated, copied from a training review "
+                          "(whose, and of which item when another), fallback or none (meta.provenance has the "
+                          "parts); null when the model records none")
 
 
 class FeedbackAnswer(BaseModel):
@@ -71,6 +79,7 @@ class Recommendation(BaseModel):
     title: str | None
     predicted_rating: float
     feedback: FeedbackOut | None
+    repeated: bool = Field(False, description="the same text explains another item of this list too")
 
 
 class RecommendAnswer(BaseModel):
@@ -114,7 +123,8 @@ async def metrics(svc: Service = Depends(service)):
 
 
 def answer(fb: Feedback, svc: Service) -> FeedbackOut:
-    return FeedbackOut(**fb.to_dict(), fallback=svc.fallback_of(fb.user_id, fb.item_id))
+    return FeedbackOut(**fb.to_dict(), fallback=svc.fallback_of(fb.user_id, fb.item_id),
+                       source=source_label(fb.meta, fb.item_id) or None, display_text=detokenize(fb.text))
 
 
 async def run_feedback(svc: Service, served: ServedModel, requests: list[FeedbackRequest],
@@ -144,11 +154,11 @@ async def feedback(call: FeedbackCall, svc: Service = Depends(ready_service)):
     Concurrent calls are batched together for the model."""
     svc.check_cost(len(call.requests), call.decoding)
     served = svc.model(call.model)
-    requests = []
     for k, r in enumerate(call.requests):
-        svc.check_known("user", r.user_id, f"requests[{k}].user_id")
-        svc.check_known("item", r.item_id, f"requests[{k}].item_id")
-        requests.append(FeedbackRequest(r.user_id, r.item_id, r.aspect, r.rating, r.seed))
+        svc.check_rating(served, r.rating, f"requests[{k}].rating")
+    svc.check_known([(kind, getattr(r, f"{kind}_id"), f"requests[{k}].{kind}_id")
+                     for k, r in enumerate(call.requests) for kind in ("user", "item")])
+    requests = [FeedbackRequest(r.user_id, r.item_id, r.aspect, r.rating, r.seed) for r in call.requests]
     results = await run_feedback(svc, served, requests, call.decoding)
     return FeedbackAnswer(model=served.name, feedback=[answer(fb, svc) for fb in results])
 
@@ -160,10 +170,9 @@ async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
     if call.with_feedback:
         svc.check_cost(call.k, call.decoding)
     served = svc.model(call.model)
-    svc.check_known("user", call.user_id, "user_id")
+    svc.check_known([("user", call.user_id, "user_id")]
+                    + [("item", item, f"candidates[{k}]") for k, item in enumerate(call.candidates or [])])
     if call.candidates is not None:
-        for k, item in enumerate(call.candidates):
-            svc.check_known("item", item, f"candidates[{k}]")
         candidates = list(dict.fromkeys(call.candidates))
     elif svc.catalog is None:
         raise FieldError("candidates", "this server has no dataset to draw candidates from (start it with "
@@ -177,8 +186,10 @@ async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
     if call.with_feedback and ranked:
         requests = [FeedbackRequest(call.user_id, item) for item, _ in ranked]
         feedback = await run_feedback(svc, served, requests, call.decoding)
+    texts = [fb.text for fb in feedback if fb is not None and fb.text]
     items = [Recommendation(item_id=item, title=svc.title(item), predicted_rating=round(score, 4),
-                            feedback=answer(fb, svc) if fb else None)
+                            feedback=answer(fb, svc) if fb else None,
+                            repeated=fb is not None and bool(fb.text) and texts.count(fb.text) > 1)
              for (item, score), fb in zip(ranked, feedback)]
     return RecommendAnswer(user_id=call.user_id, model=served.name, candidates=len(candidates), items=items)
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feedbackgen import __version__
@@ -59,6 +60,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's "error parsing the body": bytes that are no text, a client's to fix (422)
+            bad = exc.__cause__
+            message = (f"the request body is not UTF-8 text (undecodable byte at offset {bad.start}): "
+                       "send JSON encoded as UTF-8")
+            return JSONResponse({"detail": f"invalid request: body: {message}", "field": "body",
+                                 "errors": [{"field": "body", "message": message, "type": "body_not_utf8"}]},
+                                status_code=422)
         body = {"detail": exc.detail}
         if isinstance(exc.detail, dict):  # {"message": ..., "field": ...}
             body = {"detail": exc.detail["message"], "field": exc.detail.get("field")}
@@ -96,7 +105,9 @@ def create_app(models: Mapping[str, Generator | str | Path] | Sequence[str | Pat
         yield
         await service.stop()
 
-    app = FastAPI(title="feedbackgen", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from files the fastapi-offline package ships (under
+    # /static-offline-docs), not from a CDN: the pages work on machines without internet access
+    app = FastAPIOffline(title="feedbackgen", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     _install_error_handlers(app)
     app.include_router(health)

@@ -53,6 +53,9 @@ FLAGS = {"max_requests": "--max-requests", "max_new_tokens": "--max-new-tokens",
          "max_call_tokens": "--max-call-tokens"}
 
 
+MAX_LISTED = 20  # unknown ids named in one refusal; more are counted
+
+
 class FieldError(Exception):
     """A request field that is well-formed but not acceptable here; answered as 422 naming it."""
 
@@ -187,17 +190,30 @@ class Service:
         return ([] if self.catalog.knows_user(user_id) else ["user"]) + \
                ([] if self.catalog.knows_item(item_id) else ["item"])
 
-    def check_known(self, kind: Literal["user", "item"], value: str, field: str) -> None:
-        """With `unknown=reject`, 404 for an id the models never saw in training."""
+    def check_known(self, ids: Sequence[tuple[Literal["user", "item"], str, str]]) -> None:
+        """With `unknown=reject`, 404 when any of `ids` ((kind, id, field) triples) was never seen in
+        training: the message lists every unknown one (the first `MAX_LISTED`, then a count), the
+        `field` names the first."""
         if self.config.unknown != "reject" or self.catalog is None:
             return
-        known = self.catalog.knows_user if kind == "user" else self.catalog.knows_item
-        if not known(value):
-            raise HTTPException(404, {
-                "message": f"unknown {kind} {value!r}: no training reviews, so the models have nothing to go "
-                           "on (this server runs with unknown=reject; with fallback it would answer with "
-                           "the model's fallback)",
-                "field": field})
+        known = {"user": self.catalog.knows_user, "item": self.catalog.knows_item}
+        unknown = [(kind, value, field) for kind, value, field in ids if not known[kind](value)]
+        if not unknown:
+            return
+        listed = ", ".join(f"{field} = {kind} {value!r}" for kind, value, field in unknown[:MAX_LISTED])
+        more = f" and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
+        raise HTTPException(404, {
+            "message": f"{len(unknown)} unknown id(s) without training reviews, so the models have nothing "
+                       f"to go on: {listed}{more} (this server runs with unknown=reject; with fallback it "
+                       "would answer with the model's fallback)",
+            "field": unknown[0][2]})
+
+    def check_rating(self, served: ServedModel, rating: float | None, field: str) -> None:
+        """422 for a request rating outside the model's rating scale (a rating of 42 on 1-5 stars)."""
+        lo, hi = served.generator.rating_range
+        if rating is not None and not lo <= rating <= hi:
+            raise FieldError(field, f"{rating:g} is outside model {served.name!r}'s rating scale, "
+                                    f"which runs from {lo:g} to {hi:g}")
 
     def title(self, item_id: str) -> str | None:
         return self.catalog.titles.get(item_id) if self.catalog else None

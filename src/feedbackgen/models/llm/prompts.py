@@ -3,7 +3,8 @@
     system     who the model plays, the JSON answer format, and that quoted text is data
     user       (few-shot, k times) a past item of this user        } the user's own k most similar
     assistant  {"rating": 4, "review": "<their real review>"}       } past reviews, as worked examples
-    user       Customer: profile_text(user)  Item: item_text(item)  + the instruction
+    user       Customer: profile_text(user)  Item: item_text(item)  (Similar reviews: "…" "…")
+               + the instruction
 
 `style="short"` says the instruction once, in a one-line system prompt, and leaves it out of every
 user turn (fewer prompt tokens: cheaper to answer and to fine-tune on); "full" repeats it per turn.
@@ -19,6 +20,11 @@ control tokens before it goes in, so a review cannot close the user turn and ope
 examples' answers are written with `json.dumps`, so quotes and braces inside a review stay inside
 its string. The system prompt says that quoted text is data, never instructions. Whatever still
 gets through is caught on the way out by `answers.read_answer`.
+
+With `rag_k` > 0 (retrieval-augmented generation), the last turn also quotes the `rag_k` training
+reviews that best fit the request (`feedbackgen.models.neighbours`: the item's reviews by the most
+similar users, the user's reviews of the most similar items); a training row's own prompt
+(`exclude`) never quotes its own review, another of its pair, or a copy of its text.
 
 `ReviewHistory` holds the training reviews the prompts draw on (and is saved with the model).
 """
@@ -38,7 +44,9 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import truncate_tokens
 from feedbackgen.embeddings import DEFAULT_MODEL, embed
 from feedbackgen.features.profiles import Profiles, item_features, user_features
+from feedbackgen.models.base import IdIndex
 from feedbackgen.models.llm.answers import strip_control_tokens
+from feedbackgen.models.neighbours import NeighbourIndex, Sources
 from feedbackgen.models.text_units import Target, target_column, target_rows
 from feedbackgen.types import FeedbackRequest
 
@@ -102,6 +110,16 @@ class ReviewHistory:
         return cls(pl.read_parquet(path / "history.parquet"), vectors, items, embedding_model)
 
     # -- what prompts need ------------------------------------------------------------------
+    @property
+    def neighbours(self) -> NeighbourIndex:
+        """The history as a `NeighbourIndex` (rows in the same order), built on first use."""
+        if getattr(self, "_neighbours", None) is None:
+            users, items = IdIndex(self.rows["user_id"].to_list()), IdIndex(self.rows["item_id"].to_list())
+            self._neighbours = NeighbourIndex(self.rows["answer"].to_list(),
+                                              users.lookup(self.rows["user_id"].to_list()),
+                                              items.lookup(self.rows["item_id"].to_list()), self.vectors, users, items)
+        return self._neighbours
+
     def knows_user(self, user_id: str) -> bool:
         return user_id in self.rows_of_user
 
@@ -172,6 +190,12 @@ def instruction(max_words: int, request: FeedbackRequest | None = None, short: b
     return text.strip() if short else text + " Answer with the JSON object only."
 
 
+def similar_reviews_line(texts: list[str], words: int) -> str:
+    """Retrieved reviews quoted for a prompt (`json.dumps` keeps each inside its quotes); "" if none."""
+    quoted = [json.dumps(clean(t, words), ensure_ascii=False) for t in texts]
+    return ("Similar reviews: " + " ".join(quoted)) if quoted else ""
+
+
 def answer_json(rating: float, review: str) -> str:
     """The answer as the model should write it (ratings as integers when they are whole)."""
     value: float | int = int(rating) if float(rating).is_integer() else round(float(rating), 2)
@@ -180,11 +204,12 @@ def answer_json(rating: float, review: str) -> str:
 
 def build_messages(history: ReviewHistory, request: FeedbackRequest, shots: int, max_words: int,
                    prompt_words: int, rating_range: tuple[float, float],
-                   exclude: int | None = None, reminder: bool = False,
-                   style: str = "full") -> tuple[list[dict[str, str]], list[int]]:
+                   exclude: int | None = None, reminder: bool = False, rag_k: int = 0,
+                   rag_sources: Sources = "both", style: str = "full") -> tuple[list[dict[str, str]], list[int]]:
     """(chat messages for `request`, the history rows used as examples). `exclude` keeps a training
     row out of its own prompt; `reminder` adds a stricter line for a retry after a bad answer;
-    `style`: "full" or "short" (module docstring)."""
+    `rag_k` quotes that many retrieved training reviews (leave-one-out of `exclude`); `style`:
+    "full" or "short" (module docstring)."""
     lo, hi = rating_range
     short = style == "short"
     system = SHORT_SYSTEM_PROMPT.format(lo=lo, hi=hi, words=max_words) if short else SYSTEM_PROMPT.format(lo=lo, hi=hi)
@@ -198,8 +223,13 @@ def build_messages(history: ReviewHistory, request: FeedbackRequest, shots: int,
         messages.append({"role": "assistant",
                          "content": answer_json(rows["rating"][r], clean(rows["answer"][r], prompt_words))})
     final = (f"Customer: {history.profile_text(request.user_id)}\n"
-             f"Item: {history.item_text(request.item_id)}\n"
-             f"{instruction(max_words, request, short)}").strip()
+             f"Item: {history.item_text(request.item_id)}\n")
+    if rag_k:
+        retrieved = history.neighbours.neighbour_texts([request.user_id], [request.item_id], rag_k, rag_sources,
+                                                       [exclude])[0]
+        line = similar_reviews_line(retrieved, prompt_words)
+        final += f"{line}\n" if line else ""
+    final = (final + instruction(max_words, request, short)).strip()
     if reminder:
         final += (f' Reply with one line like {{"rating": {int(hi)}, "review": "..."}}: a number from {lo:g} '
                   f"to {hi:g} and a non-empty review.")
@@ -221,6 +251,9 @@ class PromptConfig(StrictModel):
     max_words: int | None = Field(None, ge=1, le=1000, description="longest review accepted, in words "
                                                                    "(None: 20 for explanation, 60 for review)")
     prompt_words: int = Field(40, ge=1, le=1000, description="words of each past review quoted in a prompt")
+    rag_k: int = Field(0, ge=0, le=20, description="retrieved training reviews quoted in the prompt (0 = off)")
+    rag_sources: Literal["both", "item", "user"] = Field(
+        "both", description="retrieve the item's reviews by similar users, the user's of similar items, or both")
     constrained: bool = Field(True, description="decode the answer under its JSON schema where the back-end "
                               "can (answers.answer_schema); false: pre-fill, repair and retry only")
     prompt_style: Literal["full", "short"] = Field("full", description="full: the instruction in every turn; "

@@ -6,7 +6,13 @@ kept out of its own prompt) — and, as the assistant's answer, `{"rating": r, "
 The loss is the LM's cross-entropy on the answer tokens only. LoRA adapters (`peft`; rank
 `lora_r`, scale `lora_alpha`, on `target_modules`) are the only trained weights; the base model
 stays frozen. Training uses `models.trainer.Trainer`: AdamW, warm-up and cosine decay, early
-stopping on the validation loss, resumable checkpoints holding just the adapters.
+stopping on the validation loss, resumable checkpoints holding just the adapters. The log names
+the loss by its terms (`loss_terms`): train and valid `loss` are both `nll_answer`, averaged the
+same way. After training, `collapse_requests` seeded validation requests are answered greedily
+(`collapse_max_new_tokens` review tokens) and the reviews give the collapse signal (USR,
+repetition; `feedbackgen.models.collapse`), with the kinds of those answers (`answers`: a fallback
+is a training review, not the model's); it is logged in the kept epoch's entry and in
+`training.json`, and announced on stderr when the model answers every request alike.
 
 Generation is exactly `llm`'s (same prompt, same answer checks, retries and fallback), answered by
 the adapted model in process. Saved folder, besides `llm`'s files:
@@ -14,6 +20,9 @@ the adapted model in process. Saved folder, besides `llm`'s files:
     adapter/   adapter_config.json + adapter_model.safetensors (peft's own layout)
     merged/    with `merge=True`: the base model with the adapters merged in, a plain Hugging Face
                folder any back-end can serve (`--set model=MODEL/merged` for `llm`)
+
+With `rag_k` > 0 the prompt also quotes retrieved training reviews (`prompts.build_messages`),
+leave-one-out for each training row, as for its examples.
 
 The rating in each training answer is the user's real rating; the profile's averages are computed
 over the training split including that review (a mild leak of its rating into its own prompt;
@@ -36,9 +45,10 @@ from feedbackgen.errors import DataError
 from feedbackgen.models.base import register
 from feedbackgen.models.llm.backends import Backend, TransformersBackend
 from feedbackgen.models.llm.llm_user import LLMUser
-from feedbackgen.models.llm.pretrained import DEFAULT_MODEL, load_causal_lm
+from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm
 from feedbackgen.models.llm.prompts import PromptConfig, ReviewHistory, answer_json, clean
-from feedbackgen.models.llm.training import TrainableView, pad_right, set_threads
+from feedbackgen.models.llm.training import (COLLAPSE_MAX_NEW_TOKENS, COLLAPSE_REQUESTS, COLLAPSE_SETTINGS,
+                                             TrainableView, check_collapse, pad_right, set_threads)
 from feedbackgen.models.rating import fit_rating_model
 from feedbackgen.models.text_units import target_rows
 from feedbackgen.models.trainer import Trainer, TrainSettings
@@ -73,6 +83,9 @@ class SFTConfig(PromptConfig):
     seed: int = Field(1, ge=0)
     checkpoint_dir: str | None = Field(None, description="resumable training state (adapters only)")
     progress: bool = True
+    # the collapse check after training (`training.check_collapse`)
+    collapse_requests: int = COLLAPSE_REQUESTS
+    collapse_max_new_tokens: int = COLLAPSE_MAX_NEW_TOKENS
 
 
 @register
@@ -84,6 +97,7 @@ class LoRASFT(LLMUser):
         super().__init__(config, **overrides)
         self.lm = self.tokenizer = None
         self.training_log: list[dict[str, Any]] = []
+        self.training_summary: dict[str, Any] | None = None  # loss terms, collapse signal (training.json)
 
     # -- data --------------------------------------------------------------------------------
     def _sample(self, df, n: int | None, salt: int):
@@ -125,7 +139,8 @@ class LoRASFT(LLMUser):
         c = self.config
         set_threads(c.num_threads)
         train = self._sample(target_rows(dataset, "train", c.target), c.max_train_samples, 0)
-        valid = self._sample(target_rows(dataset, "valid", c.target), c.max_valid_samples, 1)
+        probe_rows = target_rows(dataset, "valid", c.target)  # the collapse check's: the whole split
+        valid = self._sample(probe_rows, c.max_valid_samples, 1)
         if len(train) == 0 or len(valid) == 0:
             raise DataError(f"sft needs non-empty train and valid splits with a {c.target} text "
                             f"(got {len(train)} and {len(valid)} rows)")
@@ -140,19 +155,19 @@ class LoRASFT(LLMUser):
         tr, va = self.encode(train), self.encode(valid)
 
         def loss_fn(batch):
-            return {"loss": self.lm(**batch).loss}
+            nll = self.lm(**batch).loss  # mean over the batch's answer tokens
+            return {"loss": nll, "nll_answer": nll}
 
         def valid_fn():
+            # the same average as the trainer's train losses: batch means, weighted by the batch's rows
             self.lm.eval()
-            total, n = 0.0, 0
+            total = 0.0
             with torch.no_grad():
                 for start in range(0, len(va), c.batch_size):
                     idx = torch.arange(start, min(len(va), start + c.batch_size))
-                    batch = self._batch(va, idx)
-                    tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
-                    total += float(self.lm(**batch).loss) * tokens
-                    n += tokens
-            return {"loss": total / max(n, 1), "perplexity": math.exp(min(total / max(n, 1), 50))}
+                    total += float(self.lm(**self._batch(va, idx)).loss) * len(idx)
+            nll = total / len(va)
+            return {"loss": nll, "nll_answer": nll, "perplexity": math.exp(min(nll, 50))}
 
         settings = TrainSettings(optimizer="adamw", lr=c.lr, weight_decay=c.weight_decay, schedule="cosine",
                                  warmup_steps=c.warmup_steps, clip=1.0, batch_size=c.batch_size,
@@ -160,19 +175,33 @@ class LoRASFT(LLMUser):
                                  checkpoint_dir=c.checkpoint_dir, progress=c.progress, desc="sft")
         trainer = Trainer(TrainableView(self.lm), settings, n_train=len(tr),
                           make_batch=lambda idx, _train: self._batch(tr, idx), loss_fn=loss_fn,
-                          valid_fn=valid_fn, fingerprint=self._fingerprint(train, valid))
-        self.training_log = trainer.fit().log
+                          valid_fn=valid_fn, fingerprint=self._fingerprint(train, valid), terms=self.loss_terms())
+        result = trainer.fit()
+        self.training_log = result.log
         self.lm.eval()
         self._backend = None
         self.is_fitted = True
+        kept = next(e for e in result.log if e["epoch"] == result.best_epoch)
+        before = self.answer_counts.copy()  # the check's answers are not the generator's to count
+        sig = check_collapse(self, probe_rows, kept, len(train), len(result.log))
+        sig["answers"] = dict(self.answer_counts - before)
+        self.answer_counts = before
+        self.training_summary = {"terms": self.loss_terms(), "best_epoch": result.best_epoch,
+                                 "epochs": len(result.log), "train_rows": len(train), "collapse": sig}
         return self
+
+    @staticmethod
+    def loss_terms() -> dict[str, str]:
+        """What the logged loss adds up (the same for train and valid; `perplexity` = exp(valid loss))."""
+        return {"loss": "nll_answer (per batch, mean NLL of the answer's tokens: the JSON, the rating, the "
+                        "review and <eos>; per epoch, the batches' mean weighted by their rows)"}
 
     @property
     def _column(self) -> str:
         return "explanation" if self.config.target == "explanation" else "text"
 
     def _fingerprint(self, train, valid) -> str:
-        skip = {"checkpoint_dir", "progress", "num_threads", "merge"}
+        skip = {"checkpoint_dir", "progress", "num_threads", "merge"} | COLLAPSE_SETTINGS
         cfg = {k: v for k, v in self.config.model_dump().items() if k not in skip}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
         for df in (train, valid):

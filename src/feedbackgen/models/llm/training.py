@@ -1,9 +1,16 @@
-"""Pieces the LM-training generators (`sft`, `prompt_lm`) share around `models.trainer.Trainer`."""
+"""Pieces the LM-training generators (`sft`, `prompt_lm`) share around `models.trainer.Trainer`:
+the trainable view of a partly frozen LM, padding, and the collapse check that ends training."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import polars as pl
 import torch
 import torch.nn as nn
+from pydantic import Field
+
+from feedbackgen.models import collapse
 
 
 class TrainableView(nn.Module):
@@ -34,3 +41,35 @@ def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
 def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(n)
+
+
+# -- the collapse check ----------------------------------------------------------------------------
+
+# The check's settings, declared in each LM generator's config (after the training ones, since
+# `feedbackgen models` lists a config's fields in order). Decoding with an LM on a CPU costs far more
+# than with peter, so the check runs once, on the final model, over fewer requests and tokens than
+# peter's 200 per epoch. USR flags a model below 0.05, so under 21 requests only repetition can.
+COLLAPSE_REQUESTS = Field(32, ge=1, le=100_000, description="validation requests decoded greedily after "
+                          "training for the collapse signal (USR, repetition)")
+COLLAPSE_MAX_NEW_TOKENS = Field(20, ge=1, le=1024, description="new tokens per request of that decoding")
+# settings that change no trained weight: left out of the checkpoints' fingerprints
+COLLAPSE_SETTINGS = frozenset({"collapse_requests", "collapse_max_new_tokens"})
+
+
+def check_collapse(generator, valid: pl.DataFrame, kept: dict[str, Any], n_train: int,
+                   epochs: int) -> dict[str, Any]:
+    """The collapse signal of the trained `generator` (a fitted LM generator whose config has
+    `collapse_requests`, `collapse_max_new_tokens` and `seed`): at most `collapse_requests`
+    requests of `valid` (the validation rows), sampled with `seed`, decoded greedily to
+    `collapse_max_new_tokens` new tokens each.
+
+    Announced on stderr when collapsed (`collapse.announce`, which also adds the `warning`); the
+    signal is stored under "collapse" in `kept`, the training-log entry of the kept weights, as
+    peter does. Returns the signal (a dict, see `collapse.signal`)."""
+    c = generator.config
+    generator.is_fitted = True  # generate_text refuses an unfitted model
+    requests = collapse.sample_requests(valid, c.seed, c.collapse_requests)
+    sig = collapse.announce(generator.name, collapse.probe(generator, requests, c.collapse_max_new_tokens),
+                            n_train, epochs)
+    kept["collapse"] = sig
+    return sig

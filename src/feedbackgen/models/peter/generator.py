@@ -3,7 +3,12 @@
 The network, its configuration and its decoding loop are in `model.py`; this file learns it from
 a `Dataset` (`fit`), answers requests (`predict_rating`, `generate`) and saves it as a folder.
 
-Early stopping watches the validation text NLL + rating MSE, as the reference does. With
+Early stopping watches the validation text NLL + rating MSE, as the reference does: logged as
+`criterion`, while `loss` is the optimised weighted sum in both the train and valid entries
+(`loss_terms`). After every epoch a greedy decoding of 200 seeded validation requests gives the
+collapse signal (USR, repetition; `feedbackgen.models.collapse`), logged per epoch; a collapsed
+final model is announced on stderr and in `training.json`. `max_new_tokens` above `max_words` + 1
+(what the model learnt to write) draws a `DecodingWarning`. With
 `use_aspect=True` (PETER+), the aspect word of each training row (the dataset's `aspect` column)
 is placed after the item; at generation the request's `aspect` goes there, and the decoder learns
 to mention it.
@@ -17,6 +22,11 @@ generates about 1,700 samples/s at batch 128 on two idle cores (the reference: 6
 The sub-word vocabulary (`vocab="bpe"`), emsize 512, 3 layers, more dropout, label smoothing and
 other learning rates were tried and did no better here. Greedy outputs are shorter than the
 references (about 10 tokens against 15), which costs BLEU-1 its brevity penalty.
+
+Retrieval-augmented generation (`rag_k` > 0; `rag.py`, `model.py`): each row also reads the
+`rag_k` training sentences that best fit its user and item, leave-one-out at training time; the
+retrieval index is saved in the model folder, so `generate`, `serve`, `recommend` and `simulate`
+retrieve the same way.
 
 Targets: `target="explanation"` (the dataset's `explanation` column, the aspect sentence PETER
 was built for, `max_words` 20 by default) or `target="review"` (the whole `text`, 60 words by
@@ -52,6 +62,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,16 +74,17 @@ import torch
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import tokenize
-from feedbackgen.errors import ConfigError, DataError
+from feedbackgen.errors import ConfigError, DataError, DecodingWarning
 from feedbackgen.generation.decoding import stream_seed, with_seeds
-from feedbackgen.models import distributed
+from feedbackgen.models import collapse, distributed
 from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.peter.model import MAX_NEW_TOKENS, PETER, PeterConfig, PeterShape
+from feedbackgen.models.peter.rag import PREFIX as RAG_PREFIX, RagContext
 from feedbackgen.models.privacy import PrivacySettings, default_delta
 from feedbackgen.models.text_units import target_column, target_rows
 from feedbackgen.models.trainer import Trainer, TrainSettings, read_checkpoint_extra
 from feedbackgen.models.vocab import BOS, EOS, PAD, Vocab
-from feedbackgen.types import FeedbackRequest
+from feedbackgen.types import GENERATED, FeedbackRequest, provenance
 
 # -- the generator -------------------------------------------------------------------------------
 
@@ -90,6 +102,8 @@ class Peter(Generator):
         self.vocab: Vocab | None = None
         self.training_log: list[dict[str, Any]] = []
         self.privacy: dict[str, Any] | None = None  # the spent (ε, δ) of a DP-trained model
+        self.training_summary: dict[str, Any] | None = None  # loss terms, collapse signal (training.json)
+        self.rag: RagContext | None = None  # the retrieval index when rag_k > 0
 
     # -- data --------------------------------------------------------------------------------
     def _rows(self, dataset: Dataset, split: str) -> pl.DataFrame:
@@ -103,8 +117,9 @@ class Peter(Generator):
         n = self.config.max_words
         return [tokenize(t)[:n] for t in df[target_column(self.config.target)].to_list()]
 
-    def _encode(self, df: pl.DataFrame) -> dict[str, torch.Tensor]:
-        """Rows as tensors; `seq` = <bos> ids <eos> padded to the longest row."""
+    def _encode(self, df: pl.DataFrame, leave_out: bool = False) -> dict[str, torch.Tensor]:
+        """Rows as tensors; `seq` = <bos> ids <eos> padded to the longest row; with RAG, `context`
+        (leave-one-out when `df` is the indexed training rows and `leave_out`)."""
         ids = self.vocab.encode_batch(self._sentences(df))
         width = max((len(x) for x in ids), default=0) + 2
         seq = np.full((len(ids), width), PAD, dtype=np.int64)
@@ -121,6 +136,9 @@ class Peter(Generator):
         }
         if self.config.use_aspect:
             out["aspect"] = torch.from_numpy(self.aspects.lookup(df["aspect"].fill_null("").to_list()))
+        if self.rag is not None:
+            out["context"] = self.rag.encode(self.vocab, df["user_id"].to_list(), df["item_id"].to_list(),
+                                             leave_out)
         return out
 
     @staticmethod
@@ -129,7 +147,8 @@ class Peter(Generator):
         """Rows `idx` trimmed to their longest sequence; IDs replaced by "unknown" at `id_dropout`."""
         width = int(data["length"][idx].max())
         seq = data["seq"][idx, :width]
-        batch = {k: data[k][idx] for k in ("user", "item", "rating", "rating_mask", "aspect") if k in data}
+        batch = {k: data[k][idx] for k in ("user", "item", "rating", "rating_mask", "aspect", "context")
+                 if k in data}
         batch["inputs"], batch["targets"] = seq[:, :-1], seq[:, 1:]
         if id_dropout > 0:
             for key in ("user", "item", "aspect"):
@@ -178,9 +197,12 @@ class Peter(Generator):
         ratings = train["rating"].drop_nulls()
         if len(ratings):
             self.rating_range = (float(ratings.min()), float(ratings.max()))
+        if c.rag_k:
+            texts = [" ".join(t) for t in self._sentences(train)]
+            self.rag = RagContext.fit(train, texts, self.users, self.items, c)
         torch.manual_seed(c.seed)
         self.model = PETER(self._shape(), float(ratings.mean()) if len(ratings) else 0.0)
-        tr, va = self._encode(train), self._encode(valid)
+        tr, va = self._encode(train, leave_out=True), self._encode(valid)
         weights = (c.text_weight, c.context_weight, c.rating_weight)
 
         def valid_fn() -> dict[str, float]:
@@ -193,12 +215,18 @@ class Peter(Generator):
                     for k, v in self.model.losses(self._batch(va, idx), weights).items():
                         sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
             if world.parallel:  # every rank then decides on the same numbers
-                keys = ["loss", "text", "context", "rating"]
+                keys = ["loss", "nll_text", "nll_context", "mse_rating"]
                 sums = dict(zip(keys, distributed.sum_across([sums.get(k, 0.0) for k in keys])))
             out = {k: v / n for k, v in sums.items()}
-            out["weighted"] = out["loss"]
-            out["loss"] = out["text"] + out["rating"]  # the reference's early-stopping criterion
+            out["criterion"] = out["nll_text"] + out["mse_rating"]  # the reference's early-stopping sum
             return out
+
+        # the collapse signal after every epoch: greedy decoding of 200 rows costs well under a second
+        probe_requests = collapse.sample_requests(valid, c.seed)
+
+        def probe() -> dict[str, Any]:
+            self.is_fitted = True  # generate_text refuses an unfitted model; set for good below
+            return collapse.probe(self, probe_requests, self.max_text_tokens)
 
         settings = TrainSettings(
             optimizer=c.optimizer, lr=c.lr, weight_decay=c.weight_decay, schedule=c.schedule,
@@ -215,13 +243,34 @@ class Peter(Generator):
                           loss_fn=lambda b: self.model.losses(b, weights, c.label_smoothing, per_row),
                           valid_fn=valid_fn,
                           fingerprint=fingerprint,
-                          extra={"fingerprint": fingerprint, "vocab": self.vocab.to_str()})
+                          extra={"fingerprint": fingerprint, "vocab": self.vocab.to_str()},
+                          criterion="criterion", terms=self.loss_terms(), probe=probe)
         result = trainer.fit()
         self.training_log = result.log
         self.privacy = result.privacy
         self.model.eval()
         self.is_fitted = True
+        # the kept weights are the best epoch's, so its entry holds the final model's signal
+        best = next(e for e in result.log if e["epoch"] == result.best_epoch)
+        sig = best.get("collapse") or probe()  # a checkpoint from before the signal was logged
+        if world.is_main:  # one warning, not one per rank
+            sig = collapse.announce(self.name, sig, len(train), len(result.log))
+        best["collapse"] = sig
+        self.training_summary = {"terms": self.loss_terms(), "best_epoch": result.best_epoch,
+                                 "epochs": len(result.log), "train_rows": len(train), "collapse": sig}
         return self
+
+    def loss_terms(self) -> dict[str, str]:
+        """What each logged loss adds up, with this model's weights (the same for train and valid)."""
+        c = self.config
+        return {"loss": f"{c.text_weight:g}·nll_text + {c.context_weight:g}·nll_context + "
+                        f"{c.rating_weight:g}·mse_rating",
+                "criterion": "nll_text + mse_rating (valid only: early stopping, as the reference)"}
+
+    @property
+    def max_text_tokens(self) -> int:
+        """The longest output this model learnt to write: `max_words` words and <eos>."""
+        return self.config.max_words + 1
 
     def _shape(self, n_tokens: int | None = None) -> PeterShape:
         c = self.config
@@ -231,7 +280,8 @@ class Peter(Generator):
             n_tokens=n_tokens if n_tokens is not None else len(self.vocab),
             emsize=c.emsize, nhead=c.nhead, nlayers=c.nlayers, nhid=c.nhid, dropout=c.dropout,
             norm_first=c.norm_first, activation=c.activation, tie_weights=c.tie_weights,
-            max_len=3 + 2 + max(self.config.max_words, MAX_NEW_TOKENS))
+            n_context=c.rag_max_tokens if c.rag_k else 0,
+            max_len=3 + 2 + max(self.config.max_words, MAX_NEW_TOKENS) + (c.rag_max_tokens if c.rag_k else 0))
 
     # -- prediction --------------------------------------------------------------------------
     def _ids(self, requests: Sequence[FeedbackRequest]):
@@ -255,25 +305,39 @@ class Peter(Generator):
     def generate_text(self, requests: list[FeedbackRequest], decoding: Decoding,
                       use_cache: bool = True) -> tuple[list[str], list[dict[str, Any]]]:
         self.check_fitted()
+        limit = self.max_text_tokens
+        if decoding.max_new_tokens > limit and "max_new_tokens" in decoding.model_fields_set:
+            # positions are encoded up to MAX_NEW_TOKENS, but no training text went past `limit`
+            warnings.warn(f"{self.name} learnt texts of at most {self.config.max_words} words and <eos> "
+                          f"({limit} tokens, max_words): max_new_tokens={decoding.max_new_tokens} asks for "
+                          "more than it was trained to write, so texts end by about that length or run on "
+                          "untrained; retrain with --set max_words=N for longer texts",
+                          DecodingWarning, stacklevel=3)
         requests = with_seeds(requests, decoding)
         users, items, aspects = self._ids(requests)
+        context = None if self.rag is None else self.rag.encode(
+            self.vocab, [r.user_id for r in requests], [r.item_id for r in requests])
         texts, metas = [], []
         self.model.eval()
         for start in range(0, len(requests), decoding.batch_size):
             sl = slice(start, start + decoding.batch_size)
             seeds = [stream_seed(r) for r in requests[sl]] if decoding.do_sample else None
             out, finished, scores = self.model.generate(
-                users[sl], items[sl], aspects[sl] if aspects is not None else None, decoding, seeds, use_cache)
+                users[sl], items[sl], aspects[sl] if aspects is not None else None, decoding, seeds, use_cache,
+                context[sl] if context is not None else None)
             for r, row in enumerate(out.tolist()):
                 i = start + r
                 words = tokenize(" ".join(self.vocab.decode(row)))
                 texts.append(" ".join(words))
-                meta = {"tokens": len(words), "stopped": "eos" if bool(finished[r]) else "length",
+                meta = {**provenance(GENERATED), "tokens": len(words),
+                        "stopped": "eos" if bool(finished[r]) else "length",
                         "unknown_user": int(users[i]) == 0, "unknown_item": int(items[i]) == 0}
                 if aspects is not None:
                     meta["unknown_aspect"] = int(aspects[i]) == 0
                 if scores is not None:
                     meta["beam_score"] = float(scores[r])
+                if context is not None:
+                    meta["retrieved"] = int((context[i] == EOS).sum())  # sentences read
                 metas.append(meta)
         return texts, metas
 
@@ -286,6 +350,10 @@ class Peter(Generator):
                  "n_tokens": self.model.shape.n_tokens}
         if self.privacy is not None:
             state["privacy"] = self.privacy
+        if self.rag is not None:
+            rag_tensors, rag_state = self.rag.get_state()
+            tensors.update(rag_tensors)
+            state.update(rag_state)
         return tensors, state
 
     def set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -293,6 +361,9 @@ class Peter(Generator):
         self.aspects = IdIndex(state["aspects"]) if state.get("aspects") is not None else None
         self.privacy = state.get("privacy")
         self.model = PETER(self._shape(state["n_tokens"]))
+        if self.config.rag_k:
+            self.rag = RagContext.from_state(tensors, state, self.users, self.items, self.config)
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(RAG_PREFIX)}
         if self.config.tie_weights:
             tensors = {**tensors, "head.weight": tensors["word_emb.weight"]}
         self.model.load_state_dict(tensors)

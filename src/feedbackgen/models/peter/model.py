@@ -20,8 +20,24 @@ came before it:
     b   1  1  1  1  0
     w1  1  1  1  1  1
 
+Retrieval-augmented generation (`rag_k` > 0, `feedbackgen.models.peter.rag`): the tokens of k
+retrieved training sentences, each ended by `<eos>` and padded with `<pad>` to a fixed width
+(`rag_max_tokens`), sit between the IDs and `<bos>`. They are word embeddings plus a learnt
+context-segment vector, at their own positions. They see the IDs and each other (both ways, like
+the IDs see each other); every word sees them; the IDs never do, so the rating and context heads
+stay functions of the IDs alone. `<pad>` positions are never attended to:
+
+        u  i  c1 c2 b  w1
+    u   1  1  0  0  0  0
+    i   1  1  0  0  0  0
+    c1  1  1  1  1  0  0
+    c2  1  1  1  1  0  0
+    b   1  1  1  1  1  0
+    w1  1  1  1  1  1  1
+
 Loss = `text_weight` × text NLL + `context_weight` × context NLL + `rating_weight` × rating MSE
-(1, 1, 0.1 as in the paper). With `use_aspect=True` (PETER+), the aspect word sits after the item.
+(1, 1, 0.1 as in the paper), logged as `loss = λ_t·nll_text + λ_c·nll_context + λ_r·mse_rating`.
+With `use_aspect=True` (PETER+), the aspect word sits after the item.
 
 Presets (`preset`; every other field given overrides the preset's value):
 
@@ -103,6 +119,14 @@ class PeterConfig(StrictModel):
     norm_first: bool = Field(None, description="pre-LN (True) or post-LN as in the reference (False)")
     activation: Literal["relu", "gelu"] = None
     tie_weights: bool = Field(None, description="share the word embedding with the word decoder")
+    # retrieval-augmented generation (feedbackgen.models.peter.rag)
+    rag_k: int = Field(0, ge=0, le=64, description="retrieved training sentences read as context (0 = off)")
+    rag_max_tokens: int = Field(64, ge=4, le=1024, description="context tokens in all, <eos> separators "
+                                "included; each sentence gets an equal share")
+    rag_sources: Literal["both", "item", "user"] = Field(
+        "both", description="the item's sentences by similar users, the user's about similar items, or both")
+    rag_embedding_model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers folder or name "
+                                     "for the user/item similarity of the retrieval")
     # loss
     text_weight: float = Field(1.0, ge=0.0, le=100.0)
     context_weight: float = Field(1.0, ge=0.0, le=100.0)
@@ -181,6 +205,7 @@ class PeterShape:
     activation: str = "gelu"
     tie_weights: bool = True
     max_len: int = 1100
+    n_context: int = 0  # retrieved-context tokens between the IDs and <bos> (0 = no RAG)
 
 
 def peter_mask(n_queries: int, n_keys: int | None = None) -> torch.Tensor:
@@ -204,6 +229,7 @@ class KVCache:
         self.k = torch.zeros(n_layers, batch, nhead, max_len, head_dim)
         self.v = torch.zeros_like(self.k)
         self.length = 0
+        self.key_ok: torch.Tensor | None = None  # (B, keys) False at <pad> context keys (RAG only)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.size(2)
@@ -214,6 +240,8 @@ class KVCache:
     def reorder(self, index: torch.Tensor) -> None:
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
+        if self.key_ok is not None:
+            self.key_ok = self.key_ok.index_select(0, index)
 
 
 class SelfAttention(nn.Module):
@@ -267,18 +295,21 @@ class PETER(nn.Module):
     def __init__(self, s: PeterShape, mean_rating: float = 0.0):
         super().__init__()
         self.shape = s
-        self.prefix_len = 3 if s.n_aspects else 2  # positions before <bos>
+        self.n_ids = 3 if s.n_aspects else 2
+        self.prefix_len = self.n_ids + s.n_context  # positions before <bos>
         self.user_emb = nn.Embedding(s.n_users, s.emsize)
         self.item_emb = nn.Embedding(s.n_items, s.emsize)
         self.aspect_emb = nn.Embedding(s.n_aspects, s.emsize) if s.n_aspects else None
         self.word_emb = nn.Embedding(s.n_tokens, s.emsize)
+        # one learnt segment vector marks the retrieved tokens (an Embedding, so that opacus sees it)
+        self.context_emb = nn.Embedding(1, s.emsize) if s.n_context else None
         self.register_buffer("pe", sinusoidal(s.max_len, s.emsize), persistent=False)
         self.drop = nn.Dropout(s.dropout)
         self.blocks = nn.ModuleList(Block(s) for _ in range(s.nlayers))
         self.ln_f = nn.LayerNorm(s.emsize) if s.norm_first else nn.Identity()
         self.head = nn.Linear(s.emsize, s.n_tokens)
         self.rating_mlp = nn.Sequential(nn.Linear(s.emsize, s.emsize), nn.Sigmoid(), nn.Linear(s.emsize, 1))
-        for emb in (self.user_emb, self.item_emb, self.aspect_emb, self.word_emb, self.head,
+        for emb in (self.user_emb, self.item_emb, self.aspect_emb, self.context_emb, self.word_emb, self.head,
                     self.rating_mlp[0], self.rating_mlp[2]):
             if emb is not None:
                 nn.init.uniform_(emb.weight, -0.1, 0.1)
@@ -288,9 +319,11 @@ class PETER(nn.Module):
         if s.tie_weights:
             self.head.weight = self.word_emb.weight
 
-    def forward(self, user, item, tokens, aspect=None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, user, item, tokens, aspect=None, cache: KVCache | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, E). Without a cache (or with an empty one) the input is the whole
-        sequence `[user, item, (aspect), tokens...]`; with a filled cache, just the new `tokens`."""
+        sequence `[user, item, (aspect), context..., tokens...]`; with a filled cache, just the new
+        `tokens`. context: (B, n_context) token ids of the retrieved sentences (RAG models only)."""
         s = self.shape
         start = 0 if cache is None else cache.length
         x = self.word_emb(tokens)
@@ -298,15 +331,36 @@ class PETER(nn.Module):
             prefix = [self.user_emb(user), self.item_emb(item)]
             if self.aspect_emb is not None:
                 prefix.append(self.aspect_emb(aspect))
-            x = torch.cat([torch.stack(prefix, 1), x], 1)
+            parts = [torch.stack(prefix, 1)]
+            if s.n_context:
+                parts.append(self.word_emb(context) + self.context_emb(torch.zeros_like(context)))
+            x = torch.cat([*parts, x], 1)
         T = x.size(1)
         x = self.drop(x * math.sqrt(s.emsize) + self.pe[start:start + T])
-        mask = None if (T == 1 and start > 0) else peter_mask(T, start + T).to(x.device)
+        mask = self._mask(T, start, context, cache, x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, cache, i)
         if cache is not None:
             cache.length += T
         return self.ln_f(x)
+
+    def _mask(self, T: int, start: int, context, cache: KVCache | None, device) -> torch.Tensor | None:
+        """The PETER mask; with RAG, extended to the context block and per row (B, 1, T, keys)."""
+        if not self.shape.n_context:
+            return None if (T == 1 and start > 0) else peter_mask(T, start + T).to(device)
+        c0, c1 = self.n_ids, self.prefix_len
+        base = peter_mask(T, start + T)
+        if start == 0:
+            base[c0:c1, c0:c1] = True  # the retrieved sentences see each other
+            ok = torch.ones(context.size(0), T, dtype=torch.bool)
+            ok[:, c0:c1] = context != PAD
+            if cache is not None:
+                cache.key_ok = ok
+            return ((base.unsqueeze(0) & ok.unsqueeze(1)) | torch.eye(T, dtype=torch.bool)).unsqueeze(1).to(device)
+        ok = torch.cat([cache.key_ok, torch.ones(cache.key_ok.size(0), start + T - cache.key_ok.size(1),
+                                                 dtype=torch.bool)], 1)
+        cache.key_ok = ok
+        return (base.unsqueeze(0) & ok.unsqueeze(1)).unsqueeze(1).to(device)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)
@@ -325,14 +379,16 @@ class PETER(nn.Module):
 
     def losses(self, batch: dict[str, torch.Tensor], weights: tuple[float, float, float],
                label_smoothing: float = 0.0, per_row: bool = False) -> dict[str, torch.Tensor]:
-        """Text NLL, context NLL, rating MSE and their weighted sum ("loss") for one batch.
+        """Text NLL, context NLL, rating MSE and their weighted sum for one batch, named
+        {"nll_text", "nll_context", "mse_rating", "loss"}.
 
-        batch: user, item, (aspect), inputs = [<bos>, w1..wn] and targets = [w1..wn, <eos>]
+        batch: user, item, (aspect), (context), inputs = [<bos>, w1..wn] and targets = [w1..wn, <eos>]
         (both padded with <pad>, which is ignored), rating, rating_mask.
         per_row: each term is first averaged within each row, then over the rows (DP-SGD)."""
         if per_row:
             return self._row_losses(batch, weights, label_smoothing)
-        h = self.forward(batch["user"], batch["item"], batch["inputs"], batch.get("aspect"))
+        h = self.forward(batch["user"], batch["item"], batch["inputs"], batch.get("aspect"),
+                         context=batch.get("context"))
         P = self.prefix_len
         targets = batch["targets"]
         real = targets != PAD
@@ -344,14 +400,16 @@ class PETER(nn.Module):
         err = (self.rating(h[:, 0]) - batch["rating"]) ** 2 * rmask
         rating = err.sum() / rmask.sum().clamp(min=1)
         wt, wc, wr = weights
-        return {"loss": wt * text + wc * ctx + wr * rating, "text": text, "context": ctx, "rating": rating}
+        return {"loss": wt * text + wc * ctx + wr * rating, "nll_text": text, "nll_context": ctx,
+                "mse_rating": rating}
 
     def _row_losses(self, batch, weights, label_smoothing: float) -> dict[str, torch.Tensor]:
         """`losses` with every term a mean over rows of that row's own loss, so each row's
         gradient depends on that row alone (DP-SGD clips it per row; a batch-wide word average
         would let one row's length weigh every other row's gradient). The word decoder runs on
         (B, T, E) rather than on the packed real positions: opacus needs the batch first."""
-        h = self.forward(batch["user"], batch["item"], batch["inputs"], batch.get("aspect"))
+        h = self.forward(batch["user"], batch["item"], batch["inputs"], batch.get("aspect"),
+                         context=batch.get("context"))
         targets = batch["targets"]
         real = (targets != PAD).float()
         nll = F.cross_entropy(self.logits(h[:, self.prefix_len:]).transpose(1, 2), targets,
@@ -363,9 +421,11 @@ class PETER(nn.Module):
         rating = (self.rating(h[:, 0]) - batch["rating"]) ** 2 * batch["rating_mask"]
         wt, wc, wr = weights
         loss = wt * text + wc * ctx + wr * rating
-        return {"loss": loss.mean(), "text": text.mean(), "context": ctx.mean(), "rating": rating.mean()}
+        return {"loss": loss.mean(), "nll_text": text.mean(), "nll_context": ctx.mean(),
+                "mse_rating": rating.mean()}
     # -- decoding ----------------------------------------------------------------------------
-    def stepper(self, user, item, aspect, max_new_tokens: int, use_cache: bool = True) -> Step:
+    def stepper(self, user, item, aspect, max_new_tokens: int, use_cache: bool = True,
+                context: torch.Tensor | None = None) -> Step:
         """The `decoding.Step` of these rows: next-word logits (rows, n_tokens) after `<bos>` and the
         words generated so far, from a KV cache (or, without one, the whole sequence each time)."""
         bos = torch.full((user.size(0), 1), BOS, dtype=torch.long)
@@ -375,27 +435,31 @@ class PETER(nn.Module):
 
         def step(seqs: torch.Tensor, reorder: torch.Tensor | None) -> torch.Tensor:
             if cache is None:
-                return self.logits(self.forward(user, item, torch.cat([bos, seqs], 1), aspect)[:, -1])
+                return self.logits(self.forward(user, item, torch.cat([bos, seqs], 1), aspect,
+                                                context=context)[:, -1])
             if reorder is not None:
                 cache.reorder(reorder)
             new = seqs[:, -1:] if seqs.size(1) else bos
-            return self.logits(self.forward(user, item, new, aspect, cache)[:, -1])
+            return self.logits(self.forward(user, item, new, aspect, cache, context)[:, -1])
 
         return step
 
     @torch.no_grad()
     def generate(self, user, item, aspect, d: Decoding, seeds: Sequence[int] | None = None,
-                 use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                 use_cache: bool = True, context: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Decode `d` for B rows of ids (B,). `seeds`: one stream seed per row, needed to sample.
+        context: (B, n_context) retrieved-sentence tokens (RAG models only).
 
         Returns (tokens (B, max_new_tokens) padded after <eos>, finished (B,), beam scores or None)."""
         K = d.num_beams
         if K > 1:
             user, item = user.repeat_interleave(K), item.repeat_interleave(K)
             aspect = aspect.repeat_interleave(K) if aspect is not None else None
+            context = context.repeat_interleave(K, 0) if context is not None else None
         processors = logits_processors(d, EOS, suppress=NEVER, min_new_tokens=max(1, d.min_new_tokens),
                                        seeds=seeds)
-        step = self.stepper(user, item, aspect, d.max_new_tokens, use_cache)
+        step = self.stepper(user, item, aspect, d.max_new_tokens, use_cache, context)
         return decode(step, user.size(0) // K, d, processors, eos=EOS, pad=PAD)
 
 

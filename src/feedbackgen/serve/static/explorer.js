@@ -113,10 +113,13 @@ async function pickItem(itemId, generate) {
   if (generate) await generateAll();
 }
 
-function feedbackCard(title, rating, text, note, extraClass) {
+function feedbackCard(title, rating, text, note, extraClass, source) {
+  // a text with a recorded source that is empty says why ("none: no sentence about this item")
+  const empty = source ? `(${source})` : "(no text: this model predicts ratings only)";
   return el("article", { class: `card ${extraClass}` },
     el("h3", {}, title), el("div", { class: "rating" }, stars(rating), ` ${rating.toFixed(2)}`),
-    el("p", { class: "text" }, text || "(no text: this model predicts ratings only)"),
+    el("p", { class: "text" }, text || empty),
+    source && text ? el("p", { class: "source small" }, `source: ${source}`) : "",
     note ? el("p", { class: "muted small" }, note) : "");
 }
 
@@ -136,7 +139,7 @@ async function generateAll() {
       const { feedback } = await api("/v1/feedback", { model: m, requests: [request] });
       const fb = feedback[0];
       const fallback = fb.fallback && fb.fallback.length ? `fallback for unknown ${fb.fallback.join(" and ")}` : "";
-      const card = feedbackCard(m, fb.rating, fb.text, fallback, "generated");
+      const card = feedbackCard(m, fb.rating, fb.display_text || fb.text, fallback, "generated", fb.source);
       card.dataset.model = m;
       return card;
     } catch (e) {
@@ -164,10 +167,20 @@ async function recommend() {
     $("recs-model").textContent = `by ${recs.model}, from ${recs.candidates} candidates`;
     $("recs-list").replaceChildren(...recs.items.map((it) => el("li", { class: "pick", onclick: () => pickItem(it.item_id, true) },
       el("code", {}, it.item_id), it.title ? ` ${it.title} ` : " ", stars(it.predicted_rating),
-      ` ${it.predicted_rating.toFixed(2)}`, it.feedback?.text ? el("div", { class: "muted" }, it.feedback.text) : "")));
+      ` ${it.predicted_rating.toFixed(2)}`, recommendationText(it))));
     $("recommendations").hidden = false;
     setStatus("");
   } catch (e) { setStatus(e.message, true); }
+}
+
+// The feedback under a recommended item, with where it came from and whether it repeats.
+function recommendationText(it) {
+  const fb = it.feedback;
+  if (!fb) return "";
+  if (!fb.text) return fb.source ? el("div", { class: "muted source" }, `(${fb.source})`) : "";
+  return el("div", { class: "muted" }, fb.display_text || fb.text,
+    fb.source ? el("span", { class: "source small" }, ` — source: ${fb.source}`) : "",
+    it.repeated ? el("span", { class: "repeated small" }, " — repeated in this list") : "");
 }
 
 // -- wiring ---------------------------------------------------------------------------------
