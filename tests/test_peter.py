@@ -404,7 +404,10 @@ def test_a_collapsed_model_is_announced_on_stderr_in_the_log_and_the_folder(ds, 
     assert len(lines) == 1, err
     sig = m.training_log[0]["collapse"]
     assert sig["collapsed"] and sig["n"] == len(ds.valid)
-    assert f"USR {sig['usr']:.3f}" in lines[0] and "more data or more epochs" in lines[0]
+    # it names the signal that fired, with its number, and not one that did not
+    assert (f"USR {sig['usr']:.3f}, below" in lines[0]) == (sig["usr"] < collapse.USR_MIN)
+    assert (f"{sig['repetition']:.0%} of its texts repeat" in lines[0]) == (sig["repetition"] > collapse.REPETITION_MAX)
+    assert "more data or more epochs" in lines[0]
     # the numbers are those of the model's own greedy texts on the same requests
     requests = collapse.sample_requests(ds.valid, m.config.seed)
     texts, _ = m.generate_text(requests, Decoding(max_new_tokens=m.config.max_words + 1))
@@ -444,6 +447,30 @@ def test_max_new_tokens_beyond_the_trained_length_warns_naming_the_limit(fitted,
     fitted.generate(reqs, {"max_new_tokens": limit})
     fitted.generate(reqs)  # the decoding's own default is not the caller's ask
     assert not [w for w in recwarn if w.category is DecodingWarning]
+
+
+def test_the_command_line_warns_only_when_asked_for_more_tokens_in_one_line(fitted, ds, tmp_path):
+    """`generate` without --max-new-tokens passes the decoding default, not an ask: no warning; with
+    one beyond the trained length, one `feedbackgen: warning:` line, without Python's source location."""
+    import subprocess
+    import sys
+
+    fitted.save(tmp_path / "m")
+    with open(tmp_path / "req.jsonl", "w") as f:
+        for u, i in ds.test.head(3).select("user_id", "item_id").iter_rows():
+            f.write(json.dumps({"user_id": u, "item_id": i}) + "\n")
+
+    def stderr(*extra: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "feedbackgen.cli", "generate", str(tmp_path / "m"),
+                               "--requests", str(tmp_path / "req.jsonl"), "--out", str(tmp_path / f"{len(extra)}.jsonl"),
+                               *extra], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert "max_new_tokens" not in stderr()
+    warned = [x for x in stderr("--max-new-tokens", "100").splitlines() if "max_new_tokens=100" in x]
+    assert len(warned) == 1 and "feedbackgen: warning: peter learnt texts of at most" in warned[0]
+    assert "DecodingWarning" not in warned[0] and ".py:" not in warned[0]
 
 
 # -- resuming ------------------------------------------------------------------------------------

@@ -30,9 +30,14 @@ class NotFittedError(FeedbackgenError):
     """A model used before `fit` (or `load`)."""
 
 
-class DecodingWarning(UserWarning):
+class FeedbackgenWarning(UserWarning):
+    """Something ran, but not as asked or not well; the command line prints it as one
+    `feedbackgen: warning: ...` line."""
+
+
+class DecodingWarning(FeedbackgenWarning):
     """A decoding option beyond what the model can honour (it runs, but not as asked)."""
 
 
-class CollapseWarning(UserWarning):
+class CollapseWarning(FeedbackgenWarning):
     """A loaded text generator that answered every request alike when trained (`training.json`)."""

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import click
 import typer
 from rich.console import Console
 
-from feedbackgen.errors import FeedbackgenError
+from feedbackgen.errors import FeedbackgenError, FeedbackgenWarning
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -23,7 +24,22 @@ err = Console(stderr=True)
 out = Console()
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """feedbackgen's own warnings as one `feedbackgen: warning: ...` line on stderr, without the
+    source location Python prints (it names our code, not the user's command); others as usual."""
+    if issubclass(category, FeedbackgenWarning):
+        text = str(message)
+        err.print(f"feedbackgen: {text if 'warning:' in text else 'warning: ' + text}", highlight=False,
+                  markup=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main() -> None:
+    warnings.showwarning = _one_line_warning
     try:
         app(standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from feedbackgen.cli.app import app, err
@@ -79,7 +78,7 @@ def generate(
     # only what the command line gave: a model can tell an asked-for setting from a default
     # (peter warns when asked for more tokens than it learnt to write, not at the default)
     given = {name: value for name, value in locals().items() if name in _D
-             and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+             and ctx.get_parameter_source(name).name != "DEFAULT"}  # typer's own click: compare names
     decoding = validate(Decoding, given, "decoding options")
     if (dataset is None) == (requests is None):
         raise FeedbackgenError("give exactly one of --dataset (with --split) or --requests")

@@ -77,12 +77,19 @@ def probe(generator, requests: list[FeedbackRequest], max_new_tokens: int) -> di
 
 
 def message(name: str, sig: dict[str, Any], n_train: int, epochs: int) -> str:
-    """The one-line warning for a collapsed model (what happened, the numbers, what to do)."""
-    return (f"warning: {name} answers every request alike: of {sig['n']} validation requests it wrote "
-            f"{sig['distinct']} distinct texts (USR {sig['usr']:.3f}; alike below {USR_MIN}) and "
-            f"{sig['repetition']:.0%} repeat a word {RUN}+ times in a row (looping above {REPETITION_MAX:.0%}), "
-            f"after {n_train} training reviews and {epochs} epoch(s): give it more data or more epochs "
-            "(README: how much data the text generators need)")
+    """The one-line warning for a collapsed model: what happened, naming the signal(s) that fired
+    with their numbers and thresholds, and what to do."""
+    fired = []
+    if sig["usr"] < USR_MIN:
+        fired.append(f"it wrote {sig['distinct']} distinct texts (USR {sig['usr']:.3f}, below {USR_MIN})")
+    if sig["repetition"] > REPETITION_MAX:
+        fired.append(f"{sig['repetition']:.0%} of its texts repeat a word {RUN}+ times in a row (it loops; "
+                     f"above {REPETITION_MAX:.0%})")
+    if not fired:
+        fired.append(f"USR {sig['usr']:.3f}, repetition {sig['repetition']:.0%}")
+    return (f"warning: {name} answers every request alike: of {sig['n']} validation requests "
+            + " and ".join(fired) + f", after {n_train} training reviews and {epochs} epoch(s): give it more "
+            "data or more epochs (README: how much data the text generators need)")
 
 
 def announce(name: str, sig: dict[str, Any], n_train: int, epochs: int) -> dict[str, Any]:
