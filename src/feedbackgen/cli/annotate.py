@@ -11,7 +11,7 @@ import typer
 from feedbackgen.cli.app import app, err
 from feedbackgen.errors import FeedbackgenError
 
-annotate_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+annotate_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                            help="Blind human evaluation: build a task, serve it, report on the judgements.")
 app.add_typer(annotate_app, name="annotate")
 

@@ -18,7 +18,7 @@ from feedbackgen.errors import FeedbackgenError, FeedbackgenWarning
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Learn how users write and rate; generate the feedback they would give.")
 err = Console(stderr=True)
 out = Console()

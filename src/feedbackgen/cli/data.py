@@ -30,8 +30,9 @@ def _mapping(pairs: list[str]) -> dict[str, str] | None:
 
 
 # every PrepareConfig field, rendered from the model so that the help never falls behind it
-SETTINGS_HELP = ("**Preprocessing settings** (`--set key=value`, or a JSON object in `--config FILE`):\n\n"
-                 + "\n".join(f"- {line}" for line in prepare_settings_help().splitlines()))
+# (one paragraph each: click rewraps a paragraph to the terminal's width, keeping settings apart)
+SETTINGS_HELP = ("Preprocessing settings (--set key=value, or a JSON object in --config FILE):\n\n"
+                 + "\n\n".join(prepare_settings_help().splitlines()))
 
 
 @app.command(epilog=SETTINGS_HELP)
