@@ -50,6 +50,13 @@ def test_bad_config_names_the_field():
         create("nope")
 
 
+def test_a_misspelt_setting_is_named_with_what_was_meant():
+    with pytest.raises(ConfigError, match=r"max_epoch: unknown setting \(did you mean 'max_epochs'\?\)"):
+        create("peter", {"max_epoch": 2})
+    with pytest.raises(ConfigError, match=r"zzzq: unknown setting \(known: preset, target"):
+        create("peter", {"zzzq": 2})
+
+
 def test_popular_returns_the_items_most_frequent_sentence(mi_small):
     model = create("popular").fit(mi_small)
     train = mi_small.train.drop_nulls("explanation")

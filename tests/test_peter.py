@@ -523,6 +523,6 @@ def test_models_command_shows_the_presets_effective_values():
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     peter = text.split(" peter ", 1)[1].split(" popular ", 1)[0]
-    for key, value in PRESETS["default"].items():  # what the default preset decides, never None
-        assert f"{key}={value!r}" in peter, key
-    assert "max_words=20" in peter and "=None, " not in peter.split("dp_epsilon")[0]
+    for key, value in PRESETS["default"].items():  # what the default preset decides, never unset
+        assert f"{key}={value if isinstance(value, str) else json.dumps(value)}" in peter, key
+    assert "max_words=20" in peter and "None" not in text and "=unset, " not in peter.split("dp_epsilon")[0]

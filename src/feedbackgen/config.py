@@ -62,6 +62,13 @@ def validate(model_cls: type[BaseModel], values: dict[str, Any] | BaseModel | No
         problems = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+            if err["type"] == "extra_forbidden":  # a typo in a name: say so, and what was meant
+                import difflib
+
+                close = difflib.get_close_matches(str(err["loc"][-1]), list(model_cls.model_fields), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(model_cls.model_fields)}"
+                problems.append(f"{loc}: unknown setting ({hint})")
+                continue
             problems.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"invalid {what}: " + "; ".join(problems)) from None
 

@@ -90,7 +90,7 @@ def metrics(
         print(json.dumps(result, sort_keys=True))
     else:
         for key, value in result.items():
-            print(f"{key:>20}  {value}")
+            print(f"{key:>20}  {value:.4f}" if isinstance(value, float) else f"{key:>20}  {value}")
 
 
 @app.command()
