@@ -168,7 +168,8 @@ def test_a_rating_outside_the_models_scale_is_422_naming_the_range(client, known
                                                        {"user_id": user, "item_id": item, "rating": 42}]})
     assert r.status_code == 422, r.text
     assert r.json()["field"] == "requests[1].rating"
-    assert "42" in r.json()["detail"] and f"from {lo:g} to {hi:g}" in r.json()["detail"]
+    assert r.json()["detail"] == ("invalid request: requests[1].rating: 42 is outside the rating scale of "
+                                  f"model 'popular', which runs from {lo:g} to {hi:g}")
     ok = client.post("/v1/feedback", json={"requests": [{"user_id": user, "item_id": item, "rating": lo}]})
     assert ok.status_code == 200
 
@@ -325,6 +326,8 @@ def test_not_ready_until_models_load(tmp_path, known_pairs, live):
     ({"num_beams": 32, "max_new_tokens": 1024}, 64, 422, "max_new_tokens"),  # issue 13's call, on the defaults
     ({"num_beams": 5}, 1, 422, "max_beams"),
     ({"max_new_tokens": 129}, 1, 422, "max_new_tokens"),
+    ({"max_new_tokens": 5000}, 1, 422, "max_new_tokens"),  # over Decoding's own bound too: same message
+    ({"num_beams": 33}, 1, 422, "max_beams"),
     ({"num_beams": 4, "max_new_tokens": 128}, 17, 422, "max_call_tokens"),  # 17 × 4 × 128 > 8192
     ({}, 65, 413, "max_requests"),
 ])
@@ -340,6 +343,8 @@ def test_a_call_over_the_cost_limits_is_refused_naming_the_limit(served_models, 
         if status == 422:
             assert r.json()["field"] == ("decoding" if limit == "max_call_tokens" else
                                          "decoding." + {"max_beams": "num_beams"}.get(limit, limit))
+            assert "over this server's limit of" in r.json()["detail"], r.text
+            assert "less than or equal" not in r.json()["detail"], r.text
         within = c.post("/v1/feedback", json={"requests": [{"user_id": user, "item_id": item}] * 16,
                                               "decoding": {"num_beams": 4, "max_new_tokens": 128}})
         assert within.status_code == 200, within.text
@@ -375,3 +380,75 @@ def test_served_models_generate_on_the_server_threads_not_their_training_setting
         assert seen and set(seen) == {2}, seen
     finally:
         torch.set_num_threads(before)
+
+
+# -- failure is announced to the client (issue 15) ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def peter_folders(mi_small, tmp_path_factory):
+    """A real tiny peter (1 epoch) saved, and a copy whose training.json records a collapse: the
+    signal and warning that training writes for a model answering every request with one text."""
+    import shutil
+
+    from feedbackgen.models import collapse, create
+
+    root = tmp_path_factory.mktemp("peter")
+    create("peter", {"emsize": 16, "nhead": 2, "nlayers": 1, "nhid": 32, "max_epochs": 1, "progress": False,
+                     "num_threads": 1}).fit(mi_small).save(root / "peter")
+    shutil.copytree(root / "peter", root / "collapsed")
+    summary = json.loads((root / "peter" / "training.json").read_text())
+    sig = collapse.signal(["wooden " * 5] * 200)
+    summary["collapse"] = {**sig, "warning": collapse.message("peter", sig, 300, 1)}
+    (root / "collapsed" / "training.json").write_text(json.dumps(summary))
+    return root
+
+
+@pytest.fixture(scope="module")
+def peter_client(peter_folders, served_models, mi_small, live):
+    models = {"peter": peter_folders / "peter", "collapsed": peter_folders / "collapsed",
+              "popular": served_models["popular"]}
+    with live(create_app(models, mi_small)) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        yield c
+
+
+def test_models_show_the_collapse_signal_recorded_in_training(peter_client, peter_folders):
+    models = {m["name"]: m for m in peter_client.get("/v1/models").json()}
+    recorded = json.loads((peter_folders / "collapsed" / "training.json").read_text())["collapse"]
+    assert models["collapsed"]["collapsed"] is True and models["collapsed"]["collapse"] == recorded
+    own = json.loads((peter_folders / "peter" / "training.json").read_text())["collapse"]
+    assert models["peter"]["collapse"] == own and models["peter"]["collapsed"] is own["collapsed"]
+    # a model that records no signal says so, rather than claiming to be healthy
+    assert models["popular"]["collapsed"] is None and models["popular"]["collapse"] is None
+
+
+def test_every_answer_of_a_collapsed_model_carries_its_warning(peter_client, peter_folders, known_pairs):
+    warning = json.loads((peter_folders / "collapsed" / "training.json").read_text())["collapse"]["warning"]
+    user, item = known_pairs[0]
+    body = {"model": "collapsed", "requests": [{"user_id": u, "item_id": i} for u, i in known_pairs[:3]]}
+    for _ in range(2):  # every call, not once per process
+        r = peter_client.post("/v1/feedback", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["warnings"] == [warning.removeprefix("warning: ")]
+    assert "answers every request alike" in r.json()["warnings"][0]
+    rec = peter_client.post("/v1/recommend", json={"model": "collapsed", "user_id": user, "k": 1, "candidates": [item]})
+    assert rec.status_code == 200 and rec.json()["warnings"] == r.json()["warnings"]
+    healthy = peter_client.post("/v1/feedback", json={**body, "model": "popular"})
+    assert healthy.status_code == 200 and healthy.json()["warnings"] == []
+
+
+def test_max_new_tokens_beyond_what_the_model_learnt_is_warned_in_the_answer(peter_client, peter_folders,
+                                                                             known_pairs):
+    from feedbackgen.models import load
+
+    limit = load(peter_folders / "peter").max_text_tokens
+    requests = [{"user_id": u, "item_id": i} for u, i in known_pairs[:2]]
+
+    def decoding_warnings(decoding):
+        r = peter_client.post("/v1/feedback", json={"model": "peter", "requests": requests, "decoding": decoding})
+        assert r.status_code == 200, r.text
+        return [w for w in r.json()["warnings"] if "max_new_tokens" in w]
+
+    over = decoding_warnings({"max_new_tokens": limit + 10})
+    assert len(over) == 1 and f"max_new_tokens={limit + 10}" in over[0] and f"({limit} tokens" in over[0]
+    assert decoding_warnings({"max_new_tokens": limit}) == []
+    assert decoding_warnings({}) == []  # the default is not the client's ask

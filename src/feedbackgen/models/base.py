@@ -98,6 +98,19 @@ class Generator(ABC):
             for r, rt, txt, meta in zip(requests, ratings, texts, metas)
         ]
 
+    def decoding_warnings(self, decoding: Decoding) -> list[str]:
+        """The messages of the `DecodingWarning`s that `generate(..., decoding)` draws: options beyond
+        what this model can honour. Depends on `decoding` alone (never on the requests), so a server
+        can tell each call its warnings without catching them from a model thread. None by default."""
+        return []
+
+    def collapse_signal(self) -> dict[str, Any] | None:
+        """The collapse signal recorded when this model was trained (`training.json`'s `collapse`
+        block: usr, repetition, collapsed, thresholds and, when collapsed, the `warning` text; see
+        `feedbackgen.models.collapse`), or None when none was recorded (rating-only models, models
+        that were never checked)."""
+        return (getattr(self, "training_summary", None) or {}).get("collapse")
+
     def generate_text(self, requests: list[FeedbackRequest],
                       decoding: Decoding) -> tuple[list[str], list[dict[str, Any]]]:
         """Texts (and per-sample metadata) for `requests`, each from its own seed (`FeedbackRequest.seed`,

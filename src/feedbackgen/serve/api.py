@@ -33,10 +33,23 @@ class FeedbackRequestIn(Strict):
                              "decoding.seed, else drawn and returned in meta.seed)")
 
 
+class CallDecoding(Decoding):
+    """`Decoding` as a call sends it. `max_new_tokens` and `num_beams` have no upper bound of their
+    own here: this server's limits (`ServeConfig.max_new_tokens`, `max_beams`, never above
+    `Decoding`'s) are the bounds, and `Service.check_cost` refuses any value over them naming the
+    limit and its flag. Decoding's own bounds (1024 tokens, 32 beams) would answer a larger value
+    with a message that suggests those are allowed."""
+
+    max_new_tokens: int = Field(25, ge=1, description="most tokens generated per sample (at most this "
+                                "server's limit, --max-new-tokens; more: 422)")
+    num_beams: int = Field(1, ge=1, description="beams of beam search (1 = greedy or sampling; at most this "
+                           "server's limit, --max-beams; more: 422)")
+
+
 class FeedbackCall(Strict):
     requests: list[FeedbackRequestIn] = Field(..., min_length=1, description="1..max_requests requests")
     model: str | None = Field(None, description="a loaded model's name (GET /v1/models); default: the first")
-    decoding: Decoding = Field(default_factory=Decoding, description="decoding settings, as in `generate`")
+    decoding: CallDecoding = Field(default_factory=CallDecoding, description="decoding settings, as in `generate`")
 
 
 class FeedbackOut(BaseModel):
@@ -58,9 +71,14 @@ class FeedbackOut(BaseModel):
                           "parts); null when the model records none")
 
 
+WARNINGS = ("what the client should know about these answers: the model collapsed in training (it answers "
+            "every request alike; GET /v1/models: collapsed), decoding options beyond what the model can honour")
+
+
 class FeedbackAnswer(BaseModel):
     model: str
     feedback: list[FeedbackOut]
+    warnings: list[str] = Field(default_factory=list, description=WARNINGS)
 
 
 class RecommendCall(Strict):
@@ -71,7 +89,7 @@ class RecommendCall(Strict):
         None, min_length=1, max_length=10_000,
         description="items to rank; default: every item with training reviews the user has not reviewed in training")
     with_feedback: bool = Field(True, description="generate the feedback for each recommended item")
-    decoding: Decoding = Field(default_factory=Decoding)
+    decoding: CallDecoding = Field(default_factory=CallDecoding)
 
 
 class Recommendation(BaseModel):
@@ -87,6 +105,7 @@ class RecommendAnswer(BaseModel):
     model: str
     candidates: int
     items: list[Recommendation]
+    warnings: list[str] = Field(default_factory=list, description=WARNINGS)
 
 
 health = APIRouter(tags=["health"])
@@ -160,7 +179,8 @@ async def feedback(call: FeedbackCall, svc: Service = Depends(ready_service)):
                      for k, r in enumerate(call.requests) for kind in ("user", "item")])
     requests = [FeedbackRequest(r.user_id, r.item_id, r.aspect, r.rating, r.seed) for r in call.requests]
     results = await run_feedback(svc, served, requests, call.decoding)
-    return FeedbackAnswer(model=served.name, feedback=[answer(fb, svc) for fb in results])
+    return FeedbackAnswer(model=served.name, feedback=[answer(fb, svc) for fb in results],
+                          warnings=served.warnings(call.decoding))
 
 
 @v1.post("/recommend", response_model=RecommendAnswer, summary="top-k items for a user, with their feedback",
@@ -191,7 +211,8 @@ async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
                             feedback=answer(fb, svc) if fb else None,
                             repeated=fb is not None and bool(fb.text) and texts.count(fb.text) > 1)
              for (item, score), fb in zip(ranked, feedback)]
-    return RecommendAnswer(user_id=call.user_id, model=served.name, candidates=len(candidates), items=items)
+    return RecommendAnswer(user_id=call.user_id, model=served.name, candidates=len(candidates), items=items,
+                           warnings=served.warnings(call.decoding) if call.with_feedback else [])
 
 
 @v1.get("/users", summary="find users by id prefix")

@@ -73,9 +73,29 @@ class ServedModel:
     source: str
 
     def describe(self) -> dict[str, Any]:
+        """What `/v1/models` shows of this model. `collapse` is the signal recorded at training
+        (`Generator.collapse_signal`) and `collapsed` its verdict: null when none was recorded."""
         g = self.generator
+        signal = g.collapse_signal()
         return {"name": self.name, "model": g.name, "produces_text": g.produces_text,
-                "rating_range": list(g.rating_range), "config": g.config.model_dump(), "source": self.source}
+                "rating_range": list(g.rating_range), "config": g.config.model_dump(), "source": self.source,
+                "collapsed": None if signal is None else bool(signal.get("collapsed")), "collapse": signal}
+
+    def warnings(self, decoding: Decoding) -> list[str]:
+        """The warnings of one call answered with `decoding`: the model's collapse warning (in every
+        answer of a collapsed model), then its `DecodingWarning`s for these settings.
+
+        Computed from the model and the call's own settings, not caught while generating: warnings
+        are recorded per process (`warnings.catch_warnings` is not thread-safe, and each model runs
+        in its own thread) and a batch may join several calls, so catching would depend on timing.
+        `Generator.decoding_warnings` depends on the decoding alone, which makes this exact."""
+        out = []
+        signal = self.generator.collapse_signal()
+        if signal and signal.get("collapsed"):
+            text = signal.get("warning") or (f"{self.generator.name} answers every request alike "
+                                             f"(USR {signal.get('usr')}, repetition {signal.get('repetition')})")
+            out.append(text.removeprefix("warning: "))
+        return out + self.generator.decoding_warnings(decoding)
 
 
 def model_names(paths: Sequence[str | Path]) -> dict[str, Path]:
@@ -212,7 +232,7 @@ class Service:
         """422 for a request rating outside the model's rating scale (a rating of 42 on 1-5 stars)."""
         lo, hi = served.generator.rating_range
         if rating is not None and not lo <= rating <= hi:
-            raise FieldError(field, f"{rating:g} is outside model {served.name!r}'s rating scale, "
+            raise FieldError(field, f"{rating:g} is outside the rating scale of model {served.name!r}, "
                                     f"which runs from {lo:g} to {hi:g}")
 
     def title(self, item_id: str) -> str | None:

@@ -302,17 +302,22 @@ class Peter(Generator):
                 out.append(self.model.predict_rating(users[start:start + 1024], items[start:start + 1024]))
         return self.clip(torch.cat(out).numpy() if out else np.zeros(0))
 
+    def decoding_warnings(self, decoding: Decoding) -> list[str]:
+        """One message when `max_new_tokens`, given explicitly, is above `max_text_tokens`: positions
+        are encoded up to MAX_NEW_TOKENS, but no training text went past that length."""
+        limit = self.max_text_tokens
+        if decoding.max_new_tokens <= limit or "max_new_tokens" not in decoding.model_fields_set:
+            return []
+        return [f"{self.name} learnt texts of at most {self.config.max_words} words and <eos> "
+                f"({limit} tokens, max_words): max_new_tokens={decoding.max_new_tokens} asks for "
+                "more than it was trained to write, so texts end by about that length or run on "
+                "untrained; retrain with --set max_words=N for longer texts"]
+
     def generate_text(self, requests: list[FeedbackRequest], decoding: Decoding,
                       use_cache: bool = True) -> tuple[list[str], list[dict[str, Any]]]:
         self.check_fitted()
-        limit = self.max_text_tokens
-        if decoding.max_new_tokens > limit and "max_new_tokens" in decoding.model_fields_set:
-            # positions are encoded up to MAX_NEW_TOKENS, but no training text went past `limit`
-            warnings.warn(f"{self.name} learnt texts of at most {self.config.max_words} words and <eos> "
-                          f"({limit} tokens, max_words): max_new_tokens={decoding.max_new_tokens} asks for "
-                          "more than it was trained to write, so texts end by about that length or run on "
-                          "untrained; retrain with --set max_words=N for longer texts",
-                          DecodingWarning, stacklevel=3)
+        for message in self.decoding_warnings(decoding):
+            warnings.warn(message, DecodingWarning, stacklevel=3)
         requests = with_seeds(requests, decoding)
         users, items, aspects = self._ids(requests)
         context = None if self.rag is None else self.rag.encode(

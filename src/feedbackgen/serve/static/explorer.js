@@ -113,14 +113,19 @@ async function pickItem(itemId, generate) {
   if (generate) await generateAll();
 }
 
-function feedbackCard(title, rating, text, note, extraClass, source) {
+// The answer's warnings (a collapsed model, decoding beyond what it learnt), one line each.
+function warningLines(warnings) {
+  return (warnings || []).map((w) => el("p", { class: "warning small" }, `warning: ${w}`));
+}
+
+function feedbackCard(title, rating, text, note, extraClass, source, warnings) {
   // a text with a recorded source that is empty says why ("none: no sentence about this item")
   const empty = source ? `(${source})` : "(no text: this model predicts ratings only)";
   return el("article", { class: `card ${extraClass}` },
     el("h3", {}, title), el("div", { class: "rating" }, stars(rating), ` ${rating.toFixed(2)}`),
     el("p", { class: "text" }, text || empty),
     source && text ? el("p", { class: "source small" }, `source: ${source}`) : "",
-    note ? el("p", { class: "muted small" }, note) : "");
+    note ? el("p", { class: "muted small" }, note) : "", ...warningLines(warnings));
 }
 
 async function generateAll() {
@@ -136,10 +141,10 @@ async function generateAll() {
   if (aspect) request.aspect = aspect;
   const cards = await Promise.all(models.map(async (m) => {
     try {
-      const { feedback } = await api("/v1/feedback", { model: m, requests: [request] });
+      const { feedback, warnings } = await api("/v1/feedback", { model: m, requests: [request] });
       const fb = feedback[0];
       const fallback = fb.fallback && fb.fallback.length ? `fallback for unknown ${fb.fallback.join(" and ")}` : "";
-      const card = feedbackCard(m, fb.rating, fb.display_text || fb.text, fallback, "generated", fb.source);
+      const card = feedbackCard(m, fb.rating, fb.display_text || fb.text, fallback, "generated", fb.source, warnings);
       card.dataset.model = m;
       return card;
     } catch (e) {
