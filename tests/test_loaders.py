@@ -398,3 +398,84 @@ def test_yelp_side_files_are_refused(tmp_path):
     path = write_jsonl(tmp_path / "yelp_academic_dataset_tip.json", [{"user_id": "u", "business_id": "b"}])
     with pytest.raises(DataError, match="not a Yelp review or business file"):
         load(path, "yelp")
+
+
+# -- a wrong --map fails before the records are read, naming the mapping and the file's columns ------
+
+MAP_COLUMNS = ["reviewer", "product", "stars", "body", "when"]
+GOOD_MAP = {"user_id": "reviewer", "item_id": "product", "rating": "stars", "text": "body", "timestamp": "when"}
+
+
+@pytest.fixture(scope="module")
+def mi_renamed(mi_path):
+    """The first 120 real Musical Instruments reviews under other column names (more than the 100
+    records a JSON-lines file's keys are judged on)."""
+    with gzip.open(mi_path, "rt") as f:
+        rows = [json.loads(next(f)) for _ in range(120)]
+    return [dict(zip(MAP_COLUMNS, (r["reviewerID"], r["asin"], r["overall"], r["reviewText"], r["unixReviewTime"])))
+            for r in rows]
+
+
+def write_renamed(tmp_path, fmt, rows):
+    if fmt == "csv":
+        path = tmp_path / "reviews.csv"
+        pl.DataFrame(rows).write_csv(path)
+    elif fmt == "parquet":
+        path = tmp_path / "reviews.parquet"
+        pl.DataFrame(rows).write_parquet(path)
+    elif fmt == "recbole":
+        path = tmp_path / "reviews.inter"
+        header = "\t".join(f"{c}:{'float' if c in ('stars', 'when') else 'token'}" for c in MAP_COLUMNS)
+        path.write_text(header + "\n" + "".join(
+            "\t".join(str(r[c]).replace("\t", " ").replace("\n", " ") for c in MAP_COLUMNS) + "\n" for r in rows))
+    else:
+        path = write_jsonl(tmp_path / "reviews.jsonl", rows)
+    return path
+
+
+WHERE = {"csv": "column {!r} is not in the header of {}", "parquet": "column {!r} is not in the schema of {}",
+         "recbole": "column {!r} is not in the header of {}",
+         "jsonl": "key {!r} is not in any of the first 100 records of {}"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet", "recbole"])
+def test_map_to_a_column_the_file_lacks_names_the_columns(tmp_path, mi_renamed, fmt):
+    path = write_renamed(tmp_path, fmt, mi_renamed)
+    assert load(path, fmt, mapping=GOOD_MAP)[0].height == 120  # the file is fine with the right map
+    problems = Problems()
+    with pytest.raises(DataError) as err:
+        load(path, fmt, mapping={**GOOD_MAP, "user_id": "reviewr"}, problems=problems)
+    what = "keys" if fmt == "jsonl" else "columns"
+    assert str(err.value) == (f"--map user_id=reviewr: {WHERE[fmt].format('reviewr', path)} "
+                              f"({what}: {', '.join(MAP_COLUMNS)}); did you mean 'reviewer'?")
+    assert problems.count == 0  # refused up front, not as every record skipped
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet", "recbole"])
+def test_map_with_a_field_name_not_ours_is_refused_with_a_suggestion(tmp_path, mi_renamed, fmt):
+    path = write_renamed(tmp_path, fmt, mi_renamed)
+    mapping = {"user": "reviewer", **{k: v for k, v in GOOD_MAP.items() if k != "user_id"}}
+    with pytest.raises(DataError) as err:
+        load(path, fmt, mapping=mapping)
+    assert str(err.value).startswith("--map user=reviewer: unknown field 'user'; known: user_id, item_id, rating, "
+                                     "text, summary, timestamp")
+    assert str(err.value).endswith("did you mean 'user_id'?")
+    # a name of no field of ours, close to none, is an extra column, as before
+    df = load(path, fmt, mapping={**GOOD_MAP, "reviewer_copy": "reviewer"})[0]
+    assert df["reviewer_copy"].to_list() == df["user_id"].to_list()
+
+
+def test_map_that_leaves_a_required_field_unfound_says_which(tmp_path, mi_renamed):
+    path = write_renamed(tmp_path, "csv", mi_renamed)
+    with pytest.raises(DataError, match=r"^no rating column in the header of .*reviews\.csv \(columns: reviewer, "
+                                        r"product, stars, body, when\); name the column holding it with "
+                                        r"--map rating=COLUMN$"):
+        load(path, "csv", mapping={k: v for k, v in GOOD_MAP.items() if k != "rating"})
+
+
+def test_prepare_reports_a_wrong_map_not_every_record_skipped(tmp_path, mi_renamed):
+    from feedbackgen.data.prepare import prepare
+
+    path = write_renamed(tmp_path, "jsonl", mi_renamed)
+    with pytest.raises(DataError, match=r"^--map user_id=reviewr: key 'reviewr' is not in any of the first 100"):
+        prepare([path], "jsonl", mapping={**GOOD_MAP, "user_id": "reviewr"}, progress=False)

@@ -179,8 +179,12 @@ def test_lightgcn_adjacency_lists_empty_lines_and_bad_ids(tmp_path):
     assert items["10"]["title"] == "Heat (1995)" and items["10"]["categories"] == ["Action", "Crime"]
     assert items["12"]["description"] == "A king divides his realm." and items["11"]["description"] is None
     assert loaded.items.schema["rating"] == pl.Float64 and loaded.info["feedback"] == "implicit"
-    with pytest.raises(DataError, match="no column 'id' .*columns: movie_id, title, genres, rating, summary"):
+    with pytest.raises(DataError, match="--map item_id=id: column 'id' is not in the header of .*meta.csv "
+                                        r"\(columns: movie_id, title, genres, rating, summary\)$"):
         load(tmp_path, "lightgcn", meta=meta, mapping={"item_id": "id"})
+    with pytest.raises(DataError, match="--map item=movie_id: unknown field 'item'; known: item_id, title, "
+                                        ".*did you mean 'item_id'"):
+        load(tmp_path, "lightgcn", meta=meta, mapping={"item": "movie_id"})
     with pytest.raises(DataError, match="no item_id column .*--map item_id=COLUMN"):
         load(tmp_path, "lightgcn", meta=meta)
     with pytest.raises(ConfigError, match="takes its split from train.txt/valid.txt/test.txt"):

@@ -10,6 +10,7 @@ item metadata, where a bad value becomes a null rather than a lost record.
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import math
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from feedbackgen.data.problems import Problems
+from feedbackgen.errors import DataError
 from feedbackgen.types import is_finite
 
 CANONICAL_REVIEW_FIELDS = ("user_id", "item_id", "rating", "text", "summary", "timestamp")
@@ -286,6 +288,52 @@ def generic_fields(mapping: dict[str, str] | None, *, numbers_as_text: bool,
     return ReviewFields(mapping["user_id"], mapping["item_id"], mapping["rating"], mapping["text"],
                         mapping["summary"], mapping["timestamp"], time_unit="auto",
                         numbers_as_text=numbers_as_text, extras=extras)
+
+
+
+def _did_you_mean(name: str, candidates: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_mapping(mapping: dict[str, str] | None, resolved: dict[str, str | None], names: list[str], *,
+                  known: tuple[str, ...], required: tuple[str, ...], where: str, what: str = "column") -> None:
+    """Check a `--map` (ours -> theirs) against a file's column `names` before its records are read.
+
+    `resolved`: the name each of our `known` fields will be read under (mapped, defaulted, or None);
+    `where`: the place the names come from, e.g. "the header of reviews.csv" or "the first 100
+    records of r.jsonl" (`what` then "key"). Raises `DataError` for a mapped name that is not in
+    `names` ("--map user_id=reviewr: column 'reviewr' is not in the header of ..."), for an unmapped
+    field of ours that is missing while a mapped key that is not ours is close to it (a typo on our
+    side: "--map user=reviewer: unknown field 'user'"), and for a `required` field that is missing.
+    A mapped key that is not ours and close to no missing field is an extra column, by design.
+    """
+    mapping = mapping or {}
+    listed = f"({what}s: {', '.join(names)})"
+    for ours, theirs in mapping.items():
+        if theirs not in names:
+            raise DataError(f"--map {ours}={theirs}: {what} {theirs!r} is not in {where} {listed}"
+                            + _did_you_mean(theirs, names))
+    unknown = [ours for ours in mapping if ours not in known]
+    for field in known:
+        if resolved.get(field) in names:
+            continue
+        typo = next((ours for ours in unknown if difflib.get_close_matches(ours, [field], n=1)), None)
+        if typo is not None:
+            raise DataError(f"--map {typo}={mapping[typo]}: unknown field {typo!r}; known: {', '.join(known)} "
+                            f"(any other name adds an extra column); did you mean {field!r}?")
+        if field in required:
+            raise DataError(f"no {field} {what} in {where} {listed}; name the {what} holding it with "
+                            f"--map {field}={what.upper()}")
+
+
+def check_review_mapping(fields: ReviewFields, mapping: dict[str, str] | None, names: list[str], *,
+                          where: str, what: str = "column") -> None:
+    """`check_mapping` for a review file read with `fields`: user_id, item_id and rating must be found."""
+    resolved = {"user_id": fields.user_id, "item_id": fields.item_id, "rating": fields.rating, "text": fields.text,
+                "summary": fields.summary, "timestamp": fields.timestamp}
+    check_mapping(mapping, resolved, names, known=CANONICAL_REVIEW_FIELDS,
+                  required=("user_id", "item_id", "rating"), where=where, what=what)
 
 
 class ReviewColumns:

@@ -34,7 +34,7 @@ from typing import Any
 
 import polars as pl
 
-from feedbackgen.data.fields import string_list
+from feedbackgen.data.fields import check_mapping, string_list
 from feedbackgen.data.loaders import collect_items, file_info
 from feedbackgen.data.readers import csv_records, json_records, raw_lines
 from feedbackgen.data.problems import Problems
@@ -116,27 +116,25 @@ def _frame(users: list[str], items: list[str], rows: list[int], split: str) -> p
 
 # -- item metadata ---------------------------------------------------------------------------------
 
+def _meta_is_json(path: Path) -> bool:
+    return bool({".jsonl", ".json"} & {s.lower() for s in path.suffixes})
+
+
 def _meta_records(path: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
-    suffixes = [s.lower() for s in path.suffixes]
-    if ".jsonl" in suffixes or ".json" in suffixes:
+    if _meta_is_json(path):
         return json_records(path, problems)
-    return csv_records(path, problems, delimiter="\t" if ".tsv" in suffixes else ",")
+    return csv_records(path, problems, delimiter="\t" if ".tsv" in [s.lower() for s in path.suffixes] else ",")
 
 
-def _columns(header: list[str], mapping: dict[str, str], path: Path) -> dict[str, str]:
-    """ours -> theirs for every item column kept."""
-    for ours, theirs in mapping.items():
-        if theirs not in header:
-            raise DataError(f"--map {ours}={theirs}: the metadata file has no column {theirs!r} "
-                            f"(its columns: {', '.join(header)})", source=str(path), line=1)
+def _columns(header: list[str], mapping: dict[str, str], path: Path, where: str) -> dict[str, str]:
+    """ours -> theirs for every item column kept. A wrong `--map` is refused (`check_mapping`)."""
     columns = {"item_id": mapping.get("item_id", "item_id")}
-    if columns["item_id"] not in header:
-        raise DataError(f"no item_id column (its columns: {', '.join(header)}); name the column holding the "
-                        "ids of the .txt files with --map item_id=COLUMN", source=str(path), line=1)
     for ours, names in ITEM_FIELDS.items():
         theirs = mapping.get(ours) or next((n for n in names if n in header and n not in mapping.values()), None)
         if theirs is not None:
             columns[ours] = theirs
+    check_mapping(mapping, columns, header, known=("item_id", *ITEM_FIELDS), required=("item_id",),
+                  where=f"{where} {path}")
     for ours, theirs in mapping.items():
         columns.setdefault(ours, theirs)
     used = set(columns.values())
@@ -166,7 +164,8 @@ def read_item_meta(path: Path, mapping: dict[str, str] | None, problems: Problem
     first = next(records, None)
     columns: dict[str, str] = {}
     if first is not None:
-        columns = _columns(list(first[1]), dict(mapping or {}), path)
+        where = "the first record of" if _meta_is_json(path) else "the header of"
+        columns = _columns(list(first[1]), dict(mapping or {}), path, where)
 
     def item(r: dict) -> dict:
         out = {ours: r.get(theirs) for ours, theirs in columns.items()}

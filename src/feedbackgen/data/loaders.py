@@ -23,6 +23,7 @@ and the rest of that file is not read (rows before it are kept unless strict).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
@@ -33,9 +34,10 @@ from typing import Any
 import polars as pl
 
 from feedbackgen.data.encoding import AUTO, check_encoding
-from feedbackgen.data.fields import (AMAZON2014, AMAZON2018, AMAZON2023, YELP, YELP_CSV, ReviewColumns, ReviewFields,
-                                     amazon_item, column_series, describe_value, generic_fields, generic_item,
-                                     recbole_item, recbole_value, yelp_item)
+from feedbackgen.data.fields import (AMAZON2014, AMAZON2018, AMAZON2023, YELP, YELP_CSV, ReviewColumns,
+                                     ReviewFields, amazon_item, check_review_mapping, column_series,
+                                     describe_value, generic_fields, generic_item, recbole_item, recbole_value,
+                                     yelp_item)
 from feedbackgen.data.problems import Problems
 from feedbackgen.data.readers import (csv_records, json_records, line_decoder, parquet_records, recbole_header,
                                       recbole_records)
@@ -45,6 +47,9 @@ from feedbackgen.io import sha256_file
 FORMATS = ("amazon2014", "amazon2018", "amazon2023", "yelp", "peter", "recbole", "movielens", "lightgcn", "csv",
            "jsonl", "parquet")
 CANONICAL_ITEM_FIELDS = ("item_id", "title", "brand", "categories", "price", "description")
+# A JSON-lines record leaves out the keys it has no value for, so a key is judged absent from a file
+# only when none of this many records holds it (a key in 5% of records is missed 0.6% of the time).
+SAMPLE_RECORDS = 100
 
 
 @dataclass
@@ -141,6 +146,25 @@ def _review_records(fmt: str, path: Path, problems: Problems, encoding: str,
     return json_records(path, problems, decoder=decoder)
 
 
+
+def _check_map(fmt: str, path: Path, fields: ReviewFields, mapping: dict[str, str] | None, encoding: str) -> None:
+    """Check the field names against the keys of the file's first records (`check_review_mapping`),
+    so that a wrong `--map` fails before any record is read rather than as every record skipped.
+    The sample is read by a reader of its own: its problems are the main read's to report, in order.
+    CSV and Parquet records all have the header's keys; JSON lines are judged on a full sample only."""
+    sample = _review_records(fmt, path, Problems(), encoding, {})
+    try:
+        head = list(itertools.islice(sample, SAMPLE_RECORDS))
+    finally:
+        getattr(sample, "close", lambda: None)()
+    names = list(dict.fromkeys(key for _, record in head for key in record))
+    if fmt == "jsonl" and len(head) == SAMPLE_RECORDS:
+        check_review_mapping(fields, mapping, names, what="key",
+                             where=f"any of the first {SAMPLE_RECORDS} records of {path}")
+    elif fmt in ("csv", "parquet") and names:
+        check_review_mapping(fields, mapping, names, where=f"the {'header' if fmt == 'csv' else 'schema'} of {path}")
+
+
 def _item_records(fmt: str, path: Path, problems: Problems, encoding: str,
                   facts: dict[str, Any]) -> Iterator[tuple[int, dict]]:
     if fmt == "parquet":
@@ -215,6 +239,8 @@ def _load_records(paths: list[Path], fmt: str, meta: Path | None, mapping: dict[
         columns = ReviewColumns(fields)
         facts: dict[str, Any] = {}
         mark = problems.mark()
+        if fmt in ("csv", "jsonl", "parquet"):
+            _check_map(fmt, path, fields, mapping, encoding)
         read, rows = yield from _chunks(_review_records(fmt, path, problems, encoding, facts), columns, path,
                                         problems, source_row, chunk_rows)
         source_row += read
@@ -259,7 +285,10 @@ def _load_recbole(paths: list[Path], meta: Path | None, mapping: dict[str, str] 
     for path in found["inter"]:
         decoder = line_decoder(path, encoding, delimited=True)
         header = recbole_header(path, decoder)
-        columns = ReviewColumns(generic_fields(mapping, numbers_as_text=True, columns=list(header)))
+        fields = generic_fields(mapping, numbers_as_text=True, columns=list(header))
+        if any(header):  # an empty file has no header to check (and no records)
+            check_review_mapping(fields, mapping, list(header), where=f"the header of {path}")
+        columns = ReviewColumns(fields)
         mark = problems.mark()
         read, rows = yield from _chunks(recbole_records(path, problems, decoder), columns, path, problems,
                                         source_row, chunk_rows)
