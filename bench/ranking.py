@@ -48,6 +48,7 @@ def main() -> None:
 
     from feedbackgen.models import create, load
     from feedbackgen.recommend import create_choice, evaluate_ranking, is_choice_folder, load_choice, markdown_table
+    from feedbackgen.recommend.ranking import RANKING_FORMATS, simulator_name
 
     t0 = time.time()
     dataset, label = load_dataset(args.dataset)
@@ -63,7 +64,7 @@ def main() -> None:
     fit_s["mf"] = time.perf_counter() - t
     for folder in args.model_dir:
         model = load_choice(folder) if is_choice_folder(folder) else load(folder)
-        models[f"{model.name} ({folder.name})"] = model
+        models[simulator_name(model, None, folder)] = model
     t = time.perf_counter()
     table = evaluate_ranking(models, dataset, seed=args.seed, max_users=args.max_users)
     eval_s = time.perf_counter() - t
@@ -71,7 +72,8 @@ def main() -> None:
                                .alias("fit (s)"))
     print(f"{label}: {dataset.summary()}\n")
     print(markdown_table(table.select("model", "protocol", "queries", "candidates", "fit (s)",
-                                      *[c for c in table.columns if "@" in c])))
+                                      *[c for c in table.columns if "@" in c]),
+                         formats={**RANKING_FORMATS, "fit (s)": ".1f"}))
     print("\nchosen on the valid split (NDCG@10): "
           + "; ".join(f"{name} {params}" for name, params in chosen.items()))
     print(f"\nhigher is better; fit (s) includes the validation search; ranking all models took {eval_s:.0f}s; "

@@ -373,3 +373,72 @@ def test_cli_recommend_shows_where_each_text_came_from(explained, no_sentence_it
     res = CliRunner().invoke(app, [*args, "--users", str(tmp_path / "users.txt"), "--out", str(tmp_path / "r.parquet")])
     assert res.exit_code == 0, res.output
     assert pl.read_parquet(tmp_path / "r.parquet").select(recs.columns).equals(recs)
+
+
+# -- a new user's trial of the command line (issue 15) ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli_folders(mi_small, popular, tmp_path_factory):
+    """The slice, `popular` in a folder of its own name, and a popularity choice model in `pop`."""
+    root = tmp_path_factory.mktemp("cli")
+    mi_small.save(root / "ds")
+    popular.save(root / "popular")
+    Popularity().fit(mi_small).save(root / "pop")
+    return root
+
+
+def test_cli_unknown_user_fails_alike_with_or_without_candidates(mi_small, cli_folders, tmp_path):
+    from typer.testing import CliRunner
+
+    from feedbackgen.cli import app
+
+    root = cli_folders
+    args = ["recommend", str(root / "popular"), "--dataset", str(root / "ds"), "--k", "3"]
+    (tmp_path / "cands.txt").write_text("\n".join(sorted(mi_small.train["item_id"].unique())[:5]) + "\n")
+    for extra in ([], ["--candidates", str(tmp_path / "cands.txt")]):
+        res = CliRunner().invoke(app, [*args, *extra, "--user", "NOSUCH"])
+        assert res.exit_code == 1 and isinstance(res.exception, FeedbackgenError), (extra, res.output)
+        message = str(res.exception)
+        assert "unknown user 'NOSUCH'" in message and "\n" not in message and "top 0" not in res.output
+    # through `main`, as a shell runs it: exit 1 and one line on stderr, even at 80 columns
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-m", "feedbackgen.cli", *args, "--candidates", str(tmp_path / "cands.txt"),
+                           "--user", "NOSUCH"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and done.stdout == "", done.stdout
+    assert done.stderr.startswith("error: unknown user 'NOSUCH'") and done.stderr.count("\n") == 1, done.stderr
+    # a batch reports and skips unknown users, but a batch of nobody the model knows fails
+    (tmp_path / "ghosts.txt").write_text("NOSUCH\nNOBODY\n")
+    res = CliRunner().invoke(app, [*args, "--users", str(tmp_path / "ghosts.txt"),
+                                   "--out", str(tmp_path / "r.parquet")])
+    assert res.exit_code == 1 and "none of its 2 user(s)" in str(res.exception) and "'NOBODY'" in str(res.exception)
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_cli_names_the_ranker_once_and_the_candidates_with_one_decimal(mi_small, cli_folders):
+    from typer.testing import CliRunner
+
+    from feedbackgen.cli import app
+
+    root = cli_folders
+    user = known_test_users(mi_small, 1)[0]
+    # a choice model ranks, the generator explains: both named, the folder only where it differs
+    res = CliRunner().invoke(app, ["recommend", str(root / "popular"), "--choice", str(root / "pop"), "--dataset",
+                                   str(root / "ds"), "--user", user, "--k", "3", "--no-explain"],
+                             env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert f"top 3 for {user} (popular + popularity (pop))" in " ".join(res.output.split())  # rich wraps titles
+    res = CliRunner().invoke(app, ["recommend", str(root / "popular"), "--dataset", str(root / "ds"),
+                                   "--evaluate", "--max-users", "20"])
+    assert res.exit_code == 0, res.output
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line.strip("|").split("|")
+            for line in res.output.splitlines() if line.startswith("| ")}
+    assert ("popular", "full") in rows and not any("(popular)" in model for model, _ in rows)
+    table = evaluate_ranking({"popular": Popularity().fit(mi_small)}, mi_small, max_users=20)
+    for protocol in ("full", "sampled"):
+        mean_length = table.filter(pl.col("protocol") == protocol)["candidates"][0]
+        assert rows[("popular", protocol)][3].strip() == f"{mean_length:.1f}"

@@ -98,12 +98,19 @@ def test_bad_recommendations_are_reported_not_crashed_on(mi_small, popular, tmp_
     assert check.unknown_items == 2 and check.unknown_item_ids == sorted(["ghost-item", f"{item}x"])
     assert [e["line"] for e in check.bad_row_examples] == [6, 7, 8]
     assert "ghost-user" in check.describe() and "ghost-item" in check.describe()
+    # the line numbers the README promises, in the terminal too, not only in summary.json
+    assert "3 bad row(s) (missing id or rank not a positive integer): lines 6, 7, 8;" in check.describe()
 
     sim = simulate(popular, mi_small, [path], k=10)
     row = sim.summary.row(0, named=True)
     counts = (row["users"], row["items"], row["unknown_users"], row["unknown_items"], row["rows_left_out"])
     assert counts == (1, 1, 1, 2, 8)
-    assert "ghost-user" in sim.markdown()
+    assert "ghost-user" in sim.markdown() and "lines 6, 7, 8" in sim.markdown()
+    # many bad rows: the first five lines, and how many more (a table's first row is line 1)
+    bad = pl.DataFrame({"user_id": [user] * 9, "item_id": [item] * 9, "rank": [1, 0, 2, -1, 0, 0, 0, 0, 0]})
+    _, check = read_recommendations(bad, mi_small)
+    assert ("7 bad row(s) (missing id or rank not a positive integer): lines 2, 4, 5, 6, 7 (and 2 more)"
+            in check.describe())
 
     # nothing judgeable at all: a row of zeros and blanks, not an exception
     only_ghosts = pl.DataFrame({"user_id": ["ghost"], "item_id": ["ghost"], "rank": [1]})
@@ -207,10 +214,11 @@ def test_cli_recommend_simulate_fidelity(mi_small, popular, two_recommenders, tm
     assert "| recs |" in res.output and "| by_count |" in res.output
     # the basis of the table, in the terminal as in summary.md: rule, pairs, users, accuracy
     c = json.loads((tmp_path / "sim" / "summary.json").read_text())["calibration"]
-    basis = (f"fitted on {c['pairs']} valid pairs of {c['users']} users (real and unseen items 1:1); "
-             f"calibration accuracy {c['accuracy']:.3f}")
-    assert basis in res.output and basis in (tmp_path / "sim" / "summary.md").read_text()
-    assert "engage when the predicted rating >= threshold" in res.output
+    rule = (f"engage when the predicted rating ≥ {c['threshold']:.2f}, fitted on {c['pairs']} valid pairs of "
+            f"{c['users']} users (real and unseen items 1:1); calibration accuracy {c['accuracy']:.3f}")
+    assert rule in res.output and rule in (tmp_path / "sim" / "summary.md").read_text()
+    # one name for the simulator: the model's, and its folder's where that differs ("model" here)
+    assert "Simulated user: `popular (model)`;" in res.output
     items = pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet").filter(pl.col("recommender") == "recs")
     assert f"recs: {len(items)} texts: {len(items)} copied; 0 copied from another item's review" in res.output
     res = runner.invoke(app, ["fidelity", str(tmp_path / "model"), "--dataset", str(tmp_path / "ds"),
@@ -218,12 +226,17 @@ def test_cli_recommend_simulate_fidelity(mi_small, popular, two_recommenders, tm
     assert res.exit_code == 0, res.output
     assert "acc 1:9" in res.output
     result = json.loads((tmp_path / "fid" / "fidelity.json").read_text())["results"][0]
-    d, c = result["discrimination"], result["calibration"]
+    d = result["discrimination"]
     test = mi_small.test.filter(pl.col("rating").is_not_null())
     assert d["1:1"]["pairs"] == 2 * result["rating"]["pairs"] and result["users"] == 10
-    basis = (f"{result['model']}: 10 test users; discrimination pairs 1:1: {d['1:1']['pairs']}, "
-             f"1:3: {d['1:3']['pairs']}, 1:9: {d['1:9']['pairs']}; RMSE/MAE/stars over "
-             f"{result['rating']['pairs']} rated test pairs; engage rule rating ≥ {c['threshold']:.2f}, fitted on "
-             f"{c['pairs']} valid pairs of {c['users']} users, calibration accuracy {c['accuracy']:.3f}")
+    # the same simulator (same seed, same valid pairs) under the same name and the same rule, word
+    # for word and digit for digit, as `simulate` printed above
+    assert result["model"] == "popular (model)" and result["calibration"] == c
+    basis = (f"popular (model): 10 test users; discrimination pairs 1:1: {d['1:1']['pairs']} (10 users), "
+             f"1:3: {d['1:3']['pairs']} (10 users), 1:9: {d['1:9']['pairs']} (10 users); RMSE/MAE/stars over "
+             f"{result['rating']['pairs']} rated test pairs; {rule}")
     assert basis in res.output and basis in (tmp_path / "fid" / "fidelity.md").read_text()
+    # the P / R table's sizes column shows what its header says: pairs / users, per ratio
+    sizes = ", ".join(f"{d[r]['pairs']} / 10" for r in ("1:1", "1:3", "1:9"))
+    assert f"| popular (model) | {rule} | {sizes} |" in res.output
     assert result["rating"]["pairs"] < len(test)  # 10 users' pairs, not the whole split

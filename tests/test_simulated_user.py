@@ -177,11 +177,17 @@ def test_ratings_free_dataset_end_to_end_through_the_cli(data_root, tmp_path):
     assert len(recs) == 60 and recs["predicted_rating"].null_count() == 60 and recs["title"].null_count() == 0
     out = run("simulate", "--choice", tmp_path / "ease", "--dataset", tmp_path / "a4r",
               "--recommendations", tmp_path / "recs.parquet", "--out", tmp_path / "sim")
-    assert "P(choose) from ease" in out
+    c = json.loads((tmp_path / "sim" / "summary.json").read_text())["calibration"]
+    rule = (f"engage when P(choose) from ease ≥ {c['threshold']:.3f} (isotonic calibration), fitted on "
+            f"{c['pairs']} valid pairs of {c['users']} users (real and unseen items 1:1, each user weighted once); "
+            f"calibration accuracy {c['accuracy']:.3f}")
+    assert f"Simulated user: `ease`; {rule}." in out  # the folder is named after the model: said once
     items = pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet")
     assert items["engage"].sum() > 0 and items["rating"].null_count() == len(items)  # no generator, no ratings
-    run("fidelity", "--choice", tmp_path / "ease", "--dataset", tmp_path / "a4r", "--protocol", "agent4rec",
-        "--no-reviews", "--max-users", "200", "--out", tmp_path / "fid")
+    out = run("fidelity", "--choice", tmp_path / "ease", "--dataset", tmp_path / "a4r", "--protocol", "agent4rec",
+              "--no-reviews", "--max-users", "200", "--out", tmp_path / "fid")
+    # the same simulator, the same name and the same engage rule as `simulate` printed, digit for digit
+    assert f"| ease | {rule} |" in out and "ease (ease)" not in out
     result = json.loads((tmp_path / "fid" / "fidelity.json").read_text())["results"][0]
     assert result["protocol"] == "agent4rec" and result["users"] == 200 and result["rating"] is None
     # EASE separates a user's held-out movies from never-seen ones far better than chance

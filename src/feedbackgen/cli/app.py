@@ -51,7 +51,8 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except FeedbackgenError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        # soft_wrap: one line however narrow the terminal (rich wraps at 80 columns when piped)
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted; rerun the same command to resume where a resumable step stopped")
@@ -60,4 +61,4 @@ def main() -> None:
         if os.environ.get("FEEDBACKGEN_DEBUG"):
             raise
         err.print(f"[red]error:[/red] {type(e).__name__}: {e} (set FEEDBACKGEN_DEBUG=1 for the traceback)",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)

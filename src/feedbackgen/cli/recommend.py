@@ -49,6 +49,7 @@ def recommend(
     from feedbackgen.recommend import read_id_list, write_recommendations
     from feedbackgen.recommend import recommend as rank_for_users
     from feedbackgen.recommend.choice import is_choice_folder, load_choice
+    from feedbackgen.recommend.ranking import simulator_name
 
     if is_choice_folder(model):
         if choice is not None:
@@ -58,18 +59,19 @@ def recommend(
         generator = load(model)
         ranker, ranker_path = (load_choice(choice), choice) if choice is not None else (generator, model)
     ds = Dataset.load(dataset)
+    ranks_by_choice = ranker is not generator
     if evaluate:
         from feedbackgen.models import create
         from feedbackgen.recommend import Popularity, evaluate_ranking, markdown_table
-        from feedbackgen.recommend.ranking import write_ranking
+        from feedbackgen.recommend.ranking import RANKING_FORMATS, write_ranking
 
         t0 = time.time()
         baselines = {"popularity": Popularity().fit(ds)}
         if ds.has_ratings:  # MF learns ratings: without any there is nothing for it to rank by
             baselines["mf"] = create("mf").fit(ds)
-        table = evaluate_ranking({**baselines, f"{ranker.name} ({ranker_path.name})": ranker}, ds,
+        table = evaluate_ranking({**baselines, simulator_name(ranker, None, ranker_path): ranker}, ds,
                                  max_users=max_users)
-        print(markdown_table(table))
+        print(markdown_table(table, formats=RANKING_FORMATS))
         if out is not None:
             write_ranking(table, out, dataset.name)
             err.print(f"[green]wrote[/green] {out}/ranking.md and ranking.json")
@@ -83,11 +85,21 @@ def recommend(
     user_ids = [user] if user is not None else read_id_list(users, "user_id")
     if isinstance(user_ids, dict):
         user_ids = list(user_ids)
+    # one user the model knows nothing about is an error, with or without --candidates; a batch
+    # reports and skips such users (below), unless none is left to recommend for
+    known = set(ds.train["user_id"].unique().to_list())
+    if user is not None and user not in known:
+        raise FeedbackgenError(f"unknown user {user!r}: not in the training split of {dataset} "
+                               "(the model knows nothing about them)")
+    if users is not None and not any(u in known for u in user_ids):
+        shown = ", ".join(repr(u) for u in user_ids[:5]) + (" ..." if len(user_ids) > 5 else "")
+        raise FeedbackgenError(f"{users}: none of its {len(user_ids)} user(s) is in the training split of "
+                               f"{dataset}" + (f" ({shown}): nothing to recommend" if user_ids else ""))
     candidate_ids = read_id_list(candidates, "item_id") if candidates is not None else None
     problems = Problems() if users is not None or candidates is not None else None
     t0 = time.time()
     recs = rank_for_users(generator, ds, user_ids, k=k, candidates=candidate_ids, explain=explain,
-                          problems=problems, choice=ranker if ranker is not generator else None)
+                          problems=problems, choice=ranker if ranks_by_choice else None)
     if problems is not None and problems.count:
         err.print(f"[yellow]{problems.describe()}[/yellow]")
     if out is not None:
@@ -95,8 +107,9 @@ def recommend(
         err.print(f"[green]wrote[/green] {len(recs)} recommendations for {recs['user_id'].n_unique()} user(s) "
                   f"to {out} in {time.time() - t0:.1f}s")
     if user is not None:
-        Console().print(_recommendation_table(recs, f"top {len(recs)} for {user} "
-                                              f"({recs['model'][0] if len(recs) else ranker.name})"))
+        label = simulator_name(generator, ranker if ranks_by_choice else None,
+                               model if generator is not None else None, ranker_path if ranks_by_choice else None)
+        Console().print(_recommendation_table(recs, f"top {len(recs)} for {user} ({label})"))
 
 
 def _recommendation_table(recs, title: str):
@@ -171,6 +184,7 @@ def simulate(
     Example: `feedbackgen simulate models/peter --choice models/ease --dataset data/mi --recommendations recs/a.parquet recs/b.csv --out runs/sim`
     """
     from feedbackgen.recommend import simulate as run_simulation
+    from feedbackgen.recommend.ranking import simulator_name
 
     # `MODEL --recommendations A B`: click gives B to MODEL's slot when MODEL comes last; put it back
     files = [*recommendations, *(more_recommendations or [])]
@@ -187,7 +201,7 @@ def simulate(
     t0 = time.time()
     result = run_simulation(generator, ds, named, k=k, threshold=threshold, write=reviews,
                             calibration_pairs=calibration_pairs, choice=choice_model, method=calibration,
-                            feedback_for=feedback_for)
+                            feedback_for=feedback_for, name=simulator_name(generator, choice_model, model, choice))
     print(result.markdown())
     if out is not None:
         result.save(out)
@@ -220,9 +234,10 @@ def fidelity(
     """
     from feedbackgen.recommend import fidelity as measure, fidelity_markdown, write_fidelity
     from feedbackgen.recommend.fidelity import is_agent4rec_ml1m
+    from feedbackgen.recommend.ranking import simulator_name
 
     generator, choice_model, ds = _simulator(model, dataset, choice)
-    label = " + ".join(f"{m.name} ({p.name})" for m, p in ((generator, model), (choice_model, choice)) if m is not None)
+    label = simulator_name(generator, choice_model, model, choice)  # as `simulate` and `recommend` name it
     t0 = time.time()
     result = measure(generator, ds, max_users=max_users, threshold=threshold, review=reviews, seed=seed,
                      name=label, calibration_pairs=calibration_pairs, choice=choice_model, method=calibration,

@@ -56,9 +56,8 @@ from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, j
 from feedbackgen.recommend.metrics import (classification_metrics, preference_estimation,
                                            review_score_without_emotion, sentiment_error, star_histogram,
                                            topic_error, total_variation)
-from feedbackgen.recommend.ranking import UnseenSampler
-from feedbackgen.recommend.simulate import simulator_name
-from feedbackgen.recommend.simulated_user import SimulatedUser
+from feedbackgen.recommend.ranking import UnseenSampler, simulator_name
+from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
 
 RATIOS = (1, 3, 9)
 AGENT4REC_RATIOS = (1, 2, 3, 9)
@@ -99,7 +98,8 @@ def reference_column(model: Any, dataset: Dataset) -> str:
 
 def discrimination(user: SimulatedUser, dataset: Dataset, test: pl.DataFrame, rng: np.random.Generator,
                    ratios: Sequence[int] = RATIOS) -> dict[str, dict[str, float]]:
-    """Accuracy / precision / recall / F1 of the engage decision at each positives:negatives ratio."""
+    """Accuracy / precision / recall / F1 of the engage decision at each positives:negatives ratio,
+    with the pairs and users they are over (every ratio has all the test users of `test`)."""
     sampler = UnseenSampler(dataset, rng)
     per_user = test.group_by("user_id", maintain_order=True).agg(pl.col("item_id").unique(maintain_order=True))
     users, items, real, first_ratio = [], [], [], []
@@ -117,6 +117,7 @@ def discrimination(user: SimulatedUser, dataset: Dataset, test: pl.DataFrame, rn
         keep = first_ratio <= r
         positives = int(real[keep].sum())
         out[f"1:{r}"] = {**classification_metrics(engage[keep], real[keep]), "pairs": int(keep.sum()),
+                         "users": len(per_user),
                          "negatives_per_positive": (int(keep.sum()) - positives) / positives if positives else 0.0}
     return out
 
@@ -284,20 +285,21 @@ def fidelity_markdown(results: Sequence[dict[str, Any]], dataset_label: str = "t
     lines += ["| simulator | engage rule | pairs / users " + "".join(f"| P / R {r} " for r in ratios) + "|",
               "|---|---|---:|" + "---:|" * len(ratios)]
     for res in results:
-        d, c = res["discrimination"], res["calibration"]
-        sizes = ", ".join(f"{d[x]['pairs']}" + (f"/{d[x]['users']}" if "users" in d[x] else "") for x in ratios)
-        lines.append(f"| {res['model']} | {_rule(c)} | {sizes} | "
+        d = res["discrimination"]
+        sizes = ", ".join(_pairs_users(d[x]) for x in ratios)
+        lines.append(f"| {res['model']} | {_rule(res['calibration'])} | {sizes} | "
                      + " | ".join(f"{_num(d[x]['precision'])} / {_num(d[x]['recall'])}" for x in ratios) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _rule(c: dict[str, Any]) -> str:
-    what = f"P(choose) ≥ {_num(c['threshold'], 3)} ({c['method']})" if c.get("choice_model") else \
-        f"rating ≥ {_num(c['threshold'], 2)}"
-    users = f" of {c['users']} users" if c.get("users") else ""
-    basis = ("given" if c["split"] == "given"
-             else f"fitted on {c['pairs']} {c['split']} pairs{users}, calibration accuracy {_num(c['accuracy'])}")
-    return f"{what}, {basis}"
+    """The engage rule as `simulate` prints it: one `Calibration.describe` for both commands."""
+    return Calibration.from_dict(c).describe()
+
+
+def _pairs_users(d: dict[str, Any]) -> str:
+    """One ratio's `pairs / users` cell (a result saved before users were counted: pairs alone)."""
+    return f"{d['pairs']} / {d['users']}" if "users" in d else str(d["pairs"])
 
 
 def basis_line(res: dict[str, Any]) -> str:
@@ -311,7 +313,7 @@ def basis_line(res: dict[str, Any]) -> str:
         parts.append(f"RMSE/MAE/stars over {r['pairs']} rated test pairs")
     if a.get("review_pairs") is not None:
         parts.append(f"review score over {a['review_pairs']} pairs")
-    return "; ".join(parts) + f"; engage rule {_rule(res['calibration'])}"
+    return "; ".join(parts) + f"; {_rule(res['calibration'])}"
 
 
 def plot_rating_distributions(results: Sequence[dict[str, Any]], path: str | Path) -> Path:

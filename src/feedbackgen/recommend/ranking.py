@@ -49,6 +49,8 @@ from feedbackgen.types import FeedbackRequest, source_label
 SCORE_CHUNK = 200_000  # pairs scored per call: bounds the memory of the request objects
 USERS_PER_BATCH = 128
 PROTOCOLS = ("full", "sampled")
+# `evaluate_ranking`'s candidates column is a mean list length: one decimal, not a metric's four
+RANKING_FORMATS = {"candidates": ".1f"}
 RECOMMENDATION_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8,
                          "predicted_rating": pl.Float64, "text": pl.Utf8, "title": pl.Utf8, "model": pl.Utf8,
                          "score": pl.Float64, "provenance": pl.Utf8, "source_user": pl.Utf8,
@@ -69,6 +71,22 @@ def score_pairs(model: Any, user_ids: Sequence[str], item_ids: Sequence[str]) ->
 
 def model_name(model: Any) -> str:
     return getattr(model, "name", type(model).__name__)
+
+
+def simulator_name(model: Any, choice: Any, model_dir: str | Path | None = None,
+                   choice_dir: str | Path | None = None) -> str:
+    """The one label of a generator + choice model pair, in every table and title that names it
+    (a simulated user, a ranker with its explainer): `generator + choice model`, or whichever of
+    the two is there, each followed by its folder's name in parentheses only when that differs
+    from the model's name (`popular (popular2) + ease`)."""
+    parts = []
+    for m, folder in ((model, model_dir), (choice, choice_dir)):
+        if m is None:
+            continue
+        name = model_name(m)
+        folder = Path(folder).name if folder is not None else None
+        parts.append(name if folder in (None, "", name) else f"{name} ({folder})")
+    return " + ".join(parts)
 
 
 # -- the item catalogue and what each user has seen ---------------------------------------------
@@ -195,7 +213,7 @@ def recommend(model: Any, dataset: Dataset, user_ids: Sequence[str], k: int = 10
         elif choice is not None:
             ratings = [float(r) for r in model.predict_rating(requests)]
     titles = _titles(dataset, [i for _, _, i, _ in top_rows])
-    name = " + ".join(model_name(m) for m in (model, choice) if m is not None)
+    name = simulator_name(model, choice)
     return pl.DataFrame({
         "user_id": [u for u, *_ in top_rows], "rank": [r for _, r, *_ in top_rows],
         "item_id": [i for _, _, i, _ in top_rows], "predicted_rating": ratings,
@@ -228,7 +246,8 @@ def write_ranking(table: pl.DataFrame, out_dir: str | Path, dataset_label: str =
 
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "ranking.json", {"dataset": dataset_label, "rows": table.to_dicts()})
-    text = (f"## Ranking ({dataset_label}, test split)\n\n" + markdown_table(table) + "\n\nHigher is better. "
+    text = (f"## Ranking ({dataset_label}, test split)\n\n" + markdown_table(table, formats=RANKING_FORMATS)
+            + "\n\nHigher is better. "
             "full: every item the user has not interacted with in train or valid is a candidate (RecBole's "
             "full sort); sampled: each test item against 99 never-seen items (NCF). HR@K, NDCG@K, Recall@K as "
             "defined in `feedbackgen.recommend.metrics`.\n")

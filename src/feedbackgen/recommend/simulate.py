@@ -44,7 +44,7 @@ from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError, FeedbackgenError
 from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, json_ready
-from feedbackgen.recommend.ranking import model_name
+from feedbackgen.recommend.ranking import simulator_name
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
 
 MAX_LISTED = 20  # unknown ids listed in the report (all are counted)
@@ -84,7 +84,8 @@ class RecommendationsCheck:
             parts.append(f"{self.unknown_items} unknown item(s) ({self.unknown_item_rows} rows; "
                          + ", ".join(self.unknown_item_ids[:5]) + (" ..." if self.unknown_items > 5 else "") + ")")
         if self.bad_rows:
-            parts.append(f"{self.bad_rows} bad row(s) (missing id or rank not a positive integer)")
+            parts.append(f"{self.bad_rows} bad row(s) (missing id or rank not a positive integer): "
+                         + self.bad_lines())
         if self.duplicates:
             parts.append(f"{self.duplicates} repeated (user, item) row(s)")
         if self.beyond_k:
@@ -92,6 +93,14 @@ class RecommendationsCheck:
         if self.rank_from_order:
             parts.append("no rank column: file order within each user used as the rank")
         return "; ".join(parts)
+
+    def bad_lines(self, shown: int = 5) -> str:
+        """The first `shown` bad rows' line numbers, "lines 4, 9 (and 3 more)"; the rest are counted
+        (summary.json lists up to MAX_LISTED of them with their ids and rank)."""
+        lines = [str(e["line"]) for e in self.bad_row_examples[:shown]]
+        more = self.bad_rows - len(lines)
+        return (f"line{'s' if len(lines) > 1 else ''} " + ", ".join(lines)
+                + (f" (and {more} more)" if more > 0 else ""))
 
 
 def _read_table(path: Path) -> pl.DataFrame:
@@ -258,7 +267,8 @@ def simulate(model: Any, dataset: Dataset,
              | Mapping[str, str | Path | pl.DataFrame],
              k: int = 10, threshold: float | None = None, decoding: Decoding | dict | None = None,
              seed: int = 1, write: bool = True, calibration_pairs: int | None = None, *,
-             choice: Any = None, method: str = "isotonic", feedback_for: str | None = None) -> Simulation:
+             choice: Any = None, method: str = "isotonic", feedback_for: str | None = None,
+             name: str | None = None) -> Simulation:
     """Let `model` play the dataset's users and judge each recommender's top-`k` lists.
 
     recommendations: one RECS file/table, a list of them (named after the files), or a mapping
@@ -267,7 +277,8 @@ def simulate(model: Any, dataset: Dataset,
     calibration_pairs: calibrate the threshold on a seeded sample of that many validation pairs.
     choice: a ChoiceModel deciding engage/skip (`model` may then be None: decisions only).
     method: the choice rule's calibration, `isotonic` or `logistic`. feedback_for: `engaged` or
-    `all` (default: `engaged` with a choice model, `all` without).
+    `all` (default: `engaged` with a choice model, `all` without). name: the simulator's label
+    (default: `simulator_name(model, choice)`; the CLI adds folder names through the same function).
     """
     if not isinstance(k, int) or k < 1:
         raise FeedbackgenError(f"k must be a positive integer, got {k!r}")
@@ -281,11 +292,11 @@ def simulate(model: Any, dataset: Dataset,
     user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs, choice=choice, method=method)
     feedback_for = feedback_for or ("engaged" if choice is not None else "all")
     judged, checks = [], []
-    for name, source in named.items():
-        recs, check = read_recommendations(source, dataset, k, name)
+    for recommender, source in named.items():
+        recs, check = read_recommendations(source, dataset, k, recommender)
         checks.append(check)
         verdict = user.judge(recs["user_id"].to_list(), recs["item_id"].to_list(), decoding, write, feedback_for)
-        judged.append(pl.concat([recs.with_columns(pl.lit(name).alias("recommender")), verdict],
+        judged.append(pl.concat([recs.with_columns(pl.lit(recommender).alias("recommender")), verdict],
                                 how="horizontal"))
     items = pl.concat(judged).select("recommender", "user_id", "rank", "item_id", "rating", "stars",
                                      "text", "provenance", "source_item", "source", "engage", "p_engage")
@@ -312,10 +323,4 @@ def simulate(model: Any, dataset: Dataset,
         "recommender": pl.Utf8, "users": pl.Int64, "items": pl.Int64, "mean_rating": pl.Float64,
         "engagement_at_k": pl.Float64, "share_rated_4_plus": pl.Float64, "share_users_engaging": pl.Float64,
         "unknown_users": pl.Int64, "unknown_items": pl.Int64, "rows_left_out": pl.Int64})
-    return Simulation(items, users, summary, checks, user.calibration, k, simulator_name(model, choice))
-
-
-def simulator_name(model: Any, choice: Any) -> str:
-    """`generator + choice model`, or whichever of the two is there."""
-    return " + ".join(model_name(m) for m in (model, choice) if m is not None)
-
+    return Simulation(items, users, summary, checks, user.calibration, k, name or simulator_name(model, choice))

@@ -63,7 +63,7 @@ class Calibration:
     accuracy: float
     pairs: int
     split: str
-    rule: str = "engage when the predicted rating >= threshold"
+    rule: str = "engage when the predicted rating ≥ threshold"  # its form; `describe` gives the value
     method: str = "grid"
     choice_model: str | None = None
     features: list[str] = field(default_factory=list)
@@ -73,13 +73,24 @@ class Calibration:
         return asdict(self)
 
     def describe(self) -> str:
-        """One line for a table's caption: the rule and the evidence behind it (pairs, users, accuracy)."""
+        """The engage rule in one line, word for word the same wherever it is shown (`simulate`'s
+        caption, `fidelity`'s tables): the rule with its threshold (a probability to 3 places, a
+        rating on its 0.05 grid to 2), then the evidence behind it (pairs, users, accuracy)."""
+        if self.choice_model:
+            rule = (f"engage when P(choose) from {self.choice_model} ≥ {self.threshold:.3f} "
+                    f"({self.method} calibration)")
+        else:
+            rule = f"engage when the predicted rating ≥ {self.threshold:.2f}"
         if self.split == "given":
-            return f"{self.rule}, threshold {self.threshold:.2f} given (not fitted: no calibration accuracy)"
+            return f"{rule}, threshold given (not fitted: no calibration accuracy)"
         weighted = ", each user weighted once" if self.choice_model else ""
-        return (f"{self.rule}, threshold {self.threshold:.2f} fitted on {self.pairs} {self.split} pairs "
-                f"of {self.users} users (real and unseen items 1:1); calibration accuracy {self.accuracy:.3f}"
-                f"{weighted}")
+        return (f"{rule}, fitted on {self.pairs} {self.split} pairs of {self.users} users "
+                f"(real and unseen items 1:1{weighted}); calibration accuracy {self.accuracy:.3f}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        """The inverse of `to_dict` (a result read back from JSON); unknown keys are ignored."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def validation_pairs(dataset: Dataset, seed: int = 1, max_pairs: int | None = None
@@ -226,7 +237,7 @@ def calibrate_choice(choice: Any, dataset: Dataset, *, seed: int = 1, max_pairs:
     threshold, accuracy = best_threshold(p, actual, np.unique(np.round(p, 6)), weight)
     name = getattr(choice, "name", type(choice).__name__)
     return engage, Calibration(threshold, accuracy, len(actual), split,
-                               rule=f"engage when P(choose) from {name} >= threshold", method=method,
+                               rule=f"engage when P(choose) from {name} ≥ threshold", method=method,
                                choice_model=name, features=engage.feature_names, users=len(counts))
 
 
