@@ -280,12 +280,16 @@ def test_answer_schema_admits_only_what_read_answer_takes_as_valid():
     assert answer_schema((0.3, 5.0), 4)["properties"]["rating"] == {"type": "number", "minimum": 0.3, "maximum": 5.0}
 
 
+@pytest.fixture(scope="module")
+def one_shot_llm(tiny):
+    return create("llm", {"shots": 1}).fit(tiny)
+
+
 @pytest.mark.parametrize("decoding", [{}, {"do_sample": True, "seed": 3, "temperature": 1.5}, {"num_beams": 2}],
                          ids=["greedy", "sampled", "beams"])
-def test_transformers_answers_parse_by_construction(tiny, decoding):
-    model = create("llm", {"shots": 1}).fit(tiny)
+def test_transformers_answers_parse_by_construction(one_shot_llm, tiny, decoding):
     reqs = requests_for(tiny, 2)
-    out = model.generate(reqs, {**TIGHT, **decoding})
+    out = one_shot_llm.generate(reqs, {**TIGHT, **decoding})
     check_contract(out)
     assert all(f.meta["constrained"] for f in out)
     kinds = [(f.meta["answer"], f.meta["repairs"]) for f in out]
