@@ -525,4 +525,4 @@ def test_models_command_shows_the_presets_effective_values():
     peter = text.split(" peter ", 1)[1].split(" popular ", 1)[0]
     for key, value in PRESETS["default"].items():  # what the default preset decides, never unset
         assert f"{key}={value if isinstance(value, str) else json.dumps(value)}" in peter, key
-    assert "max_words=20" in peter and "None" not in text and "=unset, " not in peter.split("dp_epsilon")[0]
+    assert "max_words=20" in peter and "None" not in text and "=null, " not in peter.split("dp_epsilon")[0]

@@ -88,6 +88,11 @@ def field_range(metadata: list[Any]) -> str:
     return f" in {left}, {right}"
 
 
+def set_value(value: Any) -> str:
+    """A setting as it is typed after `--set key=`: text bare, the rest (None included, as null) as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def field_help(model_cls: type[BaseModel], name: str) -> str:
     """One line for `--help`: the field's description and its range, read from the pydantic model
     so that help text, defaults and validation cannot drift apart."""

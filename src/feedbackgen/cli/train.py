@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from feedbackgen.cli.app import app, err, out
+from feedbackgen.config import set_value
 from feedbackgen.errors import FeedbackgenError
 
 
@@ -81,13 +81,6 @@ def _train_choice(dataset: Path, model: str, out: Path, settings: dict, distribu
 
 
 
-def _shown(value) -> str:
-    """A setting as it is typed after `--set key=`: text bare, None as `unset`, the rest as JSON."""
-    if value is None:
-        return "unset"
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 @app.command("models")
 def list_models():
     """List the generators and the choice models this version knows, with their default settings.
@@ -100,15 +93,15 @@ def list_models():
     out.print("[bold underline]generators[/bold underline] (rating and text); the values a model trains "
               "with when given none (its preset's, where it has presets)")
     for name, cls in sorted(REGISTRY.items()):
-        fields = ", ".join(f"{k}={_shown(v)}" for k, v in effective_defaults(cls).items())
+        fields = ", ".join(f"{k}={set_value(v)}" for k, v in effective_defaults(cls).items())
         out.print(f"[bold]{name}[/bold]  {fields}", highlight=False)
-    out.print("unset: off, or the library's own choice (each setting's meaning: docs and `--set` errors)",
+    out.print("null: off, or the library's own choice (each setting's meaning: docs and `--set` errors)",
               highlight=False)
     out.print("\n[bold underline]choice models[/bold underline] (will the user take the item?); "
               "hyper-parameters marked * are chosen on the valid split unless set or search=false")
     for name, cls in sorted(CHOICE_MODELS.items()):
         defaults = cls().config.model_dump()
-        fields = ", ".join(f"{k}={_shown(v)}" + (f"* in {_shown(list(cls.grid[k]))}" if k in cls.grid else "")
+        fields = ", ".join(f"{k}={set_value(v)}" + (f"* in {set_value(list(cls.grid[k]))}" if k in cls.grid else "")
                            for k, v in defaults.items())
         label = f"{name} (default)" if name == DEFAULT_CHOICE_MODEL else name
         out.print(f"[bold]{label}[/bold]  {fields}", highlight=False)

@@ -4,7 +4,6 @@ the checks of `prepare`'s other arguments. Everything here runs before a byte is
 
 from __future__ import annotations
 
-import json
 import math
 import types
 import typing
@@ -12,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from feedbackgen.config import StrictModel, field_range
+from feedbackgen.config import StrictModel, field_range, set_value
 from feedbackgen.errors import ConfigError
 
 
@@ -111,11 +110,6 @@ def _kind(annotation: Any) -> str:
     return {bool: "true | false", int: "integer", float: "number", str: "text"}.get(annotation, str(annotation))
 
 
-def _value(value: Any) -> str:
-    """A default as it is typed after `--set key=`: text bare, the rest as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 def prepare_settings_help() -> str:
     """Every `PrepareConfig` field as one line each, for `feedbackgen prepare --help`:
 
@@ -128,5 +122,5 @@ def prepare_settings_help() -> str:
     lines = []
     for name, info in PrepareConfig.model_fields.items():
         lines.append(f"{name}: {_kind(info.annotation)}{field_range(info.metadata)}, "
-                     f"default {_value(defaults[name])}. {info.description or ''}".rstrip())
+                     f"default {set_value(defaults[name])}. {info.description or ''}".rstrip())
     return "\n".join(lines)
