@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import socket
 import subprocess
@@ -410,6 +411,60 @@ def test_sft_trains_saves_merges_and_loads(tiny, tmp_path):
     # the merged folder is a plain model: `llm` answers with it the same way
     merged = create("llm", {"shots": 1, "model": str(tmp_path / "m" / "merged"), "num_threads": 1}).fit(tiny)
     assert [f.text for f in merged.generate(reqs, QUICK)] == [f.text for f in out]
+
+
+SFT_TINY = {"shots": 0, "max_train_samples": 4, "max_valid_samples": 2, "batch_size": 4, "num_threads": 1,
+            "progress": False, "lora_r": 4, "lora_alpha": 8, "collapse_requests": 1, "collapse_max_new_tokens": 2}
+
+
+def test_sft_lora_layers_adapt_only_the_top_layers_and_backward_stops_below_them(tiny):
+    model = create("sft", {**SFT_TINY, "lora_layers": 2}).fit(tiny)
+    base = model.lm.get_base_model()
+    top = base.config.num_hidden_layers - 2
+    adapted = {int(name.split(".layers.")[1].split(".")[0]) for name, _ in model.lm.named_modules()
+               if name.endswith("lora_A")}
+    assert adapted == {top, top + 1}
+    # a training pass: no layer below the adapters is recorded for autograd, and only adapters get gradients
+    model.lm.train()
+    batch = model._batch(model.encode(target_rows(tiny, "train", "explanation").head(2)), torch.arange(2))
+    recorded = {}
+    hooks = [layer.register_forward_hook(lambda _m, _i, out, k=k: recorded.__setitem__(
+                 k, (out[0] if isinstance(out, tuple) else out).requires_grad))
+             for k, layer in enumerate(base.model.layers)]
+    try:
+        model.answer_nll(batch).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    assert recorded == {k: k >= top for k in range(top + 2)}
+    with_grad = [n for n, p in model.lm.named_parameters() if p.grad is not None]
+    assert with_grad and all("lora_" in n and int(n.split(".layers.")[1].split(".")[0]) >= top for n in with_grad)
+    # the loss on the answer's logits only is the model's own loss over all logits
+    model.lm.eval()
+    with torch.no_grad():
+        full = model.lm(**batch).loss
+        assert float(model.answer_nll(batch)) == pytest.approx(float(full), rel=1e-4)
+    # a number of layers the model does not have is refused before training, naming the setting
+    with pytest.raises(ConfigError, match=r"lora_layers must be between 1 and 30"):
+        create("sft", {**SFT_TINY, "lora_layers": 31}).fit(tiny)
+    with pytest.raises(ConfigError, match="lora_layers"):
+        create("sft", {**SFT_TINY, "lora_layers": 0})
+
+
+@pytest.mark.parametrize("name, cfg", [
+    ("sft", {**SFT_TINY, "lora_layers": 4}),
+    ("prompt_lm", {"max_train_samples": 8, "max_valid_samples": 4, "batch_size": 8, "prompt_epochs": 1,
+                   "full_epochs": 1, "num_threads": 1, "progress": False, "collapse_requests": 1,
+                   "collapse_max_new_tokens": 2}),
+])
+def test_bfloat16_autocast_trains_with_finite_float32_losses(tiny, name, cfg):
+    model = create(name, {**cfg, "autocast": True}).fit(tiny)
+    for entry in model.training_log:
+        losses = [*entry["train"].values(), *entry["valid"].values()]
+        assert losses and all(math.isfinite(v) for v in losses)
+    # the weights stay float32 (autocast casts per operation), and generation runs without it
+    assert all(p.dtype == torch.float32 for p in model.lm.parameters())
+    assert all(isinstance(f.text, str) for f in model.generate(requests_for(tiny, 1), QUICK))
 
 
 # -- prompt_lm: PEPLER ------------------------------------------------------------------------------

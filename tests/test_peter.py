@@ -513,6 +513,72 @@ def test_interrupted_fit_resumes_to_the_same_result(ds, tmp_path, monkeypatch):
         create("peter", {**cfg, "lr": 1e-3}).fit(ds)
 
 
+def train_recording_batches(lengths: list[int], batch_size: int, epochs: int, seed: int = 1,
+                            checkpoint_dir: Path | None = None) -> list[list[list[int]]]:
+    """The rows of every batch a `Trainer` with `lengths` draws, per epoch (a one-weight module)."""
+    weight = torch.nn.Linear(1, 1)
+    seen: list[list[int]] = []
+
+    def make_batch(idx, _train):
+        seen.append(idx.tolist())
+        return idx
+
+    settings = trainer_mod.TrainSettings(batch_size=batch_size, max_epochs=epochs, patience=epochs, seed=seed,
+                                         progress=False, checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
+    t = trainer_mod.Trainer(weight, settings, n_train=len(lengths), make_batch=make_batch,
+                            loss_fn=lambda idx: {"loss": (weight.weight ** 2).sum()},
+                            valid_fn=lambda: {"loss": 1.0}, lengths=lengths)
+    t.fit()
+    per_epoch = t.steps_per_epoch
+    return [seen[e:e + per_epoch] for e in range(0, len(seen), per_epoch)]
+
+
+def test_length_grouped_batches_cover_every_row_sorted_reproducible_and_resumable(tmp_path, monkeypatch):
+    n, bs = 1030, 4  # 5 mega-batches of 50 × 4 rows and a short one of 30
+    lengths = torch.randint(1, 60, (n,), generator=torch.Generator().manual_seed(0)).tolist()
+    epochs = train_recording_batches(lengths, bs, 2)
+    spec = torch.Generator().manual_seed(1)  # the trainer's shuffle generator
+    for batches in epochs:
+        assert sorted(i for b in batches for i in b) == list(range(n))  # every row once per epoch
+        assert len(batches) == math.ceil(n / bs) and sum(len(b) < bs for b in batches) == 1
+        # the seeded shuffle, cut into mega-batches, each sorted longest first and cut into batches
+        order = torch.randperm(n, generator=spec).tolist()
+        expected = []
+        for m in range(0, n, 50 * bs):
+            ranked = sorted(order[m:m + 50 * bs], key=lambda i: -lengths[i])
+            expected += [tuple(ranked[j:j + bs]) for j in range(0, len(ranked), bs)]
+        torch.randperm(len(expected), generator=spec)  # the batches' shuffle draws from the same generator
+        assert sorted(map(tuple, batches)) == sorted(expected)
+        assert list(map(tuple, batches)) != expected  # ... and the batches come in a shuffled order
+    assert epochs[0] != epochs[1]
+    assert train_recording_batches(lengths, bs, 2) == epochs  # same seed, same batches
+    assert train_recording_batches(lengths, bs, 1, seed=2)[0] != epochs[0]
+
+    # killed after the first epoch's checkpoint, the resumed run draws the second epoch's batches
+    real_save = trainer_mod.Trainer._save_checkpoint
+
+    def save_then_die(self, path):
+        real_save(self, path)
+        raise KeyboardInterrupt("killed after the first checkpoint")
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_recording_batches(lengths, bs, 2, checkpoint_dir=tmp_path)
+    monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", real_save)
+    assert train_recording_batches(lengths, bs, 2, checkpoint_dir=tmp_path) == [epochs[1]]
+
+
+def test_length_grouped_batches_are_refused_under_differential_privacy():
+    from feedbackgen.models.privacy import PrivacySettings
+
+    weight = torch.nn.Linear(1, 1)
+    settings = trainer_mod.TrainSettings(batch_size=2, progress=False, privacy=PrivacySettings(epsilon=1.0, delta=1e-5))
+    with pytest.raises(ConfigError, match="group_by_length.*Poisson"):
+        trainer_mod.Trainer(weight, settings, n_train=4, make_batch=lambda idx, _t: idx,
+                            loss_fn=lambda idx: {"loss": weight.weight.sum()}, valid_fn=lambda: {"loss": 1.0},
+                            lengths=[1, 2, 3, 4])
+
+
 def test_models_command_shows_the_presets_effective_values():
     from typer.testing import CliRunner
 

@@ -11,6 +11,8 @@ once and written into every log entry, so a train "loss" and a valid "loss" are 
 the rest:
 
 - epochs of shuffled mini-batches (a seeded `torch.Generator`, so the order is reproducible);
+  given `lengths` (tokens per row), length-grouped batches as Hugging Face's `LengthGroupedSampler`
+  makes them (`length_grouped_batches`): less padding, the same rows per epoch;
 - the optimiser (`sgd` or `adamw`), gradient clipping, and the learning-rate schedule:
   `plateau` (multiply by `lr_decay` after every epoch whose validation loss did not improve, as
   PETER does) or `cosine` (linear warm-up over `warmup_steps`, then cosine decay to
@@ -43,7 +45,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ from feedbackgen.models.privacy import Privacy, PrivacySettings
 CHECKPOINT_FILE = "checkpoint.safetensors"
 MIN_LR_RATIO = 0.1
 FORMAT_VERSION = 1
+MEGA_BATCH = 50  # batches per length-sorted mega-batch (Hugging Face's `mega_batch_mult`)
 
 
 @dataclass
@@ -111,13 +114,23 @@ class Trainer:
                  valid_fn: Callable[[], dict[str, float]],
                  fingerprint: str = "", extra: dict[str, Any] | None = None,
                  criterion: str = "loss", terms: dict[str, str] | None = None,
-                 probe: Callable[[], dict[str, Any]] | None = None):
+                 probe: Callable[[], dict[str, Any]] | None = None, lengths: Sequence[int] | None = None):
+        """`lengths`: each training row's length (tokens), for length-grouped batches; None: plain
+        shuffled batches. Raises ConfigError for an empty training split, an unknown optimiser, or
+        `lengths` under `privacy` (DP-SGD's guarantee needs its Poisson-sampled batches)."""
         if n_train < 1:
             raise ConfigError("nothing to train on: the training split is empty")
+        if lengths is not None and len(lengths) != n_train:
+            raise ValueError(f"lengths holds {len(lengths)} rows, the training split {n_train}")
+        if lengths is not None and settings.privacy is not None:
+            raise ConfigError("length-grouped batches (group_by_length) and differentially private training "
+                              "(privacy) do not go together: DP-SGD's privacy accounting needs its own "
+                              "Poisson-sampled batches; turn group_by_length off")
         self.module, self.s = module, settings
         self.n_train, self.make_batch, self.loss_fn, self.valid_fn = n_train, make_batch, loss_fn, valid_fn
         self.fingerprint, self.extra = fingerprint, dict(extra or {})
         self.criterion, self.terms, self.probe = criterion, dict(terms or {}), probe
+        self.lengths = list(lengths) if lengths is not None else None
         self.steps_per_epoch = math.ceil(n_train / settings.batch_size)
         self.total_steps = self.steps_per_epoch * settings.max_epochs
         self.params = [p for p in module.parameters() if p.requires_grad]
@@ -230,8 +243,8 @@ class Trainer:
     def _train_epoch(self) -> dict[str, float]:
         s = self.s
         self.module.train()
-        # every rank draws the same order, then takes its own rows of each global batch
-        order = torch.randperm(self.n_train, generator=self.shuffle_gen) if self.privacy is None else None
+        # every rank draws the same batches, then takes its own rows of each global batch
+        batches = self.epoch_batches() if self.privacy is None else None
         sums: dict[str, float] = {}
         seen = 0
         bar = tqdm(total=self.steps_per_epoch, desc=f"{s.desc} epoch {self.epoch}/{s.max_epochs}",
@@ -240,7 +253,7 @@ class Trainer:
             if self.privacy is not None:
                 idx = self.privacy.sample(self.n_train)
             else:
-                idx = order[b * s.batch_size:(b + 1) * s.batch_size]
+                idx = batches[b]
             if self.world.parallel:
                 idx = distributed.shard(idx, self.world)
             lr = self.lr_at(self.step)
@@ -271,6 +284,14 @@ class Trainer:
             totals = distributed.sum_across([sums[k] for k in keys] + [seen])
             sums, seen = dict(zip(keys, totals[:-1])), totals[-1]
         return {k: v / seen for k, v in sums.items()}
+
+    def epoch_batches(self) -> list[torch.Tensor]:
+        """This epoch's batches of row indices, drawn from the seeded shuffle generator (so a resumed
+        run, which restores that generator, draws the same ones)."""
+        order = torch.randperm(self.n_train, generator=self.shuffle_gen)
+        if self.lengths is None:
+            return list(order.split(self.s.batch_size))
+        return length_grouped_batches(order, self.lengths, self.s.batch_size, self.shuffle_gen)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _save_checkpoint(self, path: Path) -> None:
@@ -324,6 +345,25 @@ class Trainer:
         self.n_decays, self.misses, self.done = meta["n_decays"], meta["misses"], meta["done"]
         self.result.best_epoch, self.result.best_valid = meta["best_epoch"], meta["best_valid"]
         self.result.log = meta["log"]
+
+
+def length_grouped_batches(order: torch.Tensor, lengths: Sequence[int], batch_size: int,
+                           generator: torch.Generator) -> list[torch.Tensor]:
+    """Batches of similar lengths, in a random order: Hugging Face's `get_length_grouped_indices`
+    (`group_by_length=True`), with the batches shuffled as well.
+
+    `order` (a permutation of the rows) is cut into mega-batches of `MEGA_BATCH × batch_size` rows;
+    each is sorted by `lengths` (longest first; ties keep their shuffled order) and cut into batches
+    of `batch_size` (only the very last batch can be short), and the batches' order is shuffled with
+    `generator`. A batch then pads to a length close to each of its rows' instead of to the longest
+    of a random handful, while which rows meet in a mega-batch stays random.
+    Returns the batches (1-D index tensors), every row in exactly one."""
+    size = MEGA_BATCH * batch_size
+    batches = []
+    for mega in order.split(size):
+        ranked = sorted(mega.tolist(), key=lambda i: -lengths[i])  # stable: ties stay shuffled
+        batches += torch.tensor(ranked, dtype=torch.long).split(batch_size)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -35,6 +35,12 @@ its own random stream). Texts are returned as the model writes them.
 Saved folder: `model.safetensors` (prompt vectors, rating head, rating baseline), `state.json`
 (ids, aspect words), and `lm/` (a Hugging Face folder) when phase 2 changed the LM; otherwise the
 base `model` is loaded again.
+
+Training cost (`bench/llm_training.py`): `group_by_length` batches texts of similar lengths;
+`autocast` runs the training and validation passes under bfloat16 autocast; the output layer sees
+only the positions that predict a text token (`training.target_nll`). Caching the frozen LM's
+activations cannot help phase 1: the prompt vectors are the LM's very first input, so every
+layer's activations depend on them and change at every step; nothing below them is frozen.
 """
 
 from __future__ import annotations
@@ -49,7 +55,6 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import Field
 
 from feedbackgen.config import Decoding, StrictModel
@@ -61,14 +66,14 @@ from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.llm.prompts import similar_reviews_line
 from feedbackgen.models.neighbours import NeighbourIndex
 from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm
-from feedbackgen.models.llm.training import (COLLAPSE_MAX_NEW_TOKENS, COLLAPSE_REQUESTS, COLLAPSE_SETTINGS,
-                                             TrainableView, check_collapse, pad_right, set_threads)
+from feedbackgen.models.llm.training import (AUTOCAST, COLLAPSE_MAX_NEW_TOKENS, COLLAPSE_REQUESTS,
+                                             COLLAPSE_SETTINGS, GROUP_BY_LENGTH, IGNORE, TrainableView,
+                                             check_collapse, pad_right, set_threads, target_nll)
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
 from feedbackgen.models.text_units import Target, target_column, target_rows
 from feedbackgen.models.trainer import Trainer, TrainSettings
 from feedbackgen.types import GENERATED, FeedbackRequest, provenance
 
-IGNORE = -100
 # where the text starts. PEPLER uses GPT-2's <bos>; plain text that any LM reads as "a review
 # follows" starts an instruction-tuned model at a far lower loss than a chat-template token
 SEPARATOR = "\nReview:"
@@ -102,6 +107,8 @@ class PromptLMConfig(StrictModel):
     full_epochs: int = Field(1, ge=0, le=1000)
     patience: int = Field(2, ge=1, le=1000)
     batch_size: int = Field(16, ge=1, le=4096)
+    group_by_length: bool = GROUP_BY_LENGTH
+    autocast: bool = AUTOCAST
     max_train_samples: int | None = Field(None, ge=1, description="a seeded sample of the training reviews")
     max_valid_samples: int = Field(256, ge=1)
     seed: int = Field(1, ge=0)
@@ -231,9 +238,8 @@ class PromptLM(Generator):
         device = self._device
         x = torch.cat([self.prompts(b["user"].to(device), b["item"].to(device)),
                        self.lm.get_input_embeddings()(b["tokens"].to(device))], 1)
-        logits = self.lm(inputs_embeds=x, attention_mask=b["mask"].to(device)).logits
-        labels = b["labels"].to(device)
-        text = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        text = target_nll(self.lm, b["labels"].to(device), self.config.autocast,
+                          inputs_embeds=x, attention_mask=b["mask"].to(device))
         out = {"loss": text, "nll_text": text}
         if self.prompts.head != "none":
             err = (self.prompts.rating(b["user"].to(device), b["item"].to(device)) - b["rating"].to(device)) ** 2
@@ -315,7 +321,9 @@ class PromptLM(Generator):
             trainer = Trainer(view, settings, n_train=len(tr),
                               make_batch=lambda idx, _train: self._batch(tr, idx, c.id_dropout),
                               loss_fn=self.losses, valid_fn=valid_fn, fingerprint=f"{fingerprint}-{phase}",
-                              criterion=criterion, terms=terms)
+                              criterion=criterion, terms=terms,
+                              lengths=[2 + len(r["prefix"]) + len(r["tokens"]) for r in tr] if c.group_by_length
+                              else None)
             result = trainer.fit()
             phase_log = [{"phase": phase, **entry} for entry in result.log]
             self.training_log += phase_log

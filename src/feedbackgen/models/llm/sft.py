@@ -27,6 +27,23 @@ leave-one-out for each training row, as for its examples.
 The rating in each training answer is the user's real rating; the profile's averages are computed
 over the training split including that review (a mild leak of its rating into its own prompt;
 prompts at test time hold no test review).
+
+What a training row costs, and the settings that cut it (measured by `bench/llm_training.py`):
+
+- the prompt's tokens: `prompt_style="short"` with `shots=0, rag_k=3` holds fewer than half of
+  the default few-shot prompt's, and nine tokens in ten of a row are prompt either way;
+- only the answer's positions go through the output layer (`training.target_nll`, always on);
+- `group_by_length`: batches of similar lengths, so little of a batch is padding;
+- `target_modules=["q_proj", "v_proj"]`: fewer adapters (LoRA's own paper adapts these two);
+- `lora_layers=N`: adapters in the top N decoder layers only. Nothing below layer L-N has a
+  trainable weight, so autograd records no graph there and backward runs through N layers only;
+- `autocast`: bfloat16 matrix products in the training and validation passes.
+
+The frozen bottom layers' outputs (with `lora_layers`) depend on no trained weight and could be
+cached from the second epoch on; that is not done: they take gigabytes for the whole split, and
+the default is one epoch. Packing several rows into one sequence is not done either: after length
+grouping little padding is left to save, and rows packed together would attend to each other on
+the CPU's attention path.
 """
 
 from __future__ import annotations
@@ -41,20 +58,19 @@ import torch
 from pydantic import Field
 
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.errors import DataError
+from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.models.base import register
 from feedbackgen.models.llm.backends import Backend, TransformersBackend
 from feedbackgen.models.llm.llm_user import LLMUser
 from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm
 from feedbackgen.models.llm.prompts import PromptConfig, ReviewHistory, answer_json, clean
-from feedbackgen.models.llm.training import (COLLAPSE_MAX_NEW_TOKENS, COLLAPSE_REQUESTS, COLLAPSE_SETTINGS,
-                                             TrainableView, check_collapse, pad_right, set_threads)
+from feedbackgen.models.llm.training import (AUTOCAST, COLLAPSE_MAX_NEW_TOKENS, COLLAPSE_REQUESTS,
+                                             COLLAPSE_SETTINGS, GROUP_BY_LENGTH, IGNORE, TrainableView,
+                                             check_collapse, pad_right, set_threads, target_nll)
 from feedbackgen.models.rating import fit_rating_model
 from feedbackgen.models.text_units import target_rows
 from feedbackgen.models.trainer import Trainer, TrainSettings
 from feedbackgen.types import FeedbackRequest
-
-IGNORE = -100  # label of tokens the loss skips (the prompt, the padding)
 
 
 class SFTConfig(PromptConfig):
@@ -69,6 +85,8 @@ class SFTConfig(PromptConfig):
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | str = Field(["q_proj", "k_proj", "v_proj", "o_proj"],
                                             description='module names to adapt, or "all-linear"')
+    lora_layers: int | None = Field(None, ge=1, le=1024, description="adapt only the top N decoder layers "
+                                    "(None = all): backward then runs through those N only")
     merge: bool = Field(False, description="also save the model with the adapters merged in (merged/)")
     # optimisation
     lr: float = Field(2e-4, gt=0.0, le=1.0)
@@ -78,6 +96,8 @@ class SFTConfig(PromptConfig):
     max_epochs: int = Field(1, ge=1, le=1000)
     patience: int = Field(2, ge=1, le=1000)
     max_length: int = Field(768, ge=32, le=32768, description="longest training sequence in tokens (cut from the left)")
+    group_by_length: bool = GROUP_BY_LENGTH
+    autocast: bool = AUTOCAST
     max_train_samples: int | None = Field(None, ge=1, description="a seeded sample of the training reviews")
     max_valid_samples: int = Field(128, ge=1, description="validation reviews scored after each epoch")
     seed: int = Field(1, ge=0)
@@ -144,18 +164,19 @@ class LoRASFT(LLMUser):
         if len(train) == 0 or len(valid) == 0:
             raise DataError(f"sft needs non-empty train and valid splits with a {c.target} text "
                             f"(got {len(train)} and {len(valid)} rows)")
+        base, self.tokenizer = load_causal_lm(c.model, c.device, c.dtype)
+        layers = self._top_layers(base)  # checked before the slow part
         self.history = ReviewHistory.from_dataset(dataset, c.target, c.embedding_model)
         self.rating = fit_rating_model(c.rating_model, dataset)
         self.rating_range = self.rating.rating_range
-        base, self.tokenizer = load_causal_lm(c.model, c.device, c.dtype)
         torch.manual_seed(c.seed)
         lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                          target_modules=c.target_modules, task_type="CAUSAL_LM")
+                          target_modules=c.target_modules, task_type="CAUSAL_LM", layers_to_transform=layers)
         self.lm = get_peft_model(base, lora)
         tr, va = self.encode(train), self.encode(valid)
 
         def loss_fn(batch):
-            nll = self.lm(**batch).loss  # mean over the batch's answer tokens
+            nll = self.answer_nll(batch)
             return {"loss": nll, "nll_answer": nll}
 
         def valid_fn():
@@ -165,7 +186,7 @@ class LoRASFT(LLMUser):
             with torch.no_grad():
                 for start in range(0, len(va), c.batch_size):
                     idx = torch.arange(start, min(len(va), start + c.batch_size))
-                    total += float(self.lm(**self._batch(va, idx)).loss) * len(idx)
+                    total += float(self.answer_nll(self._batch(va, idx))) * len(idx)
             nll = total / len(va)
             return {"loss": nll, "nll_answer": nll, "perplexity": math.exp(min(nll, 50))}
 
@@ -175,7 +196,8 @@ class LoRASFT(LLMUser):
                                  checkpoint_dir=c.checkpoint_dir, progress=c.progress, desc="sft")
         trainer = Trainer(TrainableView(self.lm), settings, n_train=len(tr),
                           make_batch=lambda idx, _train: self._batch(tr, idx), loss_fn=loss_fn,
-                          valid_fn=valid_fn, fingerprint=self._fingerprint(train, valid), terms=self.loss_terms())
+                          valid_fn=valid_fn, fingerprint=self._fingerprint(train, valid), terms=self.loss_terms(),
+                          lengths=[len(ids) for ids, _ in tr] if c.group_by_length else None)
         result = trainer.fit()
         self.training_log = result.log
         self.lm.eval()
@@ -189,6 +211,27 @@ class LoRASFT(LLMUser):
         self.training_summary = {"terms": self.loss_terms(), "best_epoch": result.best_epoch,
                                  "epochs": len(result.log), "train_rows": len(train), "collapse": sig}
         return self
+
+    def _top_layers(self, base) -> list[int] | None:
+        """The decoder layers that get adapters (peft's `layers_to_transform`): the top
+        `lora_layers` of the base model's, or None for all. ConfigError when there are fewer."""
+        n = self.config.lora_layers
+        if n is None:
+            return None
+        total = getattr(base.config, "num_hidden_layers", None)
+        if total is None:
+            raise ConfigError(f"lora_layers needs a base model with decoder layers; {self.config.model!r} "
+                              "does not say how many it has (num_hidden_layers): leave lora_layers unset")
+        if n > total:
+            raise ConfigError(f"lora_layers must be between 1 and {total} (the decoder layers of "
+                              f"{self.config.model!r}), got {n}")
+        return list(range(total - n, total))
+
+    def answer_nll(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean NLL of the batch's answer tokens (`_batch`'s tensors), float32; under bfloat16
+        autocast with `autocast`."""
+        return target_nll(self.lm, batch["labels"], self.config.autocast,
+                          input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
     @staticmethod
     def loss_terms() -> dict[str, str]:
