@@ -10,19 +10,26 @@
     python bench/llm.py --save-models runs/llm    # keep each row's model folder (for bench/fidelity.py)
     python bench/llm.py --only llm-zero-shot --test-rows 30 --threads 2 --no-throughput  # answer kinds
     python bench/llm.py --only llm-few-shot --prompt-style short --no-throughput   # shorter prompts
+    python bench/llm.py --train-rows all --only prompt_lm --set prompt_lm:rag_k=3   # the whole training split
+    python bench/llm.py --dataset DATA/mi         # a prepared feedbackgen dataset (the second table)
 
-Data: the PETER-format Musical Instruments (split 1), target = the explanation sentence, the same
-fixed test subset for every row (the first `--test-rows` test rows). `retrieval` and `peter
-(default)` train on the whole training split; `sft (LoRA)` and `prompt_lm` on a seeded sample of
-`--train-rows` training reviews (CPU time; stated in the table), validated on `--valid-rows`;
-`llm` rows train nothing and index the whole training split for their prompts. Every text
+Data: the PETER-format Musical Instruments (split 1), or with `--dataset` a prepared feedbackgen
+dataset (test rows without an explanation left out, as bench/peter.py does); target = the
+explanation sentence, the same fixed test subset for every row (the first `--test-rows` test rows).
+`retrieval` and `peter (default)` train on the whole training split; `sft (LoRA)` and `prompt_lm`
+on a seeded sample of `--train-rows` training reviews (`all`: the whole split; stated in the
+table), validated on `--valid-rows`; `llm` rows train nothing and index the whole training split
+for their prompts. `--set ROW:key=value` changes one setting of one row (shown in its name). Every text
 generator answers greedily with at most `--max-new-tokens` new tokens (PETER's 20 words).
 
 Main table columns: BLEU-1/4, ROUGE-L F (×100, PETER's definitions), USR, distinct-2, emb
 (all-MiniLM-L6-v2 cosine to the reference), pers. rank (personalisation: rank of the own user's
 reference among 1 + K other users' references, by cosine with the generated text; lower is
 better, chance is printed), sent.-rating ρ (Spearman between VADER sentiment and the rating),
-RMSE, MAE, train s, gen/s (samples per second), back-end, and for LLM rows how the JSON answers
+RMSE, MAE, copy (share of texts copying an 8-gram verbatim from the training texts,
+`evaluation.extra.memorisation`), naturalness (median perplexity of the texts under SmolLM2-135M,
+`evaluation.naturalness`; the references' own median is printed above the table; lower is more
+natural), train s, gen/s (samples per second), back-end, and for LLM rows how the JSON answers
 went (valid / repaired / retried / fallback) and the mean prompt length in tokens. `--constrained
 both` (the default) answers every `llm`/`sft` row twice from the same fitted model: decoded under
 the answer's JSON schema (the row as named) and free, pre-filled and repaired ("…, free").
@@ -60,23 +67,45 @@ ROWS = ["retrieval", "peter (default)", "llm zero-shot", "llm few-shot", "sft (L
 SLUG = {r: r.replace(" (", "-").replace(")", "").replace(" ", "-") for r in ROWS}
 
 
-def load_data(test_rows: int):
+def load_data(args):
     import polars as pl
 
     from feedbackgen.data.dataset import Dataset
-    from feedbackgen.data.paths import data_dir
-    from feedbackgen.data.peter_format import read_peter
+    from peter import load_data as load_whole  # bench/peter.py: the same data, the same test rows
 
-    df, split = read_peter(data_dir() / "peter_format_musical_instruments")
-    ds = Dataset(df.with_columns(split))
-    test = ds.test.head(test_rows)
-    return Dataset(pl.concat([ds.train, ds.valid, test], how="diagonal_relaxed"))
+    ds = load_whole(argparse.Namespace(dataset=args.dataset, rows=None, test_rows=None))
+    test = ds.test.head(args.test_rows)
+    out = Dataset(pl.concat([ds.train, ds.valid, test], how="diagonal_relaxed"), ds.items, ds.users, ds.manifest)
+    out.test_without_explanation = getattr(ds, "test_without_explanation", 0)
+    return out
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, dict]:
+    """`ROW:key=value` pairs as {row slug: {key: value}}, each value read as JSON when it parses."""
+    import json
+
+    out: dict[str, dict] = {}
+    for pair in pairs or []:
+        row, _, setting = pair.partition(":")
+        key, eq, value = setting.partition("=")
+        if row not in SLUG.values() or not eq:
+            raise SystemExit(f"--set {pair!r}: expected ROW:key=value with ROW one of {', '.join(SLUG.values())}")
+        try:
+            out.setdefault(row, {})[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out.setdefault(row, {})[key] = value
+    return out
+
+
+def row_name(row: str, args) -> str:
+    extra = parse_sets(args.set).get(SLUG[row])
+    return row + (" " + ", ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
 
 
 def row_config(row: str, args) -> tuple[str, dict]:
     llm_common = {"model": args.model, "num_threads": args.threads, "prompt_style": args.prompt_style}
     backend = {"backend": args.backend, "base_url": args.base_url, "served_model": args.served_model}
-    trained = {"max_train_samples": args.train_rows, "max_valid_samples": args.valid_rows,
+    trained = {"max_train_samples": trained_rows(args), "max_valid_samples": args.valid_rows,
                "max_epochs": args.epochs, "progress": False}
     return {
         "retrieval": ("retrieval", {}),
@@ -86,9 +115,13 @@ def row_config(row: str, args) -> tuple[str, dict]:
         "llm few-shot": ("llm", {**llm_common, **backend, "shots": args.shots}),
         "sft (LoRA)": ("sft", {**llm_common, **trained, "shots": args.shots}),
         "prompt_lm": ("prompt_lm", {"model": args.model, "num_threads": args.threads, "discrete_prompt": True,
-                                    "max_train_samples": args.train_rows, "max_valid_samples": args.valid_rows,
+                                    "max_train_samples": trained_rows(args), "max_valid_samples": args.valid_rows,
                                     "prompt_epochs": args.epochs, "full_epochs": args.epochs, "progress": False}),
     }[row]
+
+
+def trained_rows(args) -> int | None:
+    return None if args.train_rows == "all" else int(args.train_rows)
 
 
 def run_row(row: str, ds, args) -> dict:
@@ -96,7 +129,7 @@ def run_row(row: str, ds, args) -> dict:
     from feedbackgen.types import FeedbackRequest
 
     kind, cfg = row_config(row, args)
-    model = create(kind, cfg)
+    model = create(kind, {**cfg, **parse_sets(args.set).get(SLUG[row], {})})
     t = time.perf_counter()
     model.fit(ds)
     fit_s = time.perf_counter() - t
@@ -105,7 +138,8 @@ def run_row(row: str, ds, args) -> dict:
     if args.save_models:  # e.g. for bench/fidelity.py --model-dir
         model.save(Path(args.save_models) / SLUG[row])
     backend = {"retrieval": "numpy", "peter": "torch", "llm": cfg.get("backend")}.get(kind, "transformers")
-    trained_on = len(ds.train) if kind in ("retrieval", "peter", "llm") else min(args.train_rows, len(ds.train))
+    trained_on = len(ds.train) if kind in ("retrieval", "peter", "llm") or trained_rows(args) is None \
+        else min(trained_rows(args), len(ds.train))
     variants = {"on": [True], "off": [False], "both": [True, False]}[args.constrained] if kind in ("llm", "sft") \
         else [None]
     out = []
@@ -117,7 +151,7 @@ def run_row(row: str, ds, args) -> dict:
         fb = model.generate(reqs, {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size})
         gen_s = time.perf_counter() - t
         prompt_tokens = [f.meta["prompt_tokens"] for f in fb if f.meta.get("prompt_tokens")]
-        out.append({"row": row + (", free" if constrained is False and len(variants) > 1 else ""), "fit_s": fit_s,
+        out.append({"row": row_name(row, args) + (", free" if constrained is False and len(variants) > 1 else ""), "fit_s": fit_s,
                     "gen_per_s": len(reqs) / gen_s, "texts": [f.text for f in fb], "ratings": [f.rating for f in fb],
                     "backend": backend, "trained_on": trained_on,
                     "answers": dict(getattr(model, "answer_counts", {}) or {}),
@@ -125,13 +159,15 @@ def run_row(row: str, ds, args) -> dict:
     return out
 
 
-def score(result: dict, ds) -> dict:
+def score(result: dict, ds, copies) -> dict:
     import numpy as np
 
     from feedbackgen.data.text import tokenize
     from feedbackgen.embeddings import embed
-    from feedbackgen.evaluation.extra import distinct_n, mean_cosine, personalisation, sentiment_rating_agreement
+    from feedbackgen.evaluation.extra import (distinct_n, mean_cosine, memorisation, personalisation,
+                                              sentiment_rating_agreement)
     from feedbackgen.evaluation.metrics import peter_metrics
+    from feedbackgen.evaluation.naturalness import naturalness
     from feedbackgen.evaluation.scoring import feature_set  # the one definition (FMR / FCR / DIV)
 
     test = ds.test
@@ -148,6 +184,8 @@ def score(result: dict, ds) -> dict:
     m.update(personalisation(gen_vecs, ref_vecs, test["user_id"].to_list()))
     m["sentiment_rating"] = sentiment_rating_agreement([" ".join(t) for t in gen_tokens], result["ratings"])
     m["ratings_constant"] = float(np.ptp(result["ratings"])) == 0.0
+    m["copy"] = memorisation(gen_tokens, copies)["memorisation"]
+    m["naturalness"] = naturalness([t for t in result["texts"] if t and t.strip()])["median"]
     return m
 
 
@@ -232,7 +270,11 @@ def fmt(x, spec: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--test-rows", type=int, default=40, help="the fixed test subset: first N test rows (full: 300)")
-    p.add_argument("--train-rows", type=int, default=64, help="training reviews for sft and prompt_lm (full: 2000)")
+    p.add_argument("--train-rows", default="64", help="training reviews for sft and prompt_lm: a number, or all")
+    p.add_argument("--dataset", default=None, help="a prepared feedbackgen dataset folder (default: the "
+                   "PETER-format Musical Instruments, split 1)")
+    p.add_argument("--set", action="append", default=None, metavar="ROW:KEY=VALUE",
+                   help="one setting of one row, e.g. prompt_lm:rag_k=3 (repeatable)")
     p.add_argument("--valid-rows", type=int, default=32, help="validation reviews for sft and prompt_lm (full: 256)")
     p.add_argument("--epochs", type=int, default=1, help="epochs of sft and of each prompt_lm phase")
     p.add_argument("--peter-epochs", type=int, default=2, help="epoch cap of peter (default) (its preset: 10)")
@@ -256,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (1 is fastest while anything else runs on 2 cores; try 2 on an idle machine)")
     args = p.parse_args(argv)
+    if args.train_rows != "all" and not args.train_rows.isdigit():
+        p.error(f"--train-rows: expected a number or all, got {args.train_rows!r}")
+    parse_sets(args.set)  # a typo stops here, not after an hour of training
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -263,10 +308,19 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    ds = load_data(args.test_rows)
+    ds = load_data(args)
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {args.threads} threads")
-    print(f"data: PETER-format Musical Instruments split 1: {len(ds.train)} train / {len(ds.valid)} valid / "
-          f"first {len(ds.test)} test rows; base model {args.model}", flush=True)
+    left_out = ds.test_without_explanation
+    print(f"data: {args.dataset or 'PETER-format Musical Instruments split 1'}: {len(ds.train)} train / "
+          f"{len(ds.valid)} valid / first {len(ds.test)} test rows"
+          + (f" ({left_out} test rows without an explanation left out)" if left_out else "")
+          + f"; base model {args.model}", flush=True)
+    from feedbackgen.data.text import tokenize
+    from feedbackgen.evaluation.extra import NgramIndex
+    from feedbackgen.evaluation.naturalness import naturalness
+
+    copies = NgramIndex([tokenize(t) for t in ds.train["explanation"].drop_nulls().to_list()])
+    references = naturalness(ds.test["explanation"].to_list())
 
     results = []
     for row in ROWS:
@@ -279,18 +333,19 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {row}: failed ({type(e).__name__}: {e})", flush=True)
             continue
         for result in done:
-            result["metrics"] = score(result, ds)
+            result["metrics"] = score(result, ds, copies)
             results.append(result)
         print(f"  {row}: done in {time.perf_counter() - t:.0f} s", flush=True)
         gc.collect()
 
     chance = next((r["metrics"].get("personalisation_chance_mean_rank") for r in results), None)
     cols = ["BLEU-1", "BLEU-4", "ROUGE-L F", "USR", "distinct-2", "emb", "pers. rank", "sent.-rating ρ",
-            "RMSE", "MAE", "train s", "trained on", "gen/s", "back-end", "JSON valid/repaired/retried/fallback",
+            "RMSE", "MAE", "copy", "natural.", "train s", "trained on", "gen/s", "back-end", "JSON valid/repaired/retried/fallback",
             "prompt tok"]
     if results:
         print()
-        print(f"pers. rank: lower is better; chance = {fmt(chance, '.1f')}")
+        print(f"pers. rank: lower is better; chance = {fmt(chance, '.1f')}. natural.: median perplexity "
+              f"(lower is more natural); the references' own: {references['median']:.1f}")
         print("| model | " + " | ".join(cols) + " |")
         print("|---|" + "---:|" * (len(cols) - 3) + "---|---|---:|")
     for r in results:
@@ -299,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = [fmt(m["bleu1"], ".2f"), fmt(m["bleu4"], ".2f"), fmt(m["rougeL_f"], ".2f"), fmt(m["usr"], ".3f"),
                  fmt(m["distinct2"], ".3f"), fmt(m["emb"], ".3f"), fmt(m.get("personalisation_mean_rank"), ".1f"),
                  fmt(m["sentiment_rating"], ".3f"), fmt(m["rmse"], ".3f"), fmt(m["mae"], ".3f"),
-                 fmt(r["fit_s"], ".0f"), f"{r['trained_on']} rows", fmt(r["gen_per_s"], ".2f"), r["backend"], answers,
+                 fmt(m["copy"], ".3f"), fmt(m["naturalness"], ".1f"), fmt(r["fit_s"], ".0f"), f"{r['trained_on']} rows", fmt(r["gen_per_s"], ".2f"), r["backend"], answers,
                  fmt(r["prompt_tokens"], ".0f")]
         print(f"| {r['row']} | " + " | ".join(cells) + " |")
 
