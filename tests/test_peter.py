@@ -479,8 +479,8 @@ def weights(m: Peter) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in m.model.state_dict().items()}
 
 
-def fit_interrupted_after_first_checkpoint(cfg: dict, ds: Dataset, monkeypatch) -> None:
-    """Train `cfg` until its first checkpoint is written, then stop as a kill would."""
+def run_until_first_checkpoint(train, monkeypatch) -> None:
+    """Call `train()` until the trainer's first checkpoint is written, then stop as a kill would."""
     real_save = trainer_mod.Trainer._save_checkpoint
 
     def save_then_die(self, path):
@@ -489,8 +489,13 @@ def fit_interrupted_after_first_checkpoint(cfg: dict, ds: Dataset, monkeypatch) 
 
     monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        create("peter", cfg).fit(ds)
+        train()
     monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", real_save)
+
+
+def fit_interrupted_after_first_checkpoint(cfg: dict, ds: Dataset, monkeypatch) -> None:
+    """Train peter with `cfg` until its first checkpoint is written, then stop as a kill would."""
+    run_until_first_checkpoint(lambda: create("peter", cfg).fit(ds), monkeypatch)
 
 
 def test_interrupted_fit_resumes_to_the_same_result(ds, tmp_path, monkeypatch):
@@ -555,16 +560,7 @@ def test_length_grouped_batches_cover_every_row_sorted_reproducible_and_resumabl
     assert train_recording_batches(lengths, bs, 1, seed=2)[0] != epochs[0]
 
     # killed after the first epoch's checkpoint, the resumed run draws the second epoch's batches
-    real_save = trainer_mod.Trainer._save_checkpoint
-
-    def save_then_die(self, path):
-        real_save(self, path)
-        raise KeyboardInterrupt("killed after the first checkpoint")
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_recording_batches(lengths, bs, 2, checkpoint_dir=tmp_path)
-    monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", real_save)
+    run_until_first_checkpoint(lambda: train_recording_batches(lengths, bs, 2, checkpoint_dir=tmp_path), monkeypatch)
     assert train_recording_batches(lengths, bs, 2, checkpoint_dir=tmp_path) == [epochs[1]]
 
 
