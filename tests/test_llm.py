@@ -417,8 +417,21 @@ SFT_TINY = {"shots": 0, "max_train_samples": 4, "max_valid_samples": 2, "batch_s
             "progress": False, "lora_r": 4, "lora_alpha": 8, "collapse_requests": 1, "collapse_max_new_tokens": 2}
 
 
+def assert_finite_float32_training(model, tiny) -> None:
+    """A model trained under bfloat16 autocast: finite losses, float32 weights, generation without it."""
+    for entry in model.training_log:
+        losses = [*entry["train"].values(), *entry["valid"].values()]
+        assert losses and all(math.isfinite(v) for v in losses)
+    # the weights stay float32 (autocast casts per operation), and generation runs without it
+    assert all(p.dtype == torch.float32 for p in model.lm.parameters())
+    assert all(isinstance(f.text, str) for f in model.generate(requests_for(tiny, 1), QUICK))
+
+
 def test_sft_lora_layers_adapt_only_the_top_layers_and_backward_stops_below_them(tiny):
-    model = create("sft", {**SFT_TINY, "lora_layers": 2}).fit(tiny)
+    # trained under bfloat16 autocast too (one fit for both: an LM fit is the costly part of a test)
+    model = create("sft", {**SFT_TINY, "lora_layers": 2, "autocast": True}).fit(tiny)
+    assert_finite_float32_training(model, tiny)
+    model.config = model.config.model_copy(update={"autocast": False})  # the exact-loss checks below
     base = model.lm.get_base_model()
     top = base.config.num_hidden_layers - 2
     adapted = {int(name.split(".layers.")[1].split(".")[0]) for name, _ in model.lm.named_modules()
@@ -451,32 +464,19 @@ def test_sft_lora_layers_adapt_only_the_top_layers_and_backward_stops_below_them
         create("sft", {**SFT_TINY, "lora_layers": 0})
 
 
-@pytest.mark.parametrize("name, cfg", [
-    ("sft", {**SFT_TINY, "lora_layers": 4}),
-    ("prompt_lm", {"max_train_samples": 8, "max_valid_samples": 4, "batch_size": 8, "prompt_epochs": 1,
-                   "full_epochs": 1, "num_threads": 1, "progress": False, "collapse_requests": 1,
-                   "collapse_max_new_tokens": 2}),
-])
-def test_bfloat16_autocast_trains_with_finite_float32_losses(tiny, name, cfg):
-    model = create(name, {**cfg, "autocast": True}).fit(tiny)
-    for entry in model.training_log:
-        losses = [*entry["train"].values(), *entry["valid"].values()]
-        assert losses and all(math.isfinite(v) for v in losses)
-    # the weights stay float32 (autocast casts per operation), and generation runs without it
-    assert all(p.dtype == torch.float32 for p in model.lm.parameters())
-    assert all(isinstance(f.text, str) for f in model.generate(requests_for(tiny, 1), QUICK))
-
-
 # -- prompt_lm: PEPLER ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cfg", [
     {"discrete_prompt": True, "rating_head": "mlp", "full_epochs": 1},
-    {"discrete_prompt": False, "rating_head": "none", "full_epochs": 0, "rag_k": 2},  # retrieved reviews quoted
+    # retrieved reviews quoted; trained under bfloat16 autocast
+    {"discrete_prompt": False, "rating_head": "none", "full_epochs": 0, "rag_k": 2, "autocast": True},
 ])
 def test_prompt_lm_trains_in_phases_saves_and_loads(tiny, tmp_path, cfg):
     cfg = {**cfg, "max_train_samples": 8, "max_valid_samples": 4, "batch_size": 8, "num_threads": 1,
            "progress": False, "prompt_epochs": 1, "collapse_requests": 4, "collapse_max_new_tokens": 4}
     model = create("prompt_lm", cfg).fit(tiny)
+    if cfg.get("autocast"):
+        assert_finite_float32_training(model, tiny)
     phases = [e["phase"] for e in model.training_log]
     assert phases == (["prompts", "full"] if cfg["full_epochs"] else ["prompts"])
     assert_same_named_sums(model.training_log, None if cfg["rating_head"] == "none" else 0.1)
