@@ -57,6 +57,9 @@ def train(
                 err.print(f"privacy spent: ε = {privacy['epsilon']:.3f} (target {privacy['target_epsilon']:g}), "
                           f"δ = {privacy['delta']:.3g}")
             err.print(f"[green]trained[/green] {model} in {time.time() - t0:.1f}s → {out}")
+        # the other ranks wait for rank 0's save: a rank tearing gloo down while a peer is still busy
+        # aborted ("terminate called without an active exception") on a loaded machine
+        distributed.barrier()
     finally:
         distributed.shutdown()
 
