@@ -26,7 +26,7 @@ chat up to the assistant's turn; prompt_lm: 2 vectors + its text prompt); paddin
 all tokens of the first epoch's batches over the whole training split, in the trainer's seeded
 order (the most that packing rows into full sequences could buy); rows/s = training rows per second
 of the timed epoch (`training_log`: the trainer's time for the epoch, validation excluded); ×
-= rows/s over the kind's baseline; min/epoch = 7,876 training rows / rows/s; valid NLL = the
+= rows/s over the kind's baseline; min/epoch = the whole training split's rows / rows/s; valid NLL = the
 validation loss of the answer (sft) or text (prompt_lm) tokens after that tiny epoch, a rough
 sanity check only (sft rows with other prompts score other inputs).
 
@@ -52,20 +52,17 @@ import time  # noqa: E402
 
 from machine import cpu_model  # bench/machine.py
 
-WHOLE_SPLIT = 7876  # training reviews of the PETER-format Musical Instruments, split 1
 SHORT_RAG = {"prompt_style": "short", "shots": 0, "rag_k": 3}
 
 
 def load_data():
-    """Train and valid splits of the PETER-format Musical Instruments (split 1), as bench/llm.py reads them."""
+    """Train and valid splits of the PETER-format Musical Instruments (split 1), read as bench/peter.py does."""
     import polars as pl
 
     from feedbackgen.data.dataset import Dataset
-    from feedbackgen.data.paths import data_dir
-    from feedbackgen.data.peter_format import read_peter
+    from peter import load_data as load_whole  # bench/peter.py
 
-    df, split = read_peter(data_dir() / "peter_format_musical_instruments")
-    ds = Dataset(df.with_columns(split))
+    ds = load_whole(argparse.Namespace(dataset=None, rows=None, test_rows=None))
     return Dataset(pl.concat([ds.train, ds.valid], how="diagonal_relaxed"))
 
 
@@ -224,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {args.threads} threads",
           flush=True)
     ds = load_data()
+    whole_split = len(ds.train)  # 7,876 reviews
     train = target_rows(ds, "train", "explanation")
     embed_once()
     print(f"data: PETER-format Musical Instruments split 1, {len(train)} train / {len(ds.valid)} valid rows; each "
@@ -268,11 +266,11 @@ def main(argv: list[str] | None = None) -> None:
 
     baseline = {r["base"]: r["rows_s"] for r in reversed(results)}
     print()
-    print("| model | step | prompt tok | padding | rows/s | × | min/epoch (7,876 rows) | valid NLL |")
+    print(f"| model | step | prompt tok | padding | rows/s | × | min/epoch ({whole_split:,} rows) | valid NLL |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['kind']} | {r['step']} | {r['prompt']:.0f} | {100 * r['padding']:.1f} % | {r['rows_s']:.2f} | "
-              f"{r['rows_s'] / baseline[r['base']]:.1f} | {WHOLE_SPLIT / r['rows_s'] / 60:.0f} | "
+              f"{r['rows_s'] / baseline[r['base']]:.1f} | {whole_split / r['rows_s'] / 60:.0f} | "
               f"{fmt(r['valid'], '.3f')} |")
 
     if "sft" in args.only:
@@ -291,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{100 * padding_share(lengths, 8, False):.1f} % → {100 * padding_share(lengths, 8, True):.1f} %; "
                   f"shared prefix {prefix} tokens = {100 * prefix / mean:.0f} % of the prompt")
     if "bottom" in extras:
-        gb = WHOLE_SPLIT * extras["sft_tokens"] * extras["hidden"] * 2 / 1e9
+        gb = whole_split * extras["sft_tokens"] * extras["hidden"] * 2 / 1e9
         frozen = extras["layers"] - args.lora_layers
         print(f"\nsft, last step: the {frozen} frozen layers below lora_layers={args.lora_layers} take "
               f"{100 * extras['bottom']:.0f} % of a training step; caching their outputs (bfloat16: {gb:.1f} GB "
