@@ -12,6 +12,8 @@
     python bench/llm.py --only llm-few-shot --prompt-style short --no-throughput   # shorter prompts
     python bench/llm.py --train-rows all --only prompt_lm --set prompt_lm:rag_k=3   # the whole training split
     python bench/llm.py --dataset DATA/mi         # a prepared feedbackgen dataset (the second table)
+    python bench/llm.py --device cuda --no-score --raw-out raw.jsonl   # train and generate on a GPU...
+    python bench/llm.py --score-raw raw.jsonl     # ...and score those texts here (same data arguments)
 
 Data: the PETER-format Musical Instruments (split 1), or with `--dataset` a prepared feedbackgen
 dataset (test rows without an explanation left out, as bench/peter.py does); target = the
@@ -40,6 +42,11 @@ transformers in process, llama.cpp in process (no batch API: batched = one after
 llama.cpp's OpenAI-compatible server started here on 127.0.0.1 (`concurrency` requests in flight;
 that server answers one at a time). Tokens/s counts generated tokens.
 
+`--raw-out` keeps each row's texts, ratings and timings (JSON lines, one per row, written as each
+row ends); `--score-raw` scores such files instead of running rows, on the first `--test-rows` test
+rows of the same data, so a GPU machine without the scoring models can train and generate, and
+this machine scores. Its "train s" and "gen/s" are the generating machine's, which the file names.
+
 Times depend on what else runs on the machine; the bench never asserts them.
 """
 
@@ -54,6 +61,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
+import json  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -103,7 +111,8 @@ def row_name(row: str, args) -> str:
 
 
 def row_config(row: str, args) -> tuple[str, dict]:
-    llm_common = {"model": args.model, "num_threads": args.threads, "prompt_style": args.prompt_style}
+    llm_common = {"model": args.model, "num_threads": args.threads, "prompt_style": args.prompt_style,
+                  "device": args.device}
     backend = {"backend": args.backend, "base_url": args.base_url, "served_model": args.served_model}
     trained = {"max_train_samples": trained_rows(args), "max_valid_samples": args.valid_rows,
                "max_epochs": args.epochs, "progress": False}
@@ -115,6 +124,7 @@ def row_config(row: str, args) -> tuple[str, dict]:
         "llm few-shot": ("llm", {**llm_common, **backend, "shots": args.shots}),
         "sft (LoRA)": ("sft", {**llm_common, **trained, "shots": args.shots}),
         "prompt_lm": ("prompt_lm", {"model": args.model, "num_threads": args.threads, "discrete_prompt": True,
+                                    "device": args.device,
                                     "max_train_samples": trained_rows(args), "max_valid_samples": args.valid_rows,
                                     "prompt_epochs": args.epochs, "full_epochs": args.epochs, "progress": False}),
     }[row]
@@ -157,6 +167,39 @@ def run_row(row: str, ds, args) -> dict:
                     "answers": dict(getattr(model, "answer_counts", {}) or {}),
                     "prompt_tokens": sum(prompt_tokens) / len(prompt_tokens) if prompt_tokens else None})
     return out
+
+
+def run_rows(ds, args, machine: str):
+    """Each chosen row's results (a list: one per answer variant), appended to --raw-out as it ends."""
+    for row in ROWS:
+        if args.only is not None and SLUG[row] not in args.only:
+            continue
+        t = time.perf_counter()
+        try:
+            done = run_row(row, ds, args)
+        except Exception as e:  # one failing row should not lose the others
+            print(f"  {row}: failed ({type(e).__name__}: {e})", flush=True)
+            continue
+        if args.raw_out:
+            with open(args.raw_out, "a") as f:
+                for result in done:
+                    f.write(json.dumps({**result, "machine": machine, "test_rows": len(ds.test)}, default=float) + "\n")
+        print(f"  {row}: done in {time.perf_counter() - t:.0f} s", flush=True)
+        yield done
+        gc.collect()
+
+
+def read_raw(paths: list[str], n_test: int):
+    """The results stored by --raw-out, cut to the first `n_test` test rows (the same rows the bench
+    scores). Raises SystemExit when a file holds fewer rows than asked for."""
+    for path in paths:
+        for k, line in enumerate(Path(path).read_text().splitlines(), 1):
+            result = json.loads(line)
+            if len(result["texts"]) < n_test:
+                raise SystemExit(f"{path}:{k}: row {result['row']!r} has {len(result['texts'])} texts, "
+                                 f"fewer than the {n_test} test rows asked for")
+            result["texts"], result["ratings"] = result["texts"][:n_test], result["ratings"][:n_test]
+            yield [result]
 
 
 def score(result: dict, ds, copies) -> dict:
@@ -295,12 +338,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt-style", default="full", choices=["full", "short"],
                    help="llm/sft prompts: the instruction in every turn, or once in a one-line system prompt")
     p.add_argument("--save-models", default=None, help="save each trained row's model folder under this folder")
+    p.add_argument("--device", default="cpu", help="llm, sft and prompt_lm rows: cpu, cuda, cuda:N or auto")
+    p.add_argument("--raw-out", default=None, help="append each row's texts, ratings and timings to this "
+                   "JSON-lines file as the row ends")
+    p.add_argument("--no-score", action="store_true", help="generate only (with --raw-out); score later")
+    p.add_argument("--score-raw", nargs="+", default=None, metavar="FILE",
+                   help="score the rows of these --raw-out files instead of running rows")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (1 is fastest while anything else runs on 2 cores; try 2 on an idle machine)")
     args = p.parse_args(argv)
     if args.train_rows != "all" and not args.train_rows.isdigit():
         p.error(f"--train-rows: expected a number or all, got {args.train_rows!r}")
     parse_sets(args.set)  # a typo stops here, not after an hour of training
+    if args.no_score and not args.raw_out:
+        p.error("--no-score keeps nothing without --raw-out FILE")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -309,34 +360,30 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     ds = load_data(args)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {args.threads} threads")
+    machine = f"{cpu_model()}, {os.cpu_count()} cores" + (
+        f", {torch.cuda.get_device_name()}" if args.device != "cpu" and torch.cuda.is_available() else "")
+    print(f"machine: {machine}; torch {torch.__version__}, {args.threads} threads")
     left_out = ds.test_without_explanation
     print(f"data: {args.dataset or 'PETER-format Musical Instruments split 1'}: {len(ds.train)} train / "
           f"{len(ds.valid)} valid / first {len(ds.test)} test rows"
           + (f" ({left_out} test rows without an explanation left out)" if left_out else "")
           + f"; base model {args.model}", flush=True)
-    from feedbackgen.data.text import tokenize
-    from feedbackgen.evaluation.extra import NgramIndex
-    from feedbackgen.evaluation.naturalness import naturalness
+    if not args.no_score:
+        from feedbackgen.data.text import tokenize
+        from feedbackgen.evaluation.extra import NgramIndex
+        from feedbackgen.evaluation.naturalness import naturalness
 
-    copies = NgramIndex([tokenize(t) for t in ds.train["explanation"].drop_nulls().to_list()])
-    references = naturalness(ds.test["explanation"].to_list())
+        copies = NgramIndex([tokenize(t) for t in ds.train["explanation"].drop_nulls().to_list()])
+        references = naturalness(ds.test["explanation"].to_list())
 
     results = []
-    for row in ROWS:
-        if args.only is not None and SLUG[row] not in args.only:
-            continue
-        t = time.perf_counter()
-        try:
-            done = run_row(row, ds, args)
-        except Exception as e:  # one failing row should not lose the others
-            print(f"  {row}: failed ({type(e).__name__}: {e})", flush=True)
-            continue
+    for done in (read_raw(args.score_raw, len(ds.test)) if args.score_raw else run_rows(ds, args, machine)):
         for result in done:
-            result["metrics"] = score(result, ds, copies)
-            results.append(result)
-        print(f"  {row}: done in {time.perf_counter() - t:.0f} s", flush=True)
-        gc.collect()
+            if not args.no_score:
+                result["metrics"] = score(result, ds, copies)
+                results.append(result)
+    if args.no_score:
+        return
 
     chance = next((r["metrics"].get("personalisation_chance_mean_rank") for r in results), None)
     cols = ["BLEU-1", "BLEU-4", "ROUGE-L F", "USR", "distinct-2", "emb", "pers. rank", "sent.-rating ρ",
@@ -357,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
                  fmt(m["copy"], ".3f"), fmt(m["naturalness"], ".1f"), fmt(r["fit_s"], ".0f"), f"{r['trained_on']} rows", fmt(r["gen_per_s"], ".2f"), r["backend"], answers,
                  fmt(r["prompt_tokens"], ".0f")]
         print(f"| {r['row']} | " + " | ".join(cells) + " |")
+    for machine in sorted({r["machine"] for r in results if r.get("machine")}):
+        print(f"trained and generated on: {machine}")
 
     if not args.no_throughput:
         print()
