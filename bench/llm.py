@@ -8,6 +8,7 @@
     python bench/llm.py --only llm-zero-shot llm-few-shot --no-throughput
     python bench/llm.py --only                    # just the back-end throughput table
     python bench/llm.py --save-models runs/llm    # keep each row's model folder (for bench/fidelity.py)
+    python bench/llm.py --load-models runs/llm --only sft-LoRA --test-rows 986   # reuse it on more rows
     python bench/llm.py --only llm-zero-shot --test-rows 30 --threads 2 --no-throughput  # answer kinds
     python bench/llm.py --only llm-few-shot --prompt-style short --no-throughput   # shorter prompts
     python bench/llm.py --train-rows all --only prompt_lm --set prompt_lm:rag_k=3   # the whole training split
@@ -135,14 +136,18 @@ def trained_rows(args) -> int | None:
 
 
 def run_row(row: str, ds, args) -> dict:
-    from feedbackgen.models import create
+    from feedbackgen.models import create, load
     from feedbackgen.types import FeedbackRequest
 
     kind, cfg = row_config(row, args)
-    model = create(kind, {**cfg, **parse_sets(args.set).get(SLUG[row], {})})
-    t = time.perf_counter()
-    model.fit(ds)
-    fit_s = time.perf_counter() - t
+    saved = Path(args.load_models) / SLUG[row] if args.load_models else None
+    if saved is not None:  # trained by an earlier run: its training log gives the time
+        model, fit_s = load(saved), saved_training(saved)["seconds"]
+    else:
+        model = create(kind, {**cfg, **parse_sets(args.set).get(SLUG[row], {})})
+        t = time.perf_counter()
+        model.fit(ds)
+        fit_s = time.perf_counter() - t
     test = ds.test
     reqs = [FeedbackRequest(u, i) for u, i in zip(test["user_id"], test["item_id"])]
     if args.save_models:  # e.g. for bench/fidelity.py --model-dir
@@ -150,6 +155,8 @@ def run_row(row: str, ds, args) -> dict:
     backend = {"retrieval": "numpy", "peter": "torch", "llm": cfg.get("backend")}.get(kind, "transformers")
     trained_on = len(ds.train) if kind in ("retrieval", "peter", "llm") or trained_rows(args) is None \
         else min(trained_rows(args), len(ds.train))
+    if saved is not None:
+        trained_on = saved_training(saved)["rows"] or trained_on
     variants = {"on": [True], "off": [False], "both": [True, False]}[args.constrained] if kind in ("llm", "sft") \
         else [None]
     out = []
@@ -161,12 +168,23 @@ def run_row(row: str, ds, args) -> dict:
         fb = model.generate(reqs, {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size})
         gen_s = time.perf_counter() - t
         prompt_tokens = [f.meta["prompt_tokens"] for f in fb if f.meta.get("prompt_tokens")]
-        out.append({"row": row_name(row, args) + (", free" if constrained is False and len(variants) > 1 else ""), "fit_s": fit_s,
+        out.append({"row": row_name(row, args) + (", free" if constrained is False and len(variants) > 1 else "")
+                    + (" (loaded)" if saved is not None else ""), "fit_s": fit_s,
                     "gen_per_s": len(reqs) / gen_s, "texts": [f.text for f in fb], "ratings": [f.rating for f in fb],
                     "backend": backend, "trained_on": trained_on,
                     "answers": dict(getattr(model, "answer_counts", {}) or {}),
                     "prompt_tokens": sum(prompt_tokens) / len(prompt_tokens) if prompt_tokens else None})
     return out
+
+
+def saved_training(folder: Path) -> dict:
+    """A saved model's training seconds (the sum over its training log's epochs; None without a log)
+    and training rows (None when unrecorded)."""
+    log, info = folder / "training_log.jsonl", folder / "training.json"
+    seconds = sum(json.loads(line).get("seconds", 0.0) for line in log.read_text().splitlines()) \
+        if log.exists() else None
+    rows = json.loads(info.read_text()).get("train_rows") if info.exists() else None
+    return {"seconds": seconds, "rows": rows}
 
 
 def run_rows(ds, args, machine: str):
@@ -338,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt-style", default="full", choices=["full", "short"],
                    help="llm/sft prompts: the instruction in every turn, or once in a one-line system prompt")
     p.add_argument("--save-models", default=None, help="save each trained row's model folder under this folder")
+    p.add_argument("--load-models", default=None, help="generate with the rows' model folders saved under this "
+                   "folder by --save-models (on the same data) instead of training them")
     p.add_argument("--device", default="cpu", help="llm, sft and prompt_lm rows: cpu, cuda, cuda:N or auto")
     p.add_argument("--raw-out", default=None, help="append each row's texts, ratings and timings to this "
                    "JSON-lines file as the row ends")

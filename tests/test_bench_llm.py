@@ -52,3 +52,11 @@ def test_generating_without_keeping_the_texts_is_refused(bench_llm, capsys):
     with pytest.raises(SystemExit):
         bench_llm.main(["--no-score", "--only", "retrieval"])
     assert "--no-score keeps nothing without --raw-out" in capsys.readouterr().err
+
+
+def test_a_saved_models_training_time_and_rows_come_from_its_folder(tmp_path, bench_llm):
+    (tmp_path / "training_log.jsonl").write_text(json.dumps({"epoch": 1, "seconds": 12.5}) + "\n"
+                                                 + json.dumps({"epoch": 2, "seconds": 7.5}) + "\n")
+    (tmp_path / "training.json").write_text(json.dumps({"train_rows": 2000}))
+    assert bench_llm.saved_training(tmp_path) == {"seconds": 20.0, "rows": 2000}
+    assert bench_llm.saved_training(tmp_path / "missing") == {"seconds": None, "rows": None}
