@@ -141,8 +141,9 @@ def run_row(row: str, ds, args) -> dict:
 
     kind, cfg = row_config(row, args)
     saved = Path(args.load_models) / SLUG[row] if args.load_models else None
-    if saved is not None:  # trained by an earlier run: its training log gives the time
-        model, fit_s = load(saved), saved_training(saved)["seconds"]
+    if saved is not None:  # trained by an earlier run: its folder gives the time and rows
+        model, training = load(saved), saved_training(saved)
+        fit_s = training["seconds"]
     else:
         model = create(kind, {**cfg, **parse_sets(args.set).get(SLUG[row], {})})
         t = time.perf_counter()
@@ -156,7 +157,7 @@ def run_row(row: str, ds, args) -> dict:
     trained_on = len(ds.train) if kind in ("retrieval", "peter", "llm") or trained_rows(args) is None \
         else min(trained_rows(args), len(ds.train))
     if saved is not None:
-        trained_on = saved_training(saved)["rows"] or trained_on
+        trained_on = training["rows"] or trained_on
     variants = {"on": [True], "off": [False], "both": [True, False]}[args.constrained] if kind in ("llm", "sft") \
         else [None]
     out = []
@@ -201,22 +202,36 @@ def run_rows(ds, args, machine: str):
         if args.raw_out:
             with open(args.raw_out, "a") as f:
                 for result in done:
-                    f.write(json.dumps({**result, "machine": machine, "test_rows": len(ds.test)}, default=float) + "\n")
+                    f.write(json.dumps({**result, "machine": machine, "pairs": test_pairs(ds)},
+                                       default=float) + "\n")
         print(f"  {row}: done in {time.perf_counter() - t:.0f} s", flush=True)
         yield done
         gc.collect()
 
 
-def read_raw(paths: list[str], n_test: int):
-    """The results stored by --raw-out, cut to the first `n_test` test rows (the same rows the bench
-    scores). Raises SystemExit when a file holds fewer rows than asked for."""
+def test_pairs(ds) -> list[list[str]]:
+    """The (user, item) of each test row, in order: what a stored text answers."""
+    return [[u, i] for u, i in zip(ds.test["user_id"], ds.test["item_id"])]
+
+
+def read_raw(paths: list[str], pairs: list[list[str]]):
+    """The results stored by --raw-out, cut to the test rows `pairs` (the first rows of the same
+    data). Raises SystemExit, naming file, line and row, when a file holds fewer rows or answers
+    other requests (another dataset or split; files written before the pairs were kept are taken
+    as they are)."""
+    n = len(pairs)
     for path in paths:
         for k, line in enumerate(Path(path).read_text().splitlines(), 1):
             result = json.loads(line)
-            if len(result["texts"]) < n_test:
+            if len(result["texts"]) < n:
                 raise SystemExit(f"{path}:{k}: row {result['row']!r} has {len(result['texts'])} texts, "
-                                 f"fewer than the {n_test} test rows asked for")
-            result["texts"], result["ratings"] = result["texts"][:n_test], result["ratings"][:n_test]
+                                 f"fewer than the {n} test rows asked for")
+            if "pairs" in result and result["pairs"][:n] != pairs:
+                bad = next(j for j, (a, b) in enumerate(zip(result["pairs"], pairs)) if a != b)
+                raise SystemExit(f"{path}:{k}: row {result['row']!r} answers other requests than this data's "
+                                 f"test rows (test row {bad}: stored {result['pairs'][bad]}, expected {pairs[bad]})")
+            result["texts"], result["ratings"] = result["texts"][:n], result["ratings"][:n]
+            result.pop("pairs", None)
             yield [result]
 
 
@@ -397,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         references = naturalness(ds.test["explanation"].to_list())
 
     results = []
-    for done in (read_raw(args.score_raw, len(ds.test)) if args.score_raw else run_rows(ds, args, machine)):
+    for done in (read_raw(args.score_raw, test_pairs(ds)) if args.score_raw else run_rows(ds, args, machine)):
         for result in done:
             if not args.no_score:
                 result["metrics"] = score(result, ds, copies)

@@ -23,18 +23,22 @@ def bench_llm():
         sys.path.remove(str(BENCH))
 
 
-def _raw(path: Path, n: int, row: str = "prompt_lm") -> None:
+PAIRS = [[f"u{k}", f"i{k}"] for k in range(10)]
+
+
+def _raw(path: Path, n: int, row: str = "prompt_lm", pairs=PAIRS) -> None:
     with path.open("a") as f:
         f.write(json.dumps({"row": row, "fit_s": 1.0, "gen_per_s": 2.0, "texts": [f"text {k}" for k in range(n)],
                             "ratings": [float(k % 5 + 1) for k in range(n)], "backend": "transformers",
-                            "trained_on": 10, "answers": {}, "prompt_tokens": None, "machine": "GPU"}) + "\n")
+                            "trained_on": 10, "answers": {}, "prompt_tokens": None, "machine": "GPU",
+                            "pairs": pairs[:n]}) + "\n")
 
 
 def test_stored_rows_are_cut_to_the_scored_test_rows(tmp_path, bench_llm):
     path = tmp_path / "raw.jsonl"
     _raw(path, 5)
     _raw(path, 7, "sft (LoRA)")
-    rows = [r for done in bench_llm.read_raw([str(path)], 3) for r in done]
+    rows = [r for done in bench_llm.read_raw([str(path)], PAIRS[:3]) for r in done]
     assert [r["row"] for r in rows] == ["prompt_lm", "sft (LoRA)"]
     assert [r["texts"] for r in rows] == [["text 0", "text 1", "text 2"]] * 2
     assert [r["ratings"] for r in rows] == [[1.0, 2.0, 3.0]] * 2
@@ -45,7 +49,16 @@ def test_a_file_with_fewer_rows_than_scored_is_refused_by_line_and_row(tmp_path,
     _raw(path, 5)
     _raw(path, 2, "sft (LoRA)")
     with pytest.raises(SystemExit, match=r"raw.jsonl:2: row 'sft \(LoRA\)' has 2 texts, fewer than the 4"):
-        list(bench_llm.read_raw([str(path)], 4))
+        list(bench_llm.read_raw([str(path)], PAIRS[:4]))
+
+
+def test_texts_for_other_requests_are_refused_by_line_and_row(tmp_path, bench_llm):
+    path = tmp_path / "raw.jsonl"
+    other = PAIRS[:2] + [["u9", "i2"]] + PAIRS[3:]  # another split: row 2 answers another user
+    _raw(path, 5, pairs=other)
+    with pytest.raises(SystemExit, match=r"raw.jsonl:1: row .prompt_lm. answers other requests.*test row 2: stored \['u9', 'i2'\], expected \['u2', 'i2'\]"):
+        list(bench_llm.read_raw([str(path)], PAIRS[:4]))
+    assert len(next(bench_llm.read_raw([str(path)], PAIRS[:2]))[0]["texts"]) == 2  # the rows that agree
 
 
 def test_generating_without_keeping_the_texts_is_refused(bench_llm, capsys):
