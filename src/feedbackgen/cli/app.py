@@ -62,3 +62,4 @@ def main() -> None:
             raise
         err.print(f"[red]error:[/red] {type(e).__name__}: {e} (set FEEDBACKGEN_DEBUG=1 for the traceback)",
                   highlight=False, soft_wrap=True)
+        sys.exit(1)
