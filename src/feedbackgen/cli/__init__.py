@@ -4,7 +4,7 @@
 here, in the order of the flow, registers their commands and sets the order `--help` lists them.
 """
 
-from feedbackgen.cli import data, train, generate, evaluate, recommend, serve, annotate  # noqa: F401, I001
+from feedbackgen.cli import data, train, generate, evaluate, recommend, simulate, serve, annotate  # noqa: F401, I001
 from feedbackgen.cli.app import app, main
 
 __all__ = ["app", "main"]

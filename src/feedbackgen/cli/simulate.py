@@ -1,0 +1,124 @@
+"""`feedbackgen simulate` and `fidelity`: a simulated user judges recommenders, and how far to trust it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from feedbackgen.cli.app import app, err
+from feedbackgen.errors import FeedbackgenError
+
+
+def _simulator(model: Optional[Path], dataset: Path, choice: Optional[Path]):
+    """(generator or None, choice model or None, dataset) for `simulate` and `fidelity`."""
+    from feedbackgen.data.dataset import Dataset
+    from feedbackgen.models import load
+
+    if model is None and choice is None:
+        raise FeedbackgenError("give a generator folder (MODEL), a choice model (--choice DIR), or both")
+    choice_model = None
+    if choice is not None:
+        from feedbackgen.recommend.choice import load_choice
+
+        choice_model = load_choice(choice)
+    return load(model) if model is not None else None, choice_model, Dataset.load(dataset)
+
+
+ENGAGE_HELP = ("engage threshold (default: fitted on valid): a rating without --choice, "
+               "a probability in [0, 1] with it")
+
+
+@app.command()
+def simulate(
+    recommendations: Annotated[list[Path], typer.Option(
+        help="RECS file(s): CSV/Parquet/JSONL of user_id, item_id[, rank] from any recommender")],
+    dataset: Annotated[Path, typer.Option(help="the prepared dataset the models were trained on")],
+    model: Annotated[Optional[Path], typer.Argument(
+        help="a saved generator folder: the simulated user's ratings and reviews (optional with --choice)")] = None,
+    more_recommendations: Annotated[Optional[list[Path]], typer.Argument(
+        hidden=True, help="further RECS files (`--recommendations A B` is read as A and B)")] = None,
+    choice: Annotated[Optional[Path], typer.Option(
+        help="a choice-model folder (`feedbackgen train D --model ease`): decides engage/skip")] = None,
+    k: Annotated[int, typer.Option(help="judge each user's top k")] = 10,
+    threshold: Annotated[Optional[float], typer.Option(help=ENGAGE_HELP)] = None,
+    calibration: Annotated[str, typer.Option(help="with --choice: isotonic | logistic")] = "isotonic",
+    reviews: Annotated[bool, typer.Option(help="also write each review (off: ratings and decisions only)")] = True,
+    feedback_for: Annotated[Optional[str], typer.Option(
+        help="engaged | all: which items get a rating and review (default: engaged with --choice, else all)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="folder for simulated items/users Parquet and the summary")] = None,
+    calibration_pairs: Annotated[Optional[int], typer.Option(
+        help="fit the engage rule on a seeded sample of this many validation pairs")] = None,
+):
+    """A simulated user engages with or skips each recommended item, and rates and reviews it.
+
+    Example: `feedbackgen simulate models/peter --choice models/ease --dataset data/mi --recommendations recs/a.parquet recs/b.csv --out runs/sim`
+    """
+    from feedbackgen.recommend import simulate as run_simulation
+    from feedbackgen.recommend.ranking import simulator_name
+
+    # `MODEL --recommendations A B`: click gives B to MODEL's slot when MODEL comes last; put it back
+    files = [*recommendations, *(more_recommendations or [])]
+    if model is not None and model.suffix in (".csv", ".tsv", ".parquet", ".jsonl", ".json"):
+        files, model = [*files, model], None
+    generator, choice_model, ds = _simulator(model, dataset, choice)
+    names = [p.stem for p in files]
+    if len(set(names)) < len(names):
+        named = {f"{p.parent.name}/{p.stem}": p for p in files}
+        if len(named) < len(files):
+            raise FeedbackgenError("two RECS files have the same name; rename one")
+    else:
+        named = dict(zip(names, files))
+    t0 = time.time()
+    result = run_simulation(generator, ds, named, k=k, threshold=threshold, write=reviews,
+                            calibration_pairs=calibration_pairs, choice=choice_model, method=calibration,
+                            feedback_for=feedback_for, name=simulator_name(generator, choice_model, model, choice))
+    print(result.markdown())
+    if out is not None:
+        result.save(out)
+        err.print(f"[green]wrote[/green] {out}/summary.md, summary.json, simulated_items.parquet, "
+                  f"simulated_users.parquet in {time.time() - t0:.1f}s")
+
+
+@app.command()
+def fidelity(
+    dataset: Annotated[Path, typer.Option(help="the prepared dataset the models were trained on")],
+    model: Annotated[Optional[Path], typer.Argument(
+        help="a saved generator folder: ratings and reviews (optional with --choice)")] = None,
+    choice: Annotated[Optional[Path], typer.Option(help="a choice-model folder: decides engage/skip")] = None,
+    protocol: Annotated[str, typer.Option(
+        help="pooled (test pairs vs 1, 3, 9x never-seen items) | agent4rec (Agent4Rec's per-user lists, "
+             "ratios 1, 2, 3, 9)")] = "pooled",
+    out: Annotated[Optional[Path], typer.Option(help="folder for fidelity.json, fidelity.md and the plot")] = None,
+    max_users: Annotated[Optional[int], typer.Option(help="a seeded sample of test users (faster)")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=ENGAGE_HELP)] = None,
+    calibration: Annotated[str, typer.Option(help="with --choice: isotonic | logistic")] = "isotonic",
+    reviews: Annotated[bool, typer.Option(
+        help="generate reviews and score them (AgentSociety review score); as in `simulate`")] = True,
+    seed: Annotated[int, typer.Option(help="seed of the negative items and user sample")] = 1,
+    calibration_pairs: Annotated[Optional[int], typer.Option(
+        help="fit the engage rule on a seeded sample of this many validation pairs")] = None,
+):
+    """How far the simulated user matches real held-out behaviour: discrimination, ratings, reviews.
+
+    Example: `feedbackgen fidelity --choice models/ease --dataset data/a4r --protocol agent4rec --no-reviews --out runs/fid`
+    """
+    from feedbackgen.recommend import fidelity as measure, fidelity_markdown, write_fidelity
+    from feedbackgen.recommend.fidelity import is_agent4rec_ml1m
+    from feedbackgen.recommend.ranking import simulator_name
+
+    generator, choice_model, ds = _simulator(model, dataset, choice)
+    label = simulator_name(generator, choice_model, model, choice)  # as `simulate` and `recommend` name it
+    t0 = time.time()
+    result = measure(generator, ds, max_users=max_users, threshold=threshold, review=reviews, seed=seed,
+                     name=label, calibration_pairs=calibration_pairs, choice=choice_model, method=calibration,
+                     protocol=protocol)
+    same = is_agent4rec_ml1m(ds)
+    print(fidelity_markdown([result], dataset.name, same_data=same))
+    if out is not None:
+        write_fidelity([result], out, dataset.name, same_data=same)
+        err.print(f"[green]wrote[/green] {out}/fidelity.md, fidelity.json"
+                  + (", rating_distribution.png" if result.get("rating") else "") + f" in {time.time() - t0:.1f}s")
+
