@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench screenshots clean
+.PHONY: setup demo test test-all docs bench screenshots clean
 
 setup: $(STAMP)
 
@@ -36,9 +36,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
+# the documentation site into site/ (strict: a broken link or a missing API page fails); open site/index.html
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 # docs/explorer.png and docs/annotate.png, taken by the browser tests (needs /usr/bin/chromium)
 screenshots: $(STAMP)
 	FEEDBACKGEN_SCREENSHOTS=$(CURDIR)/docs $(PY) -m pytest -q tests/serve/test_serve_browser.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache
