@@ -118,7 +118,7 @@ def post_concurrently():
 @pytest.fixture(scope="session")
 def seeded_case(field_cases_root):
     """Case 13's requests: one request alone, and the same request second of two."""
-    from feedbackgen.generation import read_requests
+    from feedbackgen.batch import read_requests
 
     folder = field_cases_root / "13-seeded-sampling"
     return read_requests(folder / "one_request.jsonl"), read_requests(folder / "two_requests.jsonl")

@@ -4,7 +4,7 @@ import pytest
 
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError, FeedbackgenError
-from feedbackgen.generation import read_requests, requests_from_split, run_generation
+from feedbackgen.batch import read_requests, requests_from_split, run_generation
 from feedbackgen.models import create
 
 
@@ -15,7 +15,7 @@ def popular(mi_small):
 
 def test_generation_resumes_without_redoing_finished_shards(mi_small, popular, tmp_path):
     from feedbackgen.config import Decoding
-    from feedbackgen.generation.jobs import _job_identity
+    from feedbackgen.batch.jobs import _job_identity
 
     reqs = requests_from_split(mi_small, "test")
     full = run_generation(popular, reqs, tmp_path / "full.jsonl", shard_size=16, progress=False)

@@ -38,7 +38,7 @@ from feedbackgen.data.loaders import load_tables
 from feedbackgen.data.peter_format import load_plain_pickle
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError
-from feedbackgen.generation.jobs import read_requests
+from feedbackgen.batch.jobs import read_requests
 from feedbackgen.types import Feedback, FeedbackRequest
 
 _COMMON = dict(database=None, suppress_health_check=list(HealthCheck), print_blob=True)

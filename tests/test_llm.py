@@ -335,7 +335,7 @@ def test_short_prompts_give_the_instruction_once(tiny):
 def test_constrained_answers_close_within_any_budget(wish):
     """A model that wants to write a review of " 0 0 0 ..." (SmolLM2 spells " 0" as a lone space,
     then the digit) or of JSON escapes still ends with valid JSON on its budget's last token."""
-    from feedbackgen.generation.constrained import SchemaConstraint
+    from feedbackgen.decoding.constrained import SchemaConstraint
     from feedbackgen.pretrained import DEFAULT_MODEL, load_tokenizer
 
     tok = load_tokenizer(DEFAULT_MODEL)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from feedbackgen.errors import ConfigError, NotFittedError
-from feedbackgen.generation import requests_from_split
+from feedbackgen.batch import requests_from_split
 from feedbackgen.models import create, load
 from feedbackgen.types import FeedbackRequest
 

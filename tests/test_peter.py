@@ -22,8 +22,8 @@ from feedbackgen.data.text import tokenize
 from feedbackgen.errors import CollapseWarning, ConfigError, DecodingWarning, NotFittedError
 from feedbackgen.models import collapse, create, load
 from feedbackgen.models import trainer as trainer_mod
-from feedbackgen.generation import run_generation
-from feedbackgen.generation.decoding import beam_search, logits_processors
+from feedbackgen.batch import run_generation
+from feedbackgen.decoding.search import beam_search, logits_processors
 from feedbackgen.models.peter import PETER, Peter, PeterShape, peter_mask
 from feedbackgen.models.peter.model import NEVER
 from feedbackgen.models.vocab import BOS, EOS, PAD, Vocab

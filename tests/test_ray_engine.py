@@ -23,9 +23,9 @@ import pytest
 
 from feedbackgen.config import Decoding
 from feedbackgen.errors import FeedbackgenError
-from feedbackgen.generation import requests_file, run_generation
-from feedbackgen.generation import ray_engine
-from feedbackgen.generation.ray_engine import run_generation_ray
+from feedbackgen.batch import requests_file, run_generation
+from feedbackgen.batch import ray_engine
+from feedbackgen.batch.ray_engine import run_generation_ray
 from feedbackgen.models import create, load
 from test_peter import TINY, peter_slice
 

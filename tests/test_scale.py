@@ -79,7 +79,7 @@ def test_chunked_prepare_gives_the_same_dataset(data_root, tmp_path, case):
 
 
 def test_streamed_requests_give_the_same_predictions(mi_small, tmp_path):
-    from feedbackgen.generation import requests_file, requests_from_split, run_generation
+    from feedbackgen.batch import requests_file, requests_from_split, run_generation
     from feedbackgen.models import create
 
     model = create("popular", {"rating_model": "bias"}).fit(mi_small)

@@ -19,7 +19,7 @@ MAX_SEED = 2**63 - 1
 
 
 class Decoding(StrictModel):
-    """How text is decoded. Names follow Hugging Face `generate`; `feedbackgen.generation.decoding`
+    """How text is decoded. Names follow Hugging Face `generate`; `feedbackgen.decoding`
     carries them out for every generator.
 
     `seed` is the seed of every request that carries none of its own (`FeedbackRequest.seed`);

@@ -1,7 +1,7 @@
 """The request and response types every part of feedbackgen speaks.
 
-They live at the top of the package (not in `generation`) because `models` returns them and
-`generation` depends on `models`: the types are shared vocabulary, not a layer.
+They live at the bottom of the package (not in `batch`) because `decoding` and `models` take and
+return them and `batch` depends on `models`: the types are shared vocabulary, not a layer.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def text_models(served_models, mi_small):
 @pytest.fixture(scope="session")
 def predictions(text_models, mi_small, tmp_path_factory):
     """Test-split predictions (PRED.jsonl) of the three text models."""
-    from feedbackgen.generation import requests_from_split, run_generation
+    from feedbackgen.batch import requests_from_split, run_generation
 
     root = tmp_path_factory.mktemp("pred")
     requests = requests_from_split(mi_small, "test")

@@ -67,7 +67,7 @@ def generate(
     """
     from feedbackgen.config import validate
     from feedbackgen.data.problems import Problems
-    from feedbackgen.generation import requests_file, requests_from_dataset, run_generation
+    from feedbackgen.batch import requests_file, requests_from_dataset, run_generation
     from feedbackgen.models import load
 
     if threads is not None:
@@ -93,7 +93,7 @@ def generate(
                                "with --set constrained=true|false")
     problems = Problems()
     if engine == "ray":
-        from feedbackgen.generation.ray_engine import run_generation_ray
+        from feedbackgen.batch.ray_engine import run_generation_ray
 
         t0 = time.time()
         _, count = run_generation_ray(model, out, decoding, requests=requests, dataset=dataset, split=split,

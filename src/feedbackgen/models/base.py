@@ -1,64 +1,38 @@
-"""The `Generator` interface, id indexing, save/load as a Hugging-Face-style folder, and the registry.
+"""The `Generator` interface, its registry, and its side of the one model folder.
 
 A generator is configured at construction (a pydantic config, validated up front), learns in
 `fit(dataset)`, and answers `generate(requests, decoding)` with one `Feedback` per request.
-Saved as a folder:
-
-    MODEL/
-      config.json          {"model": NAME, "config": {...}, "feedbackgen_version": ...}
-      model.safetensors    every tensor the model needs (never pickles)
-      state.json           id maps, vocabularies and other plain data
-      training_log.jsonl   one JSON object per logged step/epoch (when the model trains)
-      training.json        text generators: what each logged loss adds up, and the collapse signal
-                           of the final model (`feedbackgen.models.collapse`)
+Saved as a model folder of kind "generator" (`feedbackgen.models.folder`: config.json,
+model.safetensors, ids.json, state.json, training_log.jsonl, and training.json for text
+generators: what each logged loss adds up, and the collapse signal of the final model,
+`feedbackgen.models.collapse`). `IdIndex` (0 = unknown) is re-exported from there.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import BaseModel
-from safetensors.torch import load_file, save_file
 
 from feedbackgen.config import Decoding, StrictModel, validate
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.errors import CollapseWarning, ConfigError, FeedbackgenError, NotFittedError
-from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_jsonl
+from feedbackgen.decoding.seeds import with_seeds
+from feedbackgen.errors import CollapseWarning, ConfigError, NotFittedError
+from feedbackgen.models.folder import IdIndex, SavedModel, read_config, register_kind  # noqa: F401  (IdIndex: re-exported)
 from feedbackgen.types import Feedback, FeedbackRequest
 
 
-class IdIndex:
-    """Maps external ids to contiguous integers. Index 0 is reserved for "unknown"."""
-
-    UNKNOWN = 0
-
-    def __init__(self, ids: Iterable[str]):
-        self.ids: list[str] = sorted(set(ids))
-        self._index = {x: i + 1 for i, x in enumerate(self.ids)}
-
-    def __len__(self) -> int:
-        return len(self.ids) + 1
-
-    def __contains__(self, x: str) -> bool:
-        return x in self._index
-
-    def get(self, x: str) -> int:
-        return self._index.get(x, self.UNKNOWN)
-
-    def lookup(self, xs: Sequence[str]) -> np.ndarray:
-        return np.fromiter((self._index.get(x, 0) for x in xs), dtype=np.int64, count=len(xs))
-
-
-class Generator(ABC):
+class Generator(SavedModel, ABC):
     """Base class. Subclasses set `name`, `Config`, and implement fit / generate / state."""
 
+    kind: ClassVar[str] = "generator"
+    required_files: ClassVar[tuple[str, ...]] = ("state.json",)  # rating-only models may hold no arrays
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]] = StrictModel
     produces_text: ClassVar[bool] = True
@@ -82,9 +56,6 @@ class Generator(ABC):
                  decoding: Decoding | dict | None = None) -> list[Feedback]:
         """One `Feedback` per request, in order. Sampled text records its request's seed in
         `meta["seed"]` (drawn when neither the request nor `decoding` gives one)."""
-        # imported here: the `generation` package's __init__ imports this module
-        from feedbackgen.generation.decoding import with_seeds
-
         self.check_fitted()
         decoding = validate(Decoding, decoding, "decoding settings")
         requests = with_seeds(requests, decoding)
@@ -120,11 +91,12 @@ class Generator(ABC):
     # -- state -------------------------------------------------------------------------------
     @abstractmethod
     def get_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """(tensors for model.safetensors, plain JSON data for state.json)."""
+        """(tensors for model.safetensors, plain JSON data for state.json: id maps as `IdIndex`
+        values, which the folder keeps in ids.json)."""
 
     @abstractmethod
     def set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        """Inverse of `get_state`."""
+        """Inverse of `get_state` (the id maps come back as `IdIndex`)."""
 
     def check_fitted(self) -> None:
         if not self.is_fitted:
@@ -135,51 +107,30 @@ class Generator(ABC):
         lo, hi = self.rating_range
         return np.clip(np.asarray(ratings, dtype=np.float64), lo, hi)
 
-    def save(self, path: str | Path) -> Path:
-        self.check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+    # -- the model folder (`feedbackgen.models.folder`): the rating range rides with the state --
+    def folder_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, state = self.get_state()
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        state = {**state, "rating_range": list(self.rating_range)}
-        atomic_write(path / "model.safetensors", lambda p: save_file(tensors, str(p)))
-        atomic_write_json(path / "state.json", state)
-        if hasattr(self, "training_log"):
-            atomic_write_jsonl(path / "training_log.jsonl", self.training_log)
-        if getattr(self, "training_summary", None):
-            atomic_write_json(path / "training.json", self.training_summary)
-        from feedbackgen import __version__
+        return tensors, {**state, "rating_range": list(self.rating_range)}
 
-        atomic_write_json(path / "config.json", {"model": self.name, "config": self.config.model_dump(),
-                                                 "feedbackgen_version": __version__})
-        return path
+    def restore_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self.rating_range = tuple(state.pop("rating_range", (1.0, 5.0)))
+        self.set_state(tensors, state)
 
     @classmethod
     def load(cls, path: str | Path) -> Generator:
-        path = Path(path)
-        meta = read_model_config(path)
-        if meta["model"] != cls.name and cls is not Generator:
-            raise FeedbackgenError(f"{path} holds a {meta['model']!r} model, not {cls.name!r}")
-        model = cls(meta["config"])
-        tensors = load_file(str(path / "model.safetensors")) if (path / "model.safetensors").exists() else {}
-        state = json.loads((path / "state.json").read_text())
-        model.rating_range = tuple(state.pop("rating_range", (1.0, 5.0)))
-        model.set_state(tensors, state)
-        log = path / "training_log.jsonl"
-        if log.exists():
-            model.training_log = [json.loads(line) for line in log.read_text(encoding="utf-8").split("\n") if line.strip()]
-        summary = path / "training.json"
-        if summary.exists():
-            model.training_summary = json.loads(summary.read_text(encoding="utf-8"))
-            warning = (model.training_summary.get("collapse") or {}).get("warning")
-            if warning:  # said at training; said again to whoever loads it (generate, serve)
-                warnings.warn(f"{path}: {warning}", CollapseWarning, stacklevel=2)
-        model.is_fitted = True
+        """The generator saved in `path` (`SavedModel.load`); its collapse warning, if it had one at
+        training, is said again (a `CollapseWarning`) to whoever loads it (generate, serve)."""
+        model = super().load(path)
+        warning = ((getattr(model, "training_summary", None) or {}).get("collapse") or {}).get("warning")
+        if warning:
+            warnings.warn(f"{path}: {warning}", CollapseWarning, stacklevel=2)
         return model
 
 
 # -- registry --------------------------------------------------------------------------------
 REGISTRY: dict[str, type[Generator]] = {}
+register_kind("generator", REGISTRY)
 
 
 def register(cls: type[Generator]) -> type[Generator]:
@@ -214,20 +165,10 @@ def effective_defaults(cls: type[Generator]) -> dict[str, Any]:
 
 
 def read_model_config(path: Path) -> dict[str, Any]:
-    cfg = path / "config.json"
-    if not cfg.exists():
-        raise FeedbackgenError(f"{path} is not a saved feedbackgen model (no config.json); "
-                               "train one with `feedbackgen train`")
-    meta = json.loads(cfg.read_text())
-    if meta.get("kind") == "choice":
-        raise FeedbackgenError(f"{path} holds a choice model ({meta.get('model')!r}), not a generator; "
-                               "load it with feedbackgen.recommend.load_choice")
-    if meta.get("model") not in REGISTRY:
-        raise FeedbackgenError(f"{cfg} names model {meta.get('model')!r}, which this version does not know")
-    return meta
+    """A generator folder's config.json; FeedbackgenError when `path` holds no generator."""
+    return read_config(path, "generator")
 
 
 def load(path: str | Path) -> Generator:
-    """Load any saved generator folder."""
-    path = Path(path)
-    return REGISTRY[read_model_config(path)["model"]].load(path)
+    """Load any saved generator folder (`feedbackgen.load` loads any model folder)."""
+    return Generator.load(path)

@@ -12,7 +12,7 @@
 | `vllm`         | in-process vLLM on a GPU, batched                | folder or hub name                   |
 
 Decoding follows `feedbackgen.config.Decoding`. `chat` takes one stream seed per conversation
-(`feedbackgen.generation.decoding.stream_seed`): `transformers` samples each row from its own
+(`feedbackgen.decoding.seeds.stream_seed`): `transformers` samples each row from its own
 `torch.Generator` (`decoding.RowSampler`), the others send the seed with each conversation (32
 bits of it for llama.cpp and HTTP servers). Greedy decoding is temperature 0 on the llama.cpp and
 HTTP back-ends.
@@ -23,7 +23,7 @@ refuse them with a message rather than silently ignoring them. CPU threads are t
 
 Constrained decoding (`chat(..., schema=...)`, on back-ends whose `constrains` is True): the answer
 is decoded under a JSON schema, so it parses by construction. `transformers` masks tokens with
-`llguidance` (`generation.constrained`), which also closes the answer within the token budget;
+`llguidance` (`decoding.constrained`), which also closes the answer within the token budget;
 `llama_cpp` samples under llama.cpp's grammar converted from the schema, and on the budget's last
 token puts `"}` first (`CloseInTime`); `openai` asks the server with `response_format`
 (`openai_backend`, which lives in its own module). `vllm` does not constrain yet: its answers are
@@ -42,8 +42,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from feedbackgen.config import Decoding, StrictModel
+from feedbackgen.decoding.search import hf_generate_kwargs
 from feedbackgen.errors import ConfigError
-from feedbackgen.generation.decoding import hf_generate_kwargs
 from feedbackgen.pretrained import (
     DEFAULT_MODEL,
     gguf_path,
@@ -153,7 +153,7 @@ class TransformersBackend(Backend):
              seeds: list[int] | None = None, schema: dict[str, Any] | None = None) -> list[Completion]:
         import torch
 
-        from feedbackgen.generation.constrained import SchemaConstraint
+        from feedbackgen.decoding.constrained import SchemaConstraint
 
         seeds = seeds or [0] * len(conversations)
         prompts = [self.render(m) + prefix for m in conversations]

@@ -36,7 +36,7 @@ import torch
 
 from feedbackgen.config import Decoding, validate
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.generation.decoding import stream_seed, with_seeds
+from feedbackgen.decoding.seeds import stream_seed, with_seeds
 from feedbackgen.models.base import Generator, register
 from feedbackgen.models.llm.answers import ONLY_REASONING, answer_schema, read_answer
 from feedbackgen.models.llm.backends import Backend, BackendConfig, Completion, make_backend
@@ -197,16 +197,9 @@ class LLMUser(Generator):
 
     def set_state(self, tensors, state):
         self.rating = rating_model_from_state(tensors, state)
-        self._vectors = tensors["review_vectors"].numpy()
 
-    def save(self, path: str | Path) -> Path:
-        path = super().save(path)
+    def save_extra(self, path: Path) -> None:
         self.history.save(path)
-        return path
 
-    @classmethod
-    def load(cls, path: str | Path) -> LLMUser:
-        model = super().load(path)
-        model.history = ReviewHistory.load(Path(path), model._vectors, model.config.embedding_model)
-        del model._vectors
-        return model
+    def load_extra(self, path: Path, arrays: dict[str, torch.Tensor]) -> None:
+        self.history = ReviewHistory.load(path, arrays["review_vectors"].numpy(), self.config.embedding_model)

@@ -29,7 +29,7 @@ collapse signal (USR, repetition; `feedbackgen.models.collapse`), logged in the 
 epoch and in `training.json`, and announced on stderr when the model answers every request alike.
 
 Generation is batched with Hugging Face `generate` on `inputs_embeds` (left padding, KV cache),
-with every `Decoding` option through `feedbackgen.generation.decoding` (each request samples from
+with every `Decoding` option through `feedbackgen.decoding` (each request samples from
 its own random stream). Texts are returned as the model writes them.
 
 Saved folder: `model.safetensors` (prompt vectors, rating head, rating baseline), `state.json`
@@ -60,8 +60,9 @@ from pydantic import Field
 from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import truncate_tokens
+from feedbackgen.decoding.search import hf_generate_kwargs
+from feedbackgen.decoding.seeds import stream_seed, with_seeds
 from feedbackgen.errors import DataError
-from feedbackgen.generation.decoding import hf_generate_kwargs, stream_seed, with_seeds
 from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.llm.prompts import similar_reviews_line
 from feedbackgen.models.neighbours import NeighbourIndex
@@ -407,7 +408,7 @@ class PromptLM(Generator):
     # -- state -------------------------------------------------------------------------------
     def get_state(self):
         tensors = {f"prompts.{k}": v for k, v in self.prompts.state_dict().items()}
-        state = {"users": self.users.ids, "items": self.items.ids, "user_aspects": self.user_aspects,
+        state = {"users": self.users, "items": self.items, "user_aspects": self.user_aspects,
                  "item_aspects": self.item_aspects, "lm_tuned": self.lm_tuned, "mean_rating": self.prompts.mean,
                  "hidden": self.prompts.user.weight.shape[1]}
         if self.rating is not None:
@@ -421,7 +422,7 @@ class PromptLM(Generator):
         return tensors, state
 
     def set_state(self, tensors, state):
-        self.users, self.items = IdIndex(state["users"]), IdIndex(state["items"])
+        self.users, self.items = IdIndex.of(state["users"]), IdIndex.of(state["items"])
         self.user_aspects, self.item_aspects = state["user_aspects"], state["item_aspects"]
         self.lm_tuned = state["lm_tuned"]
         self.prompts = ContinuousPrompts(len(self.users), len(self.items), state["hidden"], self.config.rating_head,
@@ -432,18 +433,12 @@ class PromptLM(Generator):
         self.neighbours = (NeighbourIndex.from_state(tensors, state, self.users, self.items, "rag.")
                            if self.config.rag_k else None)
 
-    def save(self, path: str | Path) -> Path:
-        path = super().save(path)
+    def save_extra(self, path: Path) -> None:
         if self.lm_tuned:
             self.lm.save_pretrained(path / "lm")
             self.tokenizer.save_pretrained(path / "lm")
-        return path
 
-    @classmethod
-    def load(cls, path: str | Path) -> PromptLM:
-        path = Path(path)
-        model = super().load(path)
-        source = str(path / "lm") if model.lm_tuned else model.config.model
-        model.lm, model.tokenizer = load_causal_lm(source, model.config.device)
-        model.prompts.to(model._device)
-        return model
+    def load_extra(self, path: Path, arrays: dict[str, torch.Tensor]) -> None:
+        source = str(path / "lm") if self.lm_tuned else self.config.model
+        self.lm, self.tokenizer = load_causal_lm(source, self.config.device)
+        self.prompts.to(self._device)

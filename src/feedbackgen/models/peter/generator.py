@@ -38,7 +38,7 @@ with probability `id_dropout`); with `id_dropout=0` that embedding stays at its 
 such requests still get a (generic) answer, never an error. `Feedback.meta` says when an ID was
 unknown.
 
-Decoding follows `feedbackgen.config.Decoding` (`feedbackgen.generation.decoding`): greedy, beam
+Decoding follows `feedbackgen.config.Decoding` (`feedbackgen.decoding`): greedy, beam
 search (`num_beams`; `meta["beam_score"]` is the mean log-probability per token) or sampling, each
 request from its own random stream. Generated text is returned as space-separated tokens in the
 form of `feedbackgen.data.text.tokenize` (so metrics compare like with like): the model's words
@@ -75,7 +75,7 @@ from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import tokenize
 from feedbackgen.errors import ConfigError, DataError, DecodingWarning
-from feedbackgen.generation.decoding import stream_seed, with_seeds
+from feedbackgen.decoding.seeds import stream_seed, with_seeds
 from feedbackgen.models import collapse, distributed
 from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.peter.model import MAX_NEW_TOKENS, PETER, PeterConfig, PeterShape
@@ -350,8 +350,7 @@ class Peter(Generator):
     def get_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {k: v for k, v in self.model.state_dict().items()
                    if not (self.config.tie_weights and k == "head.weight")}
-        state = {"users": self.users.ids, "items": self.items.ids,
-                 "aspects": self.aspects.ids if self.aspects is not None else None,
+        state = {"users": self.users, "items": self.items, "aspects": self.aspects,
                  "n_tokens": self.model.shape.n_tokens}
         if self.privacy is not None:
             state["privacy"] = self.privacy
@@ -362,8 +361,8 @@ class Peter(Generator):
         return tensors, state
 
     def set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        self.users, self.items = IdIndex(state["users"]), IdIndex(state["items"])
-        self.aspects = IdIndex(state["aspects"]) if state.get("aspects") is not None else None
+        self.users, self.items = IdIndex.of(state["users"]), IdIndex.of(state["items"])
+        self.aspects = IdIndex.of(state.get("aspects"))
         self.privacy = state.get("privacy")
         self.model = PETER(self._shape(state["n_tokens"]))
         if self.config.rag_k:
@@ -374,14 +373,8 @@ class Peter(Generator):
         self.model.load_state_dict(tensors)
         self.model.eval()
 
-    def save(self, path: str | Path) -> Path:
-        path = super().save(path)
+    def save_extra(self, path: Path) -> None:
         self.vocab.save(path)
-        return path
 
-    @classmethod
-    def load(cls, path: str | Path) -> Peter:
-        path = Path(path)
-        model = super().load(path)
-        model.vocab = Vocab.load(path)
-        return model
+    def load_extra(self, path: Path, arrays: dict[str, torch.Tensor]) -> None:
+        self.vocab = Vocab.load(path)

@@ -52,7 +52,7 @@ Presets (`preset`; every other field given overrides the preset's value):
 | max epochs | 100 (the reference's default) | 15 |
 | ID dropout (learns the "unknown" embedding) | 0 | 0.03 |
 
-`generate` decodes batched with a key/value cache through `feedbackgen.generation.decoding`
+`generate` decodes batched with a key/value cache through `feedbackgen.decoding`
 (greedy, beam search, or sampling with one random stream per row); `<pad>`, `<bos>` and `<unk>`
 are never generated, and the first token is never `<eos>`.
 
@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from feedbackgen.config import Decoding, StrictModel
-from feedbackgen.generation.decoding import Step, decode, logits_processors
+from feedbackgen.decoding.search import Step, decode, logits_processors
 from feedbackgen.models.text_units import Target
 from feedbackgen.models.vocab import BOS, EOS, PAD, UNK
 

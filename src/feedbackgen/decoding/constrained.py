@@ -6,13 +6,13 @@
 The grammar engine is `llguidance` (guidance-ai; the one llama.cpp and vLLM use): it compiles a
 JSON schema against the tokenizer once and, per step, gives the set of tokens that can continue
 the text (a bitmask over the vocabulary, under a millisecond for a 49k vocabulary). Tokens outside
-the set get -inf before temperature, top-k, top-p and `decoding.RowSampler`, so greedy decoding
+the set get -inf before temperature, top-k, top-p and `search.RowSampler`, so greedy decoding
 takes the best allowed token and sampling draws among the allowed ones, from the row's own stream.
 
 State per row. A row's grammar state is found from its own generated tokens (the columns after
 `prompt_length`), never from its position in the batch: beam search reorders rows, and finished
 rows keep receiving padding. So a row's constrained text depends only on its prompt, its seed and
-the decoding settings, as in `decoding`.
+the decoding settings, as in `feedbackgen.decoding`.
 
 The token budget. A free model can run out of `max_new_tokens` inside the review string, and the
 answer would be cut off. When the tokens left equal the length of a closing sequence (`"}` or `}`)

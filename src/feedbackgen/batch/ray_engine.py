@@ -24,11 +24,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from feedbackgen.batch.jobs import (BATCH_ROWS, RequestStream, _job_identity, feedback_rows, open_job,
+                                    remove_parts, request_from_record, requests_from_dataset)
 from feedbackgen.config import Decoding, validate
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import ConfigError, DataError, FeedbackgenError
-from feedbackgen.generation.jobs import (BATCH_ROWS, RequestStream, _job_identity, feedback_rows, open_job,
-                                         remove_parts, request_from_record, requests_from_dataset)
 from feedbackgen.io import atomic_write
 from feedbackgen.types import FeedbackRequest
 

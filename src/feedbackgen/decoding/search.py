@@ -1,37 +1,10 @@
-"""Decoding: how every generator turns next-token scores into text.
-
-One implementation of each piece, used by `peter` (its own KV-cached network), `prompt_lm` and the
-`transformers` LLM back-end (Hugging Face `generate`):
-
-- **logits processors** (`logits_processors`): Hugging Face's own — suppressed tokens,
-  `min_new_tokens`, `repetition_penalty`, `no_repeat_ngram_size` — then a grammar constraint
-  (`constrained.SchemaConstraint`, when given), then, when sampling,
-  `temperature`, `top_k`, `top_p` and `RowSampler`, in the order `generate` applies them;
-- **sampling** (`RowSampler`): each row draws from its own `torch.Generator`, seeded from its
-  request (`stream_seed`), and the processor returns scores where only the drawn token is finite,
-  so greedy selection (`argmax`, or Hugging Face's greedy search) takes the draw;
-- **the loop** (`decode`): greedy or sampled decoding, or `beam_search`, over a `step` function
-  that a network supplies (its KV cache stays its own business).
-
-Seeds. A request's seed is its own (`FeedbackRequest.seed`), else `Decoding.seed`, else drawn
-fresh from the OS (`with_seeds`); its random stream is seeded from that seed and the request's
-content (`stream_seed`). So a request's text depends only on the model, the request, the decoding
-settings and the seed — not on its batch, its position, the shard size, the engine or other
-clients' requests — and no global random state is read or written. Generators record a sampled
-request's seed in `Feedback.meta["seed"]`; giving it back (as the request's or the decoding's
-seed) replays the text. Greedy and beam search need no seed; where one is needed anyway (an LLM
-retry samples), an unseeded deterministic decoding uses seed 0, so it stays deterministic.
-
-Tiny floating-point differences between batch shapes (padding, matrix kernels) can in rare cases
-move a sampled token that sits on a probability boundary, as they can flip a greedy tie.
-"""
+"""The decoding loop and its logits processors (torch): `logits_processors`, `RowSampler`,
+`hf_generate_kwargs`, `decode` and `beam_search`. See the package docstring for seeds and
+determinism."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import math
-import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,35 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from feedbackgen.config import Decoding
-from feedbackgen.types import FeedbackRequest
-
-DRAWN_SEED_BITS = 32  # drawn seeds stay short enough to read and type back
-
-
-def with_seeds(requests: Sequence[FeedbackRequest], decoding: Decoding,
-               draw: bool | None = None) -> list[FeedbackRequest]:
-    """`requests`, each carrying the seed it decodes with: its own, else `decoding.seed`, else a
-    fresh draw from the OS when `draw` (default: `decoding.do_sample`), else 0."""
-    draw = decoding.do_sample if draw is None else draw
-    out = []
-    for r in requests:
-        if r.seed is None:
-            seed = decoding.seed if decoding.seed is not None else (
-                secrets.randbits(DRAWN_SEED_BITS) if draw else 0)
-            r = dataclasses.replace(r, seed=seed)
-        out.append(r)
-    return out
-
-
-def stream_seed(request: FeedbackRequest, salt: int = 0) -> int:
-    """The 63-bit seed of `request`'s random stream: a hash of its seed, its fields and `salt`
-    (a retry's number), so requests that share a seed still draw independently. Needs
-    `request.seed` set (`with_seeds`)."""
-    if request.seed is None:
-        raise ValueError("stream_seed needs a request with its seed set (use with_seeds)")
-    key = "\x1f".join(str(x) for x in (request.seed, request.user_id, request.item_id, request.aspect,
-                                        request.rating, salt))
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
 
 
 class RowSampler:
