@@ -17,6 +17,7 @@ refuses, in one line, a dataset without what it learns from.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,24 +149,10 @@ class Dataset:
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the folder. Tables first (each atomically), the manifest last with their hashes."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tables = {"interactions": self.interactions, "items": self.items, "users": self.users}
-        hashes = {}
-        for name, df in tables.items():
-            target = path / f"{name}.parquet"
-            if df is None:
-                target.unlink(missing_ok=True)
-                continue
-            atomic_write(target, lambda p, df=df: df.write_parquet(p, compression="zstd", statistics=False))
-            hashes[target.name] = sha256_file(target)
-        manifest = dict(self.manifest)
-        manifest["manifest_version"] = MANIFEST_VERSION
-        manifest["summary"] = self.summary()
-        manifest["hashes"] = hashes
-        atomic_write_json(path / "manifest.json", manifest)
-        self.manifest = manifest
-        return path
+        self.manifest = write_dataset(
+            Path(path), lambda p: self.interactions.write_parquet(p, compression="zstd", statistics=False),
+            self.items, self.users, self.manifest, self.summary())
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
@@ -179,3 +166,26 @@ class Dataset:
         opt = {n: pl.read_parquet(path / f"{n}.parquet") if (path / f"{n}.parquet").exists() else None
                for n in ("items", "users")}
         return cls(pl.read_parquet(inter_path), opt["items"], opt["users"], manifest, path=path)
+
+
+def write_dataset(path: Path, write_interactions: Callable[[Path], None], items: pl.DataFrame | None,
+                  users: pl.DataFrame | None, manifest: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """The one writer of a dataset folder (`Dataset.save`, and `prepare_to` for tables larger than
+    memory): interactions.parquet by `write_interactions(path)`, the item and user tables (a
+    missing one removed), each atomically, then manifest.json with `summary` and the tables'
+    hashes. Returns the manifest written."""
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / "interactions.parquet"
+    atomic_write(target, write_interactions)
+    hashes = {target.name: sha256_file(target)}
+    for name, df in (("items", items), ("users", users)):
+        target = path / f"{name}.parquet"
+        if df is None:
+            target.unlink(missing_ok=True)
+            continue
+        df = conform(df, ITEM_SCHEMA if name == "items" else {"user_id": pl.Utf8}, name)
+        atomic_write(target, lambda p, df=df: df.write_parquet(p, compression="zstd", statistics=False))
+        hashes[target.name] = sha256_file(target)
+    manifest = {**manifest, "manifest_version": MANIFEST_VERSION, "summary": summary, "hashes": hashes}
+    atomic_write_json(path / "manifest.json", manifest)
+    return manifest
