@@ -40,10 +40,10 @@ class RatingModel(Generator):
         return u, i, ratings
 
     def _id_state(self) -> dict[str, Any]:
-        return {"users": self.users.ids, "items": self.items.ids}
+        return {"users": self.users, "items": self.items}
 
     def _set_ids(self, state: dict[str, Any]) -> None:
-        self.users, self.items = IdIndex(state["users"]), IdIndex(state["items"])
+        self.users, self.items = IdIndex.of(state["users"]), IdIndex.of(state["items"])
 
 
 class GlobalMeanConfig(StrictModel):

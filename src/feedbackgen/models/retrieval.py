@@ -97,10 +97,11 @@ class Retrieval(Generator):
         tensors, rating = rating_model_state(self.rating)
         index_tensors, index_state = self.index.get_state()
         tensors.update(index_tensors)
-        return tensors, {**index_state, "aspects": self.aspects, "users": self.index.users.ids,
-                         "items": self.index.items.ids, **rating}
+        return tensors, {**index_state, "aspects": self.aspects, "users": self.index.users,
+                         "items": self.index.items, **rating}
 
     def set_state(self, tensors, state):
         self.aspects = state["aspects"]
-        self.index = NeighbourIndex.from_state(tensors, state, IdIndex(state["users"]), IdIndex(state["items"]))
+        self.index = NeighbourIndex.from_state(tensors, state, IdIndex.of(state["users"]),
+                                               IdIndex.of(state["items"]))
         self.rating = rating_model_from_state(tensors, state)

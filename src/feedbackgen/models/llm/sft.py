@@ -256,8 +256,8 @@ class LoRASFT(LLMUser):
         return TransformersBackend(lm=self.lm, tokenizer=self.tokenizer)
 
     # -- state -------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        path = super().save(path)
+    def save_extra(self, path: Path) -> None:
+        super().save_extra(path)  # the review history
         self.lm.save_pretrained(path / "adapter")
         if self.config.merge:
             import copy
@@ -266,16 +266,12 @@ class LoRASFT(LLMUser):
             merged.save_pretrained(path / "merged")
             self.tokenizer.save_pretrained(path / "merged")
         self.tokenizer.save_pretrained(path / "adapter")
-        return path
 
-    @classmethod
-    def load(cls, path: str | Path) -> LoRASFT:
+    def load_extra(self, path: Path, arrays: dict[str, torch.Tensor]) -> None:
         from peft import PeftModel
 
-        path = Path(path)
-        model = super().load(path)
-        c = model.config
-        base, model.tokenizer = load_causal_lm(c.model, c.device, c.dtype)
-        model.lm = PeftModel.from_pretrained(base, str(path / "adapter")).eval()
-        return model
+        super().load_extra(path, arrays)  # the review history
+        c = self.config
+        base, self.tokenizer = load_causal_lm(c.model, c.device, c.dtype)
+        self.lm = PeftModel.from_pretrained(base, str(path / "adapter")).eval()
 

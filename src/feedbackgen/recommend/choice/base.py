@@ -2,14 +2,11 @@
 
 A choice model answers "will this user take this item?" with a score (higher = more likely chosen).
 It learns from the train split only, each (user, item) row counting as one "chosen" (the rating is
-ignored: an interaction means the user chose the item). Saved as a folder:
-
-    MODEL/
-      config.json          {"kind": "choice", "model": NAME, "config": {...}, "search": {...} | null, ...}
-      model.safetensors    every array the model needs (never pickles)
-      ids.json             {"users": [...], "items": [...]}: row i of every user array is users[i]
-
-`kind: "choice"` is what tells a choice-model folder from a generator folder (`is_choice_folder`).
+ignored: an interaction means the user chose the item). Saved as a model folder of kind "choice"
+(`feedbackgen.models.folder`): config.json (with the validation search's record under "search"),
+model.safetensors (the model's arrays under "model.", the train matrix under "seen."), and ids.json
+({"users": [...], "items": [...]}: the `IdIndex` maps; row i of every user array is users[i], the
+user of index i + 1).
 
 Why train only, also after the search: the simulated user calibrates the engage probability on the
 valid split, which the model must not have seen; and test evaluation masks train + valid history,
@@ -36,12 +33,11 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
-from safetensors.numpy import load_file, save_file
 
 from feedbackgen.config import StrictModel, validate
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import ConfigError, FeedbackgenError, NotFittedError
-from feedbackgen.io import atomic_write, atomic_write_json
+from feedbackgen.models.folder import IdIndex, SavedModel, read_config, register_kind
 from feedbackgen.recommend.metrics import hit_rate, ndcg, positions
 
 UNKNOWN_ITEM_SCORE = -np.inf
@@ -83,10 +79,12 @@ class Interactions:
         return cls(users, items, matrix)
 
 
-class ChoiceModel(ABC):
+class ChoiceModel(SavedModel, ABC):
     """Base class. Subclasses set `name`, `Config` and `grid`, and implement `fit_matrix`,
     `score_rows`, `get_arrays` and `set_arrays`."""
 
+    kind: ClassVar[str] = "choice"
+    framework: ClassVar[str] = "np"
     name: ClassVar[str]
     Config: ClassVar[type[ChoiceConfig]] = ChoiceConfig
     grid: ClassVar[dict[str, tuple]] = {}  # the validation search's candidate values per hyper-parameter
@@ -145,8 +143,8 @@ class ChoiceModel(ABC):
         self.is_fitted = True
 
     def _index(self) -> None:
-        self.user_index = {u: n for n, u in enumerate(self.user_ids)}
-        self.item_index = {i: n for n, i in enumerate(self.item_ids)}
+        # the one id map (`IdIndex`): a user's row is its index - 1, -1 for an unknown user
+        self.users, self.items = IdIndex(self.user_ids), IdIndex(self.item_ids)
 
     def fit_candidate(self, params: dict[str, Any], data: Interactions, dataset: Dataset) -> ChoiceModel:
         """A copy of this model with `params`, fitted on `data` without searching (one search candidate)."""
@@ -164,11 +162,18 @@ class ChoiceModel(ABC):
                                  "or load it with feedbackgen.recommend.load_choice(path)")
 
     # -- scoring ---------------------------------------------------------------------------------
+    @property
+    def user_index(self) -> dict[str, int]:
+        """{user id: row} of the known users: the id map as a dict."""
+        return {u: n for n, u in enumerate(self.user_ids)}
+
     def user_rows(self, user_ids: Sequence[str]) -> np.ndarray:
-        return np.fromiter((self.user_index.get(u, -1) for u in user_ids), dtype=np.int64, count=len(user_ids))
+        """Row of each user in the model's user arrays; -1 for an unknown user."""
+        return self.users.rows(user_ids)
 
     def item_cols(self, item_ids: Sequence[str]) -> np.ndarray:
-        return np.fromiter((self.item_index.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        """Column of each item among the model's items; -1 for an unknown item."""
+        return self.items.rows(item_ids)
 
     def dense(self, rows: np.ndarray) -> np.ndarray:
         """Scores of user rows (-1 = unknown user: the popularity fallback), shape (len(rows), n_items)."""
@@ -257,40 +262,24 @@ class ChoiceModel(ABC):
         return pl.DataFrame({"user_id": out_users, "rank": out_ranks, "item_id": out_items, "score": out_scores},
                             schema={"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float64})
 
-    # -- save / load -----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write the model folder (see the module docstring); each file is written atomically."""
-        self.check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+    # -- the model folder (`feedbackgen.models.folder`) --------------------------------------------
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {**{f"model.{k}": np.ascontiguousarray(v) for k, v in self.get_arrays().items()},
                   **sparse_arrays("seen", self.seen)}
-        atomic_write(path / "model.safetensors", lambda p: save_file(arrays, str(p)))
-        atomic_write_json(path / "ids.json", {"users": self.user_ids, "items": self.item_ids})
-        from feedbackgen import __version__
+        return arrays, {"users": self.users, "items": self.items}
 
-        atomic_write_json(path / "config.json", {"kind": "choice", "model": self.name,
-                                                 "config": self.config.model_dump(),
-                                                 "search": self.search_record, "feedbackgen_version": __version__})
-        return path
+    def set_state(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        self.user_ids, self.item_ids = state["users"].ids, state["items"].ids
+        self._index()
+        self.seen = read_sparse(arrays, "seen", (len(self.user_ids), len(self.item_ids)))
+        self.popularity = np.asarray(self.seen.sum(axis=0), dtype=np.float64).ravel()
+        self.set_arrays({k.removeprefix("model."): v for k, v in arrays.items() if k.startswith("model.")})
 
-    @classmethod
-    def load(cls, path: str | Path) -> ChoiceModel:
-        path = Path(path)
-        meta = read_choice_config(path)
-        if cls is not ChoiceModel and meta["model"] != cls.name:
-            raise FeedbackgenError(f"{path} holds a {meta['model']!r} choice model, not {cls.name!r}")
-        model = CHOICE_MODELS[meta["model"]](meta["config"])
-        model.search_record = meta.get("search")
-        ids = json.loads((path / "ids.json").read_text())
-        model.user_ids, model.item_ids = ids["users"], ids["items"]
-        model._index()
-        arrays = load_file(str(path / "model.safetensors"))
-        model.seen = read_sparse(arrays, "seen", (len(model.user_ids), len(model.item_ids)))
-        model.popularity = np.asarray(model.seen.sum(axis=0), dtype=np.float64).ravel()
-        model.set_arrays({k.removeprefix("model."): v for k, v in arrays.items() if k.startswith("model.")})
-        model.is_fitted = True
-        return model
+    def folder_record(self) -> dict[str, Any]:
+        return {"search": self.search_record}
+
+    def read_record(self, meta: dict[str, Any]) -> None:
+        self.search_record = meta.get("search")
 
 
 def sparse_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
@@ -356,6 +345,7 @@ def validation_search(model: ChoiceModel, dataset: Dataset, data: Interactions) 
 
 # -- registry --------------------------------------------------------------------------------------
 CHOICE_MODELS: dict[str, type[ChoiceModel]] = {}
+register_kind("choice", CHOICE_MODELS)
 
 
 def register_choice(cls: type[ChoiceModel]) -> type[ChoiceModel]:
@@ -371,7 +361,7 @@ def create_choice(name: str, config: dict[str, Any] | None = None) -> ChoiceMode
 
 
 def is_choice_folder(path: str | Path) -> bool:
-    """True when `path/config.json` says `"kind": "choice"` (a generator folder has no `kind`)."""
+    """True when `path/config.json` says `"kind": "choice"`."""
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         return False
@@ -382,19 +372,10 @@ def is_choice_folder(path: str | Path) -> bool:
 
 
 def read_choice_config(path: Path) -> dict[str, Any]:
-    cfg = path / "config.json"
-    if not cfg.exists():
-        raise FeedbackgenError(f"{path} is not a saved feedbackgen model (no config.json); "
-                               "train one with `feedbackgen train DATA --model ease --out MODEL`")
-    meta = json.loads(cfg.read_text())
-    if meta.get("kind") != "choice":
-        raise FeedbackgenError(f"{path} holds a generator ({meta.get('model')!r}), not a choice model; "
-                               "load it with feedbackgen.models.load")
-    if meta.get("model") not in CHOICE_MODELS:
-        raise FeedbackgenError(f"{cfg} names choice model {meta.get('model')!r}, which this version does not know")
-    return meta
+    """A choice-model folder's config.json; FeedbackgenError when `path` holds no choice model."""
+    return read_config(path, "choice")
 
 
 def load_choice(path: str | Path) -> ChoiceModel:
-    """Load any saved choice-model folder."""
+    """Load any saved choice-model folder (`feedbackgen.load` loads any model folder)."""
     return ChoiceModel.load(Path(path))
