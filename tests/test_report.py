@@ -151,9 +151,9 @@ def test_report_files(report):
         assert on_disk["metric_definitions"][key]["direction"] in ("higher", "lower")
     md = (out / "report.md").read_text()
     n_test = result["references"]
-    assert f"| copy | explanation | {n_test}/{n_test} (100.0 %) | 100.00 | 100.00 |" in md
+    assert f"| copy | explanation | {n_test}/{n_test} (100.0 %) | — | 100.00 | 100.00 |" in md
     mean_row = next(line for line in md.splitlines() if line.startswith("| mean |"))
-    assert mean_row.count("—") == len(MAIN_COLUMNS) - 2  # only RMSE and MAE
+    assert mean_row.count("—") == len(MAIN_COLUMNS) - 2 + 1  # only RMSE and MAE; no provenance either
     assert "Self-BLEU-4" in md and "Metric definitions" in md
     assert set(on_disk["plots"]) == {"metrics.png", "confusion.png", "lengths.png"}
     for name in on_disk["plots"]:

@@ -3,7 +3,8 @@
 A prediction row is one JSON object a line with at least `user_id`, `item_id`, `rating` (a finite
 number, or null for a text-only model), `text` (empty for a rating-only model) and `model`;
 optionally `target` ("explanation" | "review"), `aspect` (a string), `decoding` and `meta`
-(objects; `meta.answer` one of `feedbackgen.types.ANSWER_KINDS`). Blank lines are skipped. A bad
+(objects; `meta.answer` one of `feedbackgen.types.ANSWER_KINDS`, `meta.provenance` one of
+`feedbackgen.types.PROVENANCE`: whether the text was written or copied). Blank lines are skipped. A bad
 line stops the read with a `DataError` naming the file, the line and the field.
 """
 
@@ -17,12 +18,12 @@ from typing import Any
 import polars as pl
 
 from feedbackgen.errors import DataError
-from feedbackgen.types import ANSWER_KINDS
+from feedbackgen.types import ANSWER_KINDS, PROVENANCE
 
 REQUIRED_FIELDS = ("user_id", "item_id", "rating", "text", "model")
 TARGETS = ("explanation", "review")
 SCHEMA = {"user_id": pl.Utf8, "item_id": pl.Utf8, "rating": pl.Float64, "text": pl.Utf8, "model": pl.Utf8,
-          "target": pl.Utf8, "aspect": pl.Utf8, "decoding": pl.Utf8, "answer": pl.Utf8, "file": pl.Utf8}
+          "target": pl.Utf8, "aspect": pl.Utf8, "decoding": pl.Utf8, "answer": pl.Utf8, "provenance": pl.Utf8, "file": pl.Utf8}
 
 
 def _field_error(path: Path, line: int, field: str, message: str) -> DataError:
@@ -66,6 +67,10 @@ def parse_prediction(obj: Any, path: Path, line: int) -> dict[str, Any]:
     answer = (meta or {}).get("answer")  # LLM generators: how the JSON answer was obtained
     if answer is not None and answer not in ANSWER_KINDS:
         raise _field_error(path, line, "meta.answer", f"expected one of {', '.join(ANSWER_KINDS)}, got {answer!r}")
+    provenance = (meta or {}).get("provenance")  # generated, copied, fallback or none
+    if provenance is not None and provenance not in PROVENANCE:
+        raise _field_error(path, line, "meta.provenance",
+                           f"expected one of {', '.join(PROVENANCE)}, got {provenance!r}")
     return {
         "user_id": _as_id(obj["user_id"], path, line, "user_id"),
         "item_id": _as_id(obj["item_id"], path, line, "item_id"),
@@ -76,6 +81,7 @@ def parse_prediction(obj: Any, path: Path, line: int) -> dict[str, Any]:
         "aspect": aspect,
         "decoding": json.dumps(decoding, sort_keys=True) if decoding is not None else None,
         "answer": answer,
+        "provenance": provenance,
         "file": str(path),
     }
 

@@ -64,11 +64,20 @@ def _coverage(m: dict) -> str:
     return f"{c['matched']}/{c['expected']} ({100 * c['share']:.1f} %)"
 
 
+def provenance_cell(m: dict) -> str:
+    """'written / copied / other' text counts of a report row (other: fallback, none, unsaid)."""
+    counts = m.get("provenance")
+    if not counts:
+        return MISSING
+    other = sum(v for k, v in counts.items() if k not in ("generated", "copied"))
+    return f"{counts.get('generated', 0)} / {counts.get('copied', 0)} / {other}"
+
+
 def _main_table(report: dict) -> list[str]:
     models = report["models"]
-    header = (["model", "target", "coverage"]
+    header = (["model", "target", "coverage", "texts written / copied / other"]
               + [ALL_METRICS[k].name + arrow(ALL_METRICS[k].direction) for k in MAIN_COLUMNS])
-    rows = [[name + (f" ({_marks(m)})" if _marks(m) else ""), m["target"], _coverage(m)]
+    rows = [[name + (f" ({_marks(m)})" if _marks(m) else ""), m["target"], _coverage(m), provenance_cell(m)]
             + [_format(k, m["metrics"].get(k)) for k in MAIN_COLUMNS] for name, m in models.items()]
     lines = _table(header, rows) + [""]
     collapsed = [(n, m["collapse"]) for n, m in models.items() if (m.get("collapse") or {}).get("collapsed")]
@@ -123,7 +132,9 @@ def render_markdown(report: dict) -> str:
              + (f" (from {_describe_source(ds['source'])})" if ds.get("source") else "")
              + f"; split `{report['split']}` with {report['references']} reference rows. "
              "↑ higher is better, ↓ lower is better; — not applicable (e.g. a rating-only model). "
-             "Coverage: the split's reference rows each model answered.", ""]
+             "Coverage: the split's reference rows each model answered. Texts written / copied / other: "
+             "how many texts the model wrote for the request, copied verbatim from a training review, or "
+             "gave as a fallback or not at all (each text's `meta.provenance`).", ""]
     lines += ["## Main metrics", ""] + _main_table(report)
     rest = [k for k in ALL_METRICS if k not in MAIN_COLUMNS and any(k in m["metrics"] for m in models.values())]
     if rest:

@@ -2,6 +2,7 @@
 
     evaluate([PRED.jsonl, ...], dataset, out_dir)  ->  out_dir/report.json
                                                        out_dir/report.md
+                                                       out_dir/report.html (self-contained: report_html.py)
                                                        out_dir/metrics.png, confusion.png, lengths.png
 
 Prediction files are read by `predictions.read_predictions`. Rows are joined to the dataset's
@@ -31,6 +32,7 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.evaluation.predictions import read_predictions
 from feedbackgen.evaluation.render import ALL_METRICS, MAIN_COLUMNS, render_markdown
+from feedbackgen.evaluation.report_html import render_html
 from feedbackgen.evaluation.scoring import (Context, default_target, examples, leak_check, rating_confusion,
                                             score_group)
 from feedbackgen.io import atomic_write_json, atomic_write_text, json_ready
@@ -89,7 +91,8 @@ def evaluate(predictions: list[Path], dataset: Dataset, out_dir: Path, split: st
     module docstring; raises `DataError` naming the file for a group below it. `naturalness=True`
     adds each text model's perplexity under `naturalness_model` (median and mean, and the
     references' own) on `naturalness_sample` reference rows drawn with `seed`. `seed` fixes every
-    sampled metric. Raises `ConfigError` for no files or a value out of range."""
+    sampled metric. Writes report.html too (one self-contained page). Raises `ConfigError` for no files
+    or a value out of range."""
     if not predictions:
         raise ConfigError("evaluate needs at least one prediction file")
     if not 0 <= min_coverage <= 1:
@@ -134,6 +137,7 @@ def evaluate(predictions: list[Path], dataset: Dataset, out_dir: Path, split: st
     report["plots"] = write_plots(report, groups, ctx.references, out_dir)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
+    atomic_write_text(out_dir / "report.html", render_html(report, out_dir))
     return report
 
 

@@ -35,7 +35,7 @@ from feedbackgen.evaluation.grounding import item_grounding
 from feedbackgen.evaluation.metrics import mean_absolute_error, peter_metrics, root_mean_square_error
 from feedbackgen.evaluation.naturalness import PerplexityScorer, summary
 from feedbackgen.evaluation.predictions import TARGETS
-from feedbackgen.types import ANSWER_KINDS
+from feedbackgen.types import ANSWER_KINDS, PROVENANCE
 
 STARS = (1, 2, 3, 4, 5)
 COLLAPSE_USR = 0.05
@@ -213,7 +213,17 @@ def score_group(preds: pl.DataFrame, ctx: Context, target: str) -> dict[str, Any
     answer_counts = {kind: int((answers == kind).sum()) for kind in ANSWER_KINDS} if len(answers) else None
     return {"target": target, "reference_column": column, "has_text": has_text, "counts": counts,
             "coverage": coverage, "collapse": collapsed, "naturalness": naturalness, "answers": answer_counts,
+            "provenance": provenance_counts(rows) if has_text else None,
             "metrics": metrics, "decoding": decoding, "rating_confusion": confusion}
+
+
+def provenance_counts(rows: pl.DataFrame) -> dict[str, int] | None:
+    """How many of the matched rows' texts were written by the model, copied from a training review,
+    a fallback or none (`meta.provenance`, `feedbackgen.types.PROVENANCE`); None when no row says."""
+    if "provenance" not in rows.columns or not rows["provenance"].drop_nulls().len():
+        return None
+    said = rows["provenance"]
+    return {kind: int((said == kind).sum()) for kind in PROVENANCE} | {"unknown": int(said.null_count())}
 
 
 def examples(ctx: Context, groups: dict[str, pl.DataFrame], n: int = 3) -> list[dict]:
