@@ -170,14 +170,15 @@ def test_recommend_ranks_unseen_items_by_predicted_rating(mi_small, popular):
     users = known_test_users(mi_small, 5)
     recs = recommend(popular, mi_small, users, k=7)
     assert recs.columns == ["user_id", "rank", "item_id", "predicted_rating", "text", "title", "model", "score",
-                            "provenance", "source_user", "source_item", "source", "repeated"]
+                            "exclude", "provenance", "source_user", "source_item", "source", "repeated"]
+    assert recs["exclude"].unique().to_list() == ["train+valid"]  # the default, named in every row
     assert recs["score"].to_list() == recs["predicted_rating"].to_list()  # the rating ranked them
     assert len(recs) == 35 and recs["model"].unique().to_list() == ["popular"]
     for user in users:
         mine = recs.filter(pl.col("user_id") == user)
         assert mine["rank"].to_list() == list(range(1, 8))
         assert mine["predicted_rating"].to_list() == sorted(mine["predicted_rating"].to_list(), reverse=True)
-        seen = set(mi_small.interactions.filter(pl.col("user_id") == user)["item_id"])
+        seen = set(mi_small.interactions.filter(pl.col("user_id") == user, pl.col("split") != "test")["item_id"])
         assert not seen & set(mine["item_id"])
     assert all(t for t in recs["text"])  # every item explained
     # the explanation is the generator's feedback for that very pair
@@ -198,8 +199,8 @@ def test_a_choice_model_ranks_and_the_generator_explains(mi_small, popular):
     assert recs["model"].unique().to_list() == ["popular + ease"]
     for user in users:
         mine = recs.filter(pl.col("user_id") == user)
-        # the order is the choice model's own top 5 among the items the user never touched
-        seen = set(mi_small.interactions.filter(pl.col("user_id") == user)["item_id"])
+        # the order is the choice model's own top 5 among the items the user has not in train or valid
+        seen = set(mi_small.interactions.filter(pl.col("user_id") == user, pl.col("split") != "test")["item_id"])
         unseen = sorted(set(mi_small.interactions["item_id"]) - seen)
         best = np.sort(ease.score([user] * len(unseen), unseen))[::-1][:5]
         assert mine["score"].to_list() == pytest.approx(best.tolist())
@@ -221,7 +222,7 @@ def test_recommend_breaks_rating_ties_by_popularity(mi_small):
             return np.full(len(requests), 5.0)
 
     user = known_test_users(mi_small, 1)[0]
-    recs = recommend(Flat(), mi_small, [user], k=5)
+    recs = recommend(Flat(), mi_small, [user], k=5, exclude="all")
     counts = Popularity().fit(mi_small).count(recs["item_id"].to_list())
     seen = set(mi_small.interactions.filter(pl.col("user_id") == user)["item_id"])
     unseen_counts = sorted(Popularity().fit(mi_small).count(
@@ -232,8 +233,12 @@ def test_recommend_breaks_rating_ties_by_popularity(mi_small):
 def test_recommend_candidates_and_unknown_ids(mi_small, popular, tmp_path):
     user = known_test_users(mi_small, 1)[0]
     items = sorted(mi_small.train["item_id"].unique().to_list())[:4]
-    recs = recommend(popular, mi_small, [user], k=10, candidates=items, explain=False)
+    recs = recommend(popular, mi_small, [user], k=10, candidates=items, explain=False, exclude="none")
     assert sorted(recs["item_id"]) == items and set(recs["text"]) == {""}
+    # given candidates are masked like the default ones
+    train = set(mi_small.train.filter(pl.col("user_id") == user)["item_id"])
+    masked = recommend(popular, mi_small, [user], k=10, candidates=items, explain=False, exclude="train")
+    assert sorted(masked["item_id"]) == sorted(set(items) - train)
     with pytest.raises(FeedbackgenError, match="not in the dataset's training split"):
         recommend(popular, mi_small, ["nobody"])
     problems = Problems()
@@ -304,7 +309,8 @@ def explained(mi_small, no_sentence_item):
 def test_retrieval_explanations_are_about_the_recommended_item(explained, no_sentence_item):
     ds, retrieval = explained
     users = known_test_users(ds, 12)
-    recs = recommend(retrieval, ds, users, k=10, candidates=sorted(ds.interactions["item_id"].unique()))
+    recs = recommend(retrieval, ds, users, k=10, candidates=sorted(ds.interactions["item_id"].unique()),
+                     exclude="none")
     assert set(recs["provenance"]) == {"copied", "none"}
     copied = recs.filter(pl.col("provenance") == "copied")
     # each copied text is the training explanation of the recommended item, by another user
@@ -431,7 +437,7 @@ def test_cli_names_the_ranker_once_and_the_candidates_with_one_decimal(mi_small,
                                    str(root / "ds"), "--user", user, "--k", "3", "--no-explain"],
                              env={"COLUMNS": "400"})
     assert res.exit_code == 0, res.output
-    assert f"top 3 for {user} (popular + popularity (pop))" in " ".join(res.output.split())  # rich wraps titles
+    assert f"top 3 for {user} (popular + popularity (pop); exclude=train+valid)" in " ".join(res.output.split())
     res = CliRunner().invoke(app, ["recommend", str(root / "popular"), "--dataset", str(root / "ds"),
                                    "--evaluate", "--max-users", "20"])
     assert res.exit_code == 0, res.output
@@ -442,3 +448,56 @@ def test_cli_names_the_ranker_once_and_the_candidates_with_one_decimal(mi_small,
     for protocol in ("full", "sampled"):
         mean_length = table.filter(pl.col("protocol") == protocol)["candidates"][0]
         assert rows[("popular", protocol)][3].strip() == f"{mean_length:.1f}"
+
+
+# -- the one top-k ranking ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rankers(mi_small):
+    from feedbackgen.recommend import create_choice
+
+    return {name: create_choice(name, {"search": False}).fit(mi_small) for name in ("ease", "itemknn", "als")}
+
+
+def test_top_k_masks_by_split_and_names_the_mask(mi_small, rankers):
+    from feedbackgen.recommend import top_k
+
+    ease, user = rankers["ease"], known_test_users(mi_small, 1)[0]
+    mine = mi_small.interactions.filter(pl.col("user_id") == user)
+    for exclude, splits in (("none", ()), ("train", ("train",)), ("train+valid", ("train", "valid")),
+                            ("all", ("train", "valid", "test"))):
+        recs = top_k(ease, [user], 25, exclude=exclude, dataset=mi_small)
+        masked = set(mine.filter(pl.col("split").is_in(list(splits)))["item_id"])
+        assert recs["exclude"].unique().to_list() == [exclude]
+        assert not masked & set(recs["item_id"]) and len(recs) == len(set(ease.item_ids) - masked)
+    with pytest.raises(FeedbackgenError, match="exclude='valid' is not one of"):
+        top_k(ease, [user], 5, exclude="valid", dataset=mi_small)
+    # ChoiceModel.recommend is the same ranking on the model's own items
+    assert ease.recommend([user], 5).drop("exclude").equals(
+        top_k(ease, [user], 5, exclude="train", dataset=mi_small).drop("exclude"))
+
+
+def test_a_visitors_history_is_scored_from_and_never_recommended_back(mi_small, rankers):
+    from feedbackgen.recommend import top_k
+
+    user = known_test_users(mi_small, 1)[0]
+    train_items = sorted(mi_small.train.filter(pl.col("user_id") == user)["item_id"])
+    popular_list = top_k(rankers["ease"], ["visitor"], 5, dataset=mi_small)
+    counts = Popularity().fit(mi_small).count(popular_list["item_id"].to_list())
+    assert counts.tolist() == sorted(counts.tolist(), reverse=True)  # nobody known, no history: popularity
+    for name, model in rankers.items():
+        visitor = top_k(model, ["visitor"], 5, dataset=mi_small, history={"visitor": train_items})
+        assert not set(train_items) & set(visitor["item_id"]), name
+        assert visitor["item_id"].to_list() != popular_list["item_id"].to_list(), name
+        # a visitor with the known user's train items gets that user's list (factor models: nearly)
+        known = top_k(model, [user], 5, exclude="train", dataset=mi_small)
+        same = len(set(visitor["item_id"]) & set(known["item_id"]))
+        assert same == 5 if name != "als" else same >= 4, (name, visitor, known)
+
+
+def test_factor_fold_in_recovers_a_users_trained_scores(mi_small, rankers):
+    als = rankers["als"]
+    users = known_test_users(mi_small, 5)
+    rows = als.user_rows(users)
+    folded, trained = als.score_history(als.seen[rows]), als.dense(rows)
+    assert all(np.corrcoef(f, t)[0, 1] > 0.99 for f, t in zip(folded, trained))

@@ -33,11 +33,18 @@ def recommend(
         help="instead: HR@K / NDCG@K / Recall@K on the test split (full and sampled protocols) beside "
              "popularity and MF baselines")] = False,
     max_users: Annotated[Optional[int], typer.Option(help="--evaluate on a seeded sample of test users")] = None,
+    exclude: Annotated[str, typer.Option(
+        help="which of each user's own items are never recommended, by split: train+valid (the default: "
+             "lists for offline evaluation on test, as --evaluate masks) | all (every item the user ever "
+             "had: lists to show) | train | none; written in the output's exclude column")] = "train+valid",
 ):
     """Rank items for a user, each with the feedback the user would give: by a choice model's score
     (MODEL a choice folder, or `--choice`), else by the generator's predicted rating.
 
     Example: `feedbackgen recommend models/peter --choice models/ease --dataset data/mi --user A2IBPI20UZIR0U --k 5`
+
+    The ranking is the one `feedbackgen serve`'s /v1/recommend and the Python API give
+    (`feedbackgen.recommend.top_k`): the same list for the same user and --exclude.
 
     Batch: `feedbackgen recommend models/retrieval --dataset data/mi --users users.txt --out recs.parquet`
     (the terminal shows the first 240 characters of each text; `--out` keeps them whole).
@@ -49,8 +56,9 @@ def recommend(
     from feedbackgen.recommend import read_id_list, write_recommendations
     from feedbackgen.recommend import recommend as rank_for_users
     from feedbackgen.recommend.choice import is_choice_folder, load_choice
-    from feedbackgen.recommend.ranking import simulator_name
+    from feedbackgen.recommend.ranking import check_exclude, simulator_name
 
+    check_exclude(exclude)
     if is_choice_folder(model):
         if choice is not None:
             raise FeedbackgenError(f"{model} is a choice model; with --choice, MODEL is the generator that explains")
@@ -99,17 +107,17 @@ def recommend(
     problems = Problems() if users is not None or candidates is not None else None
     t0 = time.time()
     recs = rank_for_users(generator, ds, user_ids, k=k, candidates=candidate_ids, explain=explain,
-                          problems=problems, choice=ranker if ranks_by_choice else None)
+                          problems=problems, choice=ranker if ranks_by_choice else None, exclude=exclude)
     if problems is not None and problems.count:
         err.print(f"[yellow]{problems.describe()}[/yellow]")
     if out is not None:
         write_recommendations(recs, out)
         err.print(f"[green]wrote[/green] {len(recs)} recommendations for {recs['user_id'].n_unique()} user(s) "
-                  f"to {out} in {time.time() - t0:.1f}s")
+                  f"to {out} in {time.time() - t0:.1f}s (exclude={exclude}: each user's {exclude} items masked)")
     if user is not None:
         label = simulator_name(generator, ranker if ranks_by_choice else None,
                                model if generator is not None else None, ranker_path if ranks_by_choice else None)
-        Console().print(_recommendation_table(recs, f"top {len(recs)} for {user} ({label})"))
+        Console().print(_recommendation_table(recs, f"top {len(recs)} for {user} ({label}; exclude={exclude})"))
 
 
 def _recommendation_table(recs, title: str):

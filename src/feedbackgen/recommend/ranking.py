@@ -1,34 +1,29 @@
-"""Rank items for a user by predicted rating, explain each with generated feedback, and evaluate rankings.
+"""The one top-k ranking (`top_k`), and the evaluation of rankings on the test split.
 
-    recommend(model, dataset, ["A2IBPI20UZIR0U"], k=10)        # a DataFrame, one row per (user, rank)
+    top_k(ease, ["A2IBPI20UZIR0U"], k=10, dataset=ds)          # user_id, rank, item_id, score, exclude
     evaluate_ranking({"mf": mf, "ease": create_choice("ease").fit(ds)}, ds)   # HR@K / NDCG@K / Recall@K
 
-A "model" here is anything that scores (user, item) pairs: a `Generator` (scored by its
-`predict_rating`: PETER's rating head; the biased MF inside `retrieval` and `popular`), or an
-object with `score(user_ids, item_ids)`: every choice model of `feedbackgen.recommend.choice`
-(popularity, itemknn, ease, als, bpr, hybrid), which scores a whole list per user at once.
+`top_k` is what the CLI (`recommend`), the Python API (`feedbackgen.recommend.recommend`, which
+explains its rows), `ChoiceModel.recommend`, the service and the simulator rank with: one mask
+(`exclude`), one tie-break, one answer for unknown users. A "model" is anything that scores
+(user, item) pairs: a `Generator` (its `predict_rating`) or a choice model (`score`).
 
-Ranking evaluation on the test split, with two protocols (`evaluate_ranking`):
+Ranking evaluation (`evaluate_ranking`), two protocols:
 
 - `full`: each test user's candidates are all items of the dataset except those the user has in
-  train or valid (RecBole's full-sort evaluation masks the same history); the relevant items are
-  the user's test items. One query per test user.
+  train or valid (RecBole's full-sort evaluation masks the same history: `top_k`'s default
+  `exclude="train+valid"`); the relevant items are the user's test items. One query per test user.
 - `sampled`: each test interaction is ranked against `n_negatives` (99) items drawn uniformly,
   without replacement, from the items the user never interacted with in any split (He et al.,
-  "Neural Collaborative Filtering", WWW 2017, section 4.1). One query per test interaction.
-  Sampled metrics can disagree with full ones on which model is better (Krichene & Rendle,
-  "On Sampled Metrics for Item Recommendation", KDD 2020): report both.
+  "Neural Collaborative Filtering", WWW 2017, section 4.1). Sampled metrics can disagree with
+  full ones (Krichene & Rendle, KDD 2020): report both.
 
-Ties: predictions are clipped to the rating range, so a generous user's best items often tie at
-5 stars (on Musical Instruments, 18% of test users have ten or more). Among equal predictions
-the item with more training interactions goes first, then (in `recommend`) the smaller item id,
-or (in the evaluation) a random order drawn from the seed. Negatives and user subsets are drawn
-once from `seed`, so every model ranks the same lists.
+Ties: among equal scores the item with more training interactions goes first, then (in `top_k`)
+the smaller item id, or (in the evaluation) a random order drawn from the seed.
 """
-
 from __future__ import annotations
 
-from collections import Counter
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,25 +31,20 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
-from feedbackgen.config import Decoding, validate
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.data.problems import Problems
-from feedbackgen.errors import DataError, FeedbackgenError
-from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text
-from feedbackgen.recommend.choice import Popularity
+from feedbackgen.errors import FeedbackgenError
+from feedbackgen.io import atomic_write_json, atomic_write_text
+from feedbackgen.recommend.choice import UNKNOWN_ITEM_SCORE, ChoiceModel, Popularity
 from feedbackgen.recommend.metrics import KS, positions, ranking_metrics
-from feedbackgen.types import FeedbackRequest, source_label
+from feedbackgen.types import FeedbackRequest
 
 SCORE_CHUNK = 200_000  # pairs scored per call: bounds the memory of the request objects
 USERS_PER_BATCH = 128
 PROTOCOLS = ("full", "sampled")
 # `evaluate_ranking`'s candidates column is a mean list length: one decimal, not a metric's four
 RANKING_FORMATS = {"candidates": ".1f"}
-RECOMMENDATION_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8,
-                         "predicted_rating": pl.Float64, "text": pl.Utf8, "title": pl.Utf8, "model": pl.Utf8,
-                         "score": pl.Float64, "provenance": pl.Utf8, "source_user": pl.Utf8,
-                         "source_item": pl.Utf8, "source": pl.Utf8, "repeated": pl.Boolean}
 
 
 def score_pairs(model: Any, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
@@ -118,179 +108,187 @@ class UnseenSampler:
         return self.items[self.rng.choice(pool, size=min(n, len(pool)), replace=False)]
 
 
-# -- recommend ---------------------------------------------------------------------------------
+# -- the one top-k ranking ---------------------------------------------------------------------
 
-def recommend(model: Any, dataset: Dataset, user_ids: Sequence[str], k: int = 10,
-              candidates: Sequence[str] | Mapping[str, Sequence[str]] | None = None, *,
-              explain: bool = True, decoding: Decoding | dict | None = None,
-              problems: Problems | None = None, choice: Any = None) -> pl.DataFrame:
-    """The top `k` items for each user, each explained by generated feedback.
+# which of a user's own items are never recommended back, by the splits they are in (the items of
+# `history`, a visitor's session or the events since training, are always masked)
+EXCLUDE: dict[str, tuple[str, ...]] = {"none": (), "train": ("train",), "train+valid": ("train", "valid"),
+                                       "all": ("train", "valid", "test")}
+DEFAULT_EXCLUDE = "train+valid"  # what the offline evaluation masks (RecBole's full sort), so lists score
+TOP_K_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float64,
+                "exclude": pl.Utf8}
 
-    Ranked by `choice`'s score when a ChoiceModel is given (what the user would take; `model`, a
-    generator or None, then only explains), else by `model`'s predicted rating.
 
-    candidates: None ranks every catalogue item the user has not interacted with (in any split);
-    a list ranks those items for every user; a mapping user -> list ranks per-user lists. Given
-    candidates are ranked as given, already-seen ones included.
-    Users absent from the training split (the model knows nothing about them) and candidate items
-    absent from the dataset raise a `FeedbackgenError`, or, when `problems` is given, are reported
-    there and left out. Ties go to the item with more training interactions, then to the smaller
-    item id, so the output is deterministic.
+class Pool:
+    """The default candidates of `top_k` with what ranking them needs, computed once per dataset
+    (or per model, without a dataset): the items (sorted by id), their train interaction counts
+    (the tie-break), the users who have train interactions, and each user's items per split."""
 
-    Returns one row per (user, rank): user_id, rank (1 = best), item_id, predicted_rating (null
-    without a generator), text (the generated feedback, "" when `explain` is off, the model writes
-    no text or has nothing to say about the item), title (from the dataset's item table, when it
-    has one), model, score (what ranked the item: the choice model's score, or the predicted
-    rating), then where the text came from (`feedbackgen.types.provenance`; nulls without a text):
-    provenance (generated | copied | fallback | none), source_user and source_item (the training
-    review a copied text was taken from), source (the one-line label of `types.source_label`), and
-    repeated (the same non-empty text appears at least twice in this user's list: it says nothing
-    specific about the item).
+    def __init__(self, items: Sequence[str], popularity: np.ndarray, train_users: set[str],
+                 by_split: dict[str, dict[str, np.ndarray]]):
+        self.items = np.array(items, dtype=object)
+        self.index = {item: n for n, item in enumerate(self.items)}
+        self.popularity, self.train_users, self.by_split = popularity, train_users, by_split
+
+    @classmethod
+    def of_dataset(cls, dataset: Dataset) -> Pool:
+        items = catalogue(dataset)
+        index = {item: n for n, item in enumerate(items)}
+        counts = dict(dataset.train.group_by("item_id").len().iter_rows())
+        by_split: dict[str, dict[str, np.ndarray]] = {}
+        for split, df in dataset.interactions.group_by("split"):
+            by_split[split[0]] = {u: np.fromiter((index[i] for i in set(its)), dtype=np.int64)
+                                  for u, its in df.group_by("user_id").agg(pl.col("item_id")).iter_rows()}
+        train_users = set(by_split.get("train", {}))
+        return cls(items, np.array([counts.get(i, 0) for i in items], dtype=np.float64), train_users, by_split)
+
+    @classmethod
+    def of_model(cls, model: Any) -> Pool:
+        """A choice model's own items and train matrix (it knows no valid or test split)."""
+        train = {u: model.taken(row) for u, row in model.user_index.items()}
+        return cls(model.item_ids, np.asarray(model.popularity, dtype=np.float64), set(model.user_ids),
+                   {"train": train})
+
+    def masked(self, user: str, exclude: str) -> np.ndarray:
+        """Positions in `items` of the user's items in the splits `exclude` names."""
+        parts = [self.by_split.get(split, {}).get(user) for split in EXCLUDE[exclude]]
+        parts = [p for p in parts if p is not None]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def count(self, item_ids: Sequence[str]) -> np.ndarray:
+        return np.array([self.popularity[self.index[i]] if i in self.index else 0.0 for i in item_ids])
+
+
+_POOLS: dict[int, tuple[weakref.ref, Pool]] = {}
+
+
+def pool_of(dataset: Dataset) -> Pool:
+    """`Pool.of_dataset`, kept while the dataset lives: a service ranks for many users of one dataset."""
+    key = id(dataset)
+    hit = _POOLS.get(key)
+    if hit is not None and hit[0]() is dataset:
+        return hit[1]
+    pool = Pool.of_dataset(dataset)
+    _POOLS[key] = (weakref.ref(dataset, lambda _, key=key: _POOLS.pop(key, None)), pool)
+    return pool
+
+
+def check_exclude(exclude: str) -> str:
+    if exclude not in EXCLUDE:
+        raise FeedbackgenError(f"exclude={exclude!r} is not one of {', '.join(EXCLUDE)} (which of a user's own "
+                               "items, by split, are never recommended back)")
+    return exclude
+
+
+def top_k(model: Any, user_ids: Sequence[str], k: int = 10, *, exclude: str = DEFAULT_EXCLUDE,
+          dataset: Dataset | None = None, history: Mapping[str, Sequence[str]] | None = None,
+          candidates: Sequence[str] | Mapping[str, Sequence[str]] | None = None) -> pl.DataFrame:
+    """The `k` best items per user: the one ranking of the CLI, the Python API, the service and the simulator.
+
+    model: a `ChoiceModel` (ranks by its score) or a `Generator` (by its predicted rating).
+    exclude: which of the user's own items are masked, by split: none | train | train+valid (the
+    default: what the offline evaluation masks) | all. Named in the `exclude` column of every row.
+    dataset: the splits `exclude` reads and the default candidates (every item of the dataset);
+    optional for a choice model with exclude none or train (its own items and train matrix).
+    history: user -> items the user took beyond the dataset (a visitor's session, events since
+    training): always masked, and folded into the scoring by choice models that can
+    (`folds_history`: item-item models from the items, factor models by solving the user's factors).
+    candidates: None (the whole pool), one list for every user, or a list per user; masked alike.
+    Unknown users (no train interaction, no history) get the popularity order; items a choice
+    model cannot score (-inf) are left out. Ties: the item with more train interactions, then the
+    smaller item id. Users are deduplicated in order.
+
+    Returns columns user_id, rank (1 = best), item_id, score, exclude; fewer than k rows for a
+    user when fewer candidates are left. Raises FeedbackgenError for k < 1 or an unknown exclude.
     """
-    if model is None and choice is None:
-        raise FeedbackgenError("recommend needs a generator, a choice model, or both")
-    ranker = choice if choice is not None else model
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise FeedbackgenError(f"k must be a positive integer, got {k!r}")
-    decoding = validate(Decoding, decoding, "decoding settings")
-    known_users = set(dataset.train["user_id"].unique().to_list())
-    popularity = Popularity().fit(dataset)
-    all_items = catalogue(dataset)
-    known_items = set(all_items.tolist())
-    seen = items_by_user(dataset.interactions)
-
-    def refuse_or_report(unknown: list[str], what: str, where: str) -> None:
-        if not unknown:
-            return
-        if problems is None:
-            shown = ", ".join(repr(x) for x in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            raise FeedbackgenError(f"{len(unknown)} {what}(s) not in the {where}: {shown}")
-        for x in unknown:
-            problems.report(f"{what}s", None, f"{what}_id", f"unknown {what} {x!r} (not in the {where})")
-
+    check_exclude(exclude)
+    history = history or {}
+    is_choice = isinstance(model, ChoiceModel)
+    if dataset is None:
+        if not is_choice or exclude not in ("none", "train"):
+            raise FeedbackgenError(f"ranking with exclude={exclude!r}" + ("" if is_choice else " by a generator")
+                                   + " needs the dataset (dataset=...)")
+        model.check_fitted()
+        pool = Pool.of_model(model)
+    else:
+        pool = pool_of(dataset)
+    rows: list[tuple[str, int, str, float]] = []
     users = list(dict.fromkeys(user_ids))
-    refuse_or_report([u for u in users if u not in known_users], "user", "dataset's training split")
-    users = [u for u in users if u in known_users]
-
-    def candidates_of(user: str) -> np.ndarray:
-        if candidates is None:
-            mine = seen.get(user, set())
-            return np.array([i for i in all_items if i not in mine], dtype=object)
-        given = candidates.get(user, ()) if isinstance(candidates, Mapping) else candidates
-        return np.array(list(dict.fromkeys(given)), dtype=object)
-
-    if candidates is not None:
-        given = ({i for items in candidates.values() for i in items} if isinstance(candidates, Mapping)
-                 else set(candidates))
-        refuse_or_report(sorted(given - known_items), "item", "dataset")
-        candidates = ({u: [i for i in items if i in known_items] for u, items in candidates.items()}
-                      if isinstance(candidates, Mapping) else [i for i in candidates if i in known_items])
-
-    top_rows: list[tuple[str, int, str, float]] = []
     for start in range(0, len(users), USERS_PER_BATCH):
         batch = users[start:start + USERS_PER_BATCH]
-        lists = [candidates_of(u) for u in batch]
-        flat_users = [u for u, items in zip(batch, lists) for _ in range(len(items))]
-        flat_items = [i for items in lists for i in items]
-        scores = score_pairs(ranker, flat_users, flat_items)
-        offset = 0
-        for user, items in zip(batch, lists):
-            s = scores[offset:offset + len(items)]
-            offset += len(items)
-            # highest score first, then the more reviewed item, then the smaller id
-            order = np.lexsort((items, -popularity.count(items), -s))[:k]
-            top_rows += [(user, r + 1, items[j], float(s[j])) for r, j in enumerate(order)]
-
-    texts = [""] * len(top_rows)
-    metas: list[dict[str, Any] | None] = [None] * len(top_rows)
-    ratings: list[float | None] = [s for *_, s in top_rows] if choice is None else [None] * len(top_rows)
-    if model is not None and top_rows:
-        requests = [FeedbackRequest(u, i) for u, _, i, _ in top_rows]
-        if explain and getattr(model, "produces_text", False):
-            feedback = model.generate(requests, decoding)
-            texts, metas = [fb.text for fb in feedback], [fb.meta for fb in feedback]
-            ratings = [fb.rating for fb in feedback] if choice is not None else ratings
-        elif choice is not None:
-            ratings = [float(r) for r in model.predict_rating(requests)]
-    titles = _titles(dataset, [i for _, _, i, _ in top_rows])
-    name = simulator_name(model, choice)
-    return pl.DataFrame({
-        "user_id": [u for u, *_ in top_rows], "rank": [r for _, r, *_ in top_rows],
-        "item_id": [i for _, _, i, _ in top_rows], "predicted_rating": ratings,
-        "text": texts, "title": titles, "model": [name] * len(top_rows), "score": [s for *_, s in top_rows],
-        **provenance_columns(metas, [i for _, _, i, _ in top_rows]),
-        "repeated": repeated_texts([u for u, *_ in top_rows], texts),
-    }, schema=RECOMMENDATION_SCHEMA)
+        lists = [_candidates(pool, u, candidates, exclude) for u in batch]
+        scores = (_choice_scores if is_choice else _rating_scores)(model, pool, batch, lists, history)
+        for user, (items, pop, id_rank, keep), s in zip(batch, lists, scores):
+            keep = keep & np.isfinite(s)
+            if history.get(user):
+                keep &= ~np.isin(items, list(history[user]))
+            cand = np.flatnonzero(keep)
+            # highest score first, then the more popular item, then the smaller id (last key sorts first)
+            order = cand[np.lexsort((id_rank[cand], -pop[cand], -s[cand]))[:k]]
+            rows += [(user, r + 1, items[j], float(s[j])) for r, j in enumerate(order)]
+    return pl.DataFrame({"user_id": [r[0] for r in rows], "rank": [r[1] for r in rows],
+                         "item_id": [r[2] for r in rows], "score": [r[3] for r in rows],
+                         "exclude": [exclude] * len(rows)}, schema=TOP_K_SCHEMA)
 
 
-def provenance_columns(metas: Sequence[dict[str, Any] | None], item_ids: Sequence[str]) -> dict[str, list]:
-    """provenance, source_user, source_item and source (label) per row, from each Feedback's meta
-    (None: no feedback, so nulls)."""
-    return {
-        "provenance": [m.get("provenance") if m else None for m in metas],
-        "source_user": [m.get("source_user") if m else None for m in metas],
-        "source_item": [m.get("source_item") if m else None for m in metas],
-        "source": [source_label(m, i) or None if m else None for m, i in zip(metas, item_ids)],
-    }
+def _candidates(pool: Pool, user: str, candidates: Any, exclude: str) -> tuple:
+    """(items, their popularity, their order by id, the allowed ones) of one user's candidates."""
+    if candidates is None:
+        keep = np.ones(len(pool.items), dtype=bool)
+        keep[pool.masked(user, exclude)] = False
+        return pool.items, pool.popularity, np.arange(len(pool.items)), keep
+    given = candidates.get(user, ()) if isinstance(candidates, Mapping) else candidates
+    items = np.array(list(dict.fromkeys(given)), dtype=object)
+    masked = set(pool.items[pool.masked(user, exclude)].tolist())
+    keep = np.array([i not in masked for i in items], dtype=bool)
+    return items, pool.count(items), np.argsort(np.argsort(items.astype(str))), keep
 
 
-def repeated_texts(user_ids: Sequence[str], texts: Sequence[str | None]) -> list[bool]:
-    """Per row: its non-empty text appears at least twice among the rows of the same user."""
-    counts = Counter((u, t) for u, t in zip(user_ids, texts) if t)
-    return [bool(t) and counts[(u, t)] > 1 for u, t in zip(user_ids, texts)]
+def _choice_scores(model: Any, pool: Pool, users: list[str], lists: list[tuple],
+                   history: Mapping[str, Sequence[str]]) -> list[np.ndarray]:
+    """One score array per user, aligned with its candidates: a row of the model's dense scores,
+    from its own matrix, or from the user's train items plus `history` when the model folds one in."""
+    rows = model.user_rows(users)
+    fold = [n for n, u in enumerate(users) if history.get(u) and getattr(model, "folds_history", False)]
+    dense = model.dense(rows)
+    if fold:
+        taken = [np.union1d(model.taken(rows[n]), _cols(model, history[users[n]])) for n in fold]
+        x = sp.csr_matrix((np.ones(sum(map(len, taken))), np.concatenate(taken).astype(np.int64),
+                           np.concatenate([[0], np.cumsum([len(t) for t in taken])])),
+                          shape=(len(fold), len(model.item_ids)))
+        dense[fold] = model.score_history(x)
+    default_cols = None
+    out = []
+    for n, (items, *_rest) in enumerate(lists):
+        if items is pool.items:
+            default_cols = model.item_cols(pool.items) if default_cols is None else default_cols
+            cols = default_cols
+        else:
+            cols = model.item_cols(items)
+        out.append(np.where(cols >= 0, dense[n, np.maximum(cols, 0)], UNKNOWN_ITEM_SCORE))
+    return out
 
 
-def write_ranking(table: pl.DataFrame, out_dir: str | Path, dataset_label: str = "this dataset") -> Path:
-    """Write an `evaluate_ranking` table as ranking.json (rows) and ranking.md (a Markdown section)."""
-    from feedbackgen.recommend.tables import markdown_table
-
-    out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "ranking.json", {"dataset": dataset_label, "rows": table.to_dicts()})
-    text = (f"## Ranking ({dataset_label}, test split)\n\n" + markdown_table(table, formats=RANKING_FORMATS)
-            + "\n\nHigher is better. "
-            "full: every item the user has not interacted with in train or valid is a candidate (RecBole's "
-            "full sort); sampled: each test item against 99 never-seen items (NCF). HR@K, NDCG@K, Recall@K as "
-            "defined in `feedbackgen.recommend.metrics`.\n")
-    atomic_write_text(out_dir / "ranking.md", text)
-    return out_dir
+def _cols(model: Any, items: Sequence[str]) -> np.ndarray:
+    cols = model.item_cols(list(items))
+    return cols[cols >= 0]
 
 
-def _titles(dataset: Dataset, item_ids: list[str]) -> list[str | None]:
-    if dataset.items is None or not item_ids:
-        return [None] * len(item_ids)
-    titles = dict(dataset.items.select("item_id", "title").iter_rows())
-    return [titles.get(i) for i in item_ids]
-
-
-def write_recommendations(recommendations: pl.DataFrame, path: str | Path) -> Path:
-    """Write recommendations as Parquet, atomically (the RECS format `simulate` reads)."""
-    return atomic_write(Path(path), lambda p: recommendations.write_parquet(p, compression="zstd",
-                                                                            statistics=False))
-
-
-def read_id_list(path: str | Path, column: str) -> list[str] | dict[str, list[str]]:
-    """Ids from a text file (one a line), or a CSV/Parquet file with a `column` column.
-
-    A CSV/Parquet file that also has a `user_id` column (and `column` is not `user_id`) gives a
-    mapping user -> ids, in file order: per-user candidate lists.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError("file does not exist", source=str(path))
-    if path.suffix in (".csv", ".parquet"):
-        df = pl.read_csv(path, infer_schema=False) if path.suffix == ".csv" else pl.read_parquet(path)
-        if column not in df.columns:
-            raise DataError(f"no {column!r} column (columns: {', '.join(df.columns)})", source=str(path))
-        df = df.with_columns(pl.col(column).cast(pl.Utf8)).drop_nulls(column)
-        if column != "user_id" and "user_id" in df.columns:
-            df = df.with_columns(pl.col("user_id").cast(pl.Utf8)).drop_nulls("user_id")
-            return {u: items for u, items in
-                    df.group_by("user_id", maintain_order=True).agg(pl.col(column)).iter_rows()}
-        return df[column].to_list()
-    # split on "\n" only: str.splitlines also breaks at \x1c, \x85, U+2028, ... inside an id
-    lines = [line.strip() for line in path.read_bytes().decode("utf-8").split("\n")]
-    return [line for line in lines if line and not line.startswith("#")]
-
+def _rating_scores(model: Any, pool: Pool, users: list[str], lists: list[tuple],
+                   history: Mapping[str, Sequence[str]]) -> list[np.ndarray]:
+    """Predicted ratings of a generator for its known users; an unknown user's candidates are
+    scored by their popularity (the generator's rating for someone it never saw says nothing)."""
+    known = [n for n, u in enumerate(users) if u in pool.train_users]
+    flat_users = [users[n] for n in known for _ in range(len(lists[n][0]))]
+    flat_items = [i for n in known for i in lists[n][0]]
+    scores = score_pairs(model, flat_users, flat_items)
+    out, offset = [np.asarray(pop, dtype=np.float64) for _, pop, *_ in lists], 0
+    for n in known:
+        out[n] = scores[offset:offset + len(lists[n][0])]
+        offset += len(lists[n][0])
+    return out
 
 # -- ranking evaluation ------------------------------------------------------------------------
 
@@ -382,3 +380,18 @@ def evaluate_ranking(models: Mapping[str, Any], dataset: Dataset, ks: Sequence[i
                          "candidates": float(np.mean([len(i) for i in queries.items])) if ranks else 0.0,
                          **ranking_metrics(ranks, ks)})
     return pl.DataFrame(rows)
+
+
+def write_ranking(table: pl.DataFrame, out_dir: str | Path, dataset_label: str = "this dataset") -> Path:
+    """Write an `evaluate_ranking` table as ranking.json (rows) and ranking.md (a Markdown section)."""
+    from feedbackgen.recommend.tables import markdown_table
+
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "ranking.json", {"dataset": dataset_label, "rows": table.to_dicts()})
+    text = (f"## Ranking ({dataset_label}, test split)\n\n" + markdown_table(table, formats=RANKING_FORMATS)
+            + "\n\nHigher is better. "
+            "full: every item the user has not interacted with in train or valid is a candidate (RecBole's "
+            "full sort); sampled: each test item against 99 never-seen items (NCF). HR@K, NDCG@K, Recall@K as "
+            "defined in `feedbackgen.recommend.metrics`.\n")
+    atomic_write_text(out_dir / "ranking.md", text)
+    return out_dir

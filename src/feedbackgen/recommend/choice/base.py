@@ -88,6 +88,7 @@ class ChoiceModel(SavedModel, ABC):
     name: ClassVar[str]
     Config: ClassVar[type[ChoiceConfig]] = ChoiceConfig
     grid: ClassVar[dict[str, tuple]] = {}  # the validation search's candidate values per hyper-parameter
+    folds_history: ClassVar[bool] = False  # `score_history` scores users from their items alone
 
     def __init__(self, config: BaseModel | dict[str, Any] | None = None, **overrides: Any):
         base = config.model_dump(exclude_unset=True) if isinstance(config, BaseModel) else dict(config or {})
@@ -235,32 +236,20 @@ class ChoiceModel(SavedModel, ABC):
         return out
 
     def recommend(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True) -> pl.DataFrame:
-        """The top `k` of the model's items per user: columns user_id, rank (1 = best), item_id, score.
+        """The top `k` of the model's items per user: columns user_id, rank (1 = best), item_id, score,
+        exclude. `feedbackgen.recommend.ranking.top_k` on the model's own items, so ties and unknown
+        users go as everywhere else: the more popular item, then the smaller id; unknown users get
+        the popularity list. exclude_seen leaves out the user's train items (exclude="train").
+        Raises FeedbackgenError for k < 1."""
+        from feedbackgen.recommend.ranking import top_k  # ranking imports this module
 
-        exclude_seen leaves out the items the user has in the model's training data (train split).
-        Ties go to the more popular item, then to the smaller item id. Users are deduplicated, in
-        order; unknown users get the popularity list. Raises FeedbackgenError for k < 1.
-        """
-        self.check_fitted()
-        if not isinstance(k, int) or k < 1:
-            raise FeedbackgenError(f"k must be a positive integer, got {k!r}")
-        users = list(dict.fromkeys(user_ids))
-        rows = self.user_rows(users)
-        out_users, out_ranks, out_items, out_scores = [], [], [], []
-        items = np.array(self.item_ids, dtype=object)
-        for start, block in self.dense_batches(rows):
-            for user, row, s in zip(users[start:], rows[start:], block):
-                allowed = np.ones(len(s), dtype=bool)
-                if exclude_seen:
-                    allowed[self.taken(row)] = False
-                cand = np.flatnonzero(allowed)
-                top = cand[np.lexsort((cand, -self.popularity[cand], -s[cand]))[:k]]  # last key sorts first
-                out_users += [user] * len(top)
-                out_ranks += list(range(1, len(top) + 1))
-                out_items += items[top].tolist()
-                out_scores += s[top].tolist()
-        return pl.DataFrame({"user_id": out_users, "rank": out_ranks, "item_id": out_items, "score": out_scores},
-                            schema={"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float64})
+        return top_k(self, user_ids, k, exclude="train" if exclude_seen else "none")
+
+    def score_history(self, taken: sp.csr_matrix) -> np.ndarray:
+        """Dense scores, shape (rows, n_items), of users described only by the items they took
+        (`taken`: binary rows x the model's items): a visitor's session, a user's events since
+        training. Models that can (`folds_history`) override it; the others are never asked."""
+        raise NotImplementedError(f"{self.name} cannot score a history it was not trained on")
 
     # -- the model folder (`feedbackgen.models.folder`) --------------------------------------------
     def get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -17,6 +17,7 @@ on thread timing), with the BLAS thread pool held at one thread (implicit's own 
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from pydantic import Field
 from threadpoolctl import threadpool_limits
 
@@ -25,10 +26,37 @@ from feedbackgen.recommend.choice.base import ChoiceConfig, ChoiceModel, Interac
 
 
 class FactorModel(ChoiceModel):
-    """Shared scoring and state of the factor models."""
+    """Shared scoring and state of the factor models.
+
+    A user the model was not trained on (a visitor's session, a user's events since training) is
+    folded in: their factors solved from their items with the item factors held fixed, the user
+    step of ALS (`implicit`'s `recalculate_user`, exact least squares):
+    (VᵀV + (c - 1) V_Iᵀ V_I + λI) u = c Σ_{i∈I} V_i, c the confidence of a taken item.
+    """
+
+    folds_history = True
+    has_bias_column = False  # BPR: the last item factor is a bias whose user side is always 1
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
         return (self.user_factors[rows] @ self.item_factors.T).astype(np.float64)
+
+    def fold_in(self, taken: sp.csr_matrix, confidence: float, regularization: float) -> np.ndarray:
+        """User factors, shape (rows of `taken`, f), solved from the taken items alone."""
+        v = self.item_factors.astype(np.float64)
+        v = v[:, :-1] if self.has_bias_column else v
+        gram = v.T @ v + regularization * np.eye(v.shape[1])
+        out = np.zeros((taken.shape[0], v.shape[1]))
+        for n in range(taken.shape[0]):
+            items = taken.indices[taken.indptr[n]:taken.indptr[n + 1]]
+            if len(items):
+                vi = v[items]
+                out[n] = np.linalg.solve(gram + (confidence - 1.0) * vi.T @ vi, confidence * vi.sum(axis=0))
+        return np.hstack([out, np.ones((len(out), 1))]) if self.has_bias_column else out
+
+    def score_history(self, taken: sp.csr_matrix) -> np.ndarray:
+        # BPR has no confidence of its own: a taken item weighs as ALS's default alpha makes it
+        confidence = getattr(self.config, "alpha", ALSConfig.model_fields["alpha"].default)
+        return self.fold_in(taken, confidence, self.config.regularization) @ self.item_factors.T.astype(np.float64)
 
     def get_arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}
@@ -89,6 +117,7 @@ class BPR(FactorModel):
     """
 
     name = "bpr"
+    has_bias_column = True
     Config = BPRConfig
     grid = {"factors": (64, 128, 256), "learning_rate": (0.01, 0.05, 0.1), "regularization": (0.001, 0.01)}
 

@@ -26,12 +26,16 @@ class Popularity(ChoiceModel):
     """
 
     name = "popularity"
+    folds_history = True
 
     def fit_matrix(self, data: Interactions, dataset: Dataset) -> None:
         pass  # the base class counts every item's train interactions into self.popularity
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.popularity, (len(rows), len(self.popularity))).copy()
+
+    def score_history(self, taken: sp.csr_matrix) -> np.ndarray:
+        return self.score_rows(np.zeros(taken.shape[0], dtype=np.int64))  # the same list for everyone
 
     def count(self, item_ids: Sequence[str]) -> np.ndarray:
         """Train interactions per item, shape (len(item_ids),); 0 for unknown items (a tie-breaker)."""
@@ -68,6 +72,7 @@ class ItemKNN(ChoiceModel):
     """
 
     name = "itemknn"
+    folds_history = True
     Config = ItemKNNConfig
     grid = {"neighbours": (50, 100, 200, 500), "shrink": (0.0, 10.0, 100.0, 500.0)}
     BLOCK = 1024  # target items per block of the similarity
@@ -95,7 +100,10 @@ class ItemKNN(ChoiceModel):
                                         shape=(n_items, n_items))
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray((self.seen[rows] @ self.similarity).toarray(), dtype=np.float64)
+        return self.score_history(self.seen[rows])
+
+    def score_history(self, taken: sp.csr_matrix) -> np.ndarray:
+        return np.asarray((taken @ self.similarity).toarray(), dtype=np.float64)
 
     def get_arrays(self) -> dict[str, np.ndarray]:
         return sparse_arrays("similarity", self.similarity)
@@ -121,6 +129,7 @@ class EASE(ChoiceModel):
     """
 
     name = "ease"
+    folds_history = True
     Config = EASEConfig
     grid = {"l2": (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0)}
 
@@ -133,7 +142,10 @@ class EASE(ChoiceModel):
         self.weights = weights
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.seen[rows] @ self.weights, dtype=np.float64)
+        return self.score_history(self.seen[rows])
+
+    def score_history(self, taken: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(taken @ self.weights, dtype=np.float64)
 
     def get_arrays(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights}
