@@ -45,8 +45,8 @@ class Decoding(StrictModel):
     @model_validator(mode="after")
     def _no_beam_sampling(self) -> Decoding:
         if self.do_sample and self.num_beams > 1:
-            raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample, "
-                             "or do_sample=false with num_beams>1")
+            raise ConfigError("beam sampling is not supported: use num_beams=1 with do_sample, "
+                              "or do_sample=false with num_beams>1")
         return self
 
 

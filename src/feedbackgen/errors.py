@@ -1,11 +1,17 @@
-"""Exceptions with messages a user can act on."""
+"""Exceptions with messages a user can act on.
+
+Every exception the project raises derives from `FeedbackgenError`. `DataError` and `ConfigError`
+are also `ValueError`s (scikit-learn's `NotFittedError` pattern), so code that catches a
+`ValueError` around a value it was handed keeps working. `RecordProblem` is not: readers raise it
+inside one record and catch it once per record, and a parser's own `except ValueError` must not
+swallow it."""
 
 
 class FeedbackgenError(Exception):
     """Base class: every error the command line turns into a one-line reason."""
 
 
-class DataError(FeedbackgenError):
+class DataError(FeedbackgenError, ValueError):
     """Bad input data: names the file, the record (line), the field and what was expected."""
 
     def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
@@ -22,12 +28,21 @@ class DataError(FeedbackgenError):
         self.source, self.line, self.field, self.reason = source, line, field, message
 
 
-class ConfigError(FeedbackgenError):
+class ConfigError(FeedbackgenError, ValueError):
     """A configuration value out of range or of the wrong type."""
 
 
 class NotFittedError(FeedbackgenError):
     """A model used before `fit` (or `load`)."""
+
+
+class RecordProblem(FeedbackgenError):
+    """One record of an input file that cannot be read: `field` (None: the record as a whole) and
+    `reason`. Raised and caught inside a reader, which reports the record and goes on."""
+
+    def __init__(self, field: str | None, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field, reason
 
 
 class FeedbackgenWarning(UserWarning):

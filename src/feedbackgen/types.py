@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from feedbackgen.errors import DataError
+
 
 def _unicode(text: str) -> bool:
     """False for a string with a lone surrogate ("\\ud800" in JSON): it cannot be written out as UTF-8."""
@@ -49,26 +51,26 @@ class FeedbackRequest:
         for name in ("user_id", "item_id"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value or not _unicode(value):
-                raise ValueError(f"FeedbackRequest.{name} must be a non-empty string, got {value!r}")
+                raise DataError(f"FeedbackRequest.{name} must be a non-empty string, got {value!r}")
         if self.aspect is not None and (not isinstance(self.aspect, str) or not _unicode(self.aspect)):
-            raise ValueError(f"FeedbackRequest.aspect must be a string or None, got {self.aspect!r}")
+            raise DataError(f"FeedbackRequest.aspect must be a string or None, got {self.aspect!r}")
         if self.rating is not None and (
             isinstance(self.rating, bool)
             or not isinstance(self.rating, (int, float))
             or not is_finite(self.rating)
         ):
-            raise ValueError(f"FeedbackRequest.rating must be a finite number or None, got {self.rating!r}")
+            raise DataError(f"FeedbackRequest.rating must be a finite number or None, got {self.rating!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not 0 <= self.seed < 2**63):
-            raise ValueError(f"FeedbackRequest.seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
+            raise DataError(f"FeedbackRequest.seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeedbackRequest:
         if not isinstance(d, dict):
-            raise ValueError(f"a request must be a JSON object, got {type(d).__name__}")
+            raise DataError(f"a request must be a JSON object, got {type(d).__name__}")
         missing = [k for k in ("user_id", "item_id") if k not in d]
         if missing:
-            raise ValueError(f"request is missing field(s) {', '.join(missing)}")
+            raise DataError(f"request is missing field(s) {', '.join(missing)}")
         uid, iid = d["user_id"], d["item_id"]
         return cls(
             user_id=str(uid) if isinstance(uid, (int, str)) and not isinstance(uid, bool) else uid,
@@ -130,7 +132,7 @@ def provenance(kind: str, *, source_user: str | None = None, source_item: str | 
     Raises ValueError for a kind outside PROVENANCE.
     """
     if kind not in PROVENANCE:
-        raise ValueError(f"provenance must be one of {', '.join(PROVENANCE)}, got {kind!r}")
+        raise DataError(f"provenance must be one of {', '.join(PROVENANCE)}, got {kind!r}")
     out: dict[str, Any] = {"provenance": kind}
     for key, value in (("source_user", source_user), ("source_item", source_item), ("fallback", fallback)):
         if value is not None:

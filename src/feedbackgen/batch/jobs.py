@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from feedbackgen.config import Decoding, validate
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.problems import Problems
-from feedbackgen.errors import DataError, FeedbackgenError
+from feedbackgen.errors import ConfigError, DataError, FeedbackgenError
 from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_jsonl
 from feedbackgen.models.base import Generator
 from feedbackgen.types import FeedbackRequest
@@ -150,7 +150,7 @@ def requests_from_dataset(folder: str | Path, split: str = "test", with_aspect: 
 
     path = Path(folder) / "interactions.parquet"
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if not path.exists():
         raise DataError(f"{folder} is not a feedbackgen dataset (no interactions.parquet); "
                         "make one with `feedbackgen prepare`")

@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from feedbackgen.errors import DataError
+from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.io import atomic_write, atomic_write_json, sha256_file
 
 SPLITS = ("train", "valid", "test")
@@ -90,7 +90,7 @@ class Dataset:
     # -- views -------------------------------------------------------------------------------
     def split(self, name: str) -> pl.DataFrame:
         if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+            raise ConfigError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
         if self.interactions["split"].null_count() == len(self.interactions):
             raise DataError("this dataset has no split column yet; run `feedbackgen prepare` with --split")
         return self.interactions.filter(pl.col("split") == name)

@@ -32,6 +32,8 @@ from typing import Any
 
 import polars as pl
 
+from feedbackgen.errors import ConfigError
+
 COPY_MODES = ("keep_one", "keep_all", "report")
 
 
@@ -59,7 +61,7 @@ def find_copies(ids: pl.LazyFrame, mode: str) -> Copies:
     so far), and identical texts across users. Only a 64-bit hash per row is grouped over the
     whole table; the rows whose hash repeats are then compared by their real values."""
     if mode not in COPY_MODES:
-        raise ValueError(f"unknown copies mode {mode!r}; expected one of {', '.join(COPY_MODES)}")
+        raise ConfigError(f"unknown copies mode {mode!r}; expected one of {', '.join(COPY_MODES)}")
     keyed = _keys(ids).with_columns(_pair=pl.struct("user_id", "_norm").hash(seed=0))
     repeated = (keyed.group_by("_pair").len().filter(pl.col("len") > 1).select("_pair")
                 .collect(engine="streaming")["_pair"])

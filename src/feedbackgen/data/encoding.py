@@ -31,6 +31,8 @@ import re
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from feedbackgen.errors import ConfigError, RecordProblem
+
 AUTO = "auto"
 LEGACY = "windows-1252"
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8"),
@@ -57,8 +59,8 @@ def check_encoding(name: str | None) -> str:
     try:
         return codecs.lookup(name.strip()).name
     except LookupError:
-        raise ValueError(f"unknown encoding {name!r}; give a codec name such as utf-8, cp1252, latin-1 "
-                         "or utf-16, or auto (BOM, else UTF-8, else windows-1252 for delimited text)") from None
+        raise ConfigError(f"unknown encoding {name!r}; give a codec name such as utf-8, cp1252, latin-1 "
+                          "or utf-16, or auto (BOM, else UTF-8, else windows-1252 for delimited text)") from None
 
 
 def _ascii_compatible(name: str) -> bool:
@@ -182,9 +184,8 @@ class LineDecoder:
         return out
 
 
-class UndecodableLine(Exception):
+class UndecodableLine(RecordProblem):
     """A line whose bytes are not text in the file's encoding."""
 
     def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+        super().__init__(None, reason)

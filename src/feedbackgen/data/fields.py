@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from feedbackgen.data.problems import Problems
-from feedbackgen.errors import DataError
+from feedbackgen.errors import DataError, RecordProblem
 from feedbackgen.types import is_finite
 
 CANONICAL_REVIEW_FIELDS = ("user_id", "item_id", "rating", "text", "summary", "timestamp")
@@ -29,14 +29,6 @@ CANONICAL_REVIEW_FIELDS = ("user_id", "item_id", "rating", "text", "summary", "t
 # ast.literal_eval parses those without executing anything, but is quadratic-ish on huge input.
 MAX_LITERAL_CHARS = 1_000_000
 MS_THRESHOLD = 100_000_000_000  # a "seconds" value this large (year 5138) must be milliseconds
-
-
-class _Bad(Exception):
-    """A record-level problem: which field, and why. Caught once per record and reported."""
-
-    def __init__(self, field_name: str | None, reason: str):
-        super().__init__(reason)
-        self.field, self.reason = field_name, reason
 
 
 # -- value parsing ---------------------------------------------------------------------------------
@@ -48,33 +40,33 @@ def describe_value(value: Any) -> str:
 
 def _parse_id(value: Any, name: str) -> str:
     if value is None or value == "":
-        raise _Bad(name, "missing")
+        raise RecordProblem(name, "missing")
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise _Bad(name, f"expected a string id, got {describe_value(value)}")
+    raise RecordProblem(name, f"expected a string id, got {describe_value(value)}")
 
 
 def _parse_rating(value: Any, name: str, numbers_as_text: bool) -> float:
     if value is None or value == "":
-        raise _Bad(name, "missing")
+        raise RecordProblem(name, "missing")
     if isinstance(value, str) and numbers_as_text:
         try:
             value = float(value.strip())
         except ValueError:
-            raise _Bad(name, f"expected a number, got {describe_value(value)}") from None
+            raise RecordProblem(name, f"expected a number, got {describe_value(value)}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Bad(name, f"expected a number, got {describe_value(value)}")
+        raise RecordProblem(name, f"expected a number, got {describe_value(value)}")
     if not is_finite(value):
-        raise _Bad(name, f"not a finite number: {describe_value(value)}")
+        raise RecordProblem(name, f"not a finite number: {describe_value(value)}")
     return float(value)
 
 
 def _parse_text(value: Any, name: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    raise _Bad(name, f"expected a string, got {describe_value(value)}")
+    raise RecordProblem(name, f"expected a string, got {describe_value(value)}")
 
 
 def _parse_date(text: str) -> int:
@@ -93,16 +85,16 @@ def _parse_timestamp(value: Any, name: str, unit: str, numbers_as_text: bool) ->
             if unit == "date" or (unit == "auto" and not _looks_numeric(value)):
                 return _parse_date(value)
             if not (numbers_as_text or unit == "auto"):
-                raise _Bad(name, f"expected a number, got {describe_value(value)}")
+                raise RecordProblem(name, f"expected a number, got {describe_value(value)}")
             value = float(value.strip())
         except ValueError:
-            raise _Bad(name, f"not a {'date' if unit == 'date' else 'timestamp'}: {describe_value(value)}") from None
+            raise RecordProblem(name, f"not a {'date' if unit == 'date' else 'timestamp'}: {describe_value(value)}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value):
-        raise _Bad(name, f"expected a unix timestamp, got {describe_value(value)}")
+        raise RecordProblem(name, f"expected a unix timestamp, got {describe_value(value)}")
     if unit == "ms" or (unit == "auto" and abs(value) >= MS_THRESHOLD):
         value = value / 1000
     if not -2**63 <= value < 2**63:  # the timestamp column is Int64
-        raise _Bad(name, f"timestamp out of range: {describe_value(value)}")
+        raise RecordProblem(name, f"timestamp out of range: {describe_value(value)}")
     return int(value)
 
 
@@ -360,7 +352,7 @@ class ReviewColumns:
                 "timestamp": (_parse_timestamp(record.get(f.timestamp), f.timestamp, f.time_unit,
                                                f.numbers_as_text) if f.timestamp else None),
             }
-        except _Bad as bad:
+        except RecordProblem as bad:
             problems.report(source, line, bad.field, bad.reason)
             return False
         for name, value in row.items():

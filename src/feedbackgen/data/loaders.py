@@ -401,10 +401,7 @@ def stream_tables(paths: list[Path] | list[str], fmt: str, *, meta: Path | str |
     if fmt in ("peter", "movielens") and meta is not None:
         raise DataError(f"the {fmt} format takes no --meta file"
                         + (" (titles and genres come from the release's own files)" if fmt == "movielens" else ""))
-    try:
-        encoding = check_encoding(encoding)
-    except ValueError as e:
-        raise DataError(str(e)) from None
+    encoding = check_encoding(encoding)  # ConfigError naming the codecs it takes
     if encoding != AUTO and fmt in ("peter", "parquet"):
         raise DataError(f"--encoding applies to text files; {fmt} files carry their own")
     done: dict[str, Any] = {}

@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from feedbackgen.data.problems import Problems
-from feedbackgen.errors import DataError
+from feedbackgen.errors import DataError, RecordProblem
 from feedbackgen.io import atomic_write, atomic_write_text
 from feedbackgen.types import is_finite
 
@@ -50,12 +50,6 @@ def load_plain_pickle(path: str | Path) -> Any:
         raise DataError(f"not a plain-data pickle ({type(e).__name__}: {e})", source=str(path)) from None
 
 
-class _Malformed(Exception):
-    def __init__(self, field_name: str | None, reason: str):
-        super().__init__(reason)
-        self.field, self.reason = field_name, reason
-
-
 def _short(value: Any) -> str:
     try:
         return repr(value)[:40]
@@ -73,42 +67,42 @@ def _unicode(value: Any) -> bool:
 
 
 def _row(record: Any) -> dict[str, Any]:
-    """One PETER record as our columns; raises `_Malformed` naming the field."""
+    """One PETER record as our columns; raises `RecordProblem` naming the field."""
     if not isinstance(record, dict):
-        raise _Malformed(None, f"expected a dict, got {type(record).__name__}")
+        raise RecordProblem(None, f"expected a dict, got {type(record).__name__}")
     sentires = "template" not in record and ("sentence" in record or "text" in record)
     for key in ("user", "item", "rating", "text" if sentires else "template"):
         if key not in record:
-            raise _Malformed(key, "missing")
+            raise RecordProblem(key, "missing")
     user, item, rating = (record[k] for k in ("user", "item", "rating"))
     if sentires:
         review, sentences = record["text"], record.get("sentence") or []
         if not isinstance(review, str) or not _unicode(review):
-            raise _Malformed("text", "expected a string of valid Unicode text")
+            raise RecordProblem("text", "expected a string of valid Unicode text")
         if not isinstance(sentences, (list, tuple)):
-            raise _Malformed("sentence", "expected a list of (feature, adj, sentence, sentiment) tuples")
+            raise RecordProblem("sentence", "expected a list of (feature, adj, sentence, sentiment) tuples")
         template = sentences[0] if sentences else None
     else:
         template = record["template"]
     for key, value in (("user", user), ("item", item)):
         if (not isinstance(value, (str, int)) or isinstance(value, bool) or value == ""
                 or (isinstance(value, int) and not -2**63 <= value < 2**63) or not _unicode(value)):
-            raise _Malformed(key, f"expected a non-empty string id, got {_short(value)}")
+            raise RecordProblem(key, f"expected a non-empty string id, got {_short(value)}")
     if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not is_finite(rating):
-        raise _Malformed("rating", f"expected a finite number, got {_short(rating)}")
+        raise RecordProblem("rating", f"expected a finite number, got {_short(rating)}")
     ids = {"user_id": str(user), "item_id": str(item), "rating": float(rating)}
     if template is None:
         return {**ids, "text": review, "aspect": None, "explanation": None, "sentiment": None}
     name = "sentence" if sentires else "template"
     if not isinstance(template, (tuple, list)) or len(template) != 4:
-        raise _Malformed(name, "expected (feature, adj, text, sentiment)")
+        raise RecordProblem(name, "expected (feature, adj, text, sentiment)")
     feature, _adj, text, sentiment = template
     if not isinstance(feature, str) or not isinstance(text, str):
-        raise _Malformed(name, "feature and text must be strings")
+        raise RecordProblem(name, "feature and text must be strings")
     if not (_unicode(feature) and _unicode(text)):
-        raise _Malformed(name, "feature and text must be valid Unicode text (no lone surrogates)")
+        raise RecordProblem(name, "feature and text must be valid Unicode text (no lone surrogates)")
     if isinstance(sentiment, bool) or not isinstance(sentiment, (int, float)) or sentiment not in (-1, 0, 1):
-        raise _Malformed(name, f"sentiment must be -1, 0 or 1, got {_short(sentiment)}")
+        raise RecordProblem(name, f"sentiment must be -1, 0 or 1, got {_short(sentiment)}")
     return {**ids, "text": review if sentires else text, "aspect": feature or None, "explanation": text,
             "sentiment": int(sentiment)}
 
@@ -154,7 +148,7 @@ def read_peter(folder: str | Path, index_dir: str = "1",
         try:
             rows.append(_row(record))
             kept.append(i)
-        except _Malformed as bad:
+        except RecordProblem as bad:
             problems.report(str(path), i, bad.field, f"{bad.reason} (record {i})")
     columns = ("user_id", "item_id", "rating", "text", "aspect", "explanation", "sentiment")
     dtypes = {"rating": pl.Float64, "sentiment": pl.Int8}

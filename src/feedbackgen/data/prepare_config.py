@@ -53,14 +53,14 @@ class PrepareConfig(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> PrepareConfig:
         if self.max_tokens and self.min_tokens > self.max_tokens:
-            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+            raise ConfigError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         if self.rating_scale != "auto":
             lo, hi = self.rating_scale
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise ValueError(f"rating_scale must be [lo, hi] with lo < hi, got {list(self.rating_scale)}")
+                raise ConfigError(f"rating_scale must be [lo, hi] with lo < hi, got {list(self.rating_scale)}")
         ratios = self.split_ratios
         if min(ratios) < 0 or ratios[0] <= 0 or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
-            raise ValueError(f"split_ratios must be >= 0, with train > 0, summing to 1; got {list(ratios)}")
+            raise ConfigError(f"split_ratios must be >= 0, with train > 0, summing to 1; got {list(ratios)}")
         return self
 
 

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from feedbackgen.errors import ConfigError
+
 _tokenizers: dict[int, Any] = {}  # id(hf tokenizer) -> (tokenizer, llguidance tokenizer): ~1 s to build
 _lock = threading.Lock()
 CLOSERS = ('"}', "}")  # texts that can end an object whose last value is a string (or was)
@@ -42,11 +44,12 @@ _masks: dict[tuple[int, str], Any] = {}  # (id(llguidance tokenizer), what) -> b
 
 def ll_tokenizer(tokenizer):
     """llguidance's view of a Hugging Face fast tokenizer, built once per tokenizer object.
-    Raises ImportError (with the install line) when llguidance is missing."""
+    Raises ConfigError (with the install line) when llguidance is missing, as the other optional
+    back-ends do."""
     try:
         import llguidance.hf
     except ImportError:
-        raise ImportError("constrained decoding needs llguidance: pip install llguidance==1.9.1 "
+        raise ConfigError("constrained decoding needs llguidance: pip install llguidance==1.9.1 "
                           "(or set constrained=false)") from None
     with _lock:
         hit = _tokenizers.get(id(tokenizer))
@@ -93,7 +96,7 @@ class SchemaConstraint:
             json.dumps(schema), defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
         problem = llguidance.LLMatcher.validate_grammar(self.grammar, self.tok)
         if problem:
-            raise ValueError(f"the JSON schema does not compile to a grammar: {problem}")
+            raise ConfigError(f"the JSON schema does not compile to a grammar: {problem}")
         self.prompt_length, self.max_new_tokens = prompt_length, max_new_tokens
         self.closers = [tokenizer(c, add_special_tokens=False).input_ids for c in CLOSERS]
         self.no_backslash = _tokens_without(tokenizer, self.tok, "backslash")

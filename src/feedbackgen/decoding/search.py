@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from feedbackgen.config import Decoding
+from feedbackgen.errors import DataError
 
 
 class RowSampler:
@@ -29,7 +30,7 @@ class RowSampler:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if scores.size(0) != len(self.seeds):
-            raise ValueError(f"RowSampler has {len(self.seeds)} seeds for {scores.size(0)} rows")
+            raise DataError(f"RowSampler has {len(self.seeds)} seeds for {scores.size(0)} rows")
         if self.streams is None:
             self.streams = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
         probs = scores.float().softmax(-1)
@@ -73,7 +74,7 @@ def logits_processors(d: Decoding, eos_token_id: int | list[int], *, prompt_leng
         out.append(constraint)
     if d.do_sample:
         if seeds is None:
-            raise ValueError("sampling needs one stream seed per row")
+            raise DataError("sampling needs one stream seed per row")
         if d.temperature != 1.0:
             out.append(TemperatureLogitsWarper(d.temperature))
         if d.top_k:

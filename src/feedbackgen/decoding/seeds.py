@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Sequence
 
 from feedbackgen.config import Decoding
+from feedbackgen.errors import DataError
 from feedbackgen.types import FeedbackRequest
 
 DRAWN_SEED_BITS = 32  # drawn seeds stay short enough to read and type back
@@ -34,7 +35,7 @@ def stream_seed(request: FeedbackRequest, salt: int = 0) -> int:
     (a retry's number), so requests that share a seed still draw independently. Needs
     `request.seed` set (`with_seeds`)."""
     if request.seed is None:
-        raise ValueError("stream_seed needs a request with its seed set (use with_seeds)")
+        raise DataError("stream_seed needs a request with its seed set (use with_seeds)")
     key = "\x1f".join(str(x) for x in (request.seed, request.user_id, request.item_id, request.aspect,
                                         request.rating, salt))
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1

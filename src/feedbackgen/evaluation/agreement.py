@@ -20,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 
+from feedbackgen.errors import ConfigError
+
 Metric = Literal["nominal", "ordinal", "interval", "ratio"]
 
 
@@ -42,7 +44,7 @@ def _squared_differences(values: list, marginals: np.ndarray, metric: Metric) ->
         total = x[:, None] + x[None, :]
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(total == 0, 0.0, (diff / np.where(total == 0, 1.0, total)) ** 2)
-    raise ValueError(f"unknown metric {metric!r}; expected nominal, ordinal, interval or ratio")
+    raise ConfigError(f"unknown metric {metric!r}; expected nominal, ordinal, interval or ratio")
 
 
 def coincidences(units: Iterable[Sequence[Hashable]]) -> tuple[list, np.ndarray]:

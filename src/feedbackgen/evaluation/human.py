@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.errors import FeedbackgenError
+from feedbackgen.errors import DataError, FeedbackgenError
 from feedbackgen.evaluation.agreement import krippendorff_alpha, mean_interval, wilson_interval
 from feedbackgen.evaluation.predictions import predictions_by_pair
 from feedbackgen.io import atomic_write_json, sha256_file
@@ -133,19 +133,19 @@ class Judgement:
     def validate(self, n_items: int) -> None:
         """Raise ValueError naming the first bad field."""
         if not (0 <= self.item < n_items):
-            raise ValueError(f"item: must be between 0 and {n_items - 1}, got {self.item}")
+            raise DataError(f"item: must be between 0 and {n_items - 1}, got {self.item}")
         if not ANNOTATOR_PATTERN.match(self.annotator or ""):
-            raise ValueError("annotator: 1-64 letters, digits, spaces or . @ - _ (starting with a letter "
-                             f"or digit), got {self.annotator!r}")
+            raise DataError("annotator: 1-64 letters, digits, spaces or . @ - _ (starting with a letter "
+                            f"or digit), got {self.annotator!r}")
         if self.preference not in PREFERENCES:
-            raise ValueError(f"preference: must be one of A, B, tie, got {self.preference!r}")
+            raise DataError(f"preference: must be one of A, B, tie, got {self.preference!r}")
         for slot in ("A", "B"):
             for c in CRITERIA:
                 value = self.ratings.get(slot, {}).get(c)
                 if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 5:
-                    raise ValueError(f"{c}_{slot.lower()}: must be a whole number from 1 to 5, got {value!r}")
+                    raise DataError(f"{c}_{slot.lower()}: must be a whole number from 1 to 5, got {value!r}")
         if len(self.comment) > 2000:
-            raise ValueError("comment: at most 2000 characters")
+            raise DataError("comment: at most 2000 characters")
 
 
 RATING_COLUMNS = [f"{c}_{s}" for s in ("a", "b") for c in CRITERIA]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feedbackgen.errors import DataError
+from feedbackgen.errors import ConfigError, DataError
 
 Tokens = Sequence[str]
 
@@ -265,7 +265,7 @@ def mean_absolute_error(predicted: Sequence[float], true: Sequence[float],
 
 def _check_aligned(name: str, values: Sequence | None, n: int) -> None:
     if values is not None and len(values) != n:
-        raise ValueError(f"{name} has {len(values)} entries but generated has {n}; they must be aligned")
+        raise DataError(f"{name} has {len(values)} entries but generated has {n}; they must be aligned")
 
 
 def peter_metrics(generated: list[list[str]], references: list[list[str]],
@@ -284,9 +284,9 @@ def peter_metrics(generated: list[list[str]], references: list[list[str]],
     _check_aligned("ratings", ratings, n)
     _check_aligned("reference_ratings", reference_ratings, n)
     if (ratings is None) != (reference_ratings is None):
-        raise ValueError("ratings and reference_ratings must be given together")
+        raise ConfigError("ratings and reference_ratings must be given together")
     if reference_features is not None and feature_set is None:
-        raise ValueError("reference_features needs feature_set (FMR looks for features in the text)")
+        raise ConfigError("reference_features needs feature_set (FMR looks for features in the text)")
 
     out: dict[str, float] = {
         "bleu1": bleu_score(references, generated, n_gram=1),

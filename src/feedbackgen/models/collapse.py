@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from feedbackgen.config import Decoding
+from feedbackgen.errors import DataError
 from feedbackgen.types import FeedbackRequest
 
 USR_MIN = 0.05
@@ -52,7 +53,7 @@ def signal(texts: list[str]) -> dict[str, Any]:
     Returns {"n", "distinct", "usr", "repetition", "collapsed", "thresholds"}; USR and repetition
     are in [0, 1], rounded to 4 places. Raises ValueError for an empty list."""
     if not texts:
-        raise ValueError("the collapse signal needs at least one generated text")
+        raise DataError("the collapse signal needs at least one generated text")
     distinct = len(set(texts))
     usr = distinct / len(texts)
     repetition = sum(has_run(t) for t in texts) / len(texts)

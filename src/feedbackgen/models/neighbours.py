@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from feedbackgen.errors import DataError
 from feedbackgen.models.base import IdIndex
 
 Sources = Literal["both", "item", "user"]
@@ -55,8 +56,8 @@ class NeighbourIndex:
     def __init__(self, texts: Sequence[str], author: np.ndarray, about: np.ndarray,
                  vectors: np.ndarray, users: IdIndex, items: IdIndex):
         if not (len(texts) == len(author) == len(about) == len(vectors)):
-            raise ValueError(f"texts, author, about and vectors differ in length: {len(texts)}, "
-                             f"{len(author)}, {len(about)}, {len(vectors)}")
+            raise DataError(f"texts, author, about and vectors differ in length: {len(texts)}, "
+                            f"{len(author)}, {len(about)}, {len(vectors)}")
         self.texts, self.users, self.items = list(texts), users, items
         self.author, self.about = np.asarray(author, np.int64), np.asarray(about, np.int64)
         self.vectors = np.asarray(vectors, np.float32)

@@ -55,7 +55,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from feedbackgen.errors import ConfigError
+from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.io import atomic_write
 from feedbackgen.models import distributed
 from feedbackgen.models.privacy import Privacy, PrivacySettings
@@ -121,7 +121,7 @@ class Trainer:
         if n_train < 1:
             raise ConfigError("nothing to train on: the training split is empty")
         if lengths is not None and len(lengths) != n_train:
-            raise ValueError(f"lengths holds {len(lengths)} rows, the training split {n_train}")
+            raise DataError(f"lengths holds {len(lengths)} rows, the training split {n_train}")
         if lengths is not None and settings.privacy is not None:
             raise ConfigError("length-grouped batches (group_by_length) and differentially private training "
                               "(privacy) do not go together: DP-SGD's privacy accounting needs its own "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from feedbackgen.errors import DataError
 from feedbackgen.io import atomic_write_text
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -41,7 +42,7 @@ class Vocab:
         self.tokenizer = tokenizer
         for i, tok in enumerate(SPECIALS):
             if tokenizer.token_to_id(tok) != i:
-                raise ValueError(f"vocabulary must map {tok!r} to id {i}")
+                raise DataError(f"vocabulary must map {tok!r} to id {i}")
         self.kind = "bpe" if isinstance(tokenizer.model, models.BPE) else "word"
         size = tokenizer.get_vocab_size(with_added_tokens=True)
         self._pieces = [tokenizer.id_to_token(i) for i in range(size)]

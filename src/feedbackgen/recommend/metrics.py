@@ -34,6 +34,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from feedbackgen.errors import DataError
+
 KS = (5, 10, 20)
 
 
@@ -102,7 +104,7 @@ def classification_metrics(predicted: Sequence[bool], actual: Sequence[bool]) ->
     p = np.asarray(predicted, dtype=bool)
     a = np.asarray(actual, dtype=bool)
     if p.shape != a.shape:
-        raise ValueError(f"predicted and actual differ in length ({len(p)} vs {len(a)})")
+        raise DataError(f"predicted and actual differ in length ({len(p)} vs {len(a)})")
     tp = int(np.sum(p & a))
     fp = int(np.sum(p & ~a))
     fn = int(np.sum(~p & a))

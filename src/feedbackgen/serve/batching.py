@@ -23,10 +23,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from feedbackgen.config import Decoding
+from feedbackgen.errors import ConfigError, FeedbackgenError
 from feedbackgen.types import Feedback, FeedbackRequest
 
 
-class QueueFull(Exception):
+class QueueFull(FeedbackgenError):
     """The queue cannot take the call's requests now; retry after `retry_after` seconds."""
 
     def __init__(self, message: str, retry_after: int):
@@ -34,7 +35,7 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
-class ShuttingDown(Exception):
+class ShuttingDown(FeedbackgenError):
     """The service is stopping and takes no new work."""
 
 
@@ -62,7 +63,7 @@ class MicroBatcher:
                  on_batch: Callable[[int, float], None] | None = None,
                  on_depth: Callable[[int], None] | None = None):
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
-            raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
+            raise ConfigError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
         self.run_batch, self.executor = run_batch, executor
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self.on_batch = on_batch or (lambda size, seconds: None)
@@ -156,7 +157,7 @@ class MicroBatcher:
                     results = await loop.run_in_executor(
                         self.executor, self.run_batch, [p.request for p in group], group[0].decoding)
                     if len(results) != len(group):
-                        raise RuntimeError(f"the model answered {len(results)} of {len(group)} requests")
+                        raise FeedbackgenError(f"the model answered {len(results)} of {len(group)} requests")
                 except Exception as e:  # a failing batch fails its requests, never the worker
                     for p in group:
                         if not p.future.done():

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.data.dataset import Dataset
+from feedbackgen.errors import ConfigError, FeedbackgenError
 from feedbackgen.models.base import Generator
 from feedbackgen.serve.batching import MicroBatcher
 from feedbackgen.serve.catalog import Catalog
@@ -56,7 +57,7 @@ FLAGS = {"max_requests": "--max-requests", "max_new_tokens": "--max-new-tokens",
 MAX_LISTED = 20  # unknown ids named in one refusal; more are counted
 
 
-class FieldError(Exception):
+class FieldError(FeedbackgenError):
     """A request field that is well-formed but not acceptable here; answered as 422 naming it."""
 
     def __init__(self, field: str, message: str):
@@ -106,7 +107,7 @@ def model_names(paths: Sequence[str | Path]) -> dict[str, Path]:
     for p, n in zip(paths, names):
         name = f"{p.resolve().parent.name}/{n}" if names.count(n) > 1 else n
         if name in out:
-            raise ValueError(f"model folder {p} is given twice")
+            raise ConfigError(f"model folder {p} is given twice")
         out[name] = p
     return out
 

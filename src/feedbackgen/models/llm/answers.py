@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedbackgen.errors import ConfigError
+
 
 # Control tokens of common chat templates (ChatML, Llama 2/3, Mistral, Gemma, Phi). Removed from
 # untrusted text before it goes into a prompt, and from generated text before it comes out.
@@ -66,7 +68,7 @@ def answer_schema(rating_range: tuple[float, float] = (1.0, 5.0), max_words: int
     empty range or `max_words` < 1."""
     lo, hi = rating_range
     if not lo <= hi or max_words < 1:
-        raise ValueError(f"answer_schema needs lo <= hi and max_words >= 1 (got {rating_range}, {max_words})")
+        raise ConfigError(f"answer_schema needs lo <= hi and max_words >= 1 (got {rating_range}, {max_words})")
     if float(2 * lo).is_integer() and float(2 * hi).is_integer() and hi - lo <= 20:
         steps = [k / 2 for k in range(int(2 * lo), int(2 * hi) + 1)]
         rating: dict[str, Any] = {"type": "number", "enum": [int(x) if x.is_integer() else x for x in steps]}

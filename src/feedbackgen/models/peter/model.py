@@ -74,6 +74,7 @@ from pydantic import Field, model_validator
 
 from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.decoding.search import Step, decode, logits_processors
+from feedbackgen.errors import ConfigError
 from feedbackgen.models.text_units import Target
 from feedbackgen.models.vocab import BOS, EOS, PAD, UNK
 
@@ -180,11 +181,11 @@ class PeterConfig(StrictModel):
     @model_validator(mode="after")
     def _check_heads(self) -> PeterConfig:
         if self.emsize % self.nhead:
-            raise ValueError(f"emsize ({self.emsize}) must be divisible by nhead ({self.nhead})")
+            raise ConfigError(f"emsize ({self.emsize}) must be divisible by nhead ({self.nhead})")
         if self.dp_epsilon is None and (self.dp_delta is not None or self.dp_max_grad_norm is not None
                                         or self.dp_seed is not None):
-            raise ValueError("dp_delta, dp_max_grad_norm and dp_seed apply only to differentially private "
-                             "training: set dp_epsilon too, or leave them out")
+            raise ConfigError("dp_delta, dp_max_grad_norm and dp_seed apply only to differentially private "
+                              "training: set dp_epsilon too, or leave them out")
         return self
 
 

@@ -25,6 +25,7 @@ import polars as pl
 import torch
 
 from feedbackgen.data.text import tokenize
+from feedbackgen.errors import DataError
 from feedbackgen.models.base import IdIndex
 from feedbackgen.models.neighbours import NeighbourIndex
 from feedbackgen.models.vocab import EOS, PAD, Vocab
@@ -60,8 +61,8 @@ class RagContext:
             words = [tokenize(t)[:self.max_words] for t in self.index.texts]
             self._ids = [ids[:self.share - 1] + [EOS] for ids in vocab.encode_batch(words)]
         if leave_out and len(user_ids) != len(self.index):
-            raise ValueError(f"leave-one-out encoding needs the {len(self.index)} indexed training rows, "
-                             f"got {len(user_ids)}")
+            raise DataError(f"leave-one-out encoding needs the {len(self.index)} indexed training rows, "
+                            f"got {len(user_ids)}")
         users, items = self.index.users.lookup(list(user_ids)), self.index.items.lookup(list(item_ids))
         out = np.full((len(users), self.max_tokens), PAD, dtype=np.int64)
         for r, (u, i) in enumerate(zip(users, items)):

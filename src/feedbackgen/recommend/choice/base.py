@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 
 from feedbackgen.config import StrictModel, validate
 from feedbackgen.data.dataset import Dataset
-from feedbackgen.errors import ConfigError, FeedbackgenError, NotFittedError
+from feedbackgen.errors import ConfigError, DataError, FeedbackgenError, NotFittedError
 from feedbackgen.models.folder import IdIndex, SavedModel, read_config, register_kind
 from feedbackgen.recommend.metrics import hit_rate, ndcg, positions
 
@@ -206,7 +206,7 @@ class ChoiceModel(SavedModel, ABC):
         """
         self.check_fitted()
         if len(user_ids) != len(item_ids):
-            raise ValueError(f"user_ids and item_ids differ in length ({len(user_ids)} vs {len(item_ids)})")
+            raise DataError(f"user_ids and item_ids differ in length ({len(user_ids)} vs {len(item_ids)})")
         rows, cols = self.user_rows(user_ids), self.item_cols(item_ids)
         out = np.full(len(rows), UNKNOWN_ITEM_SCORE, dtype=np.float64)
         pairs = np.flatnonzero(cols >= 0)
