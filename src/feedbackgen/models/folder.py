@@ -88,6 +88,8 @@ class IdIndex:
 # generators, `feedbackgen.recommend` the choice models), so this layer needs none of them
 KINDS: dict[str, dict[str, type]] = {}
 KIND_PACKAGES = {"generator": "feedbackgen.models", "choice": "feedbackgen.recommend"}
+KIND_NOUNS = {"generator": "generator", "choice": "choice model"}
+KIND_LOADERS = {"generator": "feedbackgen.models.load", "choice": "feedbackgen.recommend.load_choice"}
 
 
 def register_kind(kind: str, registry: dict[str, type]) -> None:
@@ -126,8 +128,11 @@ def read_config(path: str | Path, kind: str | None = None) -> dict[str, Any]:
         raise FeedbackgenError(f"{cfg} names no model; it was not written by feedbackgen: retrain the model")
     meta.setdefault("kind", "generator")  # format 1 marked only choice folders
     if kind is not None and meta["kind"] != kind:
-        raise FeedbackgenError(f"{path} holds a {meta['kind']} ({meta['model']!r}), not a {kind}; "
-                               "load it with feedbackgen.load (it returns whatever a folder holds)")
+        noun = KIND_NOUNS.get(meta["kind"], meta["kind"])
+        loader = KIND_LOADERS.get(meta["kind"])
+        raise FeedbackgenError(f"{path} holds a {noun} ({meta['model']!r}), not a {KIND_NOUNS.get(kind, kind)}; "
+                               f"load it with {loader + ' or ' if loader else ''}feedbackgen.load "
+                               "(it returns whatever a folder holds)")
     registry = KINDS.get(meta["kind"])
     if registry is None:
         package = KIND_PACKAGES.get(meta["kind"])
