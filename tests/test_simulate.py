@@ -91,7 +91,9 @@ def test_bad_recommendations_are_reported_not_crashed_on(mi_small, popular, tmp_
                     f",{item},3\n"
                     f"{user},{item},2\n"          # repeated pair: the better rank (1) is kept
                     f"{other},{item},12\n")      # beyond k
-    recs, check = read_recommendations(path, mi_small, k=10)
+    with pytest.raises(DataError, match="3 of its 4 rows name a user or item"):  # mostly unknown: refused
+        read_recommendations(path, mi_small, k=10)
+    recs, check = read_recommendations(path, mi_small, k=10, check_ids=False)
     assert recs.to_dicts() == [{"user_id": user, "item_id": item, "rank": 1}]
     assert (check.rows, check.kept, check.bad_rows, check.duplicates, check.beyond_k) == (9, 1, 3, 1, 1)
     assert (check.unknown_users, check.unknown_user_rows, check.unknown_user_ids) == (1, 2, ["ghost-user"])
@@ -101,20 +103,22 @@ def test_bad_recommendations_are_reported_not_crashed_on(mi_small, popular, tmp_
     # the line numbers the README promises, in the terminal too, not only in summary.json
     assert "3 bad row(s) (missing id or rank not a positive integer): lines 6, 7, 8;" in check.describe()
 
-    sim = simulate(popular, mi_small, [path], k=10)
+    sim = simulate(popular, mi_small, [path], k=10, check_ids=False)
     row = sim.summary.row(0, named=True)
     counts = (row["users"], row["items"], row["unknown_users"], row["unknown_items"], row["rows_left_out"])
     assert counts == (1, 1, 1, 2, 8)
     assert "ghost-user" in sim.markdown() and "lines 6, 7, 8" in sim.markdown()
     # many bad rows: the first five lines, and how many more (a table's first row is line 1)
     bad = pl.DataFrame({"user_id": [user] * 9, "item_id": [item] * 9, "rank": [1, 0, 2, -1, 0, 0, 0, 0, 0]})
-    _, check = read_recommendations(bad, mi_small)
+    _, check = read_recommendations(bad, mi_small, check_ids=False)
     assert ("7 bad row(s) (missing id or rank not a positive integer): lines 2, 4, 5, 6, 7 (and 2 more)"
             in check.describe())
 
     # nothing judgeable at all: a row of zeros and blanks, not an exception
     only_ghosts = pl.DataFrame({"user_id": ["ghost"], "item_id": ["ghost"], "rank": [1]})
-    sim = simulate(popular, mi_small, {"ghosts": only_ghosts}, write=False)
+    with pytest.raises(DataError, match="1 of its 1 rows name a user or item"):
+        simulate(popular, mi_small, {"ghosts": only_ghosts}, write=False)
+    sim = simulate(popular, mi_small, {"ghosts": only_ghosts}, write=False, check_ids=False)
     row = sim.summary.row(0, named=True)
     assert row["users"] == 0 and row["mean_rating"] is None and row["unknown_users"] == 1
 

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from feedbackgen.cli.app import app, err
+from feedbackgen.cli.data import _mapping
 from feedbackgen.errors import FeedbackgenError
 
 
@@ -51,6 +52,12 @@ def simulate(
     out: Annotated[Optional[Path], typer.Option(help="folder for simulated items/users Parquet and the summary")] = None,
     calibration_pairs: Annotated[Optional[int], typer.Option(
         help="fit the engage rule on a seeded sample of this many validation pairs")] = None,
+    map: Annotated[list[str], typer.Option(
+        "--map", help="RECS column mapping ours=theirs: user_id, item_id, rank, score (e.g. user_id=uid; a "
+                      "header-less file's columns by position from 1: item_id=2)")] = [],
+    id_check: Annotated[bool, typer.Option(
+        help="refuse a RECS file whose ids mostly miss or look like another id space (--no-id-check: "
+             "judge it anyway, e.g. a random baseline)")] = True,
 ):
     """A simulated user engages with or skips each recommended item, and rates and reviews it.
 
@@ -74,7 +81,8 @@ def simulate(
     t0 = time.time()
     result = run_simulation(generator, ds, named, k=k, threshold=threshold, write=reviews,
                             calibration_pairs=calibration_pairs, choice=choice_model, method=calibration,
-                            feedback_for=feedback_for, name=simulator_name(generator, choice_model, model, choice))
+                            feedback_for=feedback_for, name=simulator_name(generator, choice_model, model, choice),
+                            mapping=_mapping(map), check_ids=id_check)
     print(result.markdown())
     if out is not None:
         result.save(out)
@@ -121,4 +129,3 @@ def fidelity(
         write_fidelity([result], out, dataset.name, same_data=same)
         err.print(f"[green]wrote[/green] {out}/fidelity.md, fidelity.json"
                   + (", rating_distribution.png" if result.get("rating") else "") + f" in {time.time() - t0:.1f}s")
-

@@ -87,7 +87,7 @@ class Simulation:
         if texts:
             lines += ["", "Where the texts came from:"] + [f"- {t}" for t in texts]
         notes = [c.describe() for c in self.checks
-                 if c.kept != c.rows or c.rank_from_order]
+                 if c.worth_noting()]
         if notes:
             lines += ["", "Left out:"] + [f"- {n}" for n in notes]
         return "\n".join(lines) + "\n"
@@ -142,7 +142,8 @@ def simulate(model: Any, dataset: Dataset,
              k: int = 10, threshold: float | None = None, decoding: Decoding | dict | None = None,
              seed: int = 1, write: bool = True, calibration_pairs: int | None = None, *,
              choice: Any = None, method: str = "isotonic", feedback_for: str | None = None,
-             name: str | None = None) -> Simulation:
+             name: str | None = None, mapping: Mapping[str, str] | None = None,
+             check_ids: bool = True) -> Simulation:
     """Let `model` play the dataset's users and judge each recommender's top-`k` lists.
 
     recommendations: one RECS file/table, a list of them (named after the files), or a mapping
@@ -153,6 +154,7 @@ def simulate(model: Any, dataset: Dataset,
     method: the choice rule's calibration, `isotonic` or `logistic`. feedback_for: `engaged` or
     `all` (default: `engaged` with a choice model, `all` without). name: the simulator's label
     (default: `simulator_name(model, choice)`; the CLI adds folder names through the same function).
+    mapping, check_ids: how the RECS files are read and checked (`feedbackgen.recommend.recs`).
     """
     if not isinstance(k, int) or k < 1:
         raise FeedbackgenError(f"k must be a positive integer, got {k!r}")
@@ -163,11 +165,13 @@ def simulate(model: Any, dataset: Dataset,
                    for n, r in enumerate(recommendations)})
     if len(named) < (len(recommendations)):
         raise FeedbackgenError("two recommendation files share a name; pass a mapping name -> file")
+    # every list is read and checked before any model work (the calibration may be paid LLM calls)
+    read = {recommender: read_recommendations(source, dataset, k, recommender, mapping=mapping, check_ids=check_ids)
+            for recommender, source in named.items()}
     user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs, choice=choice, method=method)
     feedback_for = feedback_for or ("engaged" if choice is not None else "all")
     judged, checks = [], []
-    for recommender, source in named.items():
-        recs, check = read_recommendations(source, dataset, k, recommender)
+    for recommender, (recs, check) in read.items():
         checks.append(check)
         verdict = user.judge(recs["user_id"].to_list(), recs["item_id"].to_list(), decoding, write, feedback_for)
         judged.append(pl.concat([recs.with_columns(pl.lit(recommender).alias("recommender")), verdict],
@@ -191,10 +195,12 @@ def simulate(model: Any, dataset: Dataset,
             "share_rated_4_plus": None if empty else (mine_items["stars"] >= 4).mean(),
             "share_users_engaging": None if empty else float(mine_users["satisfied"].mean()),
             "unknown_users": check.unknown_users, "unknown_items": check.unknown_items,
-            "rows_left_out": check.rows - check.kept,
+            "rows_left_out": check.rows - check.kept, "in_history_rows": check.in_history_rows,
+            "duplicates": check.duplicates, "short_lists": check.short_lists,
         })
     summary = pl.DataFrame(rows, schema={
         "recommender": pl.Utf8, "users": pl.Int64, "items": pl.Int64, "mean_rating": pl.Float64,
         "engagement_at_k": pl.Float64, "share_rated_4_plus": pl.Float64, "share_users_engaging": pl.Float64,
-        "unknown_users": pl.Int64, "unknown_items": pl.Int64, "rows_left_out": pl.Int64})
+        "unknown_users": pl.Int64, "unknown_items": pl.Int64, "rows_left_out": pl.Int64,
+        "in_history_rows": pl.Int64, "duplicates": pl.Int64, "short_lists": pl.Int64})
     return Simulation(items, users, summary, checks, user.calibration, k, name or simulator_name(model, choice))
