@@ -7,6 +7,7 @@ import time
 
 import httpx
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -77,14 +78,16 @@ def test_unknown_ids_get_the_generators_fallback_and_say_so(client, served_model
 
 def test_recommend_ranks_unseen_items_by_predicted_rating(client, served_models, mi_small):
     user = mi_small.train.group_by("user_id").len().sort(["len", "user_id"], descending=[True, False])["user_id"][0]
-    seen = set(mi_small.train.filter(user_id=user)["item_id"])
+    # the one ranking's default mask: the user's train and valid items (test items stay candidates)
+    seen = set(mi_small.interactions.filter(pl.col("user_id") == user, pl.col("split") != "test")["item_id"])
     r = client.post("/v1/recommend", json={"user_id": user, "k": 4})
     assert r.status_code == 200, r.text
     body = r.json()
     items = [x["item_id"] for x in body["items"]]
     assert len(items) == 4 and not seen & set(items)
-    assert body["candidates"] == mi_small.train["item_id"].n_unique() - len(seen)
-    everything = sorted(set(mi_small.train["item_id"]) - seen)
+    assert body["exclude"] == "train+valid" and body["ranker"] == "popular" and body["model"] == "popular"
+    assert body["candidates"] == mi_small.interactions["item_id"].n_unique()
+    everything = sorted(set(mi_small.interactions["item_id"]) - seen)
     scores = served_models["popular"].predict_rating([FeedbackRequest(user, i) for i in everything])
     assert [x["predicted_rating"] for x in body["items"]] == pytest.approx(sorted(scores, reverse=True)[:4], abs=1e-4)
     assert all(x["feedback"]["text"] for x in body["items"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -12,8 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from feedbackgen.config import MAX_SEED, Decoding
 from feedbackgen.data.text import detokenize
 from feedbackgen.serve.batching import QueueFull, ShuttingDown
-from feedbackgen.serve.ranking import rank_items
-from feedbackgen.serve.service import FieldError, ServedModel, Service
+from feedbackgen.serve.service import ServedModel, Service
 from feedbackgen.types import Feedback, FeedbackRequest, source_label
 
 ID_FIELD = dict(min_length=1, max_length=256)
@@ -81,33 +79,6 @@ class FeedbackAnswer(BaseModel):
     warnings: list[str] = Field(default_factory=list, description=WARNINGS)
 
 
-class RecommendCall(Strict):
-    user_id: str = Field(..., **ID_FIELD)
-    k: int = Field(10, ge=1, le=100, description="how many items")
-    model: str | None = None
-    candidates: list[str] | None = Field(
-        None, min_length=1, max_length=10_000,
-        description="items to rank; default: every item with training reviews the user has not reviewed in training")
-    with_feedback: bool = Field(True, description="generate the feedback for each recommended item")
-    decoding: CallDecoding = Field(default_factory=CallDecoding)
-
-
-class Recommendation(BaseModel):
-    item_id: str
-    title: str | None
-    predicted_rating: float
-    feedback: FeedbackOut | None
-    repeated: bool = Field(False, description="the same text explains another item of this list too")
-
-
-class RecommendAnswer(BaseModel):
-    user_id: str
-    model: str
-    candidates: int
-    items: list[Recommendation]
-    warnings: list[str] = Field(default_factory=list, description=WARNINGS)
-
-
 health = APIRouter(tags=["health"])
 v1 = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -161,9 +132,13 @@ async def run_feedback(svc: Service, served: ServedModel, requests: list[Feedbac
         raise HTTPException(500, f"generation failed: {type(e).__name__}: {e}") from None
 
 
-@v1.get("/models", summary="the loaded models")
+@v1.get("/models", summary="the loaded models: which ranks /v1/recommend (roles: ranks) and which writes")
 async def list_models(svc: Service = Depends(ready_service)):
-    return [served.describe() for served in svc.models.values()]
+    """Generators write the feedback (role `writes`) and rank `/v1/recommend` by predicted rating
+    when the server has no choice model; a choice model (`kind: choice`, `--choice`) ranks."""
+    writers = [{**served.describe(), "kind": "generator", "roles": ["writes"] if svc.ranker else ["writes", "ranks"]}
+               for served in svc.models.values()]
+    return writers + ([svc.ranker.describe()] if svc.ranker else [])
 
 
 @v1.post("/feedback", response_model=FeedbackAnswer, summary="the feedback users would give items",
@@ -181,38 +156,6 @@ async def feedback(call: FeedbackCall, svc: Service = Depends(ready_service)):
     results = await run_feedback(svc, served, requests, call.decoding)
     return FeedbackAnswer(model=served.name, feedback=[answer(fb, svc) for fb in results],
                           warnings=served.warnings(call.decoding))
-
-
-@v1.post("/recommend", response_model=RecommendAnswer, summary="top-k items for a user, with their feedback",
-         responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}})
-async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
-    """Ranks candidate items by the model's predicted rating and generates the feedback for the top k."""
-    if call.with_feedback:
-        svc.check_cost(call.k, call.decoding)
-    served = svc.model(call.model)
-    svc.check_known([("user", call.user_id, "user_id")]
-                    + [("item", item, f"candidates[{k}]") for k, item in enumerate(call.candidates or [])])
-    if call.candidates is not None:
-        candidates = list(dict.fromkeys(call.candidates))
-    elif svc.catalog is None:
-        raise FieldError("candidates", "this server has no dataset to draw candidates from (start it with "
-                                       "--dataset), so the call must list them")
-    else:
-        candidates = svc.catalog.candidate_items(call.user_id)
-    loop = asyncio.get_running_loop()
-    ranked = await loop.run_in_executor(served.executor, rank_items, served.generator, call.user_id,
-                                        candidates, call.k)
-    feedback: list[Feedback | None] = [None] * len(ranked)
-    if call.with_feedback and ranked:
-        requests = [FeedbackRequest(call.user_id, item) for item, _ in ranked]
-        feedback = await run_feedback(svc, served, requests, call.decoding)
-    texts = [fb.text for fb in feedback if fb is not None and fb.text]
-    items = [Recommendation(item_id=item, title=svc.title(item), predicted_rating=round(score, 4),
-                            feedback=answer(fb, svc) if fb else None,
-                            repeated=fb is not None and bool(fb.text) and texts.count(fb.text) > 1)
-             for (item, score), fb in zip(ranked, feedback)]
-    return RecommendAnswer(user_id=call.user_id, model=served.name, candidates=len(candidates), items=items,
-                           warnings=served.warnings(call.decoding) if call.with_feedback else [])
 
 
 @v1.get("/users", summary="find users by id prefix")

@@ -13,13 +13,16 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from feedbackgen import __version__
 from feedbackgen.config import validate
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.models.base import Generator
+from feedbackgen.recommend.choice import ChoiceModel
+from feedbackgen.serve import recommend
 from feedbackgen.serve.api import health, v1
-from feedbackgen.serve.middleware import LimitBody, ObserveRequests, RequireKey
+from feedbackgen.serve.middleware import LimitBody, ObserveRequests, RequestDeadline, RequireKey, quiet_repeats
 from feedbackgen.serve.pages import STATIC_DIR, pages
 from feedbackgen.serve.service import FieldError, ServeConfig, Service, model_names
 
@@ -28,9 +31,13 @@ log = logging.getLogger("feedbackgen.serve")
 DESCRIPTION = """Generates the feedback (star rating + review text) a user would give an item.
 
 * `POST /v1/feedback` answers 1..N requests; concurrent calls are micro-batched for the model.
+* `POST /v1/recommend` ranks items for a user or a session visitor (`history`) with the choice model
+  (`GET /v1/models`: roles) and explains the top k with a generator; `POST /v1/events` records what
+  users did, applied to their next recommendation at once.
 * Errors: 401 (API keys configured and none valid), 404 (unknown user/item with `unknown=reject`,
-  or no such user/item page), 413 (body or call too large), 422 (invalid field, named in `field` /
-  `errors`), 503 + `Retry-After` (queue full, shutting down, or models still loading).
+  or no such user/item page), 408 (request body not received in time), 413 (body or call too
+  large), 415 (not JSON), 422 (invalid field, named in `field` / `errors`), 503 + `Retry-After`
+  (queue full, shutting down, models still loading, or too many open connections).
 * Keys, when configured, go in `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 """
 
@@ -43,9 +50,22 @@ def _field(loc: Sequence) -> str:
     return out or "body"
 
 
+def _is_json(content_type: str) -> bool:
+    """application/json, or a +json type (application/merge-patch+json), parameters aside."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
+        sent_as = request.headers.get("content-type", "")
+        if request.method == "POST" and not _is_json(sent_as):
+            message = (f"the body was sent as {sent_as or 'no content type'!r}; send JSON with "
+                       "'Content-Type: application/json'")
+            return JSONResponse({"detail": f"unsupported media type: {message}", "field": "body",
+                                 "errors": [{"field": "body", "message": message, "type": "content_type"}]},
+                                status_code=415)
         errors = [{"field": "body" if e["type"] == "json_invalid" else _field(e["loc"]),
                    "message": e["msg"], "type": e["type"]} for e in exc.errors()]
         text = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
@@ -82,12 +102,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(models: Mapping[str, Generator | str | Path] | Sequence[str | Path] = (),
                dataset: Dataset | str | Path | None = None, config: ServeConfig | dict | None = None,
-               *, key_hashes: dict[str, str] | None = None, annotate: str | Path | None = None) -> FastAPI:
+               *, key_hashes: dict[str, str] | None = None, annotate: str | Path | None = None,
+               choice: ChoiceModel | str | Path | None = None, events: str | Path | None = None,
+               cors_origins: Sequence[str] = ()) -> FastAPI:
     """The service for `models` ({name: generator or saved folder}, or folders named after themselves).
 
     `dataset` backs the user/item endpoints, candidate items and the unknown-id policy;
-    `key_hashes` ({"sha256:...": label}) turns on API keys for `/v1`; `annotate` serves that
-    annotation task at `/annotate`.
+    `choice` (a choice model or its folder) ranks `/v1/recommend`; `events` (an SQLite file,
+    created if missing) keeps `POST /v1/events`; `key_hashes` ({"sha256:...": label}) turns on API
+    keys for `/v1`; `annotate` serves that annotation task at `/annotate`; `cors_origins` are the
+    web origins whose pages may call the API from a browser (none by default).
     """
     config = validate(ServeConfig, config, "serve settings")
     if not isinstance(models, Mapping):
@@ -97,7 +121,7 @@ def create_app(models: Mapping[str, Generator | str | Path] | Sequence[str | Pat
         from feedbackgen.evaluation.human import AnnotationTask
 
         task = AnnotationTask(annotate)
-    service = Service(models, dataset, config, key_hashes, task)
+    service = Service(models, dataset, config, key_hashes, task, choice=choice, events=events)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -112,20 +136,47 @@ def create_app(models: Mapping[str, Generator | str | Path] | Sequence[str | Pat
     _install_error_handlers(app)
     app.include_router(health)
     app.include_router(v1)
+    app.include_router(recommend.router)
     app.include_router(pages)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # added innermost first: requests pass ObserveRequests, then RequireKey, then LimitBody
+    # added innermost first: requests pass CORS, ObserveRequests, RequestDeadline, RequireKey, LimitBody
     app.add_middleware(LimitBody, max_bytes=config.max_body_bytes)
     app.add_middleware(RequireKey, key_hashes=key_hashes)
+    app.add_middleware(RequestDeadline, seconds=config.request_timeout)
     app.add_middleware(ObserveRequests, metrics=service.metrics)
+    if cors_origins:  # outermost: a preflight carries no key, and must be answered before the key check
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type", "x-api-key"], max_age=600)
     return app
 
 
+RESERVED_FILES = 128  # file descriptors kept for models, the dataset, the event store and logs
+
+
+def connection_limit(wanted: int) -> int:
+    """`wanted` open connections, lowered to what the process's file limit leaves after
+    `RESERVED_FILES`: past the limit uvicorn answers 503 and closes, so accepting never runs out
+    of descriptors and a new client always gets an answer."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = soft - RESERVED_FILES if soft != resource.RLIM_INFINITY else wanted
+    if room < wanted:
+        log.warning("--max-connections %d lowered to %d: the file limit (ulimit -n) is %d", wanted, room, soft)
+    return max(1, min(wanted, room))
+
+
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, graceful_timeout: float = 30.0,
-        log_level: str = "info") -> None:
+        log_level: str = "info", max_connections: int = 1000, keep_alive: float = 5.0) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, finish in-flight requests (at most
-    `graceful_timeout` seconds), drain the batch queues and exit."""
+    `graceful_timeout` seconds), drain the batch queues and exit.
+
+    At most `max_connections` connections are served (`connection_limit`; more get 503), idle
+    keep-alive connections close after `keep_alive` seconds, headers are limited to 64 KiB, and
+    an error repeated in a loop is logged once per 10 s with a count (`RepeatFilter`)."""
     import uvicorn
 
+    quiet_repeats()
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
-                access_log=False)
+                access_log=False, limit_concurrency=connection_limit(max_connections),
+                timeout_keep_alive=keep_alive, h11_max_incomplete_event_size=64 * 1024)

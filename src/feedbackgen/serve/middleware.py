@@ -1,11 +1,15 @@
 """Plain ASGI middleware: they see every request, including the ones no route matches.
 
-Order, outermost first: `ObserveRequests` (so refusals are counted too), `RequireKey`, `LimitBody`.
+Order, outermost first: Starlette's `CORSMiddleware` (when origins are allowed: a browser's
+preflight is answered before any key check), `ObserveRequests` (so refusals are counted too),
+`RequestDeadline`, `RequireKey`, `LimitBody`. `RepeatFilter` keeps a log from repeating one error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 
 from starlette.exceptions import HTTPException
@@ -104,3 +108,72 @@ class LimitBody:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+class RequestDeadline:
+    """408 and a closed connection for a request whose body has not arrived in full `seconds`
+    after its headers: a client that trickles a byte now and then cannot hold a connection (and
+    its memory) open for ever. The wait for the body is bounded, never the work on the answer."""
+
+    def __init__(self, app: ASGIApp, seconds: float):
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        body_done = scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE")
+        late = (f"the request was not received in full within {self.seconds:g} s (--request-timeout); "
+                "send the whole body at once")
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:  # only a disconnect is left to wait for: no deadline on that
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, late, headers={"Connection": "close"}) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
+class RepeatFilter(logging.Filter):
+    """Lets the first record of a run of identical ones through (same logger, level, message
+    template and exception type), drops the rest, and lets one through again, saying how many
+    were dropped, once `window` seconds have passed: an error raised in a loop (the accept loop
+    out of file descriptors) costs a line per window, not a disk."""
+
+    def __init__(self, window: float = 10.0):
+        super().__init__()
+        self.window = window
+        self.seen: dict[tuple, list[float]] = {}  # key -> [time let through, records dropped since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else None
+        key = (record.name, record.levelno, str(record.msg), exc)
+        now = time.monotonic()
+        entry = self.seen.get(key)
+        if entry is not None and now - entry[0] < self.window:
+            entry[1] += 1
+            return False
+        if entry is not None and entry[1]:
+            record.msg = f"{record.msg} (repeated {int(entry[1])} more times in the last {now - entry[0]:.0f} s)"
+        if len(self.seen) > 1000:  # many distinct messages: forget the old ones
+            self.seen.clear()
+        self.seen[key] = [now, 0]
+        return True
+
+
+def quiet_repeats(window: float = 10.0, loggers: tuple[str, ...] = ("asyncio", "uvicorn.error", "feedbackgen.serve")
+                  ) -> RepeatFilter:
+    """Install one `RepeatFilter` on the loggers the server writes errors to (idempotent)."""
+    repeat = RepeatFilter(window)
+    for name in loggers:
+        logger = logging.getLogger(name)
+        logger.filters = [f for f in logger.filters if not isinstance(f, RepeatFilter)]
+        logger.addFilter(repeat)
+    return repeat

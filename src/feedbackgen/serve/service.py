@@ -22,8 +22,11 @@ from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import ConfigError, FeedbackgenError
 from feedbackgen.models.base import Generator
+from feedbackgen.recommend.choice import ChoiceModel, load_choice
+from feedbackgen.recommend.ranking import pool_of
 from feedbackgen.serve.batching import MicroBatcher
 from feedbackgen.serve.catalog import Catalog
+from feedbackgen.serve.events import EventStore
 from feedbackgen.serve.telemetry import Metrics
 
 log = logging.getLogger("feedbackgen.serve")
@@ -47,6 +50,14 @@ class ServeConfig(StrictModel):
     unknown: Literal["fallback", "reject"] = Field(
         "fallback", description="users/items without training reviews: answer with the model's fallback "
                                 "(and say so in `fallback`), or refuse with 404")
+    exclude: Literal["none", "train", "train+valid", "all"] = Field(
+        "train+valid", description="a /v1/recommend call's default: which of the user's own items (by split) "
+                                   "are never recommended back")
+    max_events: int = Field(1000, ge=1, le=1_000_000, description="most events in one /v1/events call (more: 413)")
+    max_history: int = Field(1000, ge=1, le=1_000_000,
+                             description="most items in a /v1/recommend call's history (more: 413)")
+    request_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds a client has to send a whole "
+                                   "request body; a slower one gets 408 and the connection is closed")
 
 
 # the command-line flag of each limit, named in refusals so that a client knows what to ask for
@@ -112,13 +123,35 @@ def model_names(paths: Sequence[str | Path]) -> dict[str, Path]:
     return out
 
 
+@dataclass
+class Ranker:
+    """The choice model that ranks `/v1/recommend` (`--choice`)."""
+
+    name: str
+    model: ChoiceModel
+    source: str
+
+    def describe(self) -> dict[str, Any]:
+        m = self.model
+        return {"name": self.name, "model": m.name, "kind": "choice", "roles": ["ranks"], "produces_text": False,
+                "config": m.config.model_dump(), "source": self.source, "users": len(m.user_ids),
+                "items": len(m.item_ids), "folds_history": m.folds_history}
+
+
 class Service:
     def __init__(self, models: Mapping[str, Generator | str | Path], dataset: Dataset | str | Path | None,
-                 config: ServeConfig, key_hashes: dict[str, str] | None = None, task=None):
+                 config: ServeConfig, key_hashes: dict[str, str] | None = None, task=None,
+                 choice: ChoiceModel | str | Path | None = None, events: str | Path | None = None):
         self.sources, self.dataset_source = dict(models), dataset
+        self.choice_source, self.events_source = choice, events
         self.config, self.key_hashes, self.task = config, key_hashes, task
         self.metrics = Metrics()
         self.models: dict[str, ServedModel] = {}
+        self.ranker: Ranker | None = None
+        self.events: EventStore | None = None
+        self.dataset: Dataset | None = None
+        # ranking by a choice model is numpy (it releases the GIL): two threads, apart from the models'
+        self.rank_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rank")
         self.catalog: Catalog | None = None
         self.ready = False
         self.error: str | None = None
@@ -151,12 +184,26 @@ class Service:
                 if not isinstance(ds, Dataset):
                     ds = await asyncio.to_thread(Dataset.load, ds)
                 self.catalog = await asyncio.to_thread(Catalog, ds)
+                self.dataset = ds
+                await asyncio.to_thread(pool_of, ds)  # the ranking's per-dataset tables, built once
                 log.info("dataset ready: %s", ds.summary())
+            await self._load_choice_and_events()
             self.ready = True
             self.metrics.ready.set(1)
         except Exception as e:  # reported by /readyz; the process stays up to say so
             self.error = f"{type(e).__name__}: {e}"
             log.exception("loading failed")
+
+    async def _load_choice_and_events(self) -> None:
+        source = self.choice_source
+        if source is not None:
+            model = source if isinstance(source, ChoiceModel) else await asyncio.to_thread(load_choice, source)
+            name = Path(source).name if not isinstance(source, ChoiceModel) else model.name
+            self.ranker = Ranker(name, model, "in memory" if isinstance(source, ChoiceModel) else str(source))
+            log.info("loaded choice model %s (%s): it ranks /v1/recommend", name, model.name)
+        if self.events_source is not None:
+            self.events = await asyncio.to_thread(EventStore, self.events_source)
+            log.info("event store %s: %d events", self.events_source, await asyncio.to_thread(self.events.count))
 
     async def stop(self) -> None:
         """Called after the server stopped taking connections and answered the in-flight ones."""
@@ -165,6 +212,9 @@ class Service:
         for served in self.models.values():
             await served.batcher.stop()
             served.executor.shutdown(wait=True)
+        self.rank_executor.shutdown(wait=True)
+        if self.events is not None:
+            self.events.close()
 
     def status_text(self) -> str:
         if self.ready:

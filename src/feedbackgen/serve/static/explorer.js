@@ -168,11 +168,17 @@ async function recommend() {
   if (!userId) return;
   setStatus(`ranking items for ${userId}…`);
   try {
-    const recs = await api("/v1/recommend", { user_id: userId, k: 5, model: models[0] });
-    $("recs-model").textContent = `by ${recs.model}, from ${recs.candidates} candidates`;
-    $("recs-list").replaceChildren(...recs.items.map((it) => el("li", { class: "pick", onclick: () => pickItem(it.item_id, true) },
-      el("code", {}, it.item_id), it.title ? ` ${it.title} ` : " ", stars(it.predicted_rating),
-      ` ${it.predicted_rating.toFixed(2)}`, recommendationText(it))));
+    const call = { user_id: userId, k: 5 };
+    if (models.length) call.model = models[0];
+    const recs = await api("/v1/recommend", call);
+    // who ranked (a choice model, or the generator's rating) and who wrote, as /v1/models says
+    $("recs-model").textContent = `ranked by ${recs.ranker}` + (recs.model ? `, explained by ${recs.model}` : "")
+      + `, from ${recs.candidates} candidates (masked: ${recs.exclude})`;
+    $("recs-list").replaceChildren(...recs.items.map((it) => el("li", { class: "pick", "data-item": it.item_id,
+      onclick: () => pickItem(it.item_id, true) },
+      el("code", {}, it.item_id), it.title ? ` ${it.title} ` : " ",
+      it.predicted_rating === null ? `score ${it.score.toFixed(4)}` : stars(it.predicted_rating),
+      it.predicted_rating === null ? "" : ` ${it.predicted_rating.toFixed(2)}`, recommendationText(it))));
     $("recommendations").hidden = false;
     setStatus("");
   } catch (e) { setStatus(e.message, true); }
