@@ -166,17 +166,25 @@ def connection_limit(wanted: int) -> int:
     return max(1, min(wanted, room))
 
 
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, graceful_timeout: float = 30.0,
+                  log_level: str = "info", max_connections: int = 1000, keep_alive: float = 5.0):
+    """uvicorn's settings for `app`: at most `max_connections` connections served
+    (`connection_limit`; more get 503 and are closed), idle keep-alive connections closed after
+    `keep_alive` seconds, a request's headers limited to 64 KiB."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                          timeout_graceful_shutdown=graceful_timeout, limit_concurrency=connection_limit(max_connections),
+                          timeout_keep_alive=keep_alive, h11_max_incomplete_event_size=64 * 1024)
+
+
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, graceful_timeout: float = 30.0,
         log_level: str = "info", max_connections: int = 1000, keep_alive: float = 5.0) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, finish in-flight requests (at most
-    `graceful_timeout` seconds), drain the batch queues and exit.
-
-    At most `max_connections` connections are served (`connection_limit`; more get 503), idle
-    keep-alive connections close after `keep_alive` seconds, headers are limited to 64 KiB, and
+    `graceful_timeout` seconds), drain the batch queues and exit. `server_config` has the limits;
     an error repeated in a loop is logged once per 10 s with a count (`RepeatFilter`)."""
     import uvicorn
 
-    quiet_repeats()
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
-                access_log=False, limit_concurrency=connection_limit(max_connections),
-                timeout_keep_alive=keep_alive, h11_max_incomplete_event_size=64 * 1024)
+    config = server_config(app, host, port, graceful_timeout, log_level, max_connections, keep_alive)
+    quiet_repeats()  # after uvicorn.Config, which configures uvicorn's loggers
+    uvicorn.Server(config).run()
