@@ -105,6 +105,29 @@ def test_explorer_shows_each_models_feedback_beside_the_real_review(page, shots,
     assert (shots / "explorer.png").stat().st_size > 10_000
 
 
+def test_explorer_shows_choice_ranked_explained_items(page, text_models, mi_small, live):
+    """With --choice, the explorer's recommendations are the choice model's list (the one top-k
+    path), each with the generator's feedback, and the page says who ranked and who wrote."""
+    from feedbackgen.recommend import create_choice, recommend
+    from feedbackgen.serve import create_app
+
+    ease = create_choice("ease", {"search": False}).fit(mi_small)
+    user = mi_small.train.group_by("user_id").len().sort(["len", "user_id"], descending=[True, False])["user_id"][0]
+    expected = recommend(text_models["popular"], mi_small, [user], k=5, choice=ease)
+    with live(create_app({"popular": text_models["popular"]}, mi_small, choice=ease)) as s:
+        page.goto(s.url + f"/?user={user}")
+        page.wait_for_selector("#user-panel:not([hidden])")
+        page.click("#recommend")
+        page.wait_for_selector("#recs-list li >> nth=4")
+        shown = [page.locator("#recs-list li").nth(n).get_attribute("data-item") for n in range(5)]
+        assert shown == expected["item_id"].to_list()
+        assert "ranked by ease, explained by popular" in page.inner_text("#recs-model")
+        from feedbackgen.data.text import detokenize
+
+        first = page.locator("#recs-list li").first.inner_text()
+        assert detokenize(expected["text"][0]) in first
+
+
 def test_annotation_is_kept_across_reloads(page, shots, predictions, mi_small, tmp_path, live):
     from feedbackgen.evaluation.human import AnnotationTask, create_task
     from feedbackgen.serve import create_app
