@@ -148,7 +148,8 @@ def read_section(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise ConfigError(f"--include {path}: no such Markdown file (write it with `feedbackgen recommend "
                           "--evaluate --out DIR` or `feedbackgen fidelity --out DIR`)")
-    title = {"ranking": "Ranking", "fidelity": "Simulated user fidelity"}.get(path.stem, path.stem.replace("_", " "))
+    title = {"ranking": "Ranking", "fidelity": "Simulated user fidelity",
+             "summary": "The simulated user judging recommenders"}.get(path.stem, path.stem.replace("_", " "))
     return {"file": str(path), "title": title, "markdown": path.read_text(encoding="utf-8")}
 
 
