@@ -2,6 +2,7 @@
 
     python bench/serve.py --model-dir models/peter --dataset data/mi
     python bench/serve.py --model-dir models/popular --dataset data/mi --seconds 4    # a quick look
+    python bench/serve.py --choice models/ease --model-dir models/peter --dataset data/mi   # /v1/recommend
 
 For each way of serving — batch size 1 (`--max-batch 1`) and micro-batching (`--max-batch 32
 --max-wait-ms 5` unless told otherwise) — the bench starts `feedbackgen serve MODEL` as its own
@@ -55,14 +56,16 @@ def test_pairs(dataset: Path, split: str, n: int, seed: int) -> list[tuple[str, 
 class Server:
     """`feedbackgen serve` in a child process, stopped with SIGTERM (gracefully) at the end."""
 
-    def __init__(self, model_dir: Path, dataset: Path, max_batch: int, max_wait_ms: float):
-        self.port = free_port()
+    def __init__(self, model_dir: Path | None, dataset: Path, max_batch: int, max_wait_ms: float,
+                 extra: list[str] = (), port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="feedbackgen-serve-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from feedbackgen.cli import main; main()", "serve", str(model_dir),
+            [sys.executable, "-c", "from feedbackgen.cli import main; main()", "serve",
+             *([str(model_dir)] if model_dir else []),
              "--dataset", str(dataset), "--port", str(self.port), "--max-batch", str(max_batch),
-             "--max-wait-ms", str(max_wait_ms)],
+             "--max-wait-ms", str(max_wait_ms), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
 
     def wait_ready(self, timeout: float = 300.0) -> None:
@@ -110,8 +113,9 @@ async def post_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 async def load(port: int, pairs: list[tuple[str, str]], concurrency: int, warmup: float, seconds: float,
-               decoding: dict) -> dict:
-    """C clients, each on its own connection with one request in flight; the timed part only counts."""
+               decoding: dict, make_call=None, path: str = "/v1/feedback") -> dict:
+    """C clients, each on its own connection with one request in flight; the timed part only counts.
+    `make_call(n)` gives the n-th call's JSON (default: one feedback request of `pairs`)."""
     latencies: list[float] = []
     errors = 0
     next_pair = 0
@@ -123,10 +127,12 @@ async def load(port: int, pairs: list[tuple[str, str]], concurrency: int, warmup
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while (t0 := time.perf_counter()) < stop_at:
             user, item = pairs[next_pair % len(pairs)]
+            call = (make_call(next_pair) if make_call else
+                    {"requests": [{"user_id": user, "item_id": item}], "decoding": decoding})
             next_pair += 1
-            body = json.dumps({"requests": [{"user_id": user, "item_id": item}], "decoding": decoding}).encode()
+            body = json.dumps(call).encode()
             try:
-                ok = await post_json(reader, writer, "/v1/feedback", body) == 200
+                ok = await post_json(reader, writer, path, body) == 200
             except (OSError, asyncio.IncompleteReadError, StopIteration, ValueError):
                 ok = False
                 writer.close()
@@ -149,7 +155,11 @@ async def load(port: int, pairs: list[tuple[str, str]], concurrency: int, warmup
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", type=Path, required=True, help="a saved model folder (peter for the README)")
+    ap.add_argument("--model-dir", type=Path, help="a saved generator folder (peter for the README); with "
+                                                   "--choice, the one that explains (optional)")
+    ap.add_argument("--choice", type=Path, help="instead: bench /v1/recommend ranked by this choice model "
+                                                "(bench/serve_recommend.py)")
+    ap.add_argument("--quality-users", type=int, default=2000, help="with --choice: test users for HR@10")
     ap.add_argument("--dataset", type=Path, required=True, help="the prepared dataset (requests come from it)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -161,6 +171,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
+    if args.choice is not None:
+        from serve_recommend import bench_recommend  # bench/serve_recommend.py
+
+        return bench_recommend(args)
+    if args.model_dir is None:
+        ap.error("give --model-dir (feedback) or --choice (recommend)")
 
     config = json.loads((args.model_dir / "config.json").read_text())
     name = args.model_dir.resolve().name
