@@ -7,10 +7,17 @@ only variants built for a test are written, to tmp_path."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import gzip
 import io
 import json
+import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -210,3 +217,224 @@ def test_padded_and_short_lists_are_counted_beside_the_verdict(judged):
     assert (got["items"], got["duplicates"], got["short_lists"]) == (150, 350, 50)
     assert "350 repeated (user, item) row(s)" in got["said"]
     assert "50 of 50 user(s) with a list shorter than k" in got["said"]
+
+
+# -- LLM servers that misbehave cost one row, not the run (24, 25) -----------------------------------
+
+class FakeServer:
+    """A case's own fake_openai_server.py, run as the user runs it, on a free local port; `start(mode)`
+    (re)starts it in that mode; `calls()` reads its log of the calls received."""
+
+    def __init__(self, script: Path, folder: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.script, self.log, self.proc = script, folder / "server_log.jsonl", None
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, mode: str) -> FakeServer:
+        self.stop()
+        self.log.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([sys.executable, str(self.script), str(self.port), mode, str(self.log)])
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the fake server did not start")
+
+    def calls(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def llm_openai(data_root, cases, tmp_path_factory):
+    """Case 24's set-up: data/mi600 and models/llm_openai trained against the fake server; and
+    models/llm_openai_cache, the same with response_cache=true (its config.json's settings, as
+    `--set response_cache=true --set cache_dir=...` would write them)."""
+    root = tmp_path_factory.mktemp("llm")
+    mi = data_root / "amazon_musical_instruments_5core" / "reviews_Musical_Instruments_5.json.gz"
+    with gzip.open(mi, "rt", encoding="utf-8") as f:
+        head = "".join(line for _, line in zip(range(600), f))
+    (root / "mi600.json.gz").write_bytes(gzip.compress(head.encode()))
+    server = FakeServer(cases / "24-one-refused-request" / "fake_openai_server.py", root)
+    assert _run(["prepare", str(root / "mi600.json.gz"), "--format", "amazon2014", "--out", str(root / "mi600")]) == 0
+    assert _run(["train", str(root / "mi600"), "--model", "llm", "--out", str(root / "llm_openai"),
+                 "--set", "backend=openai", "--set", f"base_url={server.url}", "--set", "response_cache=false",
+                 "--set", "max_retries=1", "--set", "backoff_s=0.01"]) == 0
+    shutil.copytree(root / "llm_openai", root / "llm_openai_cache")
+    config = json.loads((root / "llm_openai_cache" / "config.json").read_text())
+    settings = config.get("config", config)
+    settings.update(response_cache=True, cache_dir=str(root / "llm_cache"))
+    (root / "llm_openai_cache" / "config.json").write_text(json.dumps(config))
+    yield {"root": root, "server": server, "data": root / "mi600"}
+    server.stop()
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_24_a_refused_request_costs_its_row_not_the_run(llm_openai, cases):
+    root, server = llm_openai["root"], llm_openai["server"].start("ctx400")
+    requests = cases / "24-one-refused-request" / "requests.jsonl"
+    out = root / "pred24.jsonl"
+    code, said = run("generate", root / "llm_openai", "--requests", requests, "--out", out)
+    assert code == 0 and "refused 1" in said and "valid 3" in said, said
+    rows = {r["user_id"]: r for r in rows_of(out)}
+    long = rows.pop("A2EZWZ8MBEDOLN")["meta"]
+    assert long["answer"] == "fallback" and "maximum context length" in long["refused"] and long["attempts"] == 1
+    assert [r["meta"]["answer"] for r in rows.values()] == ["valid"] * 3
+    assert sum(c["long_user"] for c in server.calls()) == 1  # refused once, never asked again
+    code, said = run("generate", root / "llm_openai", "--requests", requests, "--out", out)  # resumable
+    assert code == 0 and len(rows_of(out)) == 4
+
+
+def test_24_in_serve_only_the_request_that_caused_it_is_affected(llm_openai, post_concurrently):
+    from feedbackgen.models import load
+    from feedbackgen.serve import create_app
+
+    llm_openai["server"].start("ctx400")
+    app = create_app({"m": load(llm_openai["root"] / "llm_openai")}, None, {"max_batch": 8, "max_wait_ms": 300})
+    bodies = [{"requests": [{"user_id": "A2EZWZ8MBEDOLN", "item_id": "B000068NVI"}]},
+              {"requests": [{"user_id": "AMNTZU1YQN1TH", "item_id": "B00004Y2UT"}]}]
+    responses, _ = post_concurrently(app, bodies)
+    assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+    long, ordinary = (r.json()["feedback"][0]["meta"] for r in responses)
+    assert ordinary["answer"] == "valid" and "refused" not in ordinary
+    assert long["answer"] == "fallback" and "maximum context length" in long["refused"]
+
+
+def test_25_answers_of_an_unexpected_shape(llm_openai, cases):
+    root, server = llm_openai["root"], llm_openai["server"]
+    requests = cases / "25-nonstandard-200-answers" / "requests.jsonl"
+    server.start("sse")  # a streamed reply is still an answer
+    code, said = run("generate", root / "llm_openai", "--requests", requests, "--out", root / "sse.jsonl")
+    assert code == 0 and "valid 4" in said, said
+    assert {r["text"] for r in rows_of(root / "sse.jsonl")} == {"Sturdy and sounds good for the price."}
+    server.start("error200")  # the gateway's own message and the URL, and a failing exit
+    code, said = run("generate", root / "llm_openai", "--requests", requests, "--out", root / "e200.jsonl")
+    assert code == 1 and "overloaded" in said and f"127.0.0.1:{server.port}/v1/chat/completions" in said, said
+    assert "KeyError" not in said
+    server.start("toolcalls")  # the answer in tool_calls is read, and cached
+    code, said = run("generate", root / "llm_openai_cache", "--requests", requests, "--out", root / "tc.jsonl")
+    assert code == 0 and "valid 4" in said and len(server.calls()) == 4, said
+    server.start("fixed")
+    code, said = run("generate", root / "llm_openai_cache", "--requests", requests, "--out", root / "tc2.jsonl")
+    assert code == 0 and len(server.calls()) == 0  # the valid answers came from the cache
+    assert all(r["meta"]["cached"] for r in rows_of(root / "tc2.jsonl"))
+
+
+def test_25_nothing_empty_or_invalid_is_cached_and_the_key_holds_the_server(llm_openai, cases, chat_server):
+    root = llm_openai["root"]
+    requests = cases / "25-nonstandard-200-answers" / "requests.jsonl"
+    answer, calls = {"text": ""}, {"a": 0, "b": 0}
+
+    def server(name):
+        def reply(body):
+            calls[name] += 1
+            return 200, {}, answer["text"]
+        return reply
+
+    cache = root / "llm_cache_2"
+
+    def model_at(url: str, name: str) -> Path:
+        model = root / name
+        shutil.copytree(root / "llm_openai_cache", model)
+        config = json.loads((model / "config.json").read_text())
+        config.get("config", config).update(base_url=url, cache_dir=str(cache))
+        (model / "config.json").write_text(json.dumps(config))
+        return model
+
+    at_a, at_b = model_at(chat_server(server("a")), "llm_at_a"), model_at(chat_server(server("b")), "llm_at_b")
+    code, said = run("generate", at_a, "--requests", requests, "--out", root / "empty.jsonl")
+    assert code == 1 and "not one answer of the model was usable" in said, said  # a run where nothing worked
+    assert calls["a"] == 12 and not any(cache.rglob("*.json"))  # 3 attempts each; no empty answer kept
+    answer["text"] = '{"rating": 5, "review": "Now it works."}'
+    code, said = run("generate", at_a, "--requests", requests, "--out", root / "fixed.jsonl")
+    assert code == 0 and "valid 4" in said and calls["a"] == 16, said
+    assert not any(r["meta"]["cached"] for r in rows_of(root / "fixed.jsonl"))
+    assert len(list(cache.rglob("*.json"))) == 4
+    code, said = run("generate", at_b, "--requests", requests, "--out", root / "other.jsonl")
+    assert code == 0 and calls["b"] == 4  # another server: asked, not answered from the first one's cache
+    code, said = run("generate", at_a, "--requests", requests, "--out", root / "again.jsonl")
+    assert code == 0 and calls["a"] == 16 and all(r["meta"]["cached"] for r in rows_of(root / "again.jsonl"))
+
+
+def test_retry_after_in_both_forms():
+    from email.utils import format_datetime
+
+    from feedbackgen.models.llm.openai_backend import retry_after_s
+
+    assert retry_after_s("3") == 3.0 and retry_after_s("0.5") == 0.5 and retry_after_s(None) is None
+    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
+    assert 25 <= retry_after_s(format_datetime(when, usegmt=True)) <= 31
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0 and retry_after_s("soon") is None
+
+
+def test_a_trickling_server_cannot_stretch_a_call(tmp_path):
+    """A server that sends its headers, then one byte every 0.3 s: each read is quick, the whole is not."""
+    from feedbackgen.config import Decoding
+    from feedbackgen.errors import FeedbackgenError
+    from feedbackgen.models.llm.openai_backend import OpenAIBackend
+
+    class Trickle(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    backend = OpenAIBackend(f"http://127.0.0.1:{httpd.server_address[1]}/v1", timeout_s=1.5, max_retries=0,
+                            response_cache=False)
+    t0 = time.monotonic()
+    with pytest.raises(FeedbackgenError, match="more than 1.5s in all"):
+        backend.chat([[{"role": "user", "content": "hi"}]], Decoding())
+    assert time.monotonic() - t0 < 5
+    httpd.shutdown()
+
+
+def test_24_a_failing_batch_in_serve_fails_only_its_culprit(llm_openai, post_concurrently):
+    """Any error in a micro-batch (here planted: the model raises for one user) reaches only the
+    client whose request caused it; the others get their answers."""
+    from feedbackgen.data.dataset import Dataset
+    from feedbackgen.errors import FeedbackgenError
+    from feedbackgen.models import create
+    from feedbackgen.serve import create_app
+
+    ds = Dataset.load(llm_openai["data"])
+    model = create("popular").fit(ds)
+
+    class FailsForOneUser(type(model)):
+        def generate(self, requests, decoding=None):
+            if any(r.user_id == "A2EZWZ8MBEDOLN" for r in requests):
+                raise FeedbackgenError("planted: this user's request breaks the model")
+            return super().generate(requests, decoding)
+
+    model.__class__ = FailsForOneUser
+    app = create_app({"m": model}, None, {"max_batch": 8, "max_wait_ms": 300})
+    users = ["AMNTZU1YQN1TH", "A2EZWZ8MBEDOLN", ds.train["user_id"][0]]
+    bodies = [{"requests": [{"user_id": u, "item_id": "B00004Y2UT"}]} for u in users]
+    responses, per_call = post_concurrently(app, bodies)
+    assert [r.status_code for r in responses] == [200, 500, 200], [r.text for r in responses]
+    assert "planted" in responses[1].text and all("planted" not in r.text for r in (responses[0], responses[2]))

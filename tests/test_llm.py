@@ -223,9 +223,10 @@ def test_openai_backend_asks_for_the_schema_and_steps_down_when_refused(tmp_path
     assert json.loads(out[0].text)["rating"] == 4  # answered all the same, unconstrained
     assert "response_format" not in backend.payload(convs[0], Decoding(), schema=schema)
 
-    server = Script([(400, {})])  # a 400 that is not about response_format is not stepped around
-    with pytest.raises(FeedbackgenError, match="400"):
-        OpenAIBackend(chat_server(server), "m", response_cache=False).chat(convs[:1], Decoding(), schema=schema)
+    server = Script([(400, {})])  # a 400 that is not about response_format is not stepped around:
+    backend = OpenAIBackend(chat_server(server), "m", response_cache=False)  # that conversation is refused
+    out = backend.chat(convs[:1], Decoding(), schema=schema)
+    assert out[0].refused.startswith("HTTP 400") and out[0].text == "" and backend.stats["refused"] == 1
 
 
 # -- the pretrained model -----------------------------------------------------------------------------

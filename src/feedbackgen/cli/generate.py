@@ -120,7 +120,11 @@ def generate(
     answers = getattr(generator, "answer_counts", None)  # LLM generators: how the JSON answers went
     if answers:
         err.print("answers: " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items()))
-                  + " (fallback = still invalid after every retry; each row's meta says which)")
+                  + " (fallback = still invalid after every retry, or refused by the server; each row's meta "
+                    "says which)")
+        if answers.get("fallback", 0) and not any(v for k, v in answers.items() if k not in ("fallback", "refused")):
+            raise FeedbackgenError(f"not one answer of the model was usable: all {answers['fallback']} rows of {out} "
+                                   "are fallbacks (each row's meta.problem says why)")
     reasoning = getattr(generator, "reasoning_counts", None)
     if reasoning:
         err.print(f"reasoning: {reasoning.get('with_reasoning', 0)} repl(ies) had a reasoning block, removed before "

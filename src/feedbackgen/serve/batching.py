@@ -113,6 +113,26 @@ class MicroBatcher:
                 p.future.cancel()
             raise
 
+    async def _one_by_one(self, loop, group: list[_Pending], error: Exception) -> None:
+        """After a batch failed: each of its requests alone, so that only the one that caused it
+        fails and no client is shown another client's error (a batch of one just fails)."""
+        for p in group:
+            if p.future.done():
+                continue
+            if len(group) == 1:
+                p.future.set_exception(error)
+                continue
+            try:
+                results = await loop.run_in_executor(self.executor, self.run_batch, [p.request], p.decoding)
+                if len(results) != 1:
+                    raise FeedbackgenError(f"the model answered {len(results)} of 1 request")
+            except Exception as e:
+                if not p.future.done():
+                    p.future.set_exception(e)
+                continue
+            if not p.future.done():
+                p.future.set_result(results[0])
+
     async def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
         """The batch that starts with `first`, and whether the stop marker was met."""
         batch = [first]
@@ -159,9 +179,7 @@ class MicroBatcher:
                     if len(results) != len(group):
                         raise FeedbackgenError(f"the model answered {len(results)} of {len(group)} requests")
                 except Exception as e:  # a failing batch fails its requests, never the worker
-                    for p in group:
-                        if not p.future.done():
-                            p.future.set_exception(e)
+                    await self._one_by_one(loop, group, e)
                     continue
                 for p, result in zip(group, results):
                     if not p.future.done():

@@ -71,7 +71,8 @@ class BackendConfig(StrictModel):
     served_model: str | None = Field(None, description="openai: the model name the server expects "
                                                        "(default: $FEEDBACKGEN_LLM_MODEL, else `model`)")
     api_key_env: str = Field("FEEDBACKGEN_LLM_API_KEY", description="environment variable holding the API key")
-    timeout_s: float = Field(60.0, gt=0.0, le=3600.0, description="openai: seconds per request")
+    timeout_s: float = Field(60.0, gt=0.0, le=3600.0, description="openai: seconds per request, in all (a server "
+                                                                   "that trickles its answer cannot stretch it)")
     max_retries: int = Field(5, ge=0, le=50, description="openai: retries on 429/5xx/network errors")
     backoff_s: float = Field(1.0, ge=0.0, le=600.0, description="openai: first back-off, doubled per retry")
     concurrency: int = Field(4, ge=1, le=1024, description="openai: requests in flight at once")
@@ -90,6 +91,8 @@ class Completion:
     finish_reason: str | None = None  # "stop" | "length"
     cached: bool = False
     constrained: bool = False  # decoded under the JSON schema it was asked for
+    refused: str | None = None  # the server refused this conversation (HTTP 400/413/422): its message
+    cache_key: str = ""  # where a caching back-end keeps it (`uncache` drops an answer found invalid)
 
 
 class Backend(ABC):

@@ -118,6 +118,9 @@ class LLMUser(Generator):
             completions = self.backend.chat(convs, d, prefix, seeds, **({"schema": schema} if schema else {}))
             still = []
             for i, done in zip(pending, completions):
+                if done.refused:  # the server refuses this prompt (too long, ...): asking again changes nothing
+                    last[i] = (done, f"refused by the server ({done.refused})")
+                    continue
                 ans = read_answer(done.text, self.rating_range, c.review_words)
                 if ans.reasoning:
                     self.reasoning_counts["with_reasoning"] += 1
@@ -126,6 +129,9 @@ class LLMUser(Generator):
                 if not ans.ok:
                     last[i] = (done, ans.problem)
                     still.append(i)
+                    uncache = getattr(self.backend, "uncache", None)
+                    if uncache is not None:  # never kept: a rerun, or a fixed server, is asked again
+                        uncache(done)
                     continue
                 kind = "retried" if attempt else ans.status
                 results[i] = (ans.rating, ans.text, {**provenance(GENERATED), "answer": kind, "attempts": attempt + 1,
@@ -133,6 +139,7 @@ class LLMUser(Generator):
                 if d.do_sample:
                     results[i][2]["seed"] = requests[i].seed
             pending = still
+        pending = sorted(set(pending) | {i for i, (done, _) in last.items() if done.refused and results[i] is None})
         if pending:
             fallback_ratings = self.rating.predict_rating([requests[i] for i in pending])
             for i, rating in zip(pending, fallback_ratings):
@@ -141,6 +148,9 @@ class LLMUser(Generator):
                 results[i] = (float(rating), text,
                               {**source, "answer": "fallback", "attempts": c.max_attempts, "problem": problem,
                                "raw": done.text[:500], **self._usage(done)})
+                if done.refused:  # counted apart from the fallbacks of unusable answers, and named in meta
+                    self.answer_counts["refused"] += 1
+                    results[i][2].update(attempts=1, refused=done.refused)
         for _, _, meta in results:
             self.answer_counts[meta["answer"]] += 1
         return results  # type: ignore[return-value]

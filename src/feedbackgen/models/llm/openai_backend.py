@@ -13,10 +13,23 @@ schema it sends `response_format` `{"type": "json_schema", ...}` (OpenAI, vLLM, 
 then plain JSON mode (`json_mode`), then nothing — and keeps that form for later requests. Each
 refusal is counted (`stats["response_format_refused"]`); an answer decoded without its schema is
 marked `Completion.constrained` False and goes through the usual repair and retries.
+
+A server that misbehaves costs one row, not the run: a 400/413/422 about one conversation (vLLM's
+"maximum context length") comes back as a Completion with `refused` set (counted in
+`stats["refused"]`; the generator gives that row its fallback without asking again); a 200 holding
+`{"error": ...}` is retried like a 503 and, at the end, reported with the server's message and the
+URL; a `text/event-stream` answer (a streaming-only proxy) is read chunk by chunk into one; an
+answer in `tool_calls[0].function.arguments` (content null) is read; anything else that is not a
+chat completion is one error naming the URL and what came back. `Retry-After` is honoured as
+seconds or as an HTTP date, and `timeout_s` bounds each request in all, however slowly a server
+trickles its answer. The cache key holds the base URL, an empty answer is never cached, and
+`uncache` drops an answer the generator found invalid, so a rerun after the server is fixed asks again.
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import json
 import logging
@@ -60,6 +73,9 @@ class ResponseCache:
     def put(self, key: str, value: dict[str, Any]) -> None:
         atomic_write_json(self._path(key), value)
 
+    def forget(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # How an answer's schema is asked for, most to least exact; a server that refuses one gets the next.
@@ -95,6 +111,7 @@ class OpenAIBackend(Backend):
                               "or FEEDBACKGEN_LLM_BASE_URL")
         self.model = model or os.environ.get("FEEDBACKGEN_LLM_MODEL") or DEFAULT_MODEL
         self.max_retries, self.backoff_s, self.concurrency = max_retries, backoff_s, concurrency
+        self.timeout_s = timeout_s
         self.json_mode = json_mode
         self.response_format = RESPONSE_FORMATS[0]  # lowered, for good, by the first refusal of it
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -143,25 +160,35 @@ class OpenAIBackend(Backend):
         while True:
             form = self.response_format
             payload = self.payload(messages, decoding, seed, schema, form)
-            key = ResponseCache.key(payload) if self.cache else ""
+            # the server is part of the key: the same request to another server is another answer
+            key = ResponseCache.key({**payload, "base_url": self.base_url}) if self.cache else ""
             if self.cache and (hit := self.cache.get(key)) is not None:
                 self._count("cache_hits")
-                return Completion(**{**hit, "cached": True})
+                return Completion(**{**hit, "cached": True, "cache_key": key})
             try:
                 body = self._post(payload)
                 break
             except RequestRefused as e:
-                if not (schema and e.status in (400, 422, 500) and form != "none" and _ABOUT_FORMAT.search(e.body)):
+                if schema and e.status in (400, 422, 500) and form != "none" and _ABOUT_FORMAT.search(e.body):
+                    self._lower_response_format(form, e)
+                elif e.status in ROW_REFUSALS:  # this conversation only (too long, ...): its row's fallback
+                    self._count("refused")
+                    return Completion("", finish_reason="refused", refused=f"HTTP {e.status}: {_server_message(e.body)}")
+                else:
                     raise
-                self._lower_response_format(form, e)
         choice = body["choices"][0]
         usage = body.get("usage") or {}
-        result = Completion((choice.get("message") or {}).get("content") or "", usage.get("prompt_tokens"),
+        result = Completion(_answer_text(choice.get("message") or {}), usage.get("prompt_tokens"),
                             usage.get("completion_tokens"), choice.get("finish_reason"),
-                            constrained=form in ("json_schema", "json_object+schema"))
-        if self.cache:
-            self.cache.put(key, {k: v for k, v in result.__dict__.items() if k != "cached"})
+                            constrained=form in ("json_schema", "json_object+schema"), cache_key=key)
+        if self.cache and result.text.strip():  # an empty answer is never kept: a rerun asks again
+            self.cache.put(key, {k: v for k, v in result.__dict__.items() if k not in ("cached", "cache_key")})
         return result
+
+    def uncache(self, completion: Completion) -> None:
+        """Forget an answer the caller found invalid, so that a rerun asks the server again."""
+        if self.cache and completion.cache_key:
+            self.cache.forget(completion.cache_key)
 
     def _lower_response_format(self, refused: str, e: RequestRefused) -> None:
         with self._lock:
@@ -172,6 +199,9 @@ class OpenAIBackend(Backend):
                             self.base_url, refused, e.status, e.body[:200], self.response_format)
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The chat completion the server answered (an SSE stream read into one), after retries.
+        Raises RequestRefused for a status retrying cannot change, FeedbackgenError naming the URL
+        and what came back for an answer that is not a chat completion, or when retries run out."""
         import httpx
 
         url = f"{self.base_url}/chat/completions"
@@ -179,18 +209,21 @@ class OpenAIBackend(Backend):
             self._count("requests")
             wait = None
             try:
-                r = self.client.post(url, json=payload)
-                if r.status_code == 200:
-                    return r.json()
-                # a refused response_format is refused again on every retry (llama-cpp-python's server
-                # reports it as a 500)
-                about_format = "response_format" in payload and r.status_code <= 500 and _ABOUT_FORMAT.search(r.text)
-                if r.status_code not in RETRY_STATUS or about_format:
-                    raise RequestRefused(f"{url} answered {r.status_code}: {r.text[:300]}", r.status_code, r.text)
-                problem = f"HTTP {r.status_code}"
-                retry_after = r.headers.get("retry-after")
-                if retry_after and retry_after.replace(".", "", 1).isdigit():
-                    wait = float(retry_after)
+                status, headers, raw = self._fetch(url, payload)
+                if status == 200:
+                    body = _completion(raw, headers.get("content-type", ""), url)
+                    if "error" not in body:
+                        return body
+                    problem = f"HTTP 200 with an error: {_server_message(json.dumps(body['error']))}"
+                else:
+                    text = raw.decode("utf-8", "replace")
+                    # a refused response_format is refused again on every retry (llama-cpp-python's
+                    # server reports it as a 500)
+                    about_format = "response_format" in payload and status <= 500 and _ABOUT_FORMAT.search(text)
+                    if status not in RETRY_STATUS or about_format:
+                        raise RequestRefused(f"{url} answered {status}: {text[:300]}", status, text)
+                    problem = f"HTTP {status}: {_server_message(text)}"
+                    wait = retry_after_s(headers.get("retry-after"))
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 problem = f"{type(e).__name__}: {e}"
             if attempt == self.max_retries:
@@ -201,5 +234,104 @@ class OpenAIBackend(Backend):
             time.sleep(min(wait, 60.0))
         raise AssertionError("unreachable")
 
+    def _fetch(self, url: str, payload: dict[str, Any]) -> tuple[int, Any, bytes]:
+        """(status, headers, body) of one POST, read within `timeout_s` in all: httpx's timeouts
+        count per read, so a server that trickles a byte at a time could otherwise hold it forever."""
+        import httpx
+
+        deadline = time.monotonic() + self.timeout_s
+        with self.client.stream("POST", url, json=payload) as r:
+            chunks = []
+            for chunk in r.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"the answer took more than {self.timeout_s:g}s in all")
+            return r.status_code, r.headers, b"".join(chunks)
+
     def close(self) -> None:
         self.client.close()
+
+
+ROW_REFUSALS = {400, 413, 422}  # about one conversation (too long, malformed): that row falls back
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+
+
+def _server_message(text: str) -> str:
+    """The message of an error body (OpenAI/vLLM `{"error": {"message"}}` or `{"message"}`), else its start."""
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return str(text)[:300]
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])[:300]
+    return (error if isinstance(error, str) else json.dumps(error))[:300]
+
+
+def _completion(raw: bytes, content_type: str, url: str) -> dict[str, Any]:
+    """A 200's body as a chat completion: JSON, or a text/event-stream of chunks joined into one.
+    Raises FeedbackgenError naming the URL and what came back when it is neither."""
+    text = raw.decode("utf-8", "replace")
+    if "event-stream" in content_type or text.lstrip().startswith("data:"):
+        return _from_stream(text, url)
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError:
+        raise FeedbackgenError(f"{url} answered 200 with {content_type or 'no content type'} that is not JSON: "
+                               f"{text[:200]!r}") from None
+    if not isinstance(body, dict) or ("error" not in body and not body.get("choices")):
+        raise FeedbackgenError(f"{url} answered 200 with something that is not a chat completion (no choices): "
+                               f"{text[:200]!r}")
+    return body
+
+
+def _from_stream(text: str, url: str) -> dict[str, Any]:
+    """Server-sent `chat.completion.chunk` events joined into one completion."""
+    parts, finish, usage = [], None, None
+    for line in text.splitlines():
+        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+            continue
+        try:
+            chunk = json.loads(line[5:])
+        except json.JSONDecodeError:
+            raise FeedbackgenError(f"{url} streamed an event that is not JSON: {line[:200]!r}") from None
+        if "error" in chunk:
+            return {"error": chunk["error"]}
+        for c in chunk.get("choices") or []:
+            delta = c.get("delta") or c.get("message") or {}
+            parts.append(_answer_text(delta))
+            finish = c.get("finish_reason") or finish
+        usage = chunk.get("usage") or usage
+    if not parts:
+        raise FeedbackgenError(f"{url} answered 200 with an event stream holding no chat completion chunk: "
+                               f"{text[:200]!r}")
+    return {"choices": [{"message": {"content": "".join(parts)}, "finish_reason": finish or "stop"}],
+            "usage": usage or {}}
+
+
+def _answer_text(message: dict[str, Any]) -> str:
+    """The answer in a message: its content, else the arguments of its first tool call (servers
+    that answer a JSON-schema request as a function call)."""
+    if message.get("content"):
+        return str(message["content"])
+    calls = message.get("tool_calls") or []
+    if calls and isinstance(calls[0], dict):
+        return str((calls[0].get("function") or {}).get("arguments") or "")
+    return ""
