@@ -438,3 +438,17 @@ def test_24_a_failing_batch_in_serve_fails_only_its_culprit(llm_openai, post_con
     responses, per_call = post_concurrently(app, bodies)
     assert [r.status_code for r in responses] == [200, 500, 200], [r.text for r in responses]
     assert "planted" in responses[1].text and all("planted" not in r.text for r in (responses[0], responses[2]))
+
+
+def test_16_a_list_is_checked_before_any_llm_call(llm_openai, cases, tmp_path):
+    server = llm_openai["server"].start("fixed")
+    mi600 = cases / "16-recs-other-layouts" / "ms_recommenders_mi600.csv"
+    typo = tmp_path / "typo.csv"
+    typo.write_text(mi600.read_text().replace("userID", "usrID", 1))
+    ghosts = tmp_path / "ghosts.csv"
+    ghosts.write_text("user_id,item_id,rank\nnobody,B000068NVI,1\nnobody,B000068NZC,2\n")
+    for recs, words in ((typo, "usrID, itemID, prediction"), (ghosts, "2 of its 2 rows name a user or item")):
+        code, said = run("simulate", llm_openai["root"] / "llm_openai", "--dataset", llm_openai["data"],
+                         "--recommendations", recs, "--no-reviews")
+        assert code == 1 and words in said, said
+    assert server.calls() == []  # refused before the calibration's first generation
