@@ -155,7 +155,7 @@ async def feedback(call: FeedbackCall, svc: Service = Depends(ready_service)):
     requests = [FeedbackRequest(r.user_id, r.item_id, r.aspect, r.rating, r.seed) for r in call.requests]
     results = await run_feedback(svc, served, requests, call.decoding)
     return FeedbackAnswer(model=served.name, feedback=[answer(fb, svc) for fb in results],
-                          warnings=served.warnings(call.decoding))
+                          warnings=served.warnings(call.decoding) + svc.unknown_ids(requests))
 
 
 @v1.get("/users", summary="find users by id prefix")

@@ -28,6 +28,7 @@ from feedbackgen.serve.batching import MicroBatcher
 from feedbackgen.serve.catalog import Catalog
 from feedbackgen.serve.events import EventStore
 from feedbackgen.serve.telemetry import Metrics
+from feedbackgen.types import FeedbackRequest
 
 log = logging.getLogger("feedbackgen.serve")
 
@@ -254,6 +255,22 @@ class Service:
                                          f"{decoding.max_new_tokens} new tokens = {cost} is over this server's "
                                          f"limit of {c.max_call_tokens} per call (max_call_tokens, "
                                          f"{FLAGS['max_call_tokens']}): send fewer requests, tokens or beams")
+
+    def unknown_ids(self, requests: Sequence[FeedbackRequest]) -> list[str]:
+        """One warning naming the items (and one the users) of `requests` without training
+        interactions: their answers are the generator's fallback, whatever its confidence."""
+        if self.catalog is None:
+            return []
+        out = []
+        for kind, known in (("item", self.catalog.knows_item), ("user", self.catalog.knows_user)):
+            unknown = list(dict.fromkeys(getattr(r, f"{kind}_id") for r in requests
+                                         if not known(getattr(r, f"{kind}_id"))))
+            if unknown:
+                shown = ", ".join(repr(i) for i in unknown[:MAX_LISTED])
+                more = f" and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
+                out.append(f"{len(unknown)} {kind}(s) without training interactions, answered with the model's "
+                           f"fallback (not from anything learnt about them): {shown}{more}")
+        return out
 
     def fallback_of(self, user_id: str, item_id: str) -> list[str] | None:
         if self.catalog is None:
