@@ -17,12 +17,13 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from feedbackgen.cli.app import _run
+from feedbackgen.cli.app import _one_line_warning, _run
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,9 @@ def cases(field_cases_root) -> Path:
 def run(*args) -> tuple[int, str]:
     """`feedbackgen ARGS` in this process: its exit status and all it printed, on one line."""
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _one_line_warning  # as `main` shows them
         code = _run([str(a) for a in args])
     return code, " ".join((out.getvalue() + err.getvalue()).split())
 
@@ -452,3 +455,45 @@ def test_16_a_list_is_checked_before_any_llm_call(llm_openai, cases, tmp_path):
                          "--recommendations", recs, "--no-reviews")
         assert code == 1 and words in said, said
     assert server.calls() == []  # refused before the calibration's first generation
+
+
+# -- release layouts (20) -----------------------------------------------------------------------------
+
+def test_20_lightgcn_id_maps_are_used_and_ids_stay_text(cases, tmp_path):
+    from feedbackgen.data.dataset import Dataset
+    from feedbackgen.recommend.recs import read_recommendations
+
+    folder = cases / "20-release-layouts" / "lightgcn"
+    release = folder / "amazon-book-mini"
+    code, said = run("prepare", release, "--format", "lightgcn", "--meta", folder / "item_list_as.csv",
+                     "--map", "item_id=org_id", "--out", tmp_path / "ab")
+    assert code == 0 and "ids translated to the original ones through user_list.txt (6 ids) and item_list.txt" in said
+    ds = Dataset.load(tmp_path / "ab")
+    org = {line.split()[1]: line.split()[0] for line in (release / "item_list.txt").read_text().splitlines()[1:]}
+    users = {line.split()[1]: line.split()[0] for line in (release / "user_list.txt").read_text().splitlines()[1:]}
+    expected = sorted((users[line.split()[0]], org[i]) for line in (release / "train.txt").read_text().splitlines()
+                      for i in line.split()[1:])
+    assert sorted(ds.train.select("user_id", "item_id").iter_rows()) == expected and len(expected) == 27
+    assert ds.test.height == 5 and ds.manifest["source"]["id_maps"]["item_id"] == {"file": "item_list.txt", "ids": 10}
+    items = ds.items.filter(ds.items["item_id"] == "0553092626")
+    assert items["remap_id"].to_list() == ["0"] and items.schema["remap_id"] == ds.items.schema["item_id"]
+    # the same map given as the --meta file, as LightGCN ships it (space-separated .txt)
+    code, said = run("prepare", release, "--format", "lightgcn", "--meta", release / "item_list.txt",
+                     "--map", "item_id=org_id", "--out", tmp_path / "ab_txt")
+    assert code == 0, said
+    assert Dataset.load(tmp_path / "ab_txt").items["freebase_id"].to_list()[:1] == ["m.04fskk"]
+    # a list in the release's original ids now means what it says
+    recs, check = read_recommendations(folder / "recs_original_ids.csv", ds)
+    assert (check.kept, check.unknown_users, check.unknown_items) == (3, 0, 0)
+
+
+def test_20_a_zip_archive_is_refused_with_the_instruction(cases, tmp_path):
+    archive = cases / "20-release-layouts" / "movielens" / "ml-1m.zip"
+    for fmt in ("movielens", "csv"):
+        code, said = run("prepare", archive, "--format", fmt, "--out", tmp_path / "ml")
+        assert code == 1 and "is a zip archive" in said and "unzip it first (unzip ml-1m.zip)" in said, said
+    import zipfile
+
+    zipfile.ZipFile(archive).extractall(tmp_path)  # what the message says to do
+    code, said = run("prepare", tmp_path / "ml-1m", "--format", "movielens", "--out", tmp_path / "ml")
+    assert code == 0 and "12" in said, said

@@ -22,12 +22,20 @@ Tables:
   (movie_id,title,genres,rating,summary) needs `--map item_id=movie_id`; its `rating` column, the
   movie's mean rating over all of MovieLens (held-out ratings included), is kept as `rating`.
 
+Id maps: LightGCN's own releases (amazon-book, gowalla, yelp2018) ship `user_list.txt` and
+`item_list.txt` beside the split files, `org_id remap_id [freebase_id]` separated by spaces under
+that header. When present they are used: every id is the original one (a user's reviewer id, a
+book's ISBN, kept as text with its leading zeros), so lists and metadata in original ids match;
+the manifest records each map. A remapped id missing from its map is a bad pair, reported.
+An id column of the `--meta` file (`item_id`, or any column named `*id`) always stays text.
+
 A bad line or id (an id that is not a non-negative integer, as a comma-separated file gives) is
 reported with its file, line and field and skipped, costing only its own pairs (`Problems`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,10 +46,11 @@ from feedbackgen.data.fields import check_mapping, string_list
 from feedbackgen.data.loaders import collect_items, file_info
 from feedbackgen.data.readers import csv_records, json_records, raw_lines
 from feedbackgen.data.problems import Problems
-from feedbackgen.errors import DataError
+from feedbackgen.errors import DataError, FeedbackgenWarning
 
 SPLIT_FILES = {"train.txt": "train", "valid.txt": "valid", "val.txt": "valid", "test.txt": "test"}
 SPLIT_ORDER = ("train", "valid", "test")
+ID_MAPS = {"user_id": "user_list.txt", "item_id": "item_list.txt"}
 DEFAULT_CHUNK = 200_000
 ITEM_FIELDS = {
     "title": ("title", "name", "movie_title", "item_name"),
@@ -74,8 +83,47 @@ def split_files(paths: list[Path]) -> list[tuple[Path, str]]:
     return [(found[s], s) for s in SPLIT_ORDER if s in found]
 
 
+def read_id_map(path: Path) -> dict[str, str]:
+    """remap_id -> org_id of a LightGCN id-map file (a header naming `org_id` and `remap_id`, then
+    one line per id, separated by white space). Raises DataError for another layout or a repeated id."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    header = lines[0].split() if lines else []
+    if "org_id" not in header or "remap_id" not in header:
+        raise DataError(f"expected a header naming org_id and remap_id (LightGCN's id map), got {header[:5]}",
+                        source=str(path))
+    org, remap = header.index("org_id"), header.index("remap_id")
+    out: dict[str, str] = {}
+    for line_no, line in enumerate(lines[1:], 2):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) <= max(org, remap):
+            raise DataError(f"line {line_no}: {len(fields)} field(s), expected org_id and remap_id", source=str(path))
+        if fields[remap] in out:
+            raise DataError(f"line {line_no}: remap_id {fields[remap]} given twice", source=str(path))
+        out[fields[remap]] = fields[org]
+    return out
+
+
+def _id_maps(paths: list[tuple[Path, str]]) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """The id maps beside train.txt, by column, and their manifest entries."""
+    folder = paths[0][0].parent
+    maps, info = {}, {}
+    for column, name in ID_MAPS.items():
+        if (folder / name).is_file():
+            maps[column] = read_id_map(folder / name)
+            info[column] = {"file": name, "ids": len(maps[column])}
+    return maps, info
+
+
+def _original(token: str, column: str, maps: dict[str, dict[str, str]]) -> str | None:
+    mapping = maps.get(column)
+    return token if mapping is None else mapping.get(token)
+
+
 def _pairs(path: Path, split: str, problems: Problems, chunk: int, first_row: int,
-           counts: dict[str, int]) -> Iterator[pl.DataFrame]:
+           counts: dict[str, int], maps: dict[str, dict[str, str]] | None = None) -> Iterator[pl.DataFrame]:
+    maps = maps or {}
     users: list[str] = []
     items: list[str] = []
     rows: list[int] = []
@@ -91,10 +139,17 @@ def _pairs(path: Path, split: str, problems: Problems, chunk: int, first_row: in
                             + (f" (its {len(rest)} item(s) skipped)" if rest else ""))
             row += len(rest)
             continue
+        if (original_user := _original(user, "user_id", maps)) is None:
+            problems.report(source, line_no, "user_id", f"{user} is not in {ID_MAPS['user_id']}"
+                            + (f" (its {len(rest)} item(s) skipped)" if rest else ""))
+            row += len(rest)
+            continue
         for position, item in enumerate(rest, 2):
-            if item.isdigit() and item.isascii():
-                users.append(user)
-                items.append(item)
+            if item.isdigit() and item.isascii() and (original := _original(item, "item_id", maps)) is None:
+                problems.report(source, line_no, "item_id", f"token {position}: {item} is not in {ID_MAPS['item_id']}")
+            elif item.isdigit() and item.isascii():
+                users.append(original_user)
+                items.append(original)
                 rows.append(row)
             else:
                 problems.report(source, line_no, "item_id",
@@ -123,7 +178,17 @@ def _meta_is_json(path: Path) -> bool:
 def _meta_records(path: Path, problems: Problems) -> Iterator[tuple[int, dict]]:
     if _meta_is_json(path):
         return json_records(path, problems)
+    if path.suffix.lower() == ".txt":  # LightGCN's item_list.txt: a header, fields separated by spaces
+        return _whitespace_records(path)
     return csv_records(path, problems, delimiter="\t" if ".tsv" in [s.lower() for s in path.suffixes] else ",")
+
+
+def _whitespace_records(path: Path) -> Iterator[tuple[int, dict]]:
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    header = lines[0].split() if lines else []
+    for line_no, line in enumerate(lines[1:], 2):
+        if line.strip():
+            yield line_no, dict(zip(header, line.split()))
 
 
 def _columns(header: list[str], mapping: dict[str, str], path: Path, where: str) -> dict[str, str]:
@@ -142,6 +207,11 @@ def _columns(header: list[str], mapping: dict[str, str], path: Path, where: str)
         if name not in used and name not in columns:
             columns[name] = name
     return columns
+
+
+def _is_id_column(ours: str, theirs: str) -> bool:
+    """An identifier (org_id, remap_id, movie_id, asin, isbn...): text, never a number (ISBN 0553092626)."""
+    return any(n.lower().endswith("id") or n.lower() in ("asin", "isbn", "sku") for n in (ours, theirs))
 
 
 def _numbers(values: list[Any]) -> list[float | None] | None:
@@ -185,7 +255,8 @@ def read_item_meta(path: Path, mapping: dict[str, str] | None, problems: Problem
         values = [r.get(name) for r in rows]
         if name == "categories":
             series.append(pl.Series(name, values, dtype=pl.List(pl.Utf8)))
-        elif name not in ("item_id", "title", "description", "brand") and (floats := _numbers(values)) is not None:
+        elif (name not in ("item_id", "title", "description", "brand") and not _is_id_column(name, columns[name])
+              and (floats := _numbers(values)) is not None):
             series.append(pl.Series(name, floats, dtype=pl.Float64))
         else:
             series.append(pl.Series(name, [None if v in (None, "") else str(v) for v in values], dtype=pl.Utf8))
@@ -205,10 +276,17 @@ def load_lightgcn(paths: list[Path], meta: Path | None, mapping: dict[str, str] 
         raise DataError("for --format lightgcn, --map names the columns of the --meta file; give --meta FILE")
     files = []
     source_row = 0
-    for path, split in split_files(paths):
+    splits = split_files(paths)
+    maps, map_info = _id_maps(splits)
+    if map_info:  # said, not only recorded: ids in the dataset are no longer the files' numbers
+        warnings.warn(FeedbackgenWarning(
+            "ids translated to the original ones through " + " and ".join(
+                f"{m['file']} ({m['ids']} ids)" for m in map_info.values())
+            + ": lists and metadata must use the original ids"), stacklevel=2)
+    for path, split in splits:
         counts = {"records": 0, "lines": 0}
         rows = 0
-        for chunk in _pairs(path, split, problems, chunk_rows or DEFAULT_CHUNK, source_row, counts):
+        for chunk in _pairs(path, split, problems, chunk_rows or DEFAULT_CHUNK, source_row, counts, maps):
             rows += chunk.height
             yield chunk
         source_row += counts["records"]
@@ -220,4 +298,4 @@ def load_lightgcn(paths: list[Path], meta: Path | None, mapping: dict[str, str] 
         files.append(entry)
     done.update(items=items, users=None,
                 info={"files": files, "feedback": "implicit", "has_text": False, "has_ratings": False,
-                      "split_from": "files"})
+                      "split_from": "files", **({"id_maps": map_info} if map_info else {})})

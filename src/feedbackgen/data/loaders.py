@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -101,6 +102,10 @@ def file_info(path: Path, role: str) -> dict[str, Any]:
 def _existing(path: Path) -> Path:
     if not path.exists():
         raise DataError(f"{path} does not exist")
+    if path.is_file() and zipfile.is_zipfile(path) and not path.name.endswith((".parquet", ".xlsx")):
+        folder = path.name[:-4] if path.name.lower().endswith(".zip") else f"{path.name}-unzipped"
+        raise DataError(f"is a zip archive ({len(zipfile.ZipFile(path).namelist())} entries): unzip it first "
+                        f"(unzip {path.name}) and give the folder or files it holds, e.g. {folder}/", source=str(path))
     return path
 
 
