@@ -57,15 +57,6 @@ def test_oracle_choice_model_discriminates_perfectly_through_the_calibrated_rule
         assert ratio["accuracy"] == 1.0 and ratio["f1"] == 1.0
 
 
-def test_an_inverted_scorer_is_held_at_chance_by_the_monotone_calibration():
-    ds = planted()
-    user = SimulatedUser(None, ds, choice=Oracle(ds, sign=-1.0))
-    # isotonic regression cannot turn a backwards score around: every pair gets one probability
-    assert user.calibration.accuracy == pytest.approx(0.5)
-    p = user.engage_rule.model.predict(np.linspace(0, 1, 101))
-    assert np.all(np.diff(p) >= 0)
-
-
 def test_agent4rec_protocol_by_hand():
     ds = planted()  # every user has 6 held-out items (valid 3 + test 3) and 30 + 24 never-seen... items
     users = sorted(ds.test["user_id"].unique())
@@ -136,7 +127,8 @@ def test_choice_rule_feedback_only_for_engaged_items(mi_small):
     assert frame.filter(pl.col("engage"))["text"].null_count() == 0
     assert frame.filter(~pl.col("engage"))["text"].null_count() == int((~engaged).sum())
     assert frame.filter(~pl.col("engage"))["rating"].null_count() == int((~engaged).sum())
-    assert (frame["engage"] == (frame["p_engage"] >= user.threshold)).all()
+    # engage is drawn with probability p_engage, seeded per user: the same draws again
+    assert (frame["engage"].to_numpy() == user.draw(pairs_u, frame["p_engage"].to_numpy())).all()
     with pytest.raises(FeedbackgenError, match="probability"):
         SimulatedUser(generator, mi_small, threshold=3.5, choice=Popularity().fit(mi_small))
 
@@ -178,9 +170,9 @@ def test_ratings_free_dataset_end_to_end_through_the_cli(data_root, tmp_path):
     out = run("simulate", "--choice", tmp_path / "ease", "--dataset", tmp_path / "a4r",
               "--recommendations", tmp_path / "recs.parquet", "--out", tmp_path / "sim")
     c = json.loads((tmp_path / "sim" / "summary.json").read_text())["calibration"]
-    rule = (f"engage when P(choose) from ease ≥ {c['threshold']:.3f} (isotonic calibration), fitted on "
-            f"{c['pairs']} valid pairs of {c['users']} users (real and unseen items 1:1, each user weighted once); "
-            f"calibration accuracy {c['accuracy']:.3f}")
+    rule = (f"engage with P(choose) from ease (stacked log-rank, isotonic), calibrated on {c['pairs']} ranked "
+            f"valid candidates of {c['users']} users; in 1:1 protocols engage when P ≥ {c['threshold']:.3f} "
+            f"(accuracy {c['accuracy']:.3f} on the same rows)")
     assert f"Simulated user: `ease`; {rule}." in out  # the folder is named after the model: said once
     items = pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet")
     assert items["engage"].sum() > 0 and items["rating"].null_count() == len(items)  # no generator, no ratings

@@ -76,6 +76,10 @@ def _train_choice(dataset: Path, model: str, out: Path, settings: dict, distribu
     choice.fit(ds)
     choice.save(out)
     search = choice.search_record
+    if getattr(choice, "engage", None) is not None:
+        r = choice.engage.record
+        err.print(f"calibrated P(engage) on {r['rows']} ranked candidates of {r['users']} {r['split']} users "
+                  f"({r['positives']} taken; stacked: {', '.join(r['models'])})")
     if search is not None:
         best = max(c[search["metric"]] for c in search["candidates"])
         err.print(f"chose {search['chosen']} on the valid split ({search['metric']} {best:.4f}, "

@@ -17,10 +17,11 @@ from feedbackgen.recommend.ranking import evaluate_ranking, top_k
 from feedbackgen.recommend.recs import RecommendationsCheck, read_recommendations
 from feedbackgen.recommend.simulate import Simulation, simulate
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser, calibrate_choice, calibrate_threshold
-from feedbackgen.recommend.tables import markdown_table
+from feedbackgen.recommend.user_model import SimulatedUserModel
+from feedbackgen.tables import markdown_table
 
 __all__ = ["ANCHORS", "CHOICE_MODELS", "DEFAULT_CHOICE_MODEL", "Calibration", "ChoiceModel", "Popularity",
-           "RecommendationsCheck", "SimulatedUser", "Simulation", "calibrate_choice", "calibrate_threshold",
+           "RecommendationsCheck", "SimulatedUser", "SimulatedUserModel", "Simulation", "calibrate_choice", "calibrate_threshold",
            "create_choice", "evaluate_ranking", "fidelity", "fidelity_markdown", "is_choice_folder", "load_choice",
            "markdown_table", "read_id_list", "read_recommendations", "recommend", "simulate", "top_k", "write_fidelity",
            "write_recommendations"]

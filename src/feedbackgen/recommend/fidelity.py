@@ -41,7 +41,7 @@ scale only: they are not comparable numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -56,13 +56,14 @@ from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, j
 from feedbackgen.recommend.metrics import (classification_metrics, preference_estimation,
                                            review_score_without_emotion, sentiment_error, star_histogram,
                                            topic_error, total_variation)
+from feedbackgen.recommend.panel import judge_panel, panel_markdown, plot_panel
 from feedbackgen.recommend.ranking import UnseenSampler, simulator_name
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
 
 RATIOS = (1, 3, 9)
 AGENT4REC_RATIOS = (1, 2, 3, 9)
 AGENT4REC_LIST = 20  # positives + negatives per user and ratio in Agent4Rec's protocol
-PROTOCOLS = ("pooled", "agent4rec")
+PROTOCOLS = ("pooled", "agent4rec", "recommenders")
 STARS = (1, 2, 3, 4, 5)
 
 ANCHORS: tuple[dict[str, Any], ...] = (
@@ -157,13 +158,16 @@ def discrimination_agent4rec(user: SimulatedUser, dataset: Dataset, users: Seque
 def fidelity(model: Any, dataset: Dataset, *, ratios: Sequence[int] = RATIOS, threshold: float | None = None,
              seed: int = 1, max_users: int | None = None, review: bool = True,
              decoding: Decoding | dict | None = None, name: str | None = None,
-             calibration_pairs: int | None = None, choice: Any = None, method: str = "isotonic",
-             protocol: str = "pooled") -> dict[str, Any]:
+             calibration_pairs: int | None = None, choice: Any = None,
+             protocol: str = "pooled", recommendations: Mapping[str, pl.DataFrame] | None = None,
+             k: int = 10, panel: bool = True) -> dict[str, Any]:
     """Discrimination, rating and review fidelity of a simulated user (see the module docstring).
 
     model: the Generator (ratings and texts), or None with `choice` (discrimination only).
-    choice: a ChoiceModel for the engage rule (`method`: its calibration, isotonic or logistic).
-    protocol: `pooled` or `agent4rec` (its own ratios 1, 2, 3, 9 unless `ratios` is given).
+    choice: a ChoiceModel for the engage rule.
+    protocol: `pooled`, `agent4rec` (its own ratios 1, 2, 3, 9 unless `ratios` is given) or
+    `recommenders` (`feedbackgen.recommend.panel`: the built-in panel, unless `panel=False`, and the
+    `recommendations` lists, name -> user_id, rank, item_id, judged at top `k`; needs `choice`).
 
     max_users: evaluate a seeded sample of test users (all three protocols use the same users).
     review: also generate the texts and compute the AgentSociety review score (needs a text model).
@@ -171,7 +175,7 @@ def fidelity(model: Any, dataset: Dataset, *, ratios: Sequence[int] = RATIOS, th
     pairs (default: all of them; an LLM generator pays a generation per pair).
     """
     if protocol not in PROTOCOLS:
-        raise FeedbackgenError(f"unknown fidelity protocol {protocol!r}; choose {' or '.join(PROTOCOLS)}")
+        raise FeedbackgenError(f"unknown fidelity protocol {protocol!r}; choose {', '.join(PROTOCOLS)}")
     test = dataset.test
     if not len(test):
         raise DataError("the dataset's test split is empty: nothing to measure the simulator against")
@@ -180,7 +184,16 @@ def fidelity(model: Any, dataset: Dataset, *, ratios: Sequence[int] = RATIOS, th
     if max_users is not None and len(users) > max_users:
         users = sorted(rng.choice(users, size=max_users, replace=False).tolist())
         test = test.filter(pl.col("user_id").is_in(users))
-    simulated_user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs, choice=choice, method=method)
+    if protocol == "recommenders" and choice is None:
+        raise FeedbackgenError("the recommenders protocol compares expected engagement, a probability: give a "
+                               "choice model (--choice DIR, e.g. one trained with --model simulated_user)")
+    simulated_user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs, choice=choice)
+    if protocol == "recommenders":
+        return {"model": name or simulator_name(model, choice), "protocol": protocol,
+                "engage_rule": simulated_user.rule, "calibration": simulated_user.calibration.to_dict(),
+                "panel": judge_panel(simulated_user, dataset, k=k, seed=seed, max_users=max_users,
+                                     extra=recommendations, builtin=panel),
+                "discrimination": None, "rating": None, "agentsociety": None}
     if protocol == "agent4rec":
         shown = discrimination_agent4rec(simulated_user, dataset, users, rng,
                                          AGENT4REC_RATIOS if ratios is RATIOS else ratios)
@@ -250,6 +263,9 @@ def fidelity_markdown(results: Sequence[dict[str, Any]], dataset_label: str = "t
 
     same_data: the dataset is Agent4Rec's ML-1M split, so their published row is on the same data.
     """
+    if results and results[0].get("protocol") == "recommenders":
+        return "\n".join(panel_markdown(r["panel"], r["model"]) + f"\nEngage rule: {_rule(r['calibration'])}.\n"
+                         for r in results)
     ratios = list(results[0]["discrimination"]) if results else [f"1:{r}" for r in RATIOS]
     head = (["simulator", "data", "users"] + [f"acc {r}" for r in ratios] + [f"F1 {r}" for r in ratios]
             + ["RMSE", "MAE", "star TVD", "pref. est.", "review (no emotion)†", "text vs"])
@@ -345,6 +361,9 @@ def write_fidelity(results: Sequence[dict[str, Any]], out_dir: str | Path,
     atomic_write_text(out_dir / "fidelity.md", fidelity_markdown(results, dataset_label, same_data=same_data))
     if results and all(r.get("rating") for r in results):
         plot_rating_distributions(results, out_dir / "rating_distribution.png")
+    for r in results:
+        if r.get("panel"):
+            plot_panel(r["panel"], out_dir / ("panel.png" if len(results) == 1 else f"panel_{r['model']}.png"))
     return out_dir
 
 

@@ -14,9 +14,11 @@ integer, repeated (user, item) pairs (the best rank is kept), and ranks beyond `
 For each recommended item the simulated user (`feedbackgen.recommend.simulated_user`: a choice
 model, a generator, or both) gives
 
-- a decision, **engage** or **skip**: with a choice model (`choice=`), engage when its calibrated
-  probability of choosing the item reaches a threshold; without one, when the generator's
-  predicted rating does. Both are fitted on the *validation* split (see that module);
+- with a choice model (`choice=`), **p_engage**: the probability that the user takes the item,
+  calibrated on the *validation* split to what users really took (`feedbackgen.recommend.engage`),
+  and a decision, **engage** or **skip**, drawn with that probability (seeded per user:
+  reproducible). Without a choice model, engage when the generator's predicted rating reaches a
+  threshold fitted on validation (no probability);
 - a rating: the generator's predicted rating; its star is that rating rounded to the nearest star;
 - a review: the generator's text for (user, item). With a choice model only the items the user
   engages with get a rating and a review (`feedback_for="engaged"`, the default there: an LLM
@@ -27,7 +29,11 @@ judged), share rated 4 stars or more, rank of the first engaged item, and `satis
 at least one item). Per recommender: users, items judged, mean simulated rating (over items),
 engagement@K (mean over users of engaged / judged among the top K), share of rated items rated 4 or more
 (mean rating and this share are over the items that got a rating: with a choice model, the engaged ones),
-share of users satisfied, and the counts of what was left out.
+share of users satisfied, the counts of what was left out, and, with a choice model,
+`expected_engagement_at_k`: the mean p_engage over the judged items (the expected share of listed
+items users take; compare it with a list's real precision@K) with a 95 % bootstrap interval over
+users (`expected_engagement_ci`, `BOOTSTRAP` resamples, seeded). `engagement@K` counts the sampled
+decisions, so it scatters around the expected value.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, j
 from feedbackgen.recommend.ranking import simulator_name
 from feedbackgen.recommend.recs import RecommendationsCheck, read_recommendations
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
+
+BOOTSTRAP = 1000  # resamples of the users behind expected_engagement_ci
 
 
 # -- the simulation ----------------------------------------------------------------------------
@@ -70,13 +78,17 @@ class Simulation:
 
     def markdown(self) -> str:
         k = self.k
-        head = ["recommender", "users", "items judged", "mean rating", f"engagement@{k}", "rated ≥ 4★",
+        head = ["recommender", "users", "items judged", "mean rating", f"expected engagement@{k} (95% CI)",
+                f"engagement@{k}", "rated ≥ 4★",
                 "users engaging", "unknown users", "unknown items"]
         lines = [f"Simulated user: `{self.model}`; {self.calibration.describe()}.", "",
                  "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         for r in self.summary.iter_rows(named=True):
+            ci = r["expected_engagement_ci"]
+            expected = ("–" if r["expected_engagement_at_k"] is None else
+                        f"{r['expected_engagement_at_k']:.4f} ({ci[0]:.4f}–{ci[1]:.4f})")
             lines.append(f"| {r['recommender']} | {r['users']} | {r['items']} | {_num(r['mean_rating'])} | "
-                         f"{_num(r['engagement_at_k'])} | {_num(r['share_rated_4_plus'])} | "
+                         f"{expected} | {_num(r['engagement_at_k'])} | {_num(r['share_rated_4_plus'])} | "
                          f"{_num(r['share_users_engaging'])} | {r['unknown_users']} | {r['unknown_items']} |")
         user_sets = [set(self.users.filter(pl.col("recommender") == r)["user_id"].to_list())
                      for r in self.summary["recommender"]]
@@ -124,6 +136,20 @@ def _num(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
+def _expected(items: pl.DataFrame, seed: int) -> dict[str, Any]:
+    """expected_engagement_at_k (mean p_engage over the judged items) and its 95 % bootstrap
+    interval over users; None without probabilities (the rating rule)."""
+    judged = items.filter(pl.col("p_engage").is_not_null())
+    if not len(judged):
+        return {"expected_engagement_at_k": None, "expected_engagement_ci": None}
+    per_user = judged.group_by("user_id").agg(pl.col("p_engage").sum().alias("p"), pl.len().alias("n")).sort("user_id")
+    p, n = per_user["p"].to_numpy(), per_user["n"].to_numpy().astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(p), size=(BOOTSTRAP, len(p)))
+    boot = p[draws].sum(axis=1) / n[draws].sum(axis=1)
+    return {"expected_engagement_at_k": float(p.sum() / n.sum()),
+            "expected_engagement_ci": [float(v) for v in np.percentile(boot, [2.5, 97.5])]}
+
+
 def _per_user(items: pl.DataFrame) -> pl.DataFrame:
     return (items.group_by("recommender", "user_id", maintain_order=True).agg(
         pl.len().alias("items"),
@@ -131,6 +157,7 @@ def _per_user(items: pl.DataFrame) -> pl.DataFrame:
         pl.col("rating").max().alias("best_rating"),
         pl.col("engage").sum().cast(pl.Int64).alias("engaged"),
         pl.col("engage").mean().alias("engagement"),
+        pl.col("p_engage").mean().alias("expected_engagement"),
         (pl.col("stars") >= 4).mean().alias("share_rated_4_plus"),
         pl.col("rank").filter(pl.col("engage")).min().alias("first_engaged_rank"),
     ).with_columns((pl.col("engaged") > 0).alias("satisfied")))
@@ -141,7 +168,7 @@ def simulate(model: Any, dataset: Dataset,
              | Mapping[str, str | Path | pl.DataFrame],
              k: int = 10, threshold: float | None = None, decoding: Decoding | dict | None = None,
              seed: int = 1, write: bool = True, calibration_pairs: int | None = None, *,
-             choice: Any = None, method: str = "isotonic", feedback_for: str | None = None,
+             choice: Any = None, feedback_for: str | None = None,
              name: str | None = None, mapping: Mapping[str, str] | None = None,
              check_ids: bool = True) -> Simulation:
     """Let `model` play the dataset's users and judge each recommender's top-`k` lists.
@@ -151,7 +178,7 @@ def simulate(model: Any, dataset: Dataset,
     docstring). write: also generate each review (off: ratings and decisions only, much faster).
     calibration_pairs: calibrate the threshold on a seeded sample of that many validation pairs.
     choice: a ChoiceModel deciding engage/skip (`model` may then be None: decisions only).
-    method: the choice rule's calibration, `isotonic` or `logistic`. feedback_for: `engaged` or
+    feedback_for: `engaged` or
     `all` (default: `engaged` with a choice model, `all` without). name: the simulator's label
     (default: `simulator_name(model, choice)`; the CLI adds folder names through the same function).
     mapping, check_ids: how the RECS files are read and checked (`feedbackgen.recommend.recs`).
@@ -168,7 +195,7 @@ def simulate(model: Any, dataset: Dataset,
     # every list is read and checked before any model work (the calibration may be paid LLM calls)
     read = {recommender: read_recommendations(source, dataset, k, recommender, mapping=mapping, check_ids=check_ids)
             for recommender, source in named.items()}
-    user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs, choice=choice, method=method)
+    user = SimulatedUser(model, dataset, threshold, seed, calibration_pairs, choice=choice)
     feedback_for = feedback_for or ("engaged" if choice is not None else "all")
     judged, checks = [], []
     for recommender, (recs, check) in read.items():
@@ -191,6 +218,7 @@ def simulate(model: Any, dataset: Dataset,
         rows.append({
             "recommender": check.recommender, "users": len(mine_users), "items": len(mine_items),
             "mean_rating": None if empty else mine_items["rating"].mean(),
+            **_expected(mine_items, seed),
             "engagement_at_k": None if empty else float(mine_users["engagement"].mean()),
             "share_rated_4_plus": None if empty else (mine_items["stars"] >= 4).mean(),
             "share_users_engaging": None if empty else float(mine_users["satisfied"].mean()),
@@ -200,6 +228,7 @@ def simulate(model: Any, dataset: Dataset,
         })
     summary = pl.DataFrame(rows, schema={
         "recommender": pl.Utf8, "users": pl.Int64, "items": pl.Int64, "mean_rating": pl.Float64,
+        "expected_engagement_at_k": pl.Float64, "expected_engagement_ci": pl.List(pl.Float64),
         "engagement_at_k": pl.Float64, "share_rated_4_plus": pl.Float64, "share_users_engaging": pl.Float64,
         "unknown_users": pl.Int64, "unknown_items": pl.Int64, "rows_left_out": pl.Int64,
         "in_history_rows": pl.Int64, "duplicates": pl.Int64, "short_lists": pl.Int64})

@@ -15,16 +15,14 @@ Both rules are fitted on the **validation** split, never on test: each real vali
 (user, item) is mixed 1:1 with an item the user never interacted with in any split (uniform,
 seeded), so "real" vs "unseen" is the label.
 
-- `choice` rule. Raw choice scores are not comparable across users (an item-item model scores a
-  user with a long history higher everywhere), so the feature is the score's **percentile** among
-  a fixed seeded reference sample of catalogue items (`reference_items`, 1,000) scored for the same
-  user, the user's training items left out: 1.0 = above every reference item. It becomes a
-  probability by isotonic regression (scikit-learn's `IsotonicRegression`, the non-parametric
-  calibration of Zadrozny & Elkan, KDD 2002; monotone by construction), or with `method="logistic"`
-  by a logistic regression over (percentile, log training popularity, predicted rating when a
-  generator is given) (Platt-style scaling, Platt 1999). The user engages when the probability
-  reaches the threshold that classifies the validation pairs most accurately (the middle one when
-  several tie). The decision is made item by item: it never knows how many listed items are real.
+- `choice` rule. P(engage | user, item) is the calibrated probability of
+  `feedbackgen.recommend.engage`: a choice model's log rank of the item among the user's
+  candidates, mapped to the share of such items users really took in the valid split (fitted on
+  ranked candidates, not only on 1:1 random negatives, so it holds at the top of a list where it
+  matters). A `simulated_user` model carries its own, fitted when it was trained. In `simulate` the
+  user engages with each item with that probability (a draw seeded per user: reproducible); the 1:1
+  protocols of `fidelity` engage when it reaches the threshold that best tells real valid items from
+  uniformly drawn ones (fitted on the same calibration rows).
 - `rating` rule (no choice model): engage when the predicted rating reaches the threshold on a
   0.05 grid that classifies the validation pairs most accurately.
 
@@ -34,6 +32,7 @@ fitted, so their scores are optimistic.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,14 +44,12 @@ from feedbackgen.config import Decoding, validate
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError, FeedbackgenError
 from feedbackgen.recommend.metrics import to_stars
-from feedbackgen.recommend.ranking import UnseenSampler, catalogue, score_pairs
+from feedbackgen.recommend.engage import EngageModel
+from feedbackgen.recommend.ranking import UnseenSampler, pool_of, score_pairs
 from feedbackgen.types import FeedbackRequest, source_label
 
 THRESHOLD_STEP = 0.05
-REFERENCE_ITEMS = 1000
-METHODS = ("isotonic", "logistic")
 FEEDBACK_FOR = ("all", "engaged")
-USERS_PER_CHUNK = 256  # reference rows scored at a time: bounds memory at users × reference items
 
 
 @dataclass
@@ -77,15 +74,17 @@ class Calibration:
         caption, `fidelity`'s tables): the rule with its threshold (a probability to 3 places, a
         rating on its 0.05 grid to 2), then the evidence behind it (pairs, users, accuracy)."""
         if self.choice_model:
-            rule = (f"engage when P(choose) from {self.choice_model} ≥ {self.threshold:.3f} "
-                    f"({self.method} calibration)")
-        else:
-            rule = f"engage when the predicted rating ≥ {self.threshold:.2f}"
+            if self.split == "given":
+                return (f"engage when P(choose) from {self.choice_model} ≥ {self.threshold:.3f}, "
+                        "threshold given (not fitted: no calibration accuracy)")
+            return (f"engage with P(choose) from {self.choice_model} ({self.method}), calibrated on "
+                    f"{self.pairs} ranked {self.split} candidates of {self.users} users; in 1:1 protocols "
+                    f"engage when P ≥ {self.threshold:.3f} (accuracy {self.accuracy:.3f} on the same rows)")
+        rule = f"engage when the predicted rating ≥ {self.threshold:.2f}"
         if self.split == "given":
             return f"{rule}, threshold given (not fitted: no calibration accuracy)"
-        weighted = ", each user weighted once" if self.choice_model else ""
         return (f"{rule}, fitted on {self.pairs} {self.split} pairs of {self.users} users "
-                f"(real and unseen items 1:1{weighted}); calibration accuracy {self.accuracy:.3f}")
+                f"(real and unseen items 1:1); calibration accuracy {self.accuracy:.3f}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
@@ -137,108 +136,34 @@ def calibrate_threshold(model: Any, dataset: Dataset, seed: int = 1, max_pairs: 
 
 
 class ChoiceEngage:
-    """P(engage | user, item) from a choice model's score, calibrated on validation (module docstring)."""
+    """P(engage | user, item) from a choice model (module docstring): the model's own calibrated
+    probability when it has one (`simulated_user`), otherwise an `EngageModel` fitted now on valid."""
 
-    def __init__(self, choice: Any, dataset: Dataset, *, seed: int = 1, method: str = "isotonic",
-                 generator: Any = None, reference_items: int = REFERENCE_ITEMS):
-        if method not in METHODS:
-            raise FeedbackgenError(f"engage calibration method must be one of {', '.join(METHODS)}, got {method!r}")
-        self.choice, self.method, self.generator = choice, method, generator
-        items = catalogue(dataset)
-        rng = np.random.default_rng(seed)
-        self.reference = np.sort(rng.choice(items, size=min(reference_items, len(items)), replace=False))
-        train = dataset.train
-        self.seen = {u: set(i) for u, i in train.group_by("user_id").agg(pl.col("item_id").unique()).iter_rows()}
-        counts = train.group_by("item_id").len()
-        self.popularity = dict(zip(counts["item_id"].to_list(), counts["len"].to_list()))
-        self.model: Any = None
+    def __init__(self, choice: Any, dataset: Dataset, *, seed: int = 1, users: int = 3000):
+        self.choice, self.dataset = choice, dataset
+        self.own = hasattr(choice, "engage_probability")
+        self.model = choice.engage if self.own else EngageModel.fit([choice], dataset, users=users, seed=seed)
 
-    @property
-    def feature_names(self) -> list[str]:
-        if self.method == "isotonic":
-            return ["percentile"]
-        return ["percentile", "log_popularity"] + (["predicted_rating"] if self.generator is not None else [])
-
-    def percentile(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        """Share of the reference items (the user's training items left out) scoring below each pair,
-        ties counted half; shape (n,), in [0, 1]."""
-        user_ids, item_ids = np.asarray(user_ids, dtype=object), np.asarray(item_ids, dtype=object)
-        scores = np.asarray(self.choice.score(list(user_ids), list(item_ids)), dtype=np.float64)
-        out = np.empty(len(user_ids))
-        unique, inverse = np.unique(user_ids, return_inverse=True)
-        ref = self.reference
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.searchsorted(inverse[order], np.arange(len(unique) + 1))
-        for start in range(0, len(unique), USERS_PER_CHUNK):
-            chunk = unique[start:start + USERS_PER_CHUNK]
-            rows = self._reference_scores(chunk)
-            for offset, user in enumerate(chunk):
-                seen = self.seen.get(user, ())
-                row = rows[offset][[i not in seen for i in ref]] if seen else rows[offset]
-                row = np.sort(row)
-                mine = order[bounds[start + offset]:bounds[start + offset + 1]]
-                s = scores[mine]
-                below = np.searchsorted(row, s, "left") + np.searchsorted(row, s, "right")
-                out[mine] = below / (2 * len(row)) if len(row) else 0.5
-        return out
-
-    def _reference_scores(self, users: np.ndarray) -> np.ndarray:
-        """Scores of the reference items for each user, shape (len(users), len(reference))."""
-        ref = self.reference
-        if hasattr(self.choice, "score_items"):  # choice models score a dense block at once
-            return np.asarray(self.choice.score_items(list(users), list(ref)), dtype=np.float64)
-        flat = self.choice.score(np.repeat(users, len(ref)).tolist(), np.tile(ref, len(users)).tolist())
-        return np.asarray(flat, dtype=np.float64).reshape(len(users), len(ref))
-
-    def features(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        """The calibration's inputs, shape (n, len(feature_names))."""
-        columns = [self.percentile(user_ids, item_ids)]
-        if self.method == "logistic":
-            columns.append(np.log1p([self.popularity.get(i, 0) for i in item_ids]))
-            if self.generator is not None:
-                columns.append(score_pairs(self.generator, list(user_ids), list(item_ids)))
-        return np.column_stack(columns)
-
-    def fit(self, x: np.ndarray, actual: np.ndarray, weight: np.ndarray | None = None) -> ChoiceEngage:
-        """Fit P(real | features) on `x` (from `features`), shape (n, d), labels `actual`, shape (n,)."""
-        if self.method == "isotonic":
-            from sklearn.isotonic import IsotonicRegression
-
-            self.model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-            self.model.fit(x[:, 0], actual.astype(np.float64), sample_weight=weight)
-        else:
-            from sklearn.linear_model import LogisticRegression
-
-            self.model = LogisticRegression(max_iter=1000).fit(x, actual, sample_weight=weight)
-        return self
-
-    def probability(self, user_ids: Sequence[str], item_ids: Sequence[str], x: np.ndarray | None = None) -> np.ndarray:
-        """Calibrated P(engage), shape (n,)."""
-        if not len(user_ids):
-            return np.zeros(0)
-        x = self.features(user_ids, item_ids) if x is None else x
-        if self.method == "isotonic":
-            return np.asarray(self.model.predict(x[:, 0]), dtype=np.float64)
-        return self.model.predict_proba(x)[:, 1]
+    def probability(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        """Calibrated P(engage) after the valid period, shape (n,) (`feedbackgen.recommend.engage`)."""
+        if self.own:
+            return self.choice.engage_probability(self.dataset, list(user_ids), list(item_ids))
+        return self.model.probability([self.choice], pool_of(self.dataset), list(user_ids), list(item_ids))
 
 
-def calibrate_choice(choice: Any, dataset: Dataset, *, seed: int = 1, max_pairs: int | None = None,
-                     method: str = "isotonic", generator: Any = None) -> tuple[ChoiceEngage, Calibration]:
-    """Fit the choice rule's probability and threshold on validation pairs (module docstring)."""
-    users, items, actual, split = validation_pairs(dataset, seed, max_pairs)
-    engage = ChoiceEngage(choice, dataset, seed=seed, method=method, generator=generator)
-    x = engage.features(users, items)
-    # each user counts once, whatever their number of validation items: a simulated user is a
-    # user, and a heavy user's items would otherwise set everyone's threshold
-    _, inverse, counts = np.unique(np.asarray(users, dtype=object), return_inverse=True, return_counts=True)
-    weight = 1.0 / counts[inverse]
-    engage.fit(x, actual, weight)
-    p = engage.probability(users, items, x)
-    threshold, accuracy = best_threshold(p, actual, np.unique(np.round(p, 6)), weight)
+def calibrate_choice(choice: Any, dataset: Dataset, *, seed: int = 1, max_pairs: int | None = None
+                     ) -> tuple[ChoiceEngage, Calibration]:
+    """The choice rule's probability and its 1:1 threshold (module docstring). max_pairs: most
+    valid users the calibration samples (default 3,000)."""
+    if max_pairs is not None and (not isinstance(max_pairs, int) or max_pairs < 1):
+        raise FeedbackgenError(f"calibration pairs must be a positive integer, got {max_pairs!r}")
+    engage = ChoiceEngage(choice, dataset, seed=seed, users=max_pairs or 3000)
+    r = engage.model.record
     name = getattr(choice, "name", type(choice).__name__)
-    return engage, Calibration(threshold, accuracy, len(actual), split,
-                               rule=f"engage when P(choose) from {name} ≥ threshold", method=method,
-                               choice_model=name, features=engage.feature_names, users=len(counts))
+    return engage, Calibration(r["threshold_1to1"], r["accuracy_1to1"], r["rows"], r["split"],
+                               rule=f"engage with P(choose) from {name}", method="stacked log-rank, isotonic",
+                               choice_model=name, features=[f"log_rank_{m}" for m in r["models"]],
+                               users=r["users"])
 
 
 class SimulatedUser:
@@ -247,17 +172,18 @@ class SimulatedUser:
     model: a Generator (rating and text), or None with a choice model (decisions only).
     choice: a ChoiceModel; with it the engage rule is the calibrated choice probability, without
     it a threshold on the generator's predicted rating. threshold: a fixed threshold instead of the
-    fitted one (a probability with `choice`, a rating without). method: `isotonic` or `logistic`.
+    fitted one (a probability with `choice`, a rating without); with a choice model, given, it also
+    replaces the seeded draws of `judge`. seed: the calibration's and the per-user draws' seed.
     """
 
     def __init__(self, model: Any, dataset: Dataset, threshold: float | None = None, seed: int = 1,
-                 calibration_pairs: int | None = None, *, choice: Any = None, method: str = "isotonic"):
+                 calibration_pairs: int | None = None, *, choice: Any = None):
         if model is None and choice is None:
             raise FeedbackgenError("a simulated user needs a generator, a choice model, or both")
-        self.model, self.choice, self.engage_rule = model, choice, None
+        self.model, self.choice, self.engage_rule, self.seed = model, choice, None, seed
         if choice is not None:
             self.engage_rule, self.calibration = calibrate_choice(
-                choice, dataset, seed=seed, max_pairs=calibration_pairs, method=method, generator=model)
+                choice, dataset, seed=seed, max_pairs=calibration_pairs)
             if threshold is not None:
                 if not 0.0 <= threshold <= 1.0:
                     raise FeedbackgenError(f"with a choice model the threshold is a probability in [0, 1], "
@@ -277,8 +203,27 @@ class SimulatedUser:
         """The rating rule's decision for predicted ratings (no choice model)."""
         return np.asarray(ratings, dtype=np.float64) >= self.threshold
 
+    def probability(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        """Calibrated P(engage) for aligned pairs, shape (n,) (a choice model is needed)."""
+        if self.engage_rule is None:
+            raise FeedbackgenError("P(engage) needs a choice model (--choice); the rating rule only decides")
+        return self.engage_rule.probability(user_ids, item_ids)
+
+    def draw(self, user_ids: Sequence[str], p: np.ndarray) -> np.ndarray:
+        """Sampled decisions, engage with probability p: one uniform draw per row, from a stream
+        seeded by (seed, user), taken in row order; reproducible whatever else is judged beside."""
+        out = np.zeros(len(p), dtype=bool)
+        rows: dict[str, list[int]] = {}
+        for n, u in enumerate(user_ids):
+            rows.setdefault(u, []).append(n)
+        for u, idx in rows.items():
+            rng = np.random.default_rng([self.seed, zlib.crc32(str(u).encode())])
+            out[idx] = rng.random(len(idx)) < p[idx]
+        return out
+
     def engage(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        """Engage (True) or skip for each aligned (user, item) pair, shape (n,)."""
+        """The 1:1 protocols' decision: engage (True) or skip for each aligned (user, item) pair,
+        shape (n,): P(engage) ≥ the fitted threshold, or the rating rule."""
         if self.engage_rule is not None:
             return self.engage_rule.probability(user_ids, item_ids) >= self.threshold
         return self.decide(score_pairs(self.model, list(user_ids), list(item_ids)))
@@ -289,7 +234,8 @@ class SimulatedUser:
         (user, item) pair (provenance, the item of a copied review and a one-line source: where the
         text came from, `feedbackgen.types`).
 
-        write: generate texts (off: ratings and decisions only). feedback_for: `all` gives every
+        With a choice model, engage is drawn with probability p_engage (seeded per user, `draw`), or
+        p_engage ≥ a threshold given to the constructor. write: generate texts (off: ratings and decisions only). feedback_for: `all` gives every
         pair a rating (and text), `engaged` only the pairs the user engages with (the others get
         nulls), which is what an LLM generator's cost asks for. The rating rule needs every rating
         to decide, so there `engaged` limits only the texts.
@@ -306,7 +252,7 @@ class SimulatedUser:
         source_items: list[str | None] = [None] * n
         if self.engage_rule is not None:
             p = self.engage_rule.probability(user_ids, item_ids)
-            engage = p >= self.threshold
+            engage = p >= self.threshold if self.calibration.split == "given" else self.draw(user_ids, p)
             rows = np.flatnonzero(engage) if feedback_for == "engaged" else np.arange(n)
         elif writes and feedback_for == "all":  # one generation gives the rating and the text
             engage, rows = None, np.arange(n)
@@ -343,5 +289,5 @@ class SimulatedUser:
         })
 
 
-__all__ = ["Calibration", "ChoiceEngage", "FEEDBACK_FOR", "METHODS", "SimulatedUser", "best_threshold",
+__all__ = ["Calibration", "ChoiceEngage", "FEEDBACK_FOR", "SimulatedUser", "best_threshold",
            "calibrate_choice", "calibrate_threshold", "validation_pairs"]
