@@ -8,15 +8,10 @@ explains its rows), `ChoiceModel.recommend`, the service and the simulator rank 
 (`exclude`), one tie-break, one answer for unknown users. A "model" is anything that scores
 (user, item) pairs: a `Generator` (its `predict_rating`) or a choice model (`score`).
 
-Ranking evaluation (`evaluate_ranking`), two protocols:
-
-- `full`: each test user's candidates are all items of the dataset except those the user has in
-  train or valid (RecBole's full-sort evaluation masks the same history: `top_k`'s default
-  `exclude="train+valid"`); the relevant items are the user's test items. One query per test user.
-- `sampled`: each test interaction is ranked against `n_negatives` (99) items drawn uniformly,
-  without replacement, from the items the user never interacted with in any split (He et al.,
-  "Neural Collaborative Filtering", WWW 2017, section 4.1). Sampled metrics can disagree with
-  full ones (Krichene & Rendle, KDD 2020): report both.
+Ranking evaluation (`evaluate_ranking`): `full` ranks, per test user, every item less their train
+and valid ones (RecBole's full sort; `top_k`'s default `exclude="train+valid"`) with their test
+items relevant; `sampled` ranks each test interaction against 99 never-seen items drawn uniformly
+(He et al., NCF, WWW 2017). They can disagree (Krichene & Rendle, KDD 2020): report both.
 
 Ties: among equal scores the item with more training interactions goes first, then (in `top_k`)
 the smaller item id, or (in the evaluation) a random order drawn from the seed.
@@ -38,13 +33,13 @@ from feedbackgen.errors import FeedbackgenError
 from feedbackgen.io import atomic_write_json, atomic_write_text
 from feedbackgen.recommend.choice import UNKNOWN_ITEM_SCORE, ChoiceModel, Popularity
 from feedbackgen.recommend.metrics import KS, positions, ranking_metrics
+from feedbackgen.tables import markdown_table
 from feedbackgen.types import FeedbackRequest
 
 SCORE_CHUNK = 200_000  # pairs scored per call: bounds the memory of the request objects
 USERS_PER_BATCH = 128
 PROTOCOLS = ("full", "sampled")
-# `evaluate_ranking`'s candidates column is a mean list length: one decimal, not a metric's four
-RANKING_FORMATS = {"candidates": ".1f"}
+RANKING_FORMATS = {"candidates": ".1f"}  # evaluate_ranking's mean list length: one decimal
 
 
 def score_pairs(model: Any, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
@@ -129,6 +124,7 @@ class Pool:
         self.items = np.array(items, dtype=object)
         self.index = {item: n for n, item in enumerate(self.items)}
         self.popularity, self.train_users, self.by_split = popularity, train_users, by_split
+        self.model_cols: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its columns of items
 
     @classmethod
     def of_dataset(cls, dataset: Dataset) -> Pool:
@@ -201,6 +197,18 @@ def top_k(model: Any, user_ids: Sequence[str], k: int = 10, *, exclude: str = DE
     Returns columns user_id, rank (1 = best), item_id, score, exclude; fewer than k rows for a
     user when fewer candidates are left. Raises FeedbackgenError for k < 1 or an unknown exclude.
     """
+    rows = ranked_rows(model, user_ids, k, exclude=exclude, dataset=dataset, history=history, candidates=candidates)
+    return pl.DataFrame({"user_id": [r[0] for r in rows], "rank": [r[1] for r in rows],
+                         "item_id": [r[2] for r in rows], "score": [r[3] for r in rows],
+                         "exclude": [exclude] * len(rows)}, schema=TOP_K_SCHEMA)
+
+
+def ranked_rows(model: Any, user_ids: Sequence[str], k: int = 10, *, exclude: str = DEFAULT_EXCLUDE,
+                dataset: Dataset | None = None, history: Mapping[str, Sequence[str]] | None = None,
+                candidates: Sequence[str] | Mapping[str, Sequence[str]] | None = None
+                ) -> list[tuple[str, int, str, float]]:
+    """`top_k`'s rows as (user_id, rank, item_id, score) tuples, without building a frame (the
+    service ranks one user per call, where the frame would cost more than the ranking)."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise FeedbackgenError(f"k must be a positive integer, got {k!r}")
     check_exclude(exclude)
@@ -218,30 +226,27 @@ def top_k(model: Any, user_ids: Sequence[str], k: int = 10, *, exclude: str = DE
     users = list(dict.fromkeys(user_ids))
     for start in range(0, len(users), USERS_PER_BATCH):
         batch = users[start:start + USERS_PER_BATCH]
-        lists = [_candidates(pool, u, candidates, exclude) for u in batch]
+        lists = [_candidates(pool, u, candidates, exclude, history.get(u, ())) for u in batch]
         scores = (_choice_scores if is_choice else _rating_scores)(model, pool, batch, lists, history)
         for user, (items, pop, id_rank, keep), s in zip(batch, lists, scores):
-            keep = keep & np.isfinite(s)
-            if history.get(user):
-                keep &= ~np.isin(items, list(history[user]))
-            cand = np.flatnonzero(keep)
+            cand = np.flatnonzero(keep & np.isfinite(s))
             # highest score first, then the more popular item, then the smaller id (last key sorts first)
             order = cand[np.lexsort((id_rank[cand], -pop[cand], -s[cand]))[:k]]
             rows += [(user, r + 1, items[j], float(s[j])) for r, j in enumerate(order)]
-    return pl.DataFrame({"user_id": [r[0] for r in rows], "rank": [r[1] for r in rows],
-                         "item_id": [r[2] for r in rows], "score": [r[3] for r in rows],
-                         "exclude": [exclude] * len(rows)}, schema=TOP_K_SCHEMA)
+    return rows
 
 
-def _candidates(pool: Pool, user: str, candidates: Any, exclude: str) -> tuple:
-    """(items, their popularity, their order by id, the allowed ones) of one user's candidates."""
+def _candidates(pool: Pool, user: str, candidates: Any, exclude: str, history: Sequence[str]) -> tuple:
+    """(items, their popularity, their order by id, the allowed ones) of one user's candidates:
+    the user's items in the `exclude` splits and in `history` are not allowed."""
     if candidates is None:
         keep = np.ones(len(pool.items), dtype=bool)
         keep[pool.masked(user, exclude)] = False
+        keep[[pool.index[i] for i in history if i in pool.index]] = False
         return pool.items, pool.popularity, np.arange(len(pool.items)), keep
     given = candidates.get(user, ()) if isinstance(candidates, Mapping) else candidates
     items = np.array(list(dict.fromkeys(given)), dtype=object)
-    masked = set(pool.items[pool.masked(user, exclude)].tolist())
+    masked = set(pool.items[pool.masked(user, exclude)].tolist()) | set(history)
     keep = np.array([i not in masked for i in items], dtype=bool)
     return items, pool.count(items), np.argsort(np.argsort(items.astype(str))), keep
 
@@ -259,12 +264,12 @@ def _choice_scores(model: Any, pool: Pool, users: list[str], lists: list[tuple],
                            np.concatenate([[0], np.cumsum([len(t) for t in taken])])),
                           shape=(len(fold), len(model.item_ids)))
         dense[fold] = model.score_history(x)
-    default_cols = None
     out = []
     for n, (items, *_rest) in enumerate(lists):
-        if items is pool.items:
-            default_cols = model.item_cols(pool.items) if default_cols is None else default_cols
-            cols = default_cols
+        if items is pool.items:  # the model's columns of the pool, looked up once per model
+            cols = pool.model_cols.get(model)
+            if cols is None:
+                cols = pool.model_cols[model] = model.item_cols(pool.items)
         else:
             cols = model.item_cols(items)
         out.append(np.where(cols >= 0, dense[n, np.maximum(cols, 0)], UNKNOWN_ITEM_SCORE))
@@ -384,8 +389,6 @@ def evaluate_ranking(models: Mapping[str, Any], dataset: Dataset, ks: Sequence[i
 
 def write_ranking(table: pl.DataFrame, out_dir: str | Path, dataset_label: str = "this dataset") -> Path:
     """Write an `evaluate_ranking` table as ranking.json (rows) and ranking.md (a Markdown section)."""
-    from feedbackgen.recommend.tables import markdown_table
-
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "ranking.json", {"dataset": dataset_label, "rows": table.to_dicts()})
     text = (f"## Ranking ({dataset_label}, test split)\n\n" + markdown_table(table, formats=RANKING_FORMATS)

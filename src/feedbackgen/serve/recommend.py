@@ -22,7 +22,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field, model_validator
 
-from feedbackgen.recommend.ranking import pool_of, top_k
+from feedbackgen.recommend.ranking import pool_of, ranked_rows
 from feedbackgen.serve.api import (ID_FIELD, WARNINGS, CallDecoding, FeedbackOut, Strict, answer, ready_service,
                                    run_feedback)
 from feedbackgen.serve.events import Event
@@ -143,12 +143,12 @@ async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
     warnings = unknown_warnings(svc, call, history)
     exclude = call.exclude or svc.config.exclude
     ranker = svc.ranker.model if svc.ranker else served.generator
-    rank = partial(top_k, ranker, [user], call.k, exclude=exclude, dataset=svc.dataset,
+    rank = partial(ranked_rows, ranker, [user], call.k, exclude=exclude, dataset=svc.dataset,
                    history={user: history} if history else None,
                    candidates=list(dict.fromkeys(call.candidates)) if call.candidates else None)
     executor = svc.rank_executor if svc.ranker else served.executor
     ranked = await asyncio.get_running_loop().run_in_executor(executor, rank)
-    pairs = list(zip(ranked["item_id"].to_list(), ranked["score"].to_list()))
+    pairs = [(item, score) for _, _, item, score in ranked]
     feedback: list[Feedback | None] = [None] * len(pairs)
     if explain and pairs:
         feedback = await run_feedback(svc, served, [FeedbackRequest(user, i) for i, _ in pairs], call.decoding)
