@@ -491,9 +491,49 @@ def test_20_a_zip_archive_is_refused_with_the_instruction(cases, tmp_path):
     archive = cases / "20-release-layouts" / "movielens" / "ml-1m.zip"
     for fmt in ("movielens", "csv"):
         code, said = run("prepare", archive, "--format", fmt, "--out", tmp_path / "ml")
-        assert code == 1 and "is a zip archive" in said and "unzip it first (unzip ml-1m.zip)" in said, said
+        assert code == 1 and "is a zip archive of 3 files" in said and "unzip it first (unzip ml-1m.zip)" in said, said
     import zipfile
 
     zipfile.ZipFile(archive).extractall(tmp_path)  # what the message says to do
     code, said = run("prepare", tmp_path / "ml-1m", "--format", "movielens", "--out", tmp_path / "ml")
     assert code == 0 and "12" in said, said
+
+
+# -- the commonest log of all: user, item (and a count) without a rating ------------------------------
+
+def test_an_interaction_log_without_ratings_prepares_as_implicit_feedback(data_root, tmp_path):
+    """Musical Instruments' (user, item, time) pairs, as a click/purchase log in csv, jsonl and
+    parquet, with a play count; one pair logged twice."""
+    import polars as pl
+
+    from feedbackgen.data.dataset import Dataset
+
+    mi = data_root / "amazon_musical_instruments_5core" / "reviews_Musical_Instruments_5.json.gz"
+    with gzip.open(mi, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for _, line in zip(range(3000), f)]
+    log = pl.DataFrame({"user": [r["reviewerID"] for r in rows], "item": [r["asin"] for r in rows],
+                        "plays": [len(r["reviewText"]) % 7 + 1 for r in rows],
+                        "timestamp": [r["unixReviewTime"] for r in rows]})
+    log = pl.concat([log, log.head(1).with_columns(pl.col("timestamp") + 1)])  # the same pair played again
+    pairs = log.select("user", "item").unique().height
+    paths = {"csv": tmp_path / "log.csv", "jsonl": tmp_path / "log.jsonl", "parquet": tmp_path / "log.parquet"}
+    log.write_csv(paths["csv"]), log.write_ndjson(paths["jsonl"]), log.write_parquet(paths["parquet"])
+    for fmt, path in paths.items():
+        code, said = run("prepare", path, "--format", fmt, "--map", "user_id=user", "--map", "item_id=item",
+                         "--map", "weight=plays", "--out", tmp_path / fmt)
+        assert code == 0 and "no ratings (implicit feedback)" in said, (fmt, said)
+        ds = Dataset.load(tmp_path / fmt)
+        assert ds.manifest["feedback"] == "implicit" and not ds.has_ratings
+        assert ds.interactions.height == pairs and ds.interactions["rating"].null_count() == pairs
+        dup = {s["step"]: s for s in ds.manifest["steps"]}["drop_duplicates"]
+        assert (dup["duplicate_pairs"], dup["dropped_duplicates"]) == (1, 1)
+        assert ds.interactions.schema["weight"] == pl.Float64
+        assert ds.interactions["weight"].sum() == log["plays"].sum() - log["plays"][0]  # the latest play kept
+    code, said = run("train", tmp_path / "csv", "--model", "als", "--out", tmp_path / "als", "--set", "search=false")
+    assert code == 0, said
+    # a column that looks like a rating is not ignored: it must be named
+    stars = tmp_path / "stars.csv"
+    log.rename({"plays": "stars"}).write_csv(stars)
+    code, said = run("prepare", stars, "--format", "csv", "--map", "user_id=user", "--map", "item_id=item",
+                     "--out", tmp_path / "stars")
+    assert code == 1 and "--map rating=COLUMN" in said

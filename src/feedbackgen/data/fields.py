@@ -232,7 +232,7 @@ class ReviewFields:
 
     user_id: str
     item_id: str
-    rating: str
+    rating: str | None  # None: an interaction log without ratings (implicit feedback)
     text: str | None
     summary: str | None
     timestamp: str | None
@@ -264,6 +264,14 @@ YELP_CSV = ReviewFields("user_id", "business_id", "stars", "text", None, "date",
                         numbers_as_text=True, extras=_YELP_EXTRAS)
 
 
+def _weight(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if is_finite(number) else None
+
+
 def generic_fields(mapping: dict[str, str] | None, *, numbers_as_text: bool,
                     columns: list[str] | None = None) -> ReviewFields:
     """Fields for csv/jsonl/parquet/recbole: `mapping` maps our names to theirs; other mapped
@@ -276,7 +284,9 @@ def generic_fields(mapping: dict[str, str] | None, *, numbers_as_text: bool,
                              ("summary", ("summary", "title"))):
             if mapping[ours] not in columns:
                 mapping[ours] = next((c for c in theirs if c in columns), mapping[ours])
-    extras = tuple(Extra(ours, theirs) for ours, theirs in mapping.items() if ours not in CANONICAL_REVIEW_FIELDS)
+    # a weight (plays, clicks, a count) is a number however the file writes it; other extras as they come
+    extras = tuple(Extra(ours, theirs, _weight, pl.Float64) if ours == "weight" else Extra(ours, theirs)
+                   for ours, theirs in mapping.items() if ours not in CANONICAL_REVIEW_FIELDS)
     return ReviewFields(mapping["user_id"], mapping["item_id"], mapping["rating"], mapping["text"],
                         mapping["summary"], mapping["timestamp"], time_unit="auto",
                         numbers_as_text=numbers_as_text, extras=extras)
@@ -325,7 +335,8 @@ def check_review_mapping(fields: ReviewFields, mapping: dict[str, str] | None, n
     resolved = {"user_id": fields.user_id, "item_id": fields.item_id, "rating": fields.rating, "text": fields.text,
                 "summary": fields.summary, "timestamp": fields.timestamp}
     check_mapping(mapping, resolved, names, known=CANONICAL_REVIEW_FIELDS,
-                  required=("user_id", "item_id", "rating"), where=where, what=what)
+                  required=("user_id", "item_id", "rating") if fields.rating else ("user_id", "item_id"),
+                  where=where, what=what)
 
 
 class ReviewColumns:
@@ -346,7 +357,7 @@ class ReviewColumns:
             row = {
                 "user_id": _parse_id(record.get(f.user_id), f.user_id),
                 "item_id": _parse_id(record.get(f.item_id), f.item_id),
-                "rating": _parse_rating(record.get(f.rating), f.rating, f.numbers_as_text),
+                "rating": _parse_rating(record.get(f.rating), f.rating, f.numbers_as_text) if f.rating else None,
                 "text": _parse_text(record.get(f.text), f.text) if f.text else None,
                 "summary": _parse_text(record.get(f.summary), f.summary) if f.summary else None,
                 "timestamp": (_parse_timestamp(record.get(f.timestamp), f.timestamp, f.time_unit,

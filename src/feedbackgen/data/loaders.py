@@ -23,6 +23,7 @@ and the rest of that file is not read (rows before it are kept unless strict).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import zipfile
@@ -102,10 +103,11 @@ def file_info(path: Path, role: str) -> dict[str, Any]:
 def _existing(path: Path) -> Path:
     if not path.exists():
         raise DataError(f"{path} does not exist")
-    if path.is_file() and zipfile.is_zipfile(path) and not path.name.endswith((".parquet", ".xlsx")):
-        folder = path.name[:-4] if path.name.lower().endswith(".zip") else f"{path.name}-unzipped"
-        raise DataError(f"is a zip archive ({len(zipfile.ZipFile(path).namelist())} entries): unzip it first "
-                        f"(unzip {path.name}) and give the folder or files it holds, e.g. {folder}/", source=str(path))
+    if path.suffix.lower() == ".zip" and path.is_file() and zipfile.is_zipfile(path):
+        members = [m for m in zipfile.ZipFile(path).namelist() if not m.endswith("/")]
+        if len(members) != 1:  # one file is read as it lies (reviews.csv.zip); a release is a folder
+            raise DataError(f"is a zip archive of {len(members)} files: unzip it first (unzip {path.name}) and "
+                            f"give the folder or files it holds, e.g. {path.name[:-4]}/", source=str(path))
     return path
 
 
@@ -152,22 +154,34 @@ def _review_records(fmt: str, path: Path, problems: Problems, encoding: str,
 
 
 
-def _check_map(fmt: str, path: Path, fields: ReviewFields, mapping: dict[str, str] | None, encoding: str) -> None:
+RATING_LIKE = re.compile(r"rating|stars?$|^overall$|score$|^grade$", re.IGNORECASE)
+
+
+def _check_map(fmt: str, path: Path, fields: ReviewFields, mapping: dict[str, str] | None,
+               encoding: str) -> ReviewFields:
     """Check the field names against the keys of the file's first records (`check_review_mapping`),
     so that a wrong `--map` fails before any record is read rather than as every record skipped.
     The sample is read by a reader of its own: its problems are the main read's to report, in order.
-    CSV and Parquet records all have the header's keys; JSON lines are judged on a full sample only."""
+    CSV and Parquet records all have the header's keys; JSON lines are judged on a full sample only.
+    Returns `fields`, with no rating field when the sample has none (`--map rating=...` not given):
+    such a file is an interaction log, prepared as implicit feedback."""
     sample = _review_records(fmt, path, Problems(), encoding, {})
     try:
         head = list(itertools.islice(sample, SAMPLE_RECORDS))
     finally:
         getattr(sample, "close", lambda: None)()
     names = list(dict.fromkeys(key for _, record in head for key in record))
+    if (names and fields.rating not in names and "rating" not in (mapping or {})
+            and not any(RATING_LIKE.search(n) for n in names)):
+        # no rating in the sample: an interaction log (clicks, plays, purchases), read as implicit feedback;
+        # a column that looks like one (stars, score) is refused below, asking for --map rating=COLUMN
+        fields = dataclasses.replace(fields, rating=None)
     if fmt == "jsonl" and len(head) == SAMPLE_RECORDS:
         check_review_mapping(fields, mapping, names, what="key",
                              where=f"any of the first {SAMPLE_RECORDS} records of {path}")
     elif fmt in ("csv", "parquet") and names:
         check_review_mapping(fields, mapping, names, where=f"the {'header' if fmt == 'csv' else 'schema'} of {path}")
+    return fields
 
 
 def _item_records(fmt: str, path: Path, problems: Problems, encoding: str,
@@ -241,11 +255,13 @@ def _load_records(paths: list[Path], fmt: str, meta: Path | None, mapping: dict[
         if role != "reviews":
             continue
         fields = _review_fields(fmt, path, mapping)
-        columns = ReviewColumns(fields)
         facts: dict[str, Any] = {}
         mark = problems.mark()
         if fmt in ("csv", "jsonl", "parquet"):
-            _check_map(fmt, path, fields, mapping, encoding)
+            fields = _check_map(fmt, path, fields, mapping, encoding)
+            if fields.rating is None:
+                facts["feedback"] = "implicit"
+        columns = ReviewColumns(fields)
         read, rows = yield from _chunks(_review_records(fmt, path, problems, encoding, facts), columns, path,
                                         problems, source_row, chunk_rows)
         source_row += read
@@ -258,7 +274,9 @@ def _load_records(paths: list[Path], fmt: str, meta: Path | None, mapping: dict[
                                               _item_reader(fmt, mapping), str(path), problems, items)
             files.append({**file_info(path, role), "records": read, "rows": kept, "duplicate_items": dups,
                           **facts, **_yield_facts(read, kept, problems, mark)})
-    done.update(items=_items_frame(items) if items else None, users=None, info={"files": files})
+    implicit = any(f.get("feedback") == "implicit" for f in files)
+    done.update(items=_items_frame(items) if items else None, users=None,
+                info={"files": files, **({"feedback": "implicit"} if implicit else {})})
 
 
 def _recbole_paths(paths: list[Path], meta: Path | None) -> dict[str, list[Path]]:

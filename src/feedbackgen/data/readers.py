@@ -39,7 +39,8 @@ def _open_binary(path: Path):
         archive = zipfile.ZipFile(path)
         members = [m for m in archive.namelist() if not m.endswith("/")]
         if len(members) != 1:
-            raise DataError(f"expected exactly one file inside the zip, found {len(members)}", source=str(path))
+            raise DataError(f"expected exactly one file inside the zip, found {len(members)}: unzip it first "
+                            f"(unzip {path.name}) and give the files it holds", source=str(path))
         return archive.open(members[0])
     return open(path, "rb")
 
