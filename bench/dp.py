@@ -36,7 +36,9 @@ import time
 from pathlib import Path
 
 from machine import cpu_model  # bench/machine.py
-from peter import MAX_NEW_TOKENS, fmt, load_data, score  # bench/peter.py: same data, decoding, metrics
+
+from feedbackgen.tables import number
+from peter import MAX_NEW_TOKENS, load_data, score  # bench/peter.py: same data, decoding, metrics
 
 EPSILONS = [8.0, 3.0, 1.0]
 QUICK = {"rows": 400, "epochs": 1, "test_rows": 60}
@@ -138,10 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|" + "---:|" * len(cols))
     for r in results:
         m, priv = r["metrics"], r["privacy"] or {}
-        cells = [fmt(m["bleu1"], ".2f"), fmt(m["bleu4"], ".2f"), fmt(m["rougeL_f"], ".2f"),
-                 fmt(m["usr"], ".3f"), fmt(m["rmse"], ".4f"), fmt(m["mae"], ".4f"),
-                 f"{r['epochs']} ({r['best_epoch']})", fmt(r["fit_seconds"], ".0f"),
-                 fmt(priv.get("epsilon"), ".3f"), fmt(priv.get("delta"), ".0e")]
+        cells = [number(m["bleu1"], ".2f"), number(m["bleu4"], ".2f"), number(m["rougeL_f"], ".2f"),
+                 number(m["usr"], ".3f"), number(m["rmse"], ".4f"), number(m["mae"], ".4f"),
+                 f"{r['epochs']} ({r['best_epoch']})", number(r["fit_seconds"], ".0f"),
+                 number(priv.get("epsilon"), ".3f"), number(priv.get("delta"), ".0e")]
         print(f"| {label(r['eps'])} | " + " | ".join(cells) + " |")
 
 

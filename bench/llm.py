@@ -72,6 +72,8 @@ from pathlib import Path  # noqa: E402
 
 from machine import cpu_model  # bench/machine.py
 
+from feedbackgen.tables import number
+
 ROWS = ["retrieval", "peter (default)", "llm zero-shot", "llm few-shot", "sft (LoRA)", "prompt_lm"]
 SLUG = {r: r.replace(" (", "-").replace(")", "").replace(" ", "-") for r in ROWS}
 
@@ -339,10 +341,6 @@ def throughput(ds, args) -> list[dict]:
     return out
 
 
-def fmt(x, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--test-rows", type=int, default=40, help="the fixed test subset: first N test rows (full: 300)")
@@ -426,18 +424,18 @@ def main(argv: list[str] | None = None) -> None:
             "prompt tok"]
     if results:
         print()
-        print(f"pers. rank: lower is better; chance = {fmt(chance, '.1f')}. natural.: median perplexity "
+        print(f"pers. rank: lower is better; chance = {number(chance, '.1f')}. natural.: median perplexity "
               f"(lower is more natural); the references' own: {references['median']:.1f}")
         print("| model | " + " | ".join(cols) + " |")
         print("|---|" + "---:|" * (len(cols) - 3) + "---|---|---:|")
     for r in results:
         m, a = r["metrics"], r["answers"]
         answers = "/".join(str(a.get(k, 0)) for k in ("valid", "repaired", "retried", "fallback")) if a else "—"
-        cells = [fmt(m["bleu1"], ".2f"), fmt(m["bleu4"], ".2f"), fmt(m["rougeL_f"], ".2f"), fmt(m["usr"], ".3f"),
-                 fmt(m["distinct2"], ".3f"), fmt(m["emb"], ".3f"), fmt(m.get("personalisation_mean_rank"), ".1f"),
-                 fmt(m["sentiment_rating"], ".3f"), fmt(m["rmse"], ".3f"), fmt(m["mae"], ".3f"),
-                 fmt(m["copy"], ".3f"), fmt(m["naturalness"], ".1f"), fmt(r["fit_s"], ".0f"), f"{r['trained_on']} rows", fmt(r["gen_per_s"], ".2f"), r["backend"], answers,
-                 fmt(r["prompt_tokens"], ".0f")]
+        cells = [number(m["bleu1"], ".2f"), number(m["bleu4"], ".2f"), number(m["rougeL_f"], ".2f"), number(m["usr"], ".3f"),
+                 number(m["distinct2"], ".3f"), number(m["emb"], ".3f"), number(m.get("personalisation_mean_rank"), ".1f"),
+                 number(m["sentiment_rating"], ".3f"), number(m["rmse"], ".3f"), number(m["mae"], ".3f"),
+                 number(m["copy"], ".3f"), number(m["naturalness"], ".1f"), number(r["fit_s"], ".0f"), f"{r['trained_on']} rows", number(r["gen_per_s"], ".2f"), r["backend"], answers,
+                 number(r["prompt_tokens"], ".0f")]
         print(f"| {r['row']} | " + " | ".join(cells) + " |")
     for machine in sorted({r["machine"] for r in results if r.get("machine")}):
         print(f"trained and generated on: {machine}")

@@ -52,6 +52,8 @@ import time  # noqa: E402
 
 from machine import cpu_model  # bench/machine.py
 
+from feedbackgen.tables import number
+
 SHORT_RAG = {"prompt_style": "short", "shots": 0, "rag_k": 3}
 
 
@@ -199,10 +201,6 @@ def bottom_share(model, train, frozen: int, batches: int = 3) -> float:
     return below / whole
 
 
-def fmt(x, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=48, help="training rows of each timed epoch (a seeded sample)")
@@ -271,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in results:
         print(f"| {r['kind']} | {r['step']} | {r['prompt']:.0f} | {100 * r['padding']:.1f} % | {r['rows_s']:.2f} | "
               f"{r['rows_s'] / baseline[r['base']]:.1f} | {whole_split / r['rows_s'] / 60:.0f} | "
-              f"{fmt(r['valid'], '.3f')} |")
+              f"{number(r['valid'], '.3f')} |")
 
     if "sft" in args.only:
         print("\nsft prompt shapes over the whole training split (prompt tokens; padding shuffled → grouped, "

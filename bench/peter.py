@@ -43,6 +43,8 @@ from pathlib import Path
 
 from machine import cpu_model  # bench/machine.py
 
+from feedbackgen.tables import number
+
 ROWS = {
     "popular": ("popular", {}),
     "retrieval": ("retrieval", {}),
@@ -202,10 +204,6 @@ def score(result: dict, ds, feature_set, copies) -> dict:
     return m
 
 
-def fmt(x, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=None, help="cap on PETER epochs (default: each preset's)")
@@ -286,13 +284,13 @@ def main(argv: list[str] | None = None) -> None:
     for r in results:
         m = r["metrics"]
         flops = r.get("train_flops_per_s")
-        cells = [fmt(m["bleu1"], ".2f"), fmt(m["bleu4"], ".2f"), fmt(m["rouge1_f"], ".2f"),
-                 fmt(m["rouge2_f"], ".2f"), fmt(m["rougeL_f"], ".2f"), fmt(m["usr"], ".3f"),
-                 fmt(m.get("fmr"), ".3f"), fmt(m.get("fcr"), ".3f"), fmt(m.get("div"), ".3f"),
-                 fmt(m["rmse"], ".4f"), fmt(m["mae"], ".4f"), fmt(m["emb"], ".3f"),
-                 fmt(m["copy"], ".3f"), fmt(r.get("epoch_seconds"), ".1f"), fmt(r.get("train_samples_per_s"), ".0f"),
-                 fmt(r["gen_samples_per_s"], ".0f"), fmt(r["peak_mb"], ".0f"),
-                 fmt(100 * flops / (rate * 1e9) if flops else None, ".1f")]
+        cells = [number(m["bleu1"], ".2f"), number(m["bleu4"], ".2f"), number(m["rouge1_f"], ".2f"),
+                 number(m["rouge2_f"], ".2f"), number(m["rougeL_f"], ".2f"), number(m["usr"], ".3f"),
+                 number(m.get("fmr"), ".3f"), number(m.get("fcr"), ".3f"), number(m.get("div"), ".3f"),
+                 number(m["rmse"], ".4f"), number(m["mae"], ".4f"), number(m["emb"], ".3f"),
+                 number(m["copy"], ".3f"), number(r.get("epoch_seconds"), ".1f"), number(r.get("train_samples_per_s"), ".0f"),
+                 number(r["gen_samples_per_s"], ".0f"), number(r["peak_mb"], ".0f"),
+                 number(100 * flops / (rate * 1e9) if flops else None, ".1f")]
         print(f"| {r['row']} | " + " | ".join(cells) + " |")
 
 

@@ -47,8 +47,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from feedbackgen.models import create, load
-    from feedbackgen.recommend import create_choice, evaluate_ranking, is_choice_folder, load_choice, markdown_table
+    from feedbackgen.recommend import create_choice, evaluate_ranking, is_choice_folder, load_choice
     from feedbackgen.recommend.ranking import RANKING_FORMATS, simulator_name
+    from feedbackgen.tables import markdown_table
 
     t0 = time.time()
     dataset, label = load_dataset(args.dataset)

@@ -100,7 +100,7 @@ def report(report_dir: Annotated[Path, typer.Argument(help="a folder written by 
 
     Example: `feedbackgen report reports/mi`
     """
-    from feedbackgen.evaluation.render import print_markdown
+    from feedbackgen.tables import print_markdown
 
     md = report_dir / "report.md"
     if not md.exists():

@@ -31,6 +31,7 @@ from feedbackgen.errors import DataError, FeedbackgenError
 from feedbackgen.evaluation.agreement import krippendorff_alpha, mean_interval, wilson_interval
 from feedbackgen.evaluation.predictions import predictions_by_pair
 from feedbackgen.io import atomic_write_json, sha256_file
+from feedbackgen.tables import number, table_lines
 
 CRITERIA = ("relevance", "fluency", "personalisation")
 PREFERENCES = ("A", "B", "tie")
@@ -313,36 +314,33 @@ def task_report(path: str | Path, rating_metric: str = "ordinal") -> dict[str, A
     }
 
 
-def _fmt(x, digits=2) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
 def report_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables."""
     lines = [f"# Human evaluation: {report['task']}", "",
              f"{report['judgements']} judgements of {report['items_judged']} / {report['items']} items "
              f"by {len(report['annotators'])} annotator(s): {', '.join(report['annotators']) or '–'}.", "",
-             "## Pairwise preference (win rate = wins / (wins + losses), 95% Wilson interval)", "",
-             "| model | wins | losses | ties | win rate | 95% interval |", "|---|---:|---:|---:|---:|---|"]
-    for name, s in report["systems"].items():
-        ci = s["win_rate_95ci"]
-        lines.append(f"| {name} | {s['wins']} | {s['losses']} | {s['ties']} | {_fmt(s['win_rate'], 3)} | "
-                     f"{'–' if ci is None else f'{ci[0]:.3f} – {ci[1]:.3f}'} |")
-    lines += ["", "## Mean ratings (1–5, higher is better; ± half-width of the 95% t interval)", "",
-              "| model | " + " | ".join(CRITERIA) + " |", "|---|" + "---:|" * len(CRITERIA)]
+             "## Pairwise preference (win rate = wins / (wins + losses), 95% Wilson interval)", ""]
+    lines += table_lines(["model", "wins", "losses", "ties", "win rate", "95% interval"], [
+        [name, s["wins"], s["losses"], s["ties"], number(s["win_rate"]),
+         "–" if s["win_rate_95ci"] is None else f"{number(s['win_rate_95ci'][0])} – {number(s['win_rate_95ci'][1])}"]
+        for name, s in report["systems"].items()], align="lrrrrl")
+    lines += ["", "## Mean ratings (1–5, higher is better; ± half-width of the 95% t interval)", ""]
+    rows = []
     for name, s in report["systems"].items():
         cells = []
         for c in CRITERIA:
             r = s["ratings"][c]
             half = "" if r["mean_95ci"] is None else f" ± {(r['mean_95ci'][1] - r['mean_95ci'][0]) / 2:.2f}"
-            cells.append(f"{_fmt(r['mean'])}{half} (n={r['n']})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            cells.append(f"{number(r['mean'], '.2f')}{half} (n={r['n']})")
+        rows.append([name, *cells])
+    lines += table_lines(["model", *CRITERIA], rows, align="l" + "r" * len(CRITERIA))
     if len(report["head_to_head"]) > 1:
-        lines += ["", "## Head to head", "", "| a | b | a wins | b wins | ties |", "|---|---|---:|---:|---:|"]
-        lines += [f"| {h['a']} | {h['b']} | {h['a_wins']} | {h['b_wins']} | {h['ties']} |"
-                  for h in report["head_to_head"]]
-    lines += ["", "## Agreement between annotators (Krippendorff's alpha; ≥ 0.8 reliable, ≥ 0.667 tentative)", "",
-              "| judgement | metric | alpha | units coded twice or more |", "|---|---|---:|---:|"]
-    for name, a in report["agreement"].items():
-        lines.append(f"| {name} | {a['metric']} | {_fmt(a['alpha'], 3)} | {a['units_coded_twice']} |")
+        lines += ["", "## Head to head", ""]
+        lines += table_lines(["a", "b", "a wins", "b wins", "ties"],
+                             [[h["a"], h["b"], h["a_wins"], h["b_wins"], h["ties"]] for h in report["head_to_head"]],
+                             align="llrrr")
+    lines += ["", "## Agreement between annotators (Krippendorff's alpha; ≥ 0.8 reliable, ≥ 0.667 tentative)", ""]
+    lines += table_lines(["judgement", "metric", "alpha", "units coded twice or more"],
+                         [[name, a["metric"], number(a["alpha"]), a["units_coded_twice"]]
+                          for name, a in report["agreement"].items()], align="llrr")
     return "\n".join(lines) + "\n"

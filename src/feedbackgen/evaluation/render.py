@@ -1,20 +1,18 @@
-"""Showing a report: report.md from the report dict, and any such Markdown in a terminal.
-
-`render_markdown(report)` writes the tables and notes; `print_markdown(md, console)` prints
-Markdown with its tables fitted to the terminal's width: a table too wide is cut into several,
-each repeating the first column, so that no number is ever shortened ("0.…").
+"""report.md from the report dict: `render_markdown(report)` writes the tables and notes, through
+`feedbackgen.tables` (the one table writer and number formatter; `feedbackgen.tables.print_markdown`
+shows such Markdown in a terminal).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from feedbackgen.data.text import detokenize
 from feedbackgen.evaluation.extra import EXTRA_METRICS
 from feedbackgen.evaluation.metrics import METRICS
+from feedbackgen.tables import number, table_lines
 from feedbackgen.types import ANSWER_KINDS
 
 ALL_METRICS = {**METRICS, **EXTRA_METRICS}
@@ -25,26 +23,22 @@ MISSING = "—"
 COLLAPSED, PARTIAL = "collapsed*", "partial†"
 
 
-def _format(key: str, value: Any) -> str:
-    if value is None:
-        return MISSING
+def metric_cell(key: str, value: Any) -> str:
+    """A metric's value as report.md shows it: counts whole, ×100 scores (BLEU, ROUGE) to 2
+    places, lengths, ranks and perplexities to 1, the rest to 4; MISSING when there is none."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if key.startswith(("bleu", "rouge", "self_bleu")):
-        return f"{value:.2f}"  # ×100 scores
-    if key.startswith("length_") or key.endswith("mean_rank") or key.startswith("ppl"):
-        return f"{value:.1f}"
-    return f"{value:.4f}"
+        spec = ".2f"  # ×100 scores
+    elif key.startswith("length_") or key.endswith("mean_rank") or key.startswith("ppl"):
+        spec = ".1f"
+    else:
+        spec = ".4f"
+    return number(value, spec, MISSING)
 
 
 def arrow(direction: str) -> str:
     return {"higher": " ↑", "lower": " ↓"}.get(direction, "")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    escape = lambda cell: str(cell).replace("|", "\\|")  # noqa: E731 - a model name may hold a pipe
-    lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
 
 
 def _describe_source(source) -> str:
@@ -78,8 +72,8 @@ def _main_table(report: dict) -> list[str]:
     header = (["model", "target", "coverage", "texts written / copied / other"]
               + [ALL_METRICS[k].name + arrow(ALL_METRICS[k].direction) for k in MAIN_COLUMNS])
     rows = [[name + (f" ({_marks(m)})" if _marks(m) else ""), m["target"], _coverage(m), provenance_cell(m)]
-            + [_format(k, m["metrics"].get(k)) for k in MAIN_COLUMNS] for name, m in models.items()]
-    lines = _table(header, rows) + [""]
+            + [metric_cell(k, m["metrics"].get(k)) for k in MAIN_COLUMNS] for name, m in models.items()]
+    lines = table_lines(header, rows) + [""]
     collapsed = [(n, m["collapse"]) for n, m in models.items() if (m.get("collapse") or {}).get("collapsed")]
     if collapsed:
         rule = collapsed[0][1]["rule"]
@@ -106,10 +100,10 @@ def _naturalness(report: dict) -> list[str]:
              "Hugging Face, \"Perplexity of fixed-length models\"). On the same seeded sample of "
              f"{first['sample']} reference rows for every model; the references' own perplexity, on the rows "
              "each model answered, is given for scale.", ""]
-    rows = [[n, str(v["generated"]["n"]), _format("ppl", v["generated"]["median"]),
-             _format("ppl", v["generated"]["mean"]), _format("ppl", v["references"]["median"]),
-             _format("ppl", v["references"]["mean"])] for n, v in scored]
-    return lines + _table(["model", "texts", "median PPL", "mean PPL", "references median", "references mean"],
+    rows = [[n, str(v["generated"]["n"]), metric_cell("ppl", v["generated"]["median"]),
+             metric_cell("ppl", v["generated"]["mean"]), metric_cell("ppl", v["references"]["median"]),
+             metric_cell("ppl", v["references"]["mean"])] for n, v in scored]
+    return lines + table_lines(["model", "texts", "median PPL", "mean PPL", "references median", "references mean"],
                           rows) + [""]
 
 
@@ -140,8 +134,8 @@ def render_markdown(report: dict) -> str:
     if rest:
         lines += ["## Other metrics", ""]
         rows = [[ALL_METRICS[k].name + arrow(ALL_METRICS[k].direction)]
-                + [_format(k, m["metrics"].get(k)) for m in models.values()] for k in rest]
-        lines += _table(["metric"] + list(models), rows) + [""]
+                + [metric_cell(k, m["metrics"].get(k)) for m in models.values()] for k in rest]
+        lines += table_lines(["metric"] + list(models), rows) + [""]
     lines += _naturalness(report)
 
     for section in report.get("sections") or ():
@@ -154,14 +148,14 @@ def render_markdown(report: dict) -> str:
         lines += ["## Leak check", "",
                   "References whose text (normalised: lower case, punctuation as spaces) also occurs in the "
                   "training split. A model that copies training text scores high where these shares are.", ""]
-        lines += _table(["reference", "rows", "same user in train", "anyone in train"],
+        lines += table_lines(["reference", "rows", "same user in train", "anyone in train"],
                         [[k, str(v["references"]), f"{v['in_train_same_user']} ({100 * v['share_same_user']:.1f} %)",
                           f"{v['in_train_anyone']} ({100 * v['share_anyone']:.1f} %)"] for k, v in leaks.items()])
         lines += [""]
 
     lines += ["## Counts", ""]
     count_keys = list(next(iter(models.values()))["counts"]) if models else []
-    lines += _table(["model", "file"] + [k.replace("_", " ") for k in count_keys],
+    lines += table_lines(["model", "file"] + [k.replace("_", " ") for k in count_keys],
                     [[name, m["file"]] + [str(m["counts"][k]) for k in count_keys] for name, m in models.items()])
     lines += [""]
 
@@ -170,7 +164,7 @@ def render_markdown(report: dict) -> str:
         lines += ["## LLM answers", "",
                   "How each JSON answer was obtained: valid as given, repaired without guessing, valid after "
                   "a retry, or the fallback (baseline rating + the user's most similar past review).", ""]
-        lines += _table(["model"] + list(ANSWER_KINDS),
+        lines += table_lines(["model"] + list(ANSWER_KINDS),
                         [[name] + [str(a[k]) for k in ANSWER_KINDS] for name, a in answered]) + [""]
 
     decoded = [(name, m["decoding"]) for name, m in models.items() if m["decoding"]]
@@ -184,70 +178,10 @@ def render_markdown(report: dict) -> str:
 
     lines += ["## Metric definitions", ""]
     used = [k for k in ALL_METRICS if any(k in m["metrics"] for m in models.values())]
-    lines += _table(["key", "metric", "better", "definition", "source"],
+    lines += table_lines(["key", "metric", "better", "definition", "source"],
                     [[k, ALL_METRICS[k].name, ALL_METRICS[k].direction, ALL_METRICS[k].description,
                       ALL_METRICS[k].source] for k in used]) + [""]
     return "\n".join(lines)
 
 
 # -- the terminal ------------------------------------------------------------------------------
-
-_CELL_SPLIT = re.compile(r"(?<!\\)\|")
-FIRST_COLUMN_MAX = 28
-TEXT_COLUMN_MAX = 40  # a column with longer cells holds prose (definitions, sources): that may wrap
-
-
-def _parse_table(lines: list[str]) -> tuple[list[str], list[list[str]]]:
-    cells = [[c.strip().replace("\\|", "|") for c in _CELL_SPLIT.split(line.strip())[1:-1]] for line in lines]
-    return cells[0], [row for row in cells[2:]]
-
-
-def _column_chunks(widths: list[int], total: int) -> list[list[int]]:
-    """Indices of columns 1.. grouped so each group, after the first column, fits `total` cells wide
-    (each column costs its width plus 3 for padding and rule)."""
-    budget = total - (min(widths[0], FIRST_COLUMN_MAX) + 4)
-    chunks: list[list[int]] = [[]]
-    used = 0
-    for i in range(1, len(widths)):
-        cost = widths[i] + 3
-        if chunks[-1] and used + cost > budget:
-            chunks.append([])
-            used = 0
-        chunks[-1].append(i)
-        used += cost
-    return [c for c in chunks if c]
-
-
-def _print_table(lines: list[str], console) -> None:
-    from rich import box
-    from rich.table import Table
-
-    header, rows = _parse_table(lines)
-    rows = [r + [""] * (len(header) - len(r)) for r in rows]
-    widths = [min(max(len(c) for c in col), TEXT_COLUMN_MAX) for col in zip(header, *rows)]
-    for chunk in _column_chunks(widths, console.width):
-        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        table.add_column(header[0], overflow="fold", max_width=FIRST_COLUMN_MAX)
-        for i in chunk:  # short cells (numbers) never wrap: the chunking made room for them
-            prose = widths[i] == TEXT_COLUMN_MAX
-            table.add_column(header[i], no_wrap=not prose, overflow="fold", min_width=None if prose else widths[i])
-        for row in rows:
-            table.add_row(row[0], *(row[i] for i in chunk))
-        console.print(table)
-
-
-def print_markdown(md: str, console) -> None:
-    """Print Markdown with rich, its tables fitted to `console.width` (see the module docstring)."""
-    from rich.markdown import Markdown
-
-    block: list[str] = []
-    is_table = False
-    for line in md.splitlines() + [""]:
-        table_line = line.lstrip().startswith("|")
-        if block and table_line != is_table:
-            _print_table(block, console) if is_table else console.print(Markdown("\n".join(block)))
-            block = []
-        is_table = table_line
-        block.append(line)
-    if block and any(b.strip() for b in block):
-        _print_table(block, console) if is_table else console.print(Markdown("\n".join(block)))

@@ -17,7 +17,8 @@ import html
 import re
 from pathlib import Path
 
-from feedbackgen.evaluation.render import ALL_METRICS, MISSING, _format, arrow, provenance_cell, render_markdown
+from feedbackgen.evaluation.render import ALL_METRICS, MISSING, arrow, metric_cell, provenance_cell, render_markdown
+from feedbackgen.tables import table_lines
 
 # The headline table's metric columns, in this order (each shown only when some model has it).
 HEADLINE = ("item_grounding", "rougeL_f", "bleu4", "embedding_sim", "usr", "memorisation", "rmse")
@@ -127,7 +128,7 @@ def summary_paragraphs(report: dict) -> list[str]:
     if texts:
         best = max(texts, key=lambda n: _metric(texts[n], "rougeL_f") or -1)
         line = (f"<strong>Text.</strong> Closest to the real texts by ROUGE-L: <strong>{html.escape(best)}</strong> "
-                f"({_format('rougeL_f', _metric(texts[best], 'rougeL_f'))}).")
+                f"({metric_cell('rougeL_f', _metric(texts[best], 'rougeL_f'))}).")
         if writers:
             line += (" Written by the model for the request (not copied): "
                      + ", ".join(f"{html.escape(n)} ({m['provenance']['generated']} of {m['coverage']['matched']})"
@@ -165,10 +166,8 @@ def _headline_table(report: dict) -> str:
     keys = [k for k in HEADLINE if any(_metric(m, k) is not None for m in models.values())]
     header = ["model", "texts written / copied / other"] + [ALL_METRICS[k].name + arrow(ALL_METRICS[k].direction)
                                                              for k in keys]
-    rows = [[name, provenance_cell(m)] + [_format(k, _metric(m, k)) for k in keys] for name, m in models.items()]
-    escape = lambda cell: str(cell).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
-    return _table_html(lines + ["| " + " | ".join(map(escape, row)) + " |" for row in rows])
+    rows = [[name, provenance_cell(m)] + [metric_cell(k, _metric(m, k)) for k in keys] for name, m in models.items()]
+    return _table_html(table_lines(header, rows))
 
 
 def render_html(report: dict, out_dir: Path) -> str:
