@@ -537,3 +537,33 @@ def test_an_interaction_log_without_ratings_prepares_as_implicit_feedback(data_r
     code, said = run("prepare", stars, "--format", "csv", "--map", "user_id=user", "--map", "item_id=item",
                      "--out", tmp_path / "stars")
     assert code == 1 and "--map rating=COLUMN" in said
+
+
+# -- the old kinds still open: RecBole --map on every atomic file, metrics edge cases, \r in a sample --
+
+def test_recbole_map_applies_to_every_atomic_file(data_root, tmp_path):
+    """A RecBole dataset whose item id column is `product` in the .inter and the .item alike,
+    and whose user id column is `reviewer` in the .inter and the .user."""
+    from feedbackgen.data.dataset import Dataset
+
+    mi = data_root / "amazon_musical_instruments_5core" / "reviews_Musical_Instruments_5.json.gz"
+    with gzip.open(mi, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for _, line in zip(range(400), f)]
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    (folder / "shop.inter").write_text("reviewer:token\tproduct:token\trating:float\ttimestamp:float\n" + "".join(
+        f"{r['reviewerID']}\t{r['asin']}\t{r['overall']}\t{r['unixReviewTime']}\n" for r in rows))
+    items = sorted({r["asin"] for r in rows})
+    (folder / "shop.item").write_text("product:token\ttitle:token_seq\tprice:float\n" + "".join(
+        f"{asin}\tItem {asin}\t{n + 0.5}\n" for n, asin in enumerate(items)))
+    users = sorted({r["reviewerID"] for r in rows})
+    (folder / "shop.user").write_text("reviewer:token\tage:float\n" + "".join(f"{u}\t{30 + n % 9}\n"
+                                                                                for n, u in enumerate(users)))
+    code, said = run("prepare", folder, "--format", "recbole", "--map", "user_id=reviewer", "--map",
+                     "item_id=product", "--out", tmp_path / "ds")
+    assert code == 0 and "missing" not in said, said
+    ds = Dataset.load(tmp_path / "ds")
+    kept = set(ds.interactions["item_id"])
+    titled = dict(ds.items.select("item_id", "title").iter_rows())
+    assert kept <= set(titled) and all(titled[i] == f"Item {i}" for i in kept)
+    assert ds.manifest["problems"]["skipped"] == 0

@@ -299,6 +299,19 @@ def _recbole_paths(paths: list[Path], meta: Path | None) -> dict[str, list[Path]
     return found
 
 
+def _theirs(mapping: dict[str, str] | None, names) -> dict[str, str]:
+    """ours -> the file's name for each of `names`: `--map` applies to every atomic file of a
+    RecBole dataset (`item_id=movie_id` names the id column of the .inter and the .item alike)."""
+    renamed = {theirs: ours for ours, theirs in (mapping or {}).items() if theirs in names}
+    return {renamed.get(name, name): name for name in names}
+
+
+def _renamed(records: Iterator[tuple[int, dict]], mapping: dict[str, str] | None) -> Iterator[tuple[int, dict]]:
+    for line, record in records:
+        yield line, ({ours: record[theirs] for ours, theirs in _theirs(mapping, record).items()} if mapping
+                     else record)
+
+
 def _load_recbole(paths: list[Path], meta: Path | None, mapping: dict[str, str] | None,
                   problems: Problems, chunk_rows: int | None, done: dict[str, Any],
                   encoding: str = AUTO) -> Iterator[pl.DataFrame]:
@@ -320,17 +333,18 @@ def _load_recbole(paths: list[Path], meta: Path | None, mapping: dict[str, str] 
                       **_yield_facts(read, rows, problems, mark)})
     for path in found["item"]:
         decoder, mark = line_decoder(path, encoding, delimited=True), problems.mark()
-        read, kept, dups = collect_items(recbole_records(path, problems, decoder), recbole_item, str(path),
-                                          problems, items)
+        read, kept, dups = collect_items(_renamed(recbole_records(path, problems, decoder), mapping),
+                                          recbole_item, str(path), problems, items)
         files.append({**file_info(path, "items"), "records": read, "rows": kept, "duplicate_items": dups,
                       **decoder.describe(), **_yield_facts(read, kept, problems, mark)})
     for path in found["user"]:
         decoder = line_decoder(path, encoding, delimited=True)
-        header = recbole_header(path, decoder)
+        given = recbole_header(path, decoder)
+        header = {ours: given[theirs] for ours, theirs in _theirs(mapping, given).items()}
         if "user_id" not in header:
-            raise DataError(f"a .user file needs a user_id column; its header has {', '.join(header)}",
-                            source=str(path), line=1)
-        rows = [r for _, r in recbole_records(path, problems, decoder) if r.get("user_id")]
+            raise DataError(f"a .user file needs a user_id column (or --map user_id=COLUMN); its header has "
+                            f"{', '.join(given)}", source=str(path), line=1)
+        rows = [r for _, r in _renamed(recbole_records(path, problems, decoder), mapping) if r.get("user_id")]
         users.append(pl.DataFrame([
             column_series(n, [recbole_value(r[n], t) for r in rows], pl.Float64 if t == "float" else pl.Utf8)
             for n, t in header.items()]))
