@@ -230,6 +230,8 @@ def ranked_rows(model: Any, user_ids: Sequence[str], k: int = 10, *, exclude: st
         scores = (_choice_scores if is_choice else _rating_scores)(model, pool, batch, lists, history)
         for user, (items, pop, id_rank, keep), s in zip(batch, lists, scores):
             cand = np.flatnonzero(keep & np.isfinite(s))
+            if len(cand) > 4 * k:  # only items scoring at least the k-th best can make the list (ties kept)
+                cand = cand[s[cand] >= np.partition(s[cand], len(cand) - k)[len(cand) - k]]
             # highest score first, then the more popular item, then the smaller id (last key sorts first)
             order = cand[np.lexsort((id_rank[cand], -pop[cand], -s[cand]))[:k]]
             rows += [(user, r + 1, items[j], float(s[j])) for r, j in enumerate(order)]
@@ -259,7 +261,8 @@ def _choice_scores(model: Any, pool: Pool, users: list[str], lists: list[tuple],
     fold = [n for n, u in enumerate(users) if history.get(u) and getattr(model, "folds_history", False)]
     dense = model.dense(rows)
     if fold:
-        taken = [np.union1d(model.taken(rows[n]), _cols(model, history[users[n]])) for n in fold]
+        extra = [model.item_cols(list(history[users[n]])) for n in fold]
+        taken = [np.union1d(model.taken(rows[n]), c[c >= 0]) for n, c in zip(fold, extra)]
         x = sp.csr_matrix((np.ones(sum(map(len, taken))), np.concatenate(taken).astype(np.int64),
                            np.concatenate([[0], np.cumsum([len(t) for t in taken])])),
                           shape=(len(fold), len(model.item_ids)))
@@ -274,11 +277,6 @@ def _choice_scores(model: Any, pool: Pool, users: list[str], lists: list[tuple],
             cols = model.item_cols(items)
         out.append(np.where(cols >= 0, dense[n, np.maximum(cols, 0)], UNKNOWN_ITEM_SCORE))
     return out
-
-
-def _cols(model: Any, items: Sequence[str]) -> np.ndarray:
-    cols = model.item_cols(list(items))
-    return cols[cols >= 0]
 
 
 def _rating_scores(model: Any, pool: Pool, users: list[str], lists: list[tuple],
