@@ -31,7 +31,7 @@ h1{font-size:1.7rem;margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px s
 .lead p{margin:.5rem 0}.muted{color:#666;font-size:.9rem}
 table{border-collapse:collapse;margin:.8rem 0;font-size:.85rem;display:block;overflow-x:auto}
 th,td{border:1px solid #d8d8d8;padding:.25rem .5rem;text-align:right;white-space:nowrap}
-th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}
+th{background:#f5f5f5;white-space:normal;vertical-align:bottom}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;height:auto;margin:.5rem 0}code{background:#f2f2f2;padding:0 .2rem;border-radius:3px}
 pre{background:#f7f7f7;padding:.6rem;overflow-x:auto}details summary{cursor:pointer;font-weight:600}
 """
@@ -118,7 +118,7 @@ def summary_paragraphs(report: dict) -> list[str]:
     source = report["dataset"].get("path") or "the dataset"
     texts = {n: m for n, m in models.items() if m["has_text"]}
     target = next(iter(texts.values()))["target"] if texts else "review"
-    said = [f"<strong>What was measured.</strong> {len(models)} model(s) gave their feedback — a star rating"
+    said = [f"<strong>What was measured.</strong> {len(models)} model{'s' if len(models) > 1 else ''} gave their feedback — a star rating"
             + (f" and a text ({html.escape(target)})" if texts else "") + f" — for each of the {n_refs} "
             f"held-out <code>{html.escape(report['split'])}</code> reviews of <code>{html.escape(str(source))}</code>, "
             "which no model saw in training; each answer is compared with what that user really wrote and "
@@ -149,16 +149,36 @@ def summary_paragraphs(report: dict) -> list[str]:
             said.append("<strong>Warning.</strong> " + ", ".join(map(html.escape, collapsed))
                         + " wrote nearly the same text for every request (collapsed): trained too briefly or on too "
                           "little data; its text metrics do not mean good feedback.")
+    if writers and copiers and (meaning := _meaning(writers, copiers)):
+        said.append(meaning)
     rated = {n: _metric(m, "rmse") for n, m in models.items() if _metric(m, "rmse") is not None}
     if rated:
         best = min(rated, key=rated.get)
-        said.append(f"<strong>Ratings.</strong> Lowest error: <strong>{html.escape(best)}</strong>, RMSE "
-                    f"{rated[best]:.3f} stars (worst {max(rated.values()):.3f}); on 1–5 stars, 0.9 is typical "
-                    "of sparse review data, where most ratings are 4 or 5.")
+        said.append(f"<strong>Ratings.</strong> Lowest error: <strong>{html.escape(best)}</strong>, off by "
+                    f"{rated[best]:.2f} stars (RMSE)" + (f"; the others up to {max(rated.values()):.2f}"
+                                                         if len(set(rated.values())) > 1 else "") + ".")
     if report.get("sections"):
         said.append("<strong>Also below:</strong> " + "; ".join(html.escape(s["title"]) for s in report["sections"])
                     + " — written by the commands named in each section.")
     return said
+
+
+def _meaning(writers: dict, copiers: dict) -> str:
+    """One sentence weighing the best writing model against the best copying one."""
+    rouge = lambda group: max(group, key=lambda n: _metric(group[n], "rougeL_f") or -1)  # noqa: E731
+    w, c = rouge(writers), rouge(copiers)
+    wr, cr = _metric(writers[w], "rougeL_f"), _metric(copiers[c], "rougeL_f")
+    if wr is None or cr is None:
+        return ""
+    verdict = "ahead of" if wr > cr else "behind"
+    line = (f"<strong>What it means.</strong> {html.escape(w)} writes its own sentences and is {verdict} the best "
+            f"copier, {html.escape(c)}, on ROUGE-L ({wr:.2f} against {cr:.2f})")
+    wm, cm = _metric(writers[w], "memorisation"), _metric(copiers[c], "memorisation")
+    if wm is not None and cm is not None:
+        line += (f", while {100 * wm:.0f} % of its texts repeat 8 words of a training review against "
+                 f"{100 * cm:.0f} % of {html.escape(c)}'s")
+    return line + (": the copier is a baseline to beat, the writer is what can describe an item in words no "
+                   "one has written yet.")
 
 
 def _headline_table(report: dict) -> str:
