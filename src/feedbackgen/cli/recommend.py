@@ -69,23 +69,7 @@ def recommend(
     ds = Dataset.load(dataset)
     ranks_by_choice = ranker is not generator
     if evaluate:
-        from feedbackgen.models import create
-        from feedbackgen.recommend import Popularity, evaluate_ranking, markdown_table
-        from feedbackgen.recommend.ranking import RANKING_FORMATS, write_ranking
-
-        t0 = time.time()
-        baselines = {"popularity": Popularity().fit(ds)}
-        if ds.has_ratings:  # MF learns ratings: without any there is nothing for it to rank by
-            baselines["mf"] = create("mf").fit(ds)
-        table = evaluate_ranking({**baselines, simulator_name(ranker, None, ranker_path): ranker}, ds,
-                                 max_users=max_users)
-        print(markdown_table(table, formats=RANKING_FORMATS))
-        if out is not None:
-            write_ranking(table, out, dataset.name)
-            err.print(f"[green]wrote[/green] {out}/ranking.md and ranking.json")
-        err.print(f"[green]evaluated[/green] ranking in {time.time() - t0:.1f}s (higher is better; "
-                  "full: all unseen items, sampled: 1 positive + 99 negatives)")
-        return
+        return _evaluate(ranker, ranker_path, ds, dataset, out, max_users)
     if (user is None) == (users is None):
         raise FeedbackgenError("give exactly one of --user (one user) or --users FILE (batch, with --out)")
     if users is not None and out is None:
@@ -118,6 +102,26 @@ def recommend(
         label = simulator_name(generator, ranker if ranks_by_choice else None,
                                model if generator is not None else None, ranker_path if ranks_by_choice else None)
         Console().print(_recommendation_table(recs, f"top {len(recs)} for {user} ({label}; exclude={exclude})"))
+
+
+def _evaluate(ranker, ranker_path: Path, ds, dataset: Path, out: Optional[Path], max_users: Optional[int]) -> None:
+    """`recommend --evaluate`: HR@K / NDCG@K / Recall@K of the ranker beside popularity and MF."""
+    from feedbackgen.models import create
+    from feedbackgen.recommend import Popularity, evaluate_ranking, markdown_table
+    from feedbackgen.recommend.ranking import RANKING_FORMATS, simulator_name, write_ranking
+
+    t0 = time.time()
+    baselines = {"popularity": Popularity().fit(ds)}
+    if ds.has_ratings:  # MF learns ratings: without any there is nothing for it to rank by
+        baselines["mf"] = create("mf").fit(ds)
+    table = evaluate_ranking({**baselines, simulator_name(ranker, None, ranker_path): ranker}, ds,
+                             max_users=max_users)
+    print(markdown_table(table, formats=RANKING_FORMATS))
+    if out is not None:
+        write_ranking(table, out, dataset.name)
+        err.print(f"[green]wrote[/green] {out}/ranking.md and ranking.json")
+    err.print(f"[green]evaluated[/green] ranking in {time.time() - t0:.1f}s (higher is better; "
+              "full: all unseen items, sampled: 1 positive + 99 negatives)")
 
 
 def _recommendation_table(recs, title: str):
