@@ -174,12 +174,13 @@ def test_09_metric_files_split_on_newline_only(cases, tmp_path):
     code, said = cli("metrics", "--generated", folder / "gen_cr.txt", "--references", folder / "ref_cr.txt", "--json")
     assert code == 0, said
 
-    def samples(name):
+    def samples(name):  # lines end at "\n" only; inside one, "\r" separates tokens as a space does
         return [line.split(" ") for line in (folder / name).read_bytes().decode().split("\n")[:-1]]
 
-    expected = peter_metrics(samples("gen_cr.txt"), samples("ref_cr.txt"))
+    expected = peter_metrics(samples("gen_cr_as_space.txt"), samples("ref_cr_as_space.txt"))
     got = json.loads(said[said.index("{"):])
     assert got["bleu4"] == pytest.approx(expected["bleu4"]) and got["bleu1"] == pytest.approx(expected["bleu1"])
+    assert got["bleu1"] == pytest.approx(100) == got["rouge1_f_official"]  # BLEU and the official ROUGE agree
     short = tmp_path / "short.txt"
     short.write_bytes(b"one line\nand one without a newline")
     code, said = cli("metrics", "--generated", folder / "generated.txt", "--references", short)

@@ -567,3 +567,33 @@ def test_recbole_map_applies_to_every_atomic_file(data_root, tmp_path):
     titled = dict(ds.items.select("item_id", "title").iter_rows())
     assert kept <= set(titled) and all(titled[i] == f"Item {i}" for i in kept)
     assert ds.manifest["problems"]["skipped"] == 0
+
+
+def test_metrics_on_one_sample_and_on_empty_files(tmp_path):
+    one, features = tmp_path / "one.txt", tmp_path / "features.txt"
+    one.write_text("great sound for the price\n")
+    features.write_text("sound\nprice\n")
+    code, said = run("metrics", "--generated", one, "--references", one, "--feature-set", features, "--json")
+    got = json.loads(said[said.index("{"):])  # strict JSON: json.loads would take NaN, so check the text too
+    assert code == 0 and got["div"] is None and "NaN" not in said and got["fcr"] == 1.0
+    code, said = run("metrics", "--generated", one, "--references", one, "--feature-set", features)
+    assert code == 0 and "div undefined" in said
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, said = run("metrics", "--generated", empty, "--references", empty, "--json")
+    assert code == 1 and "empty.txt: holds no samples" in said and "NaN" not in said
+    blank = tmp_path / "blank.txt"  # one sample with no tokens: scored, in strict JSON
+    blank.write_text("\n")
+    code, said = run("metrics", "--generated", blank, "--references", blank, "--json")
+    assert code == 0 and "NaN" not in said and json.loads(said[said.index("{"):])["usn"] == 1
+
+
+def test_09_a_carriage_return_inside_a_sample_separates_tokens(cases):
+    folder = cases / "09-line-endings"
+    scores = {}
+    for pair in (("gen_cr.txt", "ref_cr.txt"), ("gen_cr_as_space.txt", "ref_cr_as_space.txt")):
+        code, said = run("metrics", "--generated", folder / pair[0], "--references", folder / pair[1], "--json")
+        assert code == 0, said
+        scores[pair[0]] = json.loads(said[said.index("{"):])
+    assert scores["gen_cr.txt"] == scores["gen_cr_as_space.txt"]
+    assert scores["gen_cr.txt"]["bleu1"] == pytest.approx(100) == scores["gen_cr.txt"]["rouge1_f_official"]

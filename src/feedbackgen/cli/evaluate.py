@@ -74,6 +74,7 @@ def metrics(
     Example: `feedbackgen metrics --generated G.txt --references R.txt --json`
     """
     from feedbackgen.evaluation.metrics import metrics_from_files
+    from feedbackgen.io import json_ready
 
     result = metrics_from_files(generated, references, feature_set=feature_set,
                                 reference_features=reference_features, ratings=ratings,
@@ -86,11 +87,13 @@ def metrics(
         for name, path in (("gen", generated), ("ref", references)):
             values = summary(scorer.perplexities([" ".join(t) for t in read_token_file(path)]))
             result[f"ppl_{name}_median"], result[f"ppl_{name}_mean"] = values["median"], values["mean"]
+    result = json_ready(result)  # an undefined value (DIV of one sample) is null, never NaN
     if as_json:
-        print(json.dumps(result, sort_keys=True))
+        print(json.dumps(result, sort_keys=True, allow_nan=False))
     else:
         for key, value in result.items():
-            print(f"{key:>20}  {value:.4f}" if isinstance(value, float) else f"{key:>20}  {value}")
+            print(f"{key:>20}  {value:.4f}" if isinstance(value, float) else
+                  f"{key:>20}  {'undefined' if value is None else value}")
 
 
 @app.command()

@@ -17,6 +17,7 @@ them), the ratios (USR, FMR, FCR, DIV) as fractions.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -227,15 +228,15 @@ def feature_coverage_ratio(detected: Sequence[set[str]], feature_set: Iterable[s
     return len(set().union(*detected)) / n_features if n_features else 0.0
 
 
-def feature_diversity(detected: Sequence[set[str]]) -> float:
+def feature_diversity(detected: Sequence[set[str]]) -> float | None:
     """DIV: mean |F_i ∩ F_j| over all pairs i < j (lower = texts talk about different features).
 
     The reference loops over the n²/2 pairs; the same sum is Σ_f C(c_f, 2), where c_f is the
     number of samples mentioning feature f (each such pair shares f once), so it takes one pass.
-    Fewer than two samples have no pairs: 0."""
+    Fewer than two samples have no pairs: undefined, None (0.0 would claim perfect diversity)."""
     n = len(detected)
     if n < 2:
-        return 0.0
+        return None
     counts = Counter(f for found in detected for f in found)
     shared = sum(c * (c - 1) // 2 for c in counts.values())
     return shared / (n * (n - 1) / 2)
@@ -262,6 +263,12 @@ def mean_absolute_error(predicted: Sequence[float], true: Sequence[float],
 
 
 # -- everything at once ------------------------------------------------------------------------
+
+def to_stars(ratings: Sequence[float], lo: int = 1, hi: int = 5) -> np.ndarray:
+    """The star a rating stands for: rounded half up to the nearest whole star (np.rint would
+    round 2.5 to 2), within [lo, hi]."""
+    return np.clip(np.floor(np.asarray(ratings, dtype=np.float64) + 0.5), lo, hi).astype(np.int64)
+
 
 def _check_aligned(name: str, values: Sequence | None, n: int) -> None:
     if values is not None and len(values) != n:
@@ -327,9 +334,13 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def read_token_file(path: Path) -> list[list[str]]:
-    """One tokenised sample a line; tokens are split on single spaces and used as they are. An
-    empty line is a sample with no tokens."""
-    return [line.split(" ") if line else [] for line in _read_lines(path)]
+    """One tokenised sample a line; tokens are split on single whitespace characters (a space, or a
+    "\r", tab or other blank inside the line: the official ROUGE's tokeniser treats them as spaces,
+    so BLEU must too) and used as they are. An empty line is a sample with no tokens."""
+    return [_TOKEN_SEPARATOR.split(line) if line else [] for line in _read_lines(path)]
+
+
+_TOKEN_SEPARATOR = re.compile(r"[^\S\n]")  # any whitespace but the line break, one character at a time
 
 
 def read_word_file(path: Path) -> list[str]:
@@ -380,6 +391,8 @@ def metrics_from_files(generated: Path, references: Path, feature_set: Path | No
         raise DataError("--reference-features needs --feature-set (FMR looks for features in the text)")
     gen = read_token_file(generated)
     n = len(gen)
+    if not n:
+        raise DataError("holds no samples: nothing to score (one tokenised sample a line)", source=str(generated))
     refs = read_token_file(references)
     _check_same_count(references, refs, n, generated)
     features = None
