@@ -192,3 +192,18 @@ def test_events_survive_a_sigkill_and_export_for_prepare(folders, mi_small, unus
     assert sorted(back["text"]) == sorted(e["text"] for e in sent)
     res = CliRunner().invoke(app, ["events", "export", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "no event store" in str(res.exception)
+
+
+def test_a_server_with_only_a_choice_model_ranks_and_says_nothing(mi_small, ease):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app({}, mi_small, choice=ease)) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [(m["name"], m["roles"]) for m in c.get("/v1/models").json()] == [("ease", ["ranks"])]
+        user = sorted(set(mi_small.train["user_id"]))[0]
+        body = c.post("/v1/recommend", json={"user_id": user, "k": 4}).json()
+        assert body["ranker"] == "ease" and body["model"] is None and len(body["items"]) == 4
+        assert all(x["feedback"] is None and x["predicted_rating"] is None for x in body["items"])
+        assert 'data-ranker="ease"' in c.get("/").text

@@ -34,6 +34,8 @@ def explorer(request: Request):
     svc = _service(request)
     return templates.TemplateResponse(request, "explorer.html", {
         "models": list(svc.models) or list(svc.sources), "auth": bool(svc.key_hashes),
+        "ranker": Path(svc.choice_source).name if isinstance(svc.choice_source, (str, Path)) else
+        getattr(svc.choice_source, "name", None),
         "has_dataset": svc.dataset_source is not None, "annotate": svc.task is not None,
         "max_new_tokens": 25})
 

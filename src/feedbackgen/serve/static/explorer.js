@@ -207,4 +207,5 @@ $("user-id").addEventListener("input", () => {
 const params = new URLSearchParams(location.search);
 suggestUsers("");
 if (params.get("user")) openUser(params.get("user"), params.get("item"));
-if (!models.length) setStatus("no model loaded", true);
+if (!models.length && root.dataset.ranker) setStatus(`no generator loaded: ${root.dataset.ranker} ranks, nothing explains`);
+else if (!models.length) setStatus("no model loaded", true);
