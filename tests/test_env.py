@@ -119,3 +119,16 @@ def test_generator_texts_and_a_reward(mi_small, ease):
             assert all(info["texts"]) and reward == pytest.approx(sum(info["ratings"]))
             got += len(info["engaged"])
     assert got > 0
+
+
+def test_the_bandit_example_runs(mi_small, tmp_path, capsys):
+    """examples/env_bandit.py on a tiny budget: it trains, and scores the policies in the simulator and on test."""
+    import runpy
+    from pathlib import Path
+
+    mi_small.save(tmp_path / "mi")
+    example = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "env_bandit.py"))
+    rows = example["main"](["--dataset", str(tmp_path / "mi"), "--episodes", "60", "--max-users", "50"])
+    assert set(rows) == {"bandit (epsilon-greedy)", "popularity", "random"}
+    assert all(0.0 <= r["simulated"] <= 1.0 and 0.0 <= r["real"] <= 1.0 for r in rows.values())
+    assert "| popularity |" in capsys.readouterr().out
