@@ -207,3 +207,18 @@ def test_a_server_with_only_a_choice_model_ranks_and_says_nothing(mi_small, ease
         assert body["ranker"] == "ease" and body["model"] is None and len(body["items"]) == 4
         assert all(x["feedback"] is None and x["predicted_rating"] is None for x in body["items"])
         assert 'data-ranker="ease"' in c.get("/").text
+
+
+def test_events_need_the_api_key_like_every_v1_call(mi_small, ease, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from feedbackgen.serve.keys import add_key, read_key_file
+
+    key = add_key(tmp_path / "keys.txt", "shop")
+    app = create_app({}, mi_small, choice=ease, events=tmp_path / "e.sqlite",
+                     key_hashes=read_key_file(tmp_path / "keys.txt"))
+    event = {"events": [{"user_id": "u", "item_id": "i"}]}
+    with TestClient(app) as c:
+        assert c.post("/v1/events", json=event).status_code == 401
+        r = c.post("/v1/events", json=event, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code in (200, 503), r.text  # 503 only while the models load
