@@ -244,3 +244,45 @@ def test_cli_recommend_simulate_fidelity(mi_small, popular, two_recommenders, tm
     sizes = ", ".join(f"{d[r]['pairs']} / 10" for r in ("1:1", "1:3", "1:9"))
     assert f"| popular (model) | {rule} | {sizes} |" in res.output
     assert result["rating"]["pairs"] < len(test)  # 10 users' pairs, not the whole split
+
+
+def test_cli_simulated_user_judges_a_panel_and_lists_with_expected_engagement(mi_small, popular,
+                                                                                two_recommenders, tmp_path):
+    """`train --model simulated_user`, `fidelity --protocol recommenders` with a RECS file beside the
+    built-in panel, and `simulate` with the same user and a generator: expected engagement everywhere."""
+    from typer.testing import CliRunner
+
+    from feedbackgen.cli import app
+
+    mi_small.save(tmp_path / "ds")
+    popular.save(tmp_path / "writer")
+    two_recommenders["by_count"].write_csv(tmp_path / "by_count.csv")
+    runner = CliRunner()
+
+    def run(*args):
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    out = run("train", tmp_path / "ds", "--model", "simulated_user", "--set", "search=false", "--out", tmp_path / "user")
+    assert "calibrated P(engage)" in out
+    out = run("fidelity", "--choice", tmp_path / "user", "--dataset", tmp_path / "ds", "--protocol", "recommenders",
+              "--recommendations", tmp_path / "by_count.csv", "--k", "5", "--out", tmp_path / "panel")
+    result = json.loads((tmp_path / "panel" / "fidelity.json").read_text())["results"][0]
+    rows = {r["recommender"]: r for r in result["panel"]["rows"]}
+    assert {"random", "popularity", "ease-200", "als-2", "bpr", "by_count"} <= set(rows)
+    assert (tmp_path / "panel" / "panel.png").stat().st_size > 0 and "Kendall τ" in out
+    # the simulated user takes about as many listed items as real users did (a slice of 25 items:
+    # top-5 lists; the full data's figures are in docs/benchmarks.md)
+    for r in rows.values():
+        assert 0.5 < r["expected_engagement_at_k"] / r["precision@5"] < 2.0, r
+    out = run("simulate", tmp_path / "writer", "--choice", tmp_path / "user", "--dataset", tmp_path / "ds",
+              "--recommendations", tmp_path / "by_count.csv", "--out", tmp_path / "sim")
+    summary = json.loads((tmp_path / "sim" / "summary.json").read_text())["summary"][0]
+    low, high = summary["expected_engagement_ci"]
+    assert 0 < low <= summary["expected_engagement_at_k"] <= high < 1 and "expected engagement@10" in out
+    items = pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet")
+    assert items["p_engage"].mean() == pytest.approx(summary["expected_engagement_at_k"])
+    # the engaged items, and only they, got the generator's rating and text
+    assert items.filter(pl.col("engage"))["text"].null_count() == 0
+    assert items.filter(~pl.col("engage"))["rating"].null_count() == int((~items["engage"]).sum())

@@ -56,6 +56,7 @@ from feedbackgen.errors import DataError
 from feedbackgen.recommend.choice import UNKNOWN_ITEM_SCORE
 from feedbackgen.recommend.ranking import Pool, check_exclude, pool_of
 
+KNOTS = np.log([3.0, 10.0, 30.0, 100.0, 300.0, 1000.0])  # of the piecewise-linear logit in each log rank
 USERS_PER_BATCH = 256  # dense score rows per model at a time: bounds memory at users x catalogue
 
 
@@ -110,7 +111,7 @@ def log_ranks(models: Sequence[Any], pool: Pool, users: Sequence[str], items: Se
 class EngageModel:
     """A fitted P(engage | log ranks): stacking weights and an isotonic map (module docstring).
 
-    coef: shape (n_models,); intercept: float; x_knots, y_knots: the isotonic map's breakpoints
+    coef: shape (n_models * (1 + len(KNOTS)),), over `basis`; intercept: float; x_knots, y_knots: the isotonic map's breakpoints
     (stacked score -> probability, linear between them, clipped outside)."""
 
     coef: np.ndarray
@@ -120,10 +121,14 @@ class EngageModel:
     record: dict[str, Any]
     future_ratio: float = 1.0
 
+    def stacked(self, x: np.ndarray) -> np.ndarray:
+        """The stacked score (a logit before calibration) of rows of log ranks, shape (n,)."""
+        return basis(x) @ self.coef + self.intercept
+
     def from_features(self, x: np.ndarray, after_valid: bool = True) -> np.ndarray:
         """P(engage) for rows of log ranks, shape (n, n_models) -> (n,), in [0, 1]: in the period
         after valid (q, module docstring), or with after_valid=False in the valid period (p)."""
-        p = np.interp(x @ self.coef + self.intercept, self.x_knots, self.y_knots)
+        p = np.interp(self.stacked(x), self.x_knots, self.y_knots)
         return after_valid_probability(p, self.future_ratio) if after_valid else p
 
     def probability(self, models: Sequence[Any], pool: Pool, user_ids: Sequence[str], item_ids: Sequence[str],
@@ -170,8 +175,8 @@ class EngageModel:
         if len(chosen) > users:
             chosen = sorted(rng.choice(chosen, size=users, replace=False).tolist())
         x, y, w, sampled, owner = _calibration_rows(models, pool, chosen, truth, depth, random_items, rng)
-        stack = LogisticRegression(C=1.0, max_iter=1000).fit(x, y, sample_weight=w)
-        z = stack.decision_function(x)
+        stack = LogisticRegression(C=1.0, max_iter=2000).fit(basis(x), y, sample_weight=w)
+        z = stack.decision_function(basis(x))
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, y, sample_weight=w)
         threshold, accuracy = one_to_one_threshold(after_valid_probability(iso.predict(z), 1.0), y, w, sampled, owner)
         record = {"split": labels, "threshold_1to1": threshold, "accuracy_1to1": accuracy,
@@ -182,6 +187,12 @@ class EngageModel:
         return cls(stack.coef_.ravel().astype(np.float64), float(stack.intercept_[0]),
                    np.asarray(iso.X_thresholds_, dtype=np.float64), np.asarray(iso.y_thresholds_, dtype=np.float64),
                    record)
+
+
+def basis(x: np.ndarray) -> np.ndarray:
+    """Each log rank and its hinges at `KNOTS`, shape (n, n_models * (1 + len(KNOTS))): a logit that is
+    piecewise linear in each model's log rank, so the top of a list is not bound to the tail's slope."""
+    return np.hstack([x, *(np.maximum(x - k, 0.0) for k in KNOTS)])
 
 
 def after_valid_probability(p: np.ndarray, future_ratio: float = 1.0) -> np.ndarray:

@@ -39,10 +39,10 @@ from feedbackgen.recommend.ranking import pool_of
 
 class SimulatedUserConfig(ChoiceConfig):
     search: bool = Field(True, description="each component chooses its hyper-parameters on the valid split")
-    components: list[str] = Field(["ease", "itemknn", "als", "popularity"], min_length=1,
+    components: list[str] = Field(["ease", "itemknn", "als", "bpr", "popularity"], min_length=1,
                                   description="the choice models stacked (diverse families)")
     component_settings: dict[str, dict[str, Any]] = Field(
-        {"als": {"search": False}},
+        {"als": {"search": False, "factors": 32}, "bpr": {"search": False}},
         description="settings per component (as --set gives them); filled with each one's chosen settings")
     future_ratio: float = Field(1.0, gt=0.0, le=100.0, description="ρ: the judged period's length relative "
                                                                      "to the valid one's (engage module)")
@@ -91,7 +91,7 @@ class SimulatedUserModel(ChoiceModel):
         out = np.empty((len(rows), len(self.item_ids)))
         for n in range(len(rows)):
             x = np.column_stack([np.log(ranks_in(b[n], every, cols)) for b in blocks])
-            out[n] = x @ self.engage.coef
+            out[n] = self.engage.stacked(x)
         return out
 
     def engage_probability(self, dataset: Dataset, user_ids: list[str], item_ids: list[str]) -> np.ndarray:
