@@ -184,7 +184,7 @@ def bottom_share(model, train, frozen: int, batches: int = 3) -> float:
     marks: dict[str, float] = {}
     hooks = [layers[0].register_forward_pre_hook(lambda *_: marks.__setitem__("bottom", time.perf_counter())),
              layers[frozen].register_forward_pre_hook(lambda *_: marks.__setitem__("top", time.perf_counter()))]
-    bs = model.config.batch_size
+    bs = model.config.training.batch_size
     encoded = model.encode(train.head(batches * bs))
     model.lm.train()
     below = whole = 0.0
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         if shape not in shapes:
             shapes[shape] = lengths_of(model, train)
         lengths, prompt_lengths, _ = shapes[shape]
-        bs = model.config.batch_size
+        bs = model.config.training.batch_size
         for entry in model.training_log:
             phase = {"prompts": " — phase 1", "full": " — phase 2"}.get(entry.get("phase"), "")
             results.append({"kind": kind, "step": label + phase, "prompt": sum(prompt_lengths) / len(prompt_lengths),

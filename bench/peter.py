@@ -119,7 +119,7 @@ def training_flops_per_sample(model) -> float | None:
     weights = (model.config.text_weight, model.config.context_weight, model.config.rating_weight)
     model.model.train()
     for _ in range(3):
-        idx = torch.randperm(n, generator=gen)[:model.config.batch_size]
+        idx = torch.randperm(n, generator=gen)[:model.config.training.batch_size]
         batch = model._batch(data, idx)
         with FlopCounterMode(display=False) as counter:
             model.model.losses(batch, weights)["loss"].backward()

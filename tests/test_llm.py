@@ -559,7 +559,7 @@ def test_prompt_lm_train_and_valid_losses_are_the_same_named_sums(prompt_lm):
 def test_prompt_lm_collapse_signal_is_that_of_its_own_greedy_texts(prompt_lm, tiny, tmp_path):
     sig = prompt_lm.training_log[-1]["collapse"]
     # drawn from the whole validation split (25 rows here), not from the 4 the loss is scored on
-    requests = collapse.sample_requests(target_rows(tiny, "valid", "explanation"), prompt_lm.config.seed,
+    requests = collapse.sample_requests(target_rows(tiny, "valid", "explanation"), prompt_lm.config.training.seed,
                                         prompt_lm.config.collapse_requests)
     assert sig["n"] == len(requests) == min(32, len(tiny.valid)) > 4
     texts, _ = prompt_lm.generate_text(requests, Decoding(max_new_tokens=prompt_lm.config.collapse_max_new_tokens))

@@ -141,14 +141,21 @@ def test_loss_terms_match_their_definitions():
 def test_presets_and_overrides():
     ref = Peter({"preset": "reference"}).config
     assert (ref.emsize, ref.nhead, ref.nlayers, ref.nhid, ref.dropout) == (512, 2, 2, 2048, 0.2)
-    assert (ref.optimizer, ref.lr, ref.lr_decay, ref.clip, ref.batch_size, ref.patience) == \
-        ("sgd", 1.0, 0.25, 1.0, 128, 5)
+    t = ref.training  # the Trainer's settings, nested, the preset's where not given
+    assert (t.optimizer, t.lr, t.lr_decay, t.clip, t.batch_size, t.patience) == ("sgd", 1.0, 0.25, 1.0, 128, 5)
     assert (ref.vocab, ref.vocab_size, ref.max_words, ref.rating_weight) == ("word", 20000, 20, 0.1)
     d = Peter({"emsize": 64, "nhead": 2}).config
-    assert (d.preset, d.emsize, d.optimizer, d.schedule) == ("default", 64, "adamw", "cosine")
+    assert (d.preset, d.emsize, d.training.optimizer, d.training.schedule) == ("default", 64, "adamw", "cosine")
     assert Peter({"target": "review"}).config.max_words == 60
     # a saved config (every field filled in) loads back unchanged
     assert Peter(ref.model_dump()).config == ref
+    # a training setting by its flat name (--set lr=...), dotted or nested is one setting; the
+    # preset fills the others, and a flat config saved before the nesting reads the same
+    flat, dotted, nested = (Peter({"preset": "reference", **x}).config
+                            for x in ({"lr": 0.5}, {"training.lr": 0.5}, {"training": {"lr": 0.5}}))
+    assert flat == dotted == nested and flat.training.lr == 0.5 and flat.training.optimizer == "sgd"
+    old_layout = {k: v for k, v in ref.model_dump().items() if k != "training"} | ref.training.model_dump()
+    assert Peter(old_layout).config == ref
 
 
 @pytest.mark.parametrize("bad,field", [
@@ -409,7 +416,7 @@ def test_a_collapsed_model_is_announced_on_stderr_in_the_log_and_the_folder(ds, 
     assert (f"{sig['repetition']:.0%} of its texts repeat" in lines[0]) == (sig["repetition"] > collapse.REPETITION_MAX)
     assert "more data or more epochs" in lines[0]
     # the numbers are those of the model's own greedy texts on the same requests
-    requests = collapse.sample_requests(ds.valid, m.config.seed)
+    requests = collapse.sample_requests(ds.valid, m.config.training.seed)
     texts, _ = m.generate_text(requests, Decoding(max_new_tokens=m.config.max_words + 1))
     assert sig["distinct"] == len(set(texts))
     m.save(tmp_path / "m")
@@ -524,15 +531,16 @@ def train_recording_batches(lengths: list[int], batch_size: int, epochs: int, se
     weight = torch.nn.Linear(1, 1)
     seen: list[list[int]] = []
 
-    def make_batch(idx, _train):
-        seen.append(idx.tolist())
+    def make_batch(idx, train):
+        if train:  # the validation batches are not the shuffled ones
+            seen.append(idx.tolist())
         return idx
 
-    settings = trainer_mod.TrainSettings(batch_size=batch_size, max_epochs=epochs, patience=epochs, seed=seed,
-                                         progress=False, checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
-    t = trainer_mod.Trainer(weight, settings, n_train=len(lengths), make_batch=make_batch,
-                            loss_fn=lambda idx: {"loss": (weight.weight ** 2).sum()},
-                            valid_fn=lambda: {"loss": 1.0}, lengths=lengths)
+    settings = trainer_mod.TrainingArguments(batch_size=batch_size, max_epochs=epochs, patience=epochs, seed=seed,
+                                             progress=False,
+                                             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
+    t = trainer_mod.Trainer(weight, settings, n_train=len(lengths), n_valid=1, make_batch=make_batch,
+                            loss_fn=lambda idx: {"loss": (weight.weight ** 2).sum()}, lengths=lengths)
     t.fit()
     per_epoch = t.steps_per_epoch
     return [seen[e:e + per_epoch] for e in range(0, len(seen), per_epoch)]
@@ -568,11 +576,11 @@ def test_length_grouped_batches_are_refused_under_differential_privacy():
     from feedbackgen.models.privacy import PrivacySettings
 
     weight = torch.nn.Linear(1, 1)
-    settings = trainer_mod.TrainSettings(batch_size=2, progress=False, privacy=PrivacySettings(epsilon=1.0, delta=1e-5))
+    settings = trainer_mod.TrainingArguments(batch_size=2, progress=False)
     with pytest.raises(ConfigError, match="group_by_length.*Poisson"):
-        trainer_mod.Trainer(weight, settings, n_train=4, make_batch=lambda idx, _t: idx,
-                            loss_fn=lambda idx: {"loss": weight.weight.sum()}, valid_fn=lambda: {"loss": 1.0},
-                            lengths=[1, 2, 3, 4])
+        trainer_mod.Trainer(weight, settings, n_train=4, n_valid=1, make_batch=lambda idx, _t: idx,
+                            loss_fn=lambda idx: {"loss": weight.weight.sum()}, lengths=[1, 2, 3, 4],
+                            privacy=PrivacySettings(epsilon=1.0, delta=1e-5))
 
 
 def test_models_command_shows_the_presets_effective_values():

@@ -80,17 +80,7 @@ def generate(
     given = {name: value for name, value in locals().items() if name in _D
              and ctx.get_parameter_source(name).name != "DEFAULT"}  # typer's own click: compare names
     decoding = validate(Decoding, given, "decoding options")
-    if (dataset is None) == (requests is None):
-        raise FeedbackgenError("give exactly one of --dataset (with --split) or --requests")
-    if engine not in ("local", "ray"):
-        raise FeedbackgenError(f"unknown --engine {engine!r}; choose local or ray")
-    if engine == "local" and (address is not None or workers is not None):
-        raise FeedbackgenError("--address and --workers go with --engine ray")
-    if shard_size < 1:
-        raise FeedbackgenError(f"--shard-size must be at least 1 (got {shard_size})")
-    if constrained is not None and engine == "ray":
-        raise FeedbackgenError("--constrained/--no-constrained go with --engine local; on Ray, train the model "
-                               "with --set constrained=true|false")
+    _check_options(dataset, requests, engine, address, workers, shard_size, constrained)
     problems = Problems()
     if engine == "ray":
         from feedbackgen.batch.ray_engine import run_generation_ray
@@ -117,7 +107,28 @@ def generate(
     t0 = time.time()
     run_generation(generator, reqs, out, decoding, model_id=str(model.resolve()), shard_size=shard_size)
     _report_generation(out, reqs.count, time.time() - t0, problems, requests)
-    answers = getattr(generator, "answer_counts", None)  # LLM generators: how the JSON answers went
+    _report_answers(generator, out)
+
+
+def _check_options(dataset: Optional[Path], requests: Optional[Path], engine: str, address: Optional[str],
+                   workers: Optional[int], shard_size: int, constrained: Optional[bool]) -> None:
+    """Options that do not go together, refused before any work (FeedbackgenError)."""
+    if (dataset is None) == (requests is None):
+        raise FeedbackgenError("give exactly one of --dataset (with --split) or --requests")
+    if engine not in ("local", "ray"):
+        raise FeedbackgenError(f"unknown --engine {engine!r}; choose local or ray")
+    if engine == "local" and (address is not None or workers is not None):
+        raise FeedbackgenError("--address and --workers go with --engine ray")
+    if shard_size < 1:
+        raise FeedbackgenError(f"--shard-size must be at least 1 (got {shard_size})")
+    if constrained is not None and engine == "ray":
+        raise FeedbackgenError("--constrained/--no-constrained go with --engine local; on Ray, train the model "
+                               "with --set constrained=true|false")
+
+
+def _report_answers(generator, out: Path) -> None:
+    """LLM generators: how their JSON answers went, on stderr; FeedbackgenError when not one was usable."""
+    answers = getattr(generator, "answer_counts", None)
     if answers:
         err.print("answers: " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items()))
                   + " (fallback = still invalid after every retry, or refused by the server; each row's meta "

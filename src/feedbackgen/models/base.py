@@ -25,6 +25,7 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.decoding.seeds import with_seeds
 from feedbackgen.errors import CollapseWarning, ConfigError, NotFittedError
 from feedbackgen.models.folder import IdIndex, SavedModel, read_config, register_kind  # noqa: F401  (IdIndex: re-exported)
+from feedbackgen.models.trainer import flat_settings
 from feedbackgen.types import Feedback, FeedbackRequest
 
 
@@ -152,9 +153,10 @@ def effective_defaults(cls: type[Generator]) -> dict[str, Any]:
     """The settings a generator of class `cls` trains with when given none: its config built from
     nothing, so presets and targets have filled in what they decide (peter's `emsize=256` of the
     `default` preset, not the field's declared None). A None left means the setting is off or the
-    library's choice (`checkpoint_dir`, `dp_epsilon`, `num_threads`)."""
+    library's choice (`checkpoint_dir`, `dp_epsilon`, `num_threads`). The training settings come by
+    their flat names (`lr`, not `training.lr`), as `--set` takes them."""
     config = validate(cls.Config, {}, f"{cls.name} config")
-    values = config.model_dump()
+    values = flat_settings(config)
     for key, properties in RESOLVED_BY.items():
         if values.get(key) is None:
             for prop in properties:

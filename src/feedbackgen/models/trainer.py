@@ -1,12 +1,21 @@
-"""A small, resumable training loop for the neural generators (mini-batch SGD/AdamW, early stopping).
+"""A small, resumable training loop for the neural generators (mini-batch SGD/AdamW, validation,
+early stopping), and `TrainingArguments`, the settings it trains with.
 
-The model supplies three functions: `make_batch(indices, train)` (rows -> tensors),
-`loss_fn(batch)` (a dict of scalar losses, with the optimised total under "loss") and
-`valid_fn()` (a dict of floats: the same named terms as `loss_fn`, and the early-stopping
-criterion under `criterion`, "loss" unless the model stops on another sum). `terms` names what each
-logged loss adds up (e.g. {"loss": "1·nll_text + 1·nll_context + 0.1·mse_rating"}); it is printed
-once and written into every log entry, so a train "loss" and a valid "loss" are one definition.
-`probe()`, when given, runs after each epoch's validation (the text generators' collapse signal,
+`TrainingArguments` is to this trainer what `transformers.TrainingArguments` is to Hugging Face's:
+how to train, apart from what to train. Each trainable model's config nests one under `training`
+(`PeterConfig`, `SFTConfig`, `PromptLMConfig`), with the model's own defaults, and takes the flat
+names as well (`--set lr=1e-3` is `--set training.lr=1e-3`; `nest_training`).
+
+The model supplies two functions: `make_batch(indices, train)` (rows of the training split, or of
+the validation split when `train` is False -> a batch) and `loss_fn(batch)` (a dict of scalar
+losses, with the optimised total under "loss"; `valid_loss_fn` when validation computes them
+otherwise, e.g. without label smoothing). The trainer validates after every epoch itself
+(`validate`): the means of the validation losses over `n_valid` rows, a batch at a time, and
+`valid_extra(losses)` adds what the model derives from them (the early-stopping `criterion`, "loss"
+unless the model stops on another sum; a perplexity). `terms` names what each logged loss adds up
+(e.g. {"loss": "1·nll_text + 1·nll_context + 0.1·mse_rating"}); it is printed once and written into
+every log entry, so a train "loss" and a valid "loss" are one definition. `probe()`, when given,
+runs after each epoch's validation (the text generators' collapse signal,
 `feedbackgen.models.collapse`) and its dict goes into the entry under "collapse". The trainer owns
 the rest:
 
@@ -34,8 +43,9 @@ Two ways of training change the steps themselves, and are off unless asked for:
 - data-parallel, when the process group of `torchrun` is up (`feedbackgen.models.distributed`):
   each rank takes its share of every global batch, DDP averages the gradients, and only rank 0
   prints and writes the checkpoint (which then also holds every rank's random-number state);
-  `valid_fn` must return the same numbers on every rank (sum its losses across ranks);
-- differentially private (`settings.privacy`, `feedbackgen.models.privacy`): Poisson-sampled
+  each rank validates its share of the rows and the sums are added across ranks, so every rank
+  makes the same early-stopping decision;
+- differentially private (`privacy`, `feedbackgen.models.privacy`): Poisson-sampled
   batches, per-sample clipping and noise instead of `clip`, and the spent (ε, δ) in each log entry
   and in `TrainResult.privacy`; `loss_fn` must then average per-row losses (no term may mix rows).
 """
@@ -48,13 +58,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, Field
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from feedbackgen.config import StrictModel
 from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.io import atomic_write
 from feedbackgen.models import distributed
@@ -64,26 +76,63 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 MIN_LR_RATIO = 0.1
 FORMAT_VERSION = 1
 MEGA_BATCH = 50  # batches per length-sorted mega-batch (Hugging Face's `mega_batch_mult`)
+BETAS = (0.9, 0.98)  # AdamW's
 
 
-@dataclass
-class TrainSettings:
-    optimizer: str = "adamw"  # "sgd" | "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    schedule: str = "cosine"  # "plateau" | "cosine"
-    warmup_steps: int = 0
-    lr_decay: float = 0.25
-    clip: float = 1.0
-    batch_size: int = 128
-    max_epochs: int = 10
-    patience: int = 5
-    seed: int = 1
-    checkpoint_dir: str | None = None
+class TrainingArguments(StrictModel):
+    """How a model trains: the optimiser, its schedule, batches, epochs, early stopping, the seed,
+    checkpoints and progress. Nested under `training` in each trainable model's config."""
+
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0, le=100.0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    schedule: Literal["plateau", "cosine"] = "cosine"
+    lr_decay: float = Field(0.25, gt=0.0, le=1.0, description="plateau: lr factor after a miss")
+    warmup_steps: int = Field(0, ge=0, le=1_000_000, description="linear warm-up steps")
+    clip: float = Field(1.0, ge=0.0, le=1000.0, description="gradient-norm clip (0 = off)")
+    batch_size: int = Field(128, ge=1, le=65536)
+    max_epochs: int = Field(10, ge=1, le=10000)
+    patience: int = Field(5, ge=1, le=1000, description="epochs without improvement before stopping")
+    seed: int = Field(1, ge=0, description="seed of the weights' initialisation, the batches and the samples")
+    checkpoint_dir: str | None = Field(None, description="resumable training state, written every epoch")
     progress: bool = True
-    desc: str = "train"
-    privacy: PrivacySettings | None = None  # DP-SGD (None = ordinary training)
+
+
+TRAINING_FIELDS = tuple(TrainingArguments.model_fields)
+
+
+def nest_training(values: Any, defaults: dict[str, Any] | None = None,
+                  flat: Sequence[str] = TRAINING_FIELDS) -> Any:
+    """For a model config's `model_validator(mode="before")`: the training settings given flat
+    (`lr`, the names in `flat`), dotted (`training.lr`) or nested (`training: {...}`) gathered
+    under `training`, over the model's `defaults`. A flat or dotted name wins over the nested
+    dict (it was given last, on the command line). Other inputs pass through."""
+    if not isinstance(values, dict):
+        return values
+    values = dict(values)
+    nested = values.pop("training", None)
+    if isinstance(nested, BaseModel):
+        nested = nested.model_dump()
+    training = {**(defaults or {}), **(nested or {})}
+    for key in list(values):
+        name = key.removeprefix("training.")
+        if key.startswith("training.") or name in flat:
+            training[name] = values.pop(key)
+    values["training"] = training
+    return values
+
+
+def flat_settings(config: BaseModel) -> dict[str, Any]:
+    """A model config's values with its training settings in place of `training`, by their flat
+    names (what `--set` takes), less those the model sets itself (its `phased_training`)."""
+    out: dict[str, Any] = {}
+    own = getattr(config, "phased_training", ())
+    for key, value in config.model_dump().items():
+        if key == "training":
+            out.update({k: v for k, v in value.items() if k not in own})
+        else:
+            out[key] = value
+    return out
 
 
 @dataclass
@@ -108,26 +157,33 @@ class LossModule(torch.nn.Module):
 
 
 class Trainer:
-    def __init__(self, module: torch.nn.Module, settings: TrainSettings, *, n_train: int,
+    def __init__(self, module: torch.nn.Module, settings: TrainingArguments, *, n_train: int, n_valid: int,
                  make_batch: Callable[[torch.Tensor, bool], Any],
                  loss_fn: Callable[[Any], dict[str, torch.Tensor]],
-                 valid_fn: Callable[[], dict[str, float]],
+                 valid_loss_fn: Callable[[Any], dict[str, torch.Tensor]] | None = None,
+                 valid_extra: Callable[[dict[str, float]], dict[str, float]] | None = None,
                  fingerprint: str = "", extra: dict[str, Any] | None = None,
                  criterion: str = "loss", terms: dict[str, str] | None = None,
-                 probe: Callable[[], dict[str, Any]] | None = None, lengths: Sequence[int] | None = None):
-        """`lengths`: each training row's length (tokens), for length-grouped batches; None: plain
-        shuffled batches. Raises ConfigError for an empty training split, an unknown optimiser, or
-        `lengths` under `privacy` (DP-SGD's guarantee needs its Poisson-sampled batches)."""
+                 probe: Callable[[], dict[str, Any]] | None = None, lengths: Sequence[int] | None = None,
+                 privacy: PrivacySettings | None = None, desc: str = "train"):
+        """`n_valid`: validation rows (`make_batch(indices, False)` builds their batches);
+        `lengths`: each training row's length (tokens), for length-grouped batches; None: plain
+        shuffled batches; `privacy`: DP-SGD (None = ordinary training); `desc`: the progress
+        bar's and the log lines' name. Raises ConfigError for an empty training or validation
+        split, or `lengths` under `privacy` (DP-SGD's guarantee needs its Poisson-sampled batches)."""
         if n_train < 1:
             raise ConfigError("nothing to train on: the training split is empty")
+        if n_valid < 1:
+            raise ConfigError("nothing to validate on: the validation split is empty (early stopping needs it)")
         if lengths is not None and len(lengths) != n_train:
             raise DataError(f"lengths holds {len(lengths)} rows, the training split {n_train}")
-        if lengths is not None and settings.privacy is not None:
+        if lengths is not None and privacy is not None:
             raise ConfigError("length-grouped batches (group_by_length) and differentially private training "
                               "(privacy) do not go together: DP-SGD's privacy accounting needs its own "
                               "Poisson-sampled batches; turn group_by_length off")
-        self.module, self.s = module, settings
-        self.n_train, self.make_batch, self.loss_fn, self.valid_fn = n_train, make_batch, loss_fn, valid_fn
+        self.module, self.s, self.desc = module, settings, desc
+        self.n_train, self.n_valid, self.make_batch, self.loss_fn = n_train, n_valid, make_batch, loss_fn
+        self.valid_loss_fn, self.valid_extra = valid_loss_fn or loss_fn, valid_extra
         self.fingerprint, self.extra = fingerprint, dict(extra or {})
         self.criterion, self.terms, self.probe = criterion, dict(terms or {}), probe
         self.lengths = list(lengths) if lengths is not None else None
@@ -141,17 +197,19 @@ class Trainer:
             no_decay = [p for p in self.params if p.dim() < 2]
             self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                                           {"params": no_decay, "weight_decay": 0.0}],
-                                         lr=settings.lr, betas=settings.betas)
+                                         lr=settings.lr, betas=BETAS)
         else:
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {settings.optimizer!r}")
         self.world = distributed.current()
+        if n_valid < self.world.size:  # a rank without validation rows could not join the sums
+            raise ConfigError(f"{n_valid} validation row(s) for {self.world.size} processes: each needs one")
         self.privacy: Privacy | None = None
-        if settings.privacy is not None:
+        if privacy is not None:
             if self.world.parallel:
                 raise ConfigError("differentially private training runs in one process, not under "
                                   f"torchrun ({self.world.size} processes): the privacy accounting here "
                                   "assumes one sampler; start it without torchrun")
-            self.privacy = Privacy(module, self.opt, settings.privacy, n_train=n_train,
+            self.privacy = Privacy(module, self.opt, privacy, n_train=n_train,
                                    batch_size=settings.batch_size, steps=self.total_steps)
             self.opt = self.privacy.optimizer  # clips, adds noise, then steps the optimiser above
         self.loss_step: Callable[[Any], dict[str, torch.Tensor]] = loss_fn
@@ -192,13 +250,13 @@ class Trainer:
             self._load_checkpoint(ckpt)
             self.result.resumed_from_epoch = self.epoch
         if self.terms and self.shows_progress and not self.done:
-            tqdm.write(f"{s.desc}: " + "; ".join(f"{k} = {v}" for k, v in self.terms.items()))
+            tqdm.write(f"{self.desc}: " + "; ".join(f"{k} = {v}" for k, v in self.terms.items()))
         while not self.done:
             self.epoch += 1
             t0 = time.perf_counter()
             train_losses = self._train_epoch()
             seconds = time.perf_counter() - t0
-            valid = {k: float(v) for k, v in self.valid_fn().items()}
+            valid = self.validate()
             improved = valid[self.criterion] < self.result.best_valid
             if improved:
                 self.result.best_valid, self.result.best_epoch = valid[self.criterion], self.epoch
@@ -223,7 +281,7 @@ class Trainer:
             if self.misses >= s.patience or self.epoch >= s.max_epochs:
                 self.done = True
             if self.shows_progress:
-                tqdm.write(f"{s.desc} epoch {self.epoch}: "
+                tqdm.write(f"{self.desc} epoch {self.epoch}: "
                            + " ".join(f"{k} {v:.4f}" for k, v in train_losses.items())
                            + " | valid " + " ".join(f"{k} {v:.4f}" for k, v in valid.items())
                            + (f" | ε {entry['privacy']['epsilon']:.3f}" if "privacy" in entry else "")
@@ -247,7 +305,7 @@ class Trainer:
         batches = self.epoch_batches() if self.privacy is None else None
         sums: dict[str, float] = {}
         seen = 0
-        bar = tqdm(total=self.steps_per_epoch, desc=f"{s.desc} epoch {self.epoch}/{s.max_epochs}",
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{self.desc} epoch {self.epoch}/{s.max_epochs}",
                    disable=not self.shows_progress, leave=False, dynamic_ncols=True)
         for b in range(self.steps_per_epoch):
             if self.privacy is not None:
@@ -284,6 +342,24 @@ class Trainer:
             totals = distributed.sum_across([sums[k] for k in keys] + [seen])
             sums, seen = dict(zip(keys, totals[:-1])), totals[-1]
         return {k: v / seen for k, v in sums.items()}
+
+    def validate(self) -> dict[str, float]:
+        """The validation losses' means over the `n_valid` rows (each batch's mean weighted by its
+        rows, as the train losses), with `valid_extra`'s additions. Under torchrun each rank takes
+        every world-size-th row and the sums are added across ranks: every rank gets the same numbers."""
+        self.module.eval()
+        sums: dict[str, float] = {}
+        mine = torch.arange(self.world.rank, self.n_valid, self.world.size)  # all rows in one process
+        with torch.no_grad():
+            for start in range(0, len(mine), self.s.batch_size):
+                idx = mine[start:start + self.s.batch_size]
+                for k, v in self.valid_loss_fn(self.make_batch(idx, False)).items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+        if self.world.parallel:
+            keys = list(sums)
+            sums = dict(zip(keys, distributed.sum_across([sums[k] for k in keys])))
+        out = {k: v / self.n_valid for k, v in sums.items()}
+        return self.valid_extra(out) if self.valid_extra is not None else out
 
     def epoch_batches(self) -> list[torch.Tensor]:
         """This epoch's batches of row indices, drawn from the seeded shuffle generator (so a resumed

@@ -49,20 +49,20 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
 import torch
 import torch.nn as nn
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import truncate_tokens
 from feedbackgen.decoding.search import hf_generate_kwargs
 from feedbackgen.decoding.seeds import stream_seed, with_seeds
-from feedbackgen.errors import DataError
+from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.llm.prompts import similar_reviews_line
 from feedbackgen.models.neighbours import NeighbourIndex
@@ -72,7 +72,7 @@ from feedbackgen.models.llm.training import (AUTOCAST, COLLAPSE_MAX_NEW_TOKENS, 
                                              check_collapse, pad_right, set_threads, target_nll)
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
 from feedbackgen.models.text_units import Target, target_column, target_rows
-from feedbackgen.models.trainer import Trainer, TrainSettings
+from feedbackgen.models.trainer import TRAINING_FIELDS, Trainer, TrainingArguments, flat_settings, nest_training
 from feedbackgen.types import GENERATED, FeedbackRequest, provenance
 
 # where the text starts. PEPLER uses GPT-2's <bos>; plain text that any LM reads as "a review
@@ -81,7 +81,14 @@ SEPARATOR = "\nReview:"
 MAX_WORDS = {"explanation": 20, "review": 60}
 
 
+# the Trainer's settings where prompt_lm's differ from `TrainingArguments`' defaults; lr and
+# max_epochs are each phase's (prompt_lr/full_lr, prompt_epochs/full_epochs), not settings of their own
+PROMPT_LM_TRAINING = {"batch_size": 16, "patience": 2}
+PHASED = ("lr", "max_epochs")
+
+
 class PromptLMConfig(StrictModel):
+    phased_training: ClassVar[tuple[str, ...]] = PHASED  # set per phase, not as settings
     model: str = Field(DEFAULT_MODEL, description="base model: smollm2-135m-instruct, a .gguf, a folder or a hub name")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     num_threads: int | None = Field(None, ge=1, le=1024, description="training threads (generation uses the "
@@ -106,18 +113,30 @@ class PromptLMConfig(StrictModel):
     prompt_epochs: int = Field(3, ge=0, le=1000)
     full_lr: float = Field(5e-5, gt=0.0, le=1.0, description="phase 2: everything")
     full_epochs: int = Field(1, ge=0, le=1000)
-    patience: int = Field(2, ge=1, le=1000)
-    batch_size: int = Field(16, ge=1, le=4096)
+    # batches, early stopping, seed, checkpoints (one sub-folder per phase): the Trainer's; each
+    # phase's lr and epochs are the four above (`--set batch_size=...` is `--set training.batch_size=...`)
+    training: TrainingArguments = Field(default_factory=lambda: TrainingArguments(**PROMPT_LM_TRAINING))
     group_by_length: bool = GROUP_BY_LENGTH
     autocast: bool = AUTOCAST
     max_train_samples: int | None = Field(None, ge=1, description="a seeded sample of the training reviews")
     max_valid_samples: int = Field(256, ge=1)
-    seed: int = Field(1, ge=0)
-    checkpoint_dir: str | None = Field(None, description="resumable training state (one sub-folder per phase)")
-    progress: bool = True
     # the collapse check after training (`training.check_collapse`)
     collapse_requests: int = COLLAPSE_REQUESTS
     collapse_max_new_tokens: int = COLLAPSE_MAX_NEW_TOKENS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_training(cls, values: Any) -> Any:
+        return nest_training(values, PROMPT_LM_TRAINING, [f for f in TRAINING_FIELDS if f not in PHASED])
+
+    @model_validator(mode="after")
+    def _phases_own_lr_and_epochs(self) -> PromptLMConfig:
+        defaults = TrainingArguments(**PROMPT_LM_TRAINING)
+        for name in PHASED:
+            if getattr(self.training, name) != getattr(defaults, name):
+                raise ConfigError(f"training.{name}: prompt_lm trains in two phases; set prompt_{name.split('_')[-1]} "
+                                  f"and full_{name.split('_')[-1]} instead")
+        return self
 
     @property
     def words(self) -> int:
@@ -279,27 +298,18 @@ class PromptLM(Generator):
         self.rating_range = (float(ratings.min()), float(ratings.max()))
         self.rating = fit_rating_model(c.rating_model, dataset) if c.rating_head == "none" else None
         if c.max_train_samples and c.max_train_samples < len(train):
-            train = train.sample(c.max_train_samples, seed=c.seed, shuffle=True)
+            train = train.sample(c.max_train_samples, seed=c.training.seed, shuffle=True)
         if c.max_valid_samples < len(valid):
-            valid = valid.sample(c.max_valid_samples, seed=c.seed + 1, shuffle=True)
+            valid = valid.sample(c.max_valid_samples, seed=c.training.seed + 1, shuffle=True)
         self.lm, self.tokenizer = load_causal_lm(c.model, c.device)
-        torch.manual_seed(c.seed)
+        torch.manual_seed(c.training.seed)
         emb = self.lm.get_input_embeddings().weight
         self.prompts = ContinuousPrompts(len(self.users), len(self.items), emb.shape[1], c.rating_head,
                                          float(ratings.mean()), float(emb.detach().std())).to(self._device)
         tr, va = self._encode(train, training=True), self._encode(valid)
         fingerprint = self._fingerprint(train, valid)
 
-        def valid_fn() -> dict[str, float]:
-            self.lm.eval()
-            self.prompts.eval()
-            sums, n = {}, len(va)
-            with torch.no_grad():
-                for start in range(0, n, c.batch_size):
-                    idx = torch.arange(start, min(n, start + c.batch_size))
-                    for k, v in self.losses(self._batch(va, idx)).items():
-                        sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
-            out = {k: v / n for k, v in sums.items()}
+        def valid_extra(out: dict[str, float]) -> dict[str, float]:
             if "mse_rating" in out:  # PEPLER early-stops on the unweighted sum
                 out["criterion"] = out["nll_text"] + out["mse_rating"]
             return out
@@ -313,15 +323,14 @@ class PromptLM(Generator):
             for p in self.lm.parameters():
                 p.requires_grad_(phase == "full")
             module = nn.ModuleDict({"prompts": self.prompts, "lm": self.lm}) if phase == "full" else self.prompts
-            settings = TrainSettings(
-                optimizer="adamw", lr=lr, weight_decay=0.0, schedule="cosine", warmup_steps=0, clip=1.0,
-                batch_size=c.batch_size, max_epochs=epochs, patience=c.patience, seed=c.seed,
-                checkpoint_dir=str(Path(c.checkpoint_dir) / phase) if c.checkpoint_dir else None,
-                progress=c.progress, desc=f"prompt_lm [{phase}]")
+            folder = c.training.checkpoint_dir
+            settings = c.training.model_copy(update={"lr": lr, "max_epochs": epochs,
+                                                     "checkpoint_dir": str(Path(folder) / phase) if folder else None})
             view = TrainableView(module)
-            trainer = Trainer(view, settings, n_train=len(tr),
-                              make_batch=lambda idx, _train: self._batch(tr, idx, c.id_dropout),
-                              loss_fn=self.losses, valid_fn=valid_fn, fingerprint=f"{fingerprint}-{phase}",
+            trainer = Trainer(view, settings, n_train=len(tr), n_valid=len(va), desc=f"prompt_lm [{phase}]",
+                              make_batch=lambda idx, train: (self._batch(tr, idx, c.id_dropout) if train
+                                                             else self._batch(va, idx)),
+                              loss_fn=self.losses, valid_extra=valid_extra, fingerprint=f"{fingerprint}-{phase}",
                               criterion=criterion, terms=terms,
                               lengths=[2 + len(r["prefix"]) + len(r["tokens"]) for r in tr] if c.group_by_length
                               else None)
@@ -344,7 +353,7 @@ class PromptLM(Generator):
 
     def _fingerprint(self, train: pl.DataFrame, valid: pl.DataFrame) -> str:
         skip = {"checkpoint_dir", "progress", "num_threads"} | COLLAPSE_SETTINGS
-        h = hashlib.sha256(json.dumps({k: v for k, v in self.config.model_dump().items() if k not in skip},
+        h = hashlib.sha256(json.dumps({k: v for k, v in flat_settings(self.config).items() if k not in skip},
                                       sort_keys=True).encode())
         col = target_column(self.config.target)
         for df in (train, valid):

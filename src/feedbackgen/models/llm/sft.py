@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import ConfigError, DataError
@@ -69,8 +69,11 @@ from feedbackgen.models.llm.training import (AUTOCAST, COLLAPSE_MAX_NEW_TOKENS, 
                                              check_collapse, pad_right, set_threads, target_nll)
 from feedbackgen.models.rating import fit_rating_model
 from feedbackgen.models.text_units import target_rows
-from feedbackgen.models.trainer import Trainer, TrainSettings
+from feedbackgen.models.trainer import Trainer, TrainingArguments, flat_settings, nest_training
 from feedbackgen.types import FeedbackRequest
+
+# the Trainer's settings where sft's differ from `TrainingArguments`' defaults
+SFT_TRAINING = {"lr": 2e-4, "batch_size": 8, "max_epochs": 1, "patience": 2}
 
 
 class SFTConfig(PromptConfig):
@@ -88,24 +91,22 @@ class SFTConfig(PromptConfig):
     lora_layers: int | None = Field(None, ge=1, le=1024, description="adapt only the top N decoder layers "
                                     "(None = all): backward then runs through those N only")
     merge: bool = Field(False, description="also save the model with the adapters merged in (merged/)")
-    # optimisation
-    lr: float = Field(2e-4, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps (LoRA's B starts at zero: none needed)")
-    batch_size: int = Field(8, ge=1, le=4096)
-    max_epochs: int = Field(1, ge=1, le=1000)
-    patience: int = Field(2, ge=1, le=1000)
+    # optimisation, batches, epochs, early stopping, seed, checkpoints (adapters only): the Trainer's
+    # (no warm-up by default: LoRA's B starts at zero); `--set lr=...` is `--set training.lr=...`
+    training: TrainingArguments = Field(default_factory=lambda: TrainingArguments(**SFT_TRAINING))
     max_length: int = Field(768, ge=32, le=32768, description="longest training sequence in tokens (cut from the left)")
     group_by_length: bool = GROUP_BY_LENGTH
     autocast: bool = AUTOCAST
     max_train_samples: int | None = Field(None, ge=1, description="a seeded sample of the training reviews")
     max_valid_samples: int = Field(128, ge=1, description="validation reviews scored after each epoch")
-    seed: int = Field(1, ge=0)
-    checkpoint_dir: str | None = Field(None, description="resumable training state (adapters only)")
-    progress: bool = True
     # the collapse check after training (`training.check_collapse`)
     collapse_requests: int = COLLAPSE_REQUESTS
     collapse_max_new_tokens: int = COLLAPSE_MAX_NEW_TOKENS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_training(cls, values: Any) -> Any:
+        return nest_training(values, SFT_TRAINING)
 
 
 @register
@@ -123,7 +124,7 @@ class LoRASFT(LLMUser):
     def _sample(self, df, n: int | None, salt: int):
         if n is None or n >= len(df):
             return df
-        return df.sample(n, seed=self.config.seed + salt, shuffle=True)
+        return df.sample(n, seed=self.config.training.seed + salt, shuffle=True)
 
     def encode(self, df) -> list[tuple[list[int], list[int]]]:
         """(input ids, labels) per row: the chat prompt (labels ignored) then the answer and <eos>."""
@@ -169,7 +170,7 @@ class LoRASFT(LLMUser):
         self.history = ReviewHistory.from_dataset(dataset, c.target, c.embedding_model)
         self.rating = fit_rating_model(c.rating_model, dataset)
         self.rating_range = self.rating.rating_range
-        torch.manual_seed(c.seed)
+        torch.manual_seed(c.training.seed)
         lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                           target_modules=c.target_modules, task_type="CAUSAL_LM", layers_to_transform=layers)
         self.lm = get_peft_model(base, lora)
@@ -179,25 +180,14 @@ class LoRASFT(LLMUser):
             nll = self.answer_nll(batch)
             return {"loss": nll, "nll_answer": nll}
 
-        def valid_fn():
-            # the same average as the trainer's train losses: batch means, weighted by the batch's rows
-            self.lm.eval()
-            total = 0.0
-            with torch.no_grad():
-                for start in range(0, len(va), c.batch_size):
-                    idx = torch.arange(start, min(len(va), start + c.batch_size))
-                    total += float(self.answer_nll(self._batch(va, idx))) * len(idx)
-            nll = total / len(va)
-            return {"loss": nll, "nll_answer": nll, "perplexity": math.exp(min(nll, 50))}
+        def valid_extra(out: dict[str, float]) -> dict[str, float]:
+            return {**out, "perplexity": math.exp(min(out["nll_answer"], 50))}
 
-        settings = TrainSettings(optimizer="adamw", lr=c.lr, weight_decay=c.weight_decay, schedule="cosine",
-                                 warmup_steps=c.warmup_steps, clip=1.0, batch_size=c.batch_size,
-                                 max_epochs=c.max_epochs, patience=c.patience, seed=c.seed,
-                                 checkpoint_dir=c.checkpoint_dir, progress=c.progress, desc="sft")
-        trainer = Trainer(TrainableView(self.lm), settings, n_train=len(tr),
-                          make_batch=lambda idx, _train: self._batch(tr, idx), loss_fn=loss_fn,
-                          valid_fn=valid_fn, fingerprint=self._fingerprint(train, valid), terms=self.loss_terms(),
-                          lengths=[len(ids) for ids, _ in tr] if c.group_by_length else None)
+        trainer = Trainer(TrainableView(self.lm), c.training, n_train=len(tr), n_valid=len(va),
+                          make_batch=lambda idx, train: self._batch(tr if train else va, idx), loss_fn=loss_fn,
+                          valid_extra=valid_extra, fingerprint=self._fingerprint(train, valid),
+                          terms=self.loss_terms(), lengths=[len(ids) for ids, _ in tr] if c.group_by_length else None,
+                          desc="sft")
         result = trainer.fit()
         self.training_log = result.log
         self.lm.eval()
@@ -245,7 +235,7 @@ class LoRASFT(LLMUser):
 
     def _fingerprint(self, train, valid) -> str:
         skip = {"checkpoint_dir", "progress", "num_threads", "merge"} | COLLAPSE_SETTINGS
-        cfg = {k: v for k, v in self.config.model_dump().items() if k not in skip}
+        cfg = {k: v for k, v in flat_settings(self.config).items() if k not in skip}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
         for df in (train, valid):
             h.update(df.select("user_id", "item_id", "rating", self._column).write_csv().encode())

@@ -107,7 +107,7 @@ COLLAPSE_SETTINGS = frozenset({"collapse_requests", "collapse_max_new_tokens"})
 def check_collapse(generator, valid: pl.DataFrame, kept: dict[str, Any], n_train: int,
                    epochs: int) -> dict[str, Any]:
     """The collapse signal of the trained `generator` (a fitted LM generator whose config has
-    `collapse_requests`, `collapse_max_new_tokens` and `seed`): at most `collapse_requests`
+    `collapse_requests`, `collapse_max_new_tokens` and `training.seed`): at most `collapse_requests`
     requests of `valid` (the validation rows), sampled with `seed`, decoded greedily to
     `collapse_max_new_tokens` new tokens each.
 
@@ -116,7 +116,7 @@ def check_collapse(generator, valid: pl.DataFrame, kept: dict[str, Any], n_train
     peter does. Returns the signal (a dict, see `collapse.signal`)."""
     c = generator.config
     generator.is_fitted = True  # generate_text refuses an unfitted model
-    requests = collapse.sample_requests(valid, c.seed, c.collapse_requests)
+    requests = collapse.sample_requests(valid, c.training.seed, c.collapse_requests)
     sig = collapse.announce(generator.name, collapse.probe(generator, requests, c.collapse_max_new_tokens),
                             n_train, epochs)
     kept["collapse"] = sig

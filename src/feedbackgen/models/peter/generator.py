@@ -82,7 +82,7 @@ from feedbackgen.models.peter.model import MAX_NEW_TOKENS, PETER, PeterConfig, P
 from feedbackgen.models.peter.rag import PREFIX as RAG_PREFIX, RagContext
 from feedbackgen.models.privacy import PrivacySettings, default_delta
 from feedbackgen.models.text_units import target_column, target_rows
-from feedbackgen.models.trainer import Trainer, TrainSettings, read_checkpoint_extra
+from feedbackgen.models.trainer import Trainer, flat_settings, read_checkpoint_extra
 from feedbackgen.models.vocab import BOS, EOS, PAD, Vocab
 from feedbackgen.types import GENERATED, FeedbackRequest, provenance
 
@@ -161,7 +161,8 @@ class Peter(Generator):
         skip = {"checkpoint_dir", "progress", "num_threads"}
         if self.config.dp_epsilon is None:  # so that checkpoints from before DP existed still resume
             skip |= {"dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_accountant", "dp_seed"}
-        cfg = {k: v for k, v in self.config.model_dump().items() if k not in skip}
+        # by the flat names, as before the training settings were nested: old checkpoints still resume
+        cfg = {k: v for k, v in flat_settings(self.config).items() if k not in skip}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         cols = ["user_id", "item_id", "rating", target_column(self.config.target)]
         if self.config.use_aspect:
@@ -185,7 +186,7 @@ class Peter(Generator):
             raise DataError(f"peter needs non-empty train and valid splits with a {c.target} text "
                             f"(got {len(train)} and {len(valid)} rows)")
         fingerprint = self._fingerprint(train, valid)
-        saved = read_checkpoint_extra(c.checkpoint_dir)
+        saved = read_checkpoint_extra(c.training.checkpoint_dir)
         if saved is not None and saved.get("fingerprint") == fingerprint:
             self.vocab = Vocab.from_str(saved["vocab"])  # a BPE vocabulary may differ when retrained
         elif c.vocab == "word":
@@ -200,51 +201,34 @@ class Peter(Generator):
         if c.rag_k:
             texts = [" ".join(t) for t in self._sentences(train)]
             self.rag = RagContext.fit(train, texts, self.users, self.items, c)
-        torch.manual_seed(c.seed)
+        torch.manual_seed(c.training.seed)
         self.model = PETER(self._shape(), float(ratings.mean()) if len(ratings) else 0.0)
         tr, va = self._encode(train, leave_out=True), self._encode(valid)
         weights = (c.text_weight, c.context_weight, c.rating_weight)
 
-        def valid_fn() -> dict[str, float]:
-            self.model.eval()
-            sums, n = {}, len(valid)
-            mine = torch.arange(world.rank, n, world.size)  # this rank's rows (all of them in one process)
-            with torch.no_grad():
-                for start in range(0, len(mine), c.batch_size):
-                    idx = mine[start:start + c.batch_size]
-                    for k, v in self.model.losses(self._batch(va, idx), weights).items():
-                        sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
-            if world.parallel:  # every rank then decides on the same numbers
-                keys = ["loss", "nll_text", "nll_context", "mse_rating"]
-                sums = dict(zip(keys, distributed.sum_across([sums.get(k, 0.0) for k in keys])))
-            out = {k: v / n for k, v in sums.items()}
-            out["criterion"] = out["nll_text"] + out["mse_rating"]  # the reference's early-stopping sum
-            return out
+        def valid_extra(out: dict[str, float]) -> dict[str, float]:
+            return {**out, "criterion": out["nll_text"] + out["mse_rating"]}  # the reference's early-stopping sum
 
         # the collapse signal after every epoch: greedy decoding of 200 rows costs well under a second
-        probe_requests = collapse.sample_requests(valid, c.seed)
+        probe_requests = collapse.sample_requests(valid, c.training.seed)
 
         def probe() -> dict[str, Any]:
             self.is_fitted = True  # generate_text refuses an unfitted model; set for good below
             return collapse.probe(self, probe_requests, self.max_text_tokens)
 
-        settings = TrainSettings(
-            optimizer=c.optimizer, lr=c.lr, weight_decay=c.weight_decay, schedule=c.schedule,
-            warmup_steps=c.warmup_steps, lr_decay=c.lr_decay, clip=c.clip, batch_size=c.batch_size,
-            max_epochs=c.max_epochs, patience=c.patience, seed=c.seed, checkpoint_dir=c.checkpoint_dir,
-            progress=c.progress, desc="peter")
         per_row = c.dp_epsilon is not None
-        if per_row:
-            settings.privacy = PrivacySettings(
-                epsilon=c.dp_epsilon, delta=c.dp_delta if c.dp_delta is not None else default_delta(len(train)),
-                max_grad_norm=c.dp_max_grad_norm, accountant=c.dp_accountant, seed=c.dp_seed)
-        trainer = Trainer(self.model, settings, n_train=len(train),
-                          make_batch=lambda idx, _train: self._batch(tr, idx, c.id_dropout),
+        privacy = PrivacySettings(
+            epsilon=c.dp_epsilon, delta=c.dp_delta if c.dp_delta is not None else default_delta(len(train)),
+            max_grad_norm=c.dp_max_grad_norm, accountant=c.dp_accountant, seed=c.dp_seed) if per_row else None
+        trainer = Trainer(self.model, c.training, n_train=len(train), n_valid=len(valid),
+                          make_batch=lambda idx, train: (self._batch(tr, idx, c.id_dropout) if train
+                                                         else self._batch(va, idx)),
                           loss_fn=lambda b: self.model.losses(b, weights, c.label_smoothing, per_row),
-                          valid_fn=valid_fn,
+                          valid_loss_fn=lambda b: self.model.losses(b, weights), valid_extra=valid_extra,
                           fingerprint=fingerprint,
                           extra={"fingerprint": fingerprint, "vocab": self.vocab.to_str()},
-                          criterion="criterion", terms=self.loss_terms(), probe=probe)
+                          criterion="criterion", terms=self.loss_terms(), probe=probe, privacy=privacy,
+                          desc="peter")
         result = trainer.fit()
         self.training_log = result.log
         self.privacy = result.privacy

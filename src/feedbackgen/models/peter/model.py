@@ -76,6 +76,7 @@ from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.decoding.search import Step, decode, logits_processors
 from feedbackgen.errors import ConfigError
 from feedbackgen.models.text_units import Target
+from feedbackgen.models.trainer import TRAINING_FIELDS, TrainingArguments, nest_training
 from feedbackgen.models.vocab import BOS, EOS, PAD, UNK
 
 # -- configuration -------------------------------------------------------------------------------
@@ -134,18 +135,6 @@ class PeterConfig(StrictModel):
     rating_weight: float = Field(0.1, ge=0.0, le=100.0)
     label_smoothing: float = Field(None, ge=0.0, lt=1.0, description="on the text loss")
     id_dropout: float = Field(None, ge=0.0, le=0.5, description="share of training IDs replaced by 'unknown'")
-    # optimisation
-    optimizer: Literal["sgd", "adamw"] = None
-    lr: float = Field(None, gt=0.0, le=100.0)
-    weight_decay: float = Field(None, ge=0.0, le=1.0)
-    schedule: Literal["plateau", "cosine"] = None
-    lr_decay: float = Field(None, gt=0.0, le=1.0, description="plateau: lr factor after a miss")
-    warmup_steps: int = Field(None, ge=0, le=1_000_000)
-    clip: float = Field(None, ge=0.0, le=1000.0, description="gradient-norm clip (0 = off)")
-    batch_size: int = Field(None, ge=1, le=65536)
-    max_epochs: int = Field(None, ge=1, le=10000)
-    patience: int = Field(None, ge=1, le=1000, description="epochs without improvement before stopping")
-    seed: int = Field(1, ge=0)
     # differential privacy (DP-SGD with opacus)
     dp_epsilon: float | None = Field(None, gt=0.0, le=1000.0,
                                      description="train with DP-SGD spending at most this ε (None = no DP)")
@@ -156,9 +145,10 @@ class PeterConfig(StrictModel):
     dp_accountant: Literal["rdp", "prv"] = Field("rdp", description="DP: opacus's privacy accountant")
     dp_seed: int | None = Field(None, ge=0, description="DP: seed of the noise and the batch sampling "
                                 "(None = from the OS; a known seed voids the guarantee: tests only)")
+    # optimisation, batches, epochs, early stopping, seed, checkpoints: the Trainer's, with the
+    # preset's values where not given (`--set lr=...` and `--set training.lr=...` are one setting)
+    training: TrainingArguments = Field(default_factory=TrainingArguments)
     # running
-    checkpoint_dir: str | None = Field(None, description="resumable training state, written every epoch")
-    progress: bool = True
     num_threads: int | None = Field(None, ge=1, le=1024, description="torch threads (None = torch's choice)")
 
     @model_validator(mode="before")
@@ -166,12 +156,14 @@ class PeterConfig(StrictModel):
     def _fill_from_preset(cls, values: Any) -> Any:
         if not isinstance(values, dict):
             return values
-        values = dict(values)
+        values = nest_training(values)
+        training = values["training"]
         preset = values.get("preset") or "default"
         if preset in PRESETS:
             for key, value in PRESETS[preset].items():
-                if values.get(key) is None:
-                    values[key] = value
+                where = training if key in TRAINING_FIELDS else values
+                if where.get(key) is None:
+                    where[key] = value
         if values.get("max_words") is None:
             values["max_words"] = MAX_WORDS.get(values.get("target") or "explanation", 20)
         if values.get("dp_epsilon") is not None and values.get("dp_max_grad_norm") is None:
