@@ -121,7 +121,8 @@ def test_self_preference_is_measured_against_the_real_places():
     simulated = np.stack([np.full(200, p) for p in (0.20, 0.15, 0.40)])
     scores = np.stack([real, real, real, simulated], axis=2)
     result = summarise(["a", "b", "c"], ["x", "y", "c"], scores, k=10, seed=1, own=["c"], n_users=200)
-    assert result["self_preference"] == [{"recommender": "c", "real_place": 3, "simulated_place": 1, "moved_up": 2}]
+    assert result["self_preference"] == [{"recommender": "c", "real_place": 3, "simulated_place": 1, "moved_up": 2,
+                                          "passed_better": 2}]
     assert result["ordered_right"] == 1 and result["significant_pairs"] == 3  # only a > b kept its order
 
 
