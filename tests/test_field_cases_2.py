@@ -145,8 +145,13 @@ def judged(a4r, cases, tmp_path_factory) -> dict:
     files = [cases / "17-rank-conventions" / name for name in
              ("ranked_1based.csv", "ranked_0based.csv", "score_in_rank_column.csv", "scored_unsorted.csv")]
     files += [cases / "16-recs-other-layouts" / name for name in ("ms_recommenders.csv", "lenskit.csv", "elliot.tsv")]
+    # the reference as pandas writes ids beside a missing value: floats (0.0, 282.0), in Parquet
+    import polars as pl
+
+    floats = padded.with_name("as_floats.parquet")
+    pl.read_csv(files[0]).with_columns(pl.col("user_id", "item_id").cast(pl.Float64)).write_parquet(floats)
     files += [cases / "15-recbole-internal-ids" / "recbole_external.csv",
-              cases / "19-history-echo" / "ease_unfiltered.csv", padded]
+              cases / "19-history-echo" / "ease_unfiltered.csv", padded, floats]
     return verdicts(a4r, files)
 
 
@@ -189,6 +194,16 @@ def test_16_other_tools_layouts_are_read_or_mapped(a4r, cases, judged, tmp_path)
     assert same_verdict(got, reference)
     got = verdict(a4r, swapped, "--map", "user_id=3", "--map", "item_id=2", "--map", "rank=1")
     assert same_verdict(got, reference)
+
+
+def test_ids_written_as_floats_are_read_or_named(a4r, judged, tmp_path):
+    assert same_verdict(judged["as_floats"], judged["ranked_1based"])
+    as_text = tmp_path / "as_text.csv"  # the same floats as CSV text: refused, naming the cause
+    import polars as pl
+
+    pl.read_parquet(judged["as_floats"]["check"]["source"]).write_csv(as_text)
+    code, said = simulate(a4r, as_text)
+    assert code == 1 and "its ids are written as decimals (1.0)" in said, said
 
 
 def test_17_rank_conventions_are_detected(judged):

@@ -246,6 +246,9 @@ def read_recommendations(source: str | Path | pl.DataFrame, dataset: Dataset, k:
     check = RecommendationsCheck(name or (Path(where).stem if where != "<table>" else "recommendations"),
                                  where, rows=len(df), header=header)
     df, check.columns = _name_columns(df, mapping, header, where)
+    # ids are text; a float column of whole numbers (pandas writes ints beside a NaN as 1.0) is read as ints
+    df = df.with_columns([pl.col(c).cast(pl.Int64) for c in ("user_id", "item_id")
+                          if df.schema[c].is_float() and df[c].drop_nulls().eq(df[c].drop_nulls().floor()).all()])
     df = df.with_row_index("row").with_columns(pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8))
     df, good_rank = _ranks(df, check)
     good_ids = (pl.col("user_id").is_not_null() & (pl.col("user_id").str.strip_chars() != "")
@@ -310,6 +313,8 @@ def _likely_cause(df: pl.DataFrame, dataset: Dataset) -> str:
     file_users, file_items = set(df["user_id"].to_list()), set(df["item_id"].to_list())
     if len(file_users & items) > len(file_users & users) and len(file_items & users) > len(file_items & items):
         return "the user and item columns look swapped (name them with --map user_id=COLUMN --map item_id=COLUMN)"
+    if any(i.endswith(".0") for i in list(file_items)[:1000]) and {i.removesuffix(".0") for i in file_items} & items:
+        return "its ids are written as decimals (1.0): write them as the dataset does (1)"
     if all(i.isdigit() for i in list(file_items)[:1000]) and not all(i.isdigit() for i in list(items)[:1000]):
         return ("its ids are integers where the dataset's are not: probably another tool's internal ids "
                 "(RecBole: convert with dataset.id2token; LightGCN: user_list.txt/item_list.txt)")
