@@ -222,3 +222,17 @@ def test_events_need_the_api_key_like_every_v1_call(mi_small, ease, tmp_path):
         assert c.post("/v1/events", json=event).status_code == 401
         r = c.post("/v1/events", json=event, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code in (200, 503), r.text  # 503 only while the models load
+
+
+def test_without_a_dataset_the_calls_candidates_are_ranked_as_given(served_models, known_pairs):
+    from fastapi.testclient import TestClient
+
+    user = known_pairs[0][0]
+    items = sorted({i for _, i in known_pairs[:6]})
+    with TestClient(create_app({"popular": served_models["popular"]})) as c:
+        while c.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        r = c.post("/v1/recommend", json={"user_id": user, "k": 3, "candidates": items, "with_feedback": False})
+        assert r.status_code == 200, r.text
+        assert r.json()["exclude"] == "none" and len(r.json()["items"]) == min(3, len(items))
+        assert c.post("/v1/recommend", json={"user_id": user, "k": 3}).json()["field"] == "candidates"

@@ -119,7 +119,7 @@ class Pool:
     (or per model, without a dataset): the items (sorted by id), their train interaction counts
     (the tie-break), the users who have train interactions, and each user's items per split."""
 
-    def __init__(self, items: Sequence[str], popularity: np.ndarray, train_users: set[str],
+    def __init__(self, items: Sequence[str], popularity: np.ndarray, train_users: set[str] | None,
                  by_split: dict[str, dict[str, np.ndarray]]):
         self.items = np.array(items, dtype=object)
         self.index = {item: n for n, item in enumerate(self.items)}
@@ -214,12 +214,13 @@ def ranked_rows(model: Any, user_ids: Sequence[str], k: int = 10, *, exclude: st
     check_exclude(exclude)
     history = history or {}
     is_choice = isinstance(model, ChoiceModel)
-    if dataset is None:
-        if not is_choice or exclude not in ("none", "train"):
+    if is_choice:
+        model.check_fitted()
+    if dataset is None:  # a choice model knows its train matrix; a generator, only the given candidates
+        if exclude not in (("none", "train") if is_choice else ("none",)) or not (is_choice or candidates):
             raise FeedbackgenError(f"ranking with exclude={exclude!r}" + ("" if is_choice else " by a generator")
                                    + " needs the dataset (dataset=...)")
-        model.check_fitted()
-        pool = Pool.of_model(model)
+        pool = Pool.of_model(model) if is_choice else Pool([], np.zeros(0), None, {})
     else:
         pool = pool_of(dataset)
     rows: list[tuple[str, int, str, float]] = []
@@ -283,7 +284,7 @@ def _rating_scores(model: Any, pool: Pool, users: list[str], lists: list[tuple],
                    history: Mapping[str, Sequence[str]]) -> list[np.ndarray]:
     """Predicted ratings of a generator for its known users; an unknown user's candidates are
     scored by their popularity (the generator's rating for someone it never saw says nothing)."""
-    known = [n for n, u in enumerate(users) if u in pool.train_users]
+    known = [n for n, u in enumerate(users) if pool.train_users is None or u in pool.train_users]
     flat_users = [users[n] for n in known for _ in range(len(lists[n][0]))]
     flat_items = [i for n in known for i in lists[n][0]]
     scores = score_pairs(model, flat_users, flat_items)

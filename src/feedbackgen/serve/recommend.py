@@ -141,7 +141,8 @@ async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
     history = list(dict.fromkeys([*(svc.events.items_of(user) if svc.events and call.user_id else []),
                                   *(call.history or [])]))
     warnings = unknown_warnings(svc, call, history)
-    exclude = call.exclude or svc.config.exclude
+    # without a dataset there is no split to mask by: the call's candidates are ranked as given
+    exclude = (call.exclude or svc.config.exclude) if svc.dataset is not None else "none"
     ranker = svc.ranker.model if svc.ranker else served.generator
     rank = partial(ranked_rows, ranker, [user], call.k, exclude=exclude, dataset=svc.dataset,
                    history={user: history} if history else None,
