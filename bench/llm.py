@@ -72,6 +72,7 @@ from pathlib import Path  # noqa: E402
 
 from machine import cpu_model  # bench/machine.py
 
+from feedbackgen.config import key_values
 from feedbackgen.tables import number
 
 ROWS = ["retrieval", "peter (default)", "llm zero-shot", "llm few-shot", "sft (LoRA)", "prompt_lm"]
@@ -92,19 +93,14 @@ def load_data(args):
 
 
 def parse_sets(pairs: list[str] | None) -> dict[str, dict]:
-    """`ROW:key=value` pairs as {row slug: {key: value}}, each value read as JSON when it parses."""
-    import json
-
+    """`ROW:key=value` pairs as {row slug: {key: value}}, each value read as JSON when it parses
+    (`feedbackgen.config.key_values`)."""
     out: dict[str, dict] = {}
     for pair in pairs or []:
         row, _, setting = pair.partition(":")
-        key, eq, value = setting.partition("=")
-        if row not in SLUG.values() or not eq:
+        if row not in SLUG.values() or "=" not in setting:
             raise SystemExit(f"--set {pair!r}: expected ROW:key=value with ROW one of {', '.join(SLUG.values())}")
-        try:
-            out.setdefault(row, {})[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out.setdefault(row, {})[key] = value
+        out.setdefault(row, {}).update(key_values([setting]))
     return out
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from machine import cpu_model  # bench/machine.py
 
+from feedbackgen.config import key_values
 from feedbackgen.tables import number
 
 ROWS = {
@@ -141,7 +142,7 @@ def run_row(name: str, args) -> dict:
     cfg = dict(cfg)
     if kind == "peter":
         cfg["progress"] = False
-        cfg.update(parse_settings(args.set))
+        cfg.update(key_values(args.set or []))
         if args.epochs:
             cfg["max_epochs"] = args.epochs
     ds = load_data(args)
@@ -175,18 +176,6 @@ def run_row(name: str, args) -> dict:
 
 
 # -- the table -----------------------------------------------------------------------------------
-
-def parse_settings(pairs: list[str] | None) -> dict:
-    """`key=value` pairs, each value read as JSON when it parses (numbers, true/false), else text."""
-    out = {}
-    for pair in pairs or []:
-        key, _, value = pair.partition("=")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
 
 def score(result: dict, ds, feature_set, copies) -> dict:
     from feedbackgen.data.text import tokenize

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from feedbackgen.batch import read_requests, requests_from_split, run_generation
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import DataError, FeedbackgenError
-from feedbackgen.batch import read_requests, requests_from_split, run_generation
 from feedbackgen.models import create
 
 
@@ -13,23 +13,39 @@ def popular(mi_small):
     return create("popular").fit(mi_small)
 
 
-def test_generation_resumes_without_redoing_finished_shards(mi_small, popular, tmp_path):
-    from feedbackgen.config import Decoding
-    from feedbackgen.batch.jobs import _job_identity
+class KilledAfter:
+    """`model`, killed (KeyboardInterrupt, as Ctrl-C) when asked for more than `calls` batches."""
 
+    def __init__(self, model, calls: int):
+        self.model, self.calls = model, calls
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def generate(self, requests, decoding=None):
+        if self.calls == 0:
+            raise KeyboardInterrupt
+        self.calls -= 1
+        return self.model.generate(requests, decoding)
+
+
+def test_generation_resumes_without_redoing_finished_shards(mi_small, popular, tmp_path):
     reqs = requests_from_split(mi_small, "test")
     full = run_generation(popular, reqs, tmp_path / "full.jsonl", shard_size=16, progress=False)
     lines = full.read_text().splitlines()
     assert [(json.loads(x)["user_id"], json.loads(x)["item_id"]) for x in lines] == \
         [(r.user_id, r.item_id) for r in reqs]
-    # what a run killed after its first shard leaves behind: job.json and shard 0 (marked, so we
-    # can see it is reused rather than regenerated)
+    # a run killed after its first shard leaves its parts behind: job.json and shard 0 (marked, so
+    # we can see it is reused rather than regenerated)
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(KilledAfter(popular, 1), reqs, tmp_path / "resumed.jsonl", shard_size=16, progress=False)
     parts = tmp_path / "resumed.jsonl.parts"
-    parts.mkdir()
-    (parts / "job.json").write_text(json.dumps(_job_identity("popular", reqs, Decoding(), 16)))
-    first = [json.loads(x) for x in lines[:16]]
+    assert sorted(p.name for p in parts.iterdir()) == ["job.json", "shard-00000.jsonl"]
+    shard = parts / "shard-00000.jsonl"
+    first = [json.loads(x) for x in shard.read_text().splitlines()]
+    assert [json.dumps(r) for r in first] == [json.dumps(json.loads(x)) for x in lines[:16]]
     first[0]["meta"]["marker"] = "from the killed run"
-    (parts / "shard-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first))
+    shard.write_text("".join(json.dumps(r) + "\n" for r in first))
     resumed = run_generation(popular, reqs, tmp_path / "resumed.jsonl", model_id="popular",
                              shard_size=16, progress=False)
     got = resumed.read_text().splitlines()

@@ -13,7 +13,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "feedbackgen"
 # Bottom to top. Modules of one layer may import each other; a package not named here fails the
 # test, so a new package has to be given its place.
 LAYERS: list[tuple[str, ...]] = [
-    ("types", "errors", "config", "io", "tables"),  # shared vocabulary, settings, atomic files, tables
+    # shared vocabulary, settings, atomic files, tables and numbers, what "collapsed" means
+    ("types", "errors", "config", "io", "tables", "collapse"),
     ("pretrained", "embeddings"),          # pretrained resources (downloads, sentence vectors)
     ("data",),
     ("features",),

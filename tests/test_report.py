@@ -298,6 +298,19 @@ def test_one_text_for_every_request_is_marked_collapsed(dataset, tmp_path):
     assert "| stuck (collapsed*) |" in md and "\\* collapsed" in md and "| copy |" in md
 
 
+def test_training_and_the_report_call_the_same_texts_collapsed():
+    from feedbackgen.evaluation.scoring import collapse as report_collapse
+    from feedbackgen.models.collapse import signal as training_signal
+
+    one_text = ["great strings"] * 6 + [f"fine tuner {i}" for i in range(4)]  # USR 0.5, no loop, one text 60 %
+    loops = ["i i i love it"] * 3 + ["ok"]  # 4 texts: too few for the top share, but 75 % loop
+    healthy = [f"good {i}" for i in range(12)]
+    for texts, collapsed in ((one_text, True), (loops, True), (healthy, False)):
+        assert training_signal(texts)["collapsed"] is collapsed
+        assert report_collapse(texts, None)["collapsed"] is collapsed
+    assert not report_collapse(one_text[:9], None)["collapsed"]  # under 10 texts the top share is not judged
+
+
 def test_report_at_80_columns_shows_every_number_whole(report):
     out, _ = report
     env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -100,19 +101,36 @@ def field_help(model_cls: type[BaseModel], name: str) -> str:
     return (field.description or name.replace("_", " ")) + field_range(field.metadata)
 
 
-def parse_set_options(pairs: list[str]) -> dict[str, Any]:
-    """Turn `--set key=value` pairs into a dict; values are parsed as JSON when they parse."""
+def key_values(pairs: Iterable[str], option: str = "--set", form: str = "key=value", *,
+               json_values: bool = True) -> dict[str, Any]:
+    """`key=value` pairs, as typed after `option`, as a dict (the last of a key wins): keys
+    stripped; with `json_values` a value is read as JSON when it parses (numbers, true, null,
+    lists), else kept as text; without, it is stripped text. The one parser of such pairs (--set,
+    --map, the benches'); ConfigError "`option` expects `form`, got ..." for a pair without "="."""
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"{option} expects {form}, got {pair!r}")
         key, raw = pair.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+        if json_values:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        else:
+            value = raw.strip()
         out[key.strip()] = value
     return out
+
+
+def parse_set_options(pairs: list[str]) -> dict[str, Any]:
+    """Turn `--set key=value` pairs into a dict; values are parsed as JSON when they parse."""
+    return key_values(pairs)
+
+
+def column_mapping(pairs: list[str]) -> dict[str, str] | None:
+    """`--map ours=theirs` pairs (our column name = the file's) as a dict; None for none."""
+    return key_values(pairs, "--map", "ours=theirs (e.g. user_id=reviewer)", json_values=False) or None
 
 
 def load_config_file(path: str | Path | None) -> dict[str, Any]:

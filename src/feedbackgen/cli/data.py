@@ -9,24 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from feedbackgen.cli.app import app, err
+from feedbackgen.config import column_mapping, load_config_file, parse_set_options
 from feedbackgen.data.prepare_config import prepare_settings_help
-from feedbackgen.errors import FeedbackgenError
 
 FORMATS = ("amazon2014 | amazon2018 | amazon2023 | yelp | peter | recbole | movielens (ML-100K/1M/10M/20M+ folder "
            "or files; ratings only) | lightgcn (train.txt/valid.txt/test.txt, one line per user; interactions "
            "only) | csv | jsonl | parquet")
-
-
-def _mapping(pairs: list[str]) -> dict[str, str] | None:
-    if not pairs:
-        return None
-    mapping = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise FeedbackgenError(f"--map expects ours=theirs (e.g. user_id=reviewer), got {pair!r}")
-        ours, theirs = pair.split("=", 1)
-        mapping[ours.strip()] = theirs.strip()
-    return mapping
 
 
 # every PrepareConfig field, rendered from the model so that the help never falls behind it
@@ -65,12 +53,11 @@ def prepare(
     interactions only: `feedbackgen prepare agent4rec/ --format lightgcn --meta agent4rec/movie_detail.csv
     --map item_id=movie_id --out data/a4r`. Text-only steps skip such data and say so.
     """
-    from feedbackgen.config import load_config_file, parse_set_options
     from feedbackgen.data.prepare import prepare_to
 
     settings = {**load_config_file(config), **parse_set_options(set)}
     t0 = time.time()
-    manifest = prepare_to(sources, format, out, meta=meta, mapping=_mapping(map), split=split, seed=seed,
+    manifest = prepare_to(sources, format, out, meta=meta, mapping=column_mapping(map), split=split, seed=seed,
                           strict=strict, config=settings, chunk_rows=chunk_rows, workdir=workdir,
                           encoding=encoding)
     summary = manifest["summary"]

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from feedbackgen.cli.app import app, err
-from feedbackgen.cli.data import _mapping
 from feedbackgen.cli.sessions import run_sessions
+from feedbackgen.config import column_mapping
 from feedbackgen.errors import FeedbackgenError
 
 
@@ -101,14 +101,14 @@ def simulate(
         return run_sessions(generator, choice_model, ds, named, live_recommender, settings, out, write=reviews,
                             calibration_pairs=calibration_pairs, name=simulator_name(generator, choice_model, model,
                                                                                      choice),
-                            mapping=_mapping(map), check_ids=id_check)
+                            mapping=column_mapping(map), check_ids=id_check)
     if not named:
         raise FeedbackgenError("give the RECS file(s) to judge with --recommendations")
     t0 = time.time()
     result = run_simulation(generator, ds, named, k=k, threshold=threshold, write=reviews,
                             calibration_pairs=calibration_pairs, choice=choice_model,
                             feedback_for=feedback_for, name=simulator_name(generator, choice_model, model, choice),
-                            mapping=_mapping(map), check_ids=id_check)
+                            mapping=column_mapping(map), check_ids=id_check)
     print(result.markdown())
     if out is not None:
         result.save(out)
@@ -157,7 +157,7 @@ def fidelity(
         if protocol != "recommenders":
             raise FeedbackgenError("--recommendations is for --protocol recommenders")
         ds = Dataset.load(dataset)  # the lists are read and checked before any model is loaded or fitted
-        lists = {name: read_recommendations(path, ds, k, name, mapping=_mapping(map))[0]
+        lists = {name: read_recommendations(path, ds, k, name, mapping=column_mapping(map))[0]
                  for name, path in _named(list(recommendations)).items()}
     generator, choice_model, ds = _simulator(model, dataset, choice)
     label = simulator_name(generator, choice_model, model, choice)  # as `simulate` and `recommend` name it

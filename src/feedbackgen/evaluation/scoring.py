@@ -7,10 +7,8 @@ Everything here returns plain dicts; `report.evaluate` assembles them and `rende
   predictions are for another dataset or split, or a run stopped early: its metrics describe a
   few rows, not the split.
 - Collapse: a model that writes nearly the same text for every request gets the best possible
-  DIV (0) and a ROUGE near the best one fixed sentence can reach. A group is marked collapsed when
-  its unique-sentence ratio (USR, PETER) is below `COLLAPSE_USR`, or its most frequent text is at
-  least `COLLAPSE_TOP_SHARE` of its outputs (judged from `COLLAPSE_MIN_OUTPUTS` outputs on: one
-  or two texts are alike by chance).
+  DIV (0) and a ROUGE near the best one fixed sentence can reach. A group is marked collapsed by
+  the one rule training applies too (`feedbackgen.collapse`), with PETER's USR of its texts.
 - The leak check: the share of the split's references whose normalised text (data/duplicates.py)
   occurs in the training split, from the same user and from anyone.
 """
@@ -18,13 +16,13 @@ Everything here returns plain dicts; `report.evaluate` assembles them and `rende
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from feedbackgen.collapse import RULE, signal
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.duplicates import normalised_text
 from feedbackgen.data.text import tokenize
@@ -32,15 +30,12 @@ from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.evaluation import extra
 from feedbackgen.evaluation.extra import NgramIndex
 from feedbackgen.evaluation.grounding import item_grounding
-from feedbackgen.evaluation.metrics import mean_absolute_error, peter_metrics, root_mean_square_error
+from feedbackgen.evaluation.metrics import mean_absolute_error, peter_metrics, root_mean_square_error, to_stars
 from feedbackgen.evaluation.naturalness import PerplexityScorer, summary
 from feedbackgen.evaluation.predictions import TARGETS
 from feedbackgen.types import ANSWER_KINDS, PROVENANCE
 
 STARS = (1, 2, 3, 4, 5)
-COLLAPSE_USR = 0.05
-COLLAPSE_TOP_SHARE = 0.5
-COLLAPSE_MIN_OUTPUTS = 10
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
 
 
@@ -77,28 +72,22 @@ def dedupe(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     return unique, len(df) - len(unique)
 
 
-def _stars(ratings: np.ndarray) -> np.ndarray:
-    """Nearest star 1..5, halves rounded up (np.rint would round 2.5 to 2)."""
-    return np.clip(np.floor(ratings + 0.5), STARS[0], STARS[-1]).astype(int)
-
-
 def rating_confusion(predicted: Sequence[float], true: Sequence[float]) -> list[list[int]]:
     """Counts [true star][predicted star], both rounded to the nearest star in 1..5."""
     matrix = np.zeros((len(STARS), len(STARS)), dtype=int)
     if len(predicted):
-        np.add.at(matrix, (_stars(np.asarray(true)) - 1, _stars(np.asarray(predicted)) - 1), 1)
+        np.add.at(matrix, (to_stars(true) - 1, to_stars(predicted) - 1), 1)
     return matrix.tolist()
 
 
 def collapse(texts: Sequence[str], usr: float | None) -> dict[str, Any]:
-    """{"collapsed", "usr", "top_share", "top_text"}: see the module docstring for the rule."""
-    top_text, top_count = Counter(texts).most_common(1)[0] if texts else ("", 0)
-    top_share = top_count / len(texts) if texts else 0.0
-    collapsed = len(texts) >= COLLAPSE_MIN_OUTPUTS and (
-        (usr is not None and usr < COLLAPSE_USR) or top_share >= COLLAPSE_TOP_SHARE)
-    return {"collapsed": collapsed, "usr": usr, "top_share": top_share, "top_text": top_text,
-            "rule": f"USR < {COLLAPSE_USR} or one text ≥ {COLLAPSE_TOP_SHARE:.0%} of the outputs, "
-                    f"from {COLLAPSE_MIN_OUTPUTS} outputs on"}
+    """{"collapsed", "usr", "top_share", "top_text", "repetition", "rule"} of one group's texts, by
+    `feedbackgen.collapse.signal` with the group's PETER USR; not collapsed when it has no text."""
+    if not texts:
+        return {"collapsed": False, "usr": usr, "top_share": 0.0, "top_text": "", "repetition": 0.0, "rule": RULE}
+    sig = signal(texts, usr)
+    return {"collapsed": sig["collapsed"], "usr": sig["usr"], "top_share": sig["top_share"],
+            "top_text": sig["top_text"], "repetition": sig["repetition"], "rule": RULE}
 
 
 class Context:

@@ -1,19 +1,11 @@
-"""Is a trained text generator answering every request alike? The collapse signal, and its warning.
+"""Is a trained text generator answering every request alike? The check after training, and its warning.
 
 A text generator trained on too little data, or for too few steps, often learns one safe answer
 ("great product" for everyone) or a loop ("i i i i ..."), while its validation loss still looks
 plausible. Training therefore decodes a small seeded sample of validation requests (greedy) and
-measures two numbers on the outputs:
-
-- **USR**, the unique sentence ratio: distinct outputs / outputs, as PETER's
-  `utils.unique_sentence_percent` (Li, Zhang & Chen 2021) defines it; 1 = every answer differs.
-- **repetition**: the share of outputs in which one token occurs `RUN` (3) or more times in a
-  row ("i i i"); 0 = none loops.
-
-The model is flagged `collapsed` when USR < `USR_MIN` (0.05: on the default 200-request sample,
-fewer than 10 distinct answers) or repetition > `REPETITION_MAX` (0.5). Both thresholds sit far
-from healthy models: the default `peter` preset trained on the whole Musical Instruments data
-reaches USR 0.4-0.7 with no repeated runs (README, "How much data the text generators need").
+takes the collapse signal of the outputs (`feedbackgen.collapse`: USR, repetition, the most
+frequent text's share, and the one rule that makes them "collapsed", which the evaluation report
+applies too).
 
 A collapsed model is announced three ways: one line on stderr naming the numbers and what to do,
 the signal in `training_log.jsonl`, and a `collapse` block in the saved folder's `training.json`.
@@ -27,39 +19,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from feedbackgen.collapse import MIN_OUTPUTS, REPETITION_MAX, RUN, TOP_SHARE, USR_MIN, signal
 from feedbackgen.config import Decoding
-from feedbackgen.errors import DataError
 from feedbackgen.types import FeedbackRequest
 
-USR_MIN = 0.05
-REPETITION_MAX = 0.5
-RUN = 3  # a token this many times in a row is a repetition
 SAMPLE = 200  # validation requests decoded per check
-
-
-def has_run(text: str, run: int = RUN) -> bool:
-    """True when one whitespace-separated token occurs `run` or more times in a row in `text`."""
-    tokens, count = text.split(), 1
-    for prev, cur in zip(tokens, tokens[1:]):
-        count = count + 1 if cur == prev else 1
-        if count >= run:
-            return True
-    return False
-
-
-def signal(texts: list[str]) -> dict[str, Any]:
-    """The collapse signal of `texts` (one output per request).
-
-    Returns {"n", "distinct", "usr", "repetition", "collapsed", "thresholds"}; USR and repetition
-    are in [0, 1], rounded to 4 places. Raises ValueError for an empty list."""
-    if not texts:
-        raise DataError("the collapse signal needs at least one generated text")
-    distinct = len(set(texts))
-    usr = distinct / len(texts)
-    repetition = sum(has_run(t) for t in texts) / len(texts)
-    return {"n": len(texts), "distinct": distinct, "usr": round(usr, 4), "repetition": round(repetition, 4),
-            "collapsed": usr < USR_MIN or repetition > REPETITION_MAX,
-            "thresholds": {"usr_min": USR_MIN, "repetition_max": REPETITION_MAX, "run": RUN}}
 
 
 def sample_requests(rows: pl.DataFrame, seed: int, size: int = SAMPLE) -> list[FeedbackRequest]:
@@ -86,6 +50,8 @@ def message(name: str, sig: dict[str, Any], n_train: int, epochs: int) -> str:
     if sig["repetition"] > REPETITION_MAX:
         fired.append(f"{sig['repetition']:.0%} of its texts repeat a word {RUN}+ times in a row (it loops; "
                      f"above {REPETITION_MAX:.0%})")
+    if sig["n"] >= MIN_OUTPUTS and sig["top_share"] >= TOP_SHARE:
+        fired.append(f"{sig['top_share']:.0%} of its texts are one text (at least {TOP_SHARE:.0%})")
     if not fired:
         fired.append(f"USR {sig['usr']:.3f}, repetition {sig['repetition']:.0%}")
     return (f"warning: {name} answers every request alike: of {sig['n']} validation requests "

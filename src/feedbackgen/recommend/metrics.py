@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from feedbackgen.errors import DataError
+from feedbackgen.evaluation.metrics import to_stars
 
 KS = (5, 10, 20)
 
@@ -143,11 +144,6 @@ def topic_error(simulated_vectors: np.ndarray, real_vectors: np.ndarray) -> floa
 def review_score_without_emotion(sentiment_err: float, topic_err: float) -> float:
     """AgentSociety's review score with the emotion term left out and the rest re-weighted. Higher is better."""
     return 1.0 - (0.25 * sentiment_err + 0.5 * topic_err) / 0.75
-
-
-def to_stars(ratings: Sequence[float], lo: int = 1, hi: int = 5) -> np.ndarray:
-    """The star a rating stands for: rounded half up to the nearest whole star, within [lo, hi]."""
-    return np.clip(np.floor(np.asarray(ratings, dtype=np.float64) + 0.5), lo, hi).astype(np.int64)
 
 
 def star_histogram(ratings: Sequence[float], stars: Sequence[int] = (1, 2, 3, 4, 5)) -> np.ndarray:
