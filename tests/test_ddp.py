@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from feedbackgen.errors import ConfigError
 from feedbackgen.models import create, load
 from feedbackgen.models import distributed
-from test_peter import TINY, peter_slice, requests_of
+from support import TINY, peter_slice, requests_of
 
 # dropout off, so that one process and two draw no different random masks and differ only in how
 # the batch's loss is averaged (over each rank's words, then over the ranks)

@@ -18,7 +18,7 @@ from feedbackgen.errors import ConfigError
 from feedbackgen.models import create, load
 from feedbackgen.models.peter import Peter
 from feedbackgen.models.privacy import default_delta
-from test_peter import TINY, fit_interrupted_after_first_checkpoint, peter_slice, requests_of, tiny_net, weights
+from support import TINY, fit_interrupted_after_first_checkpoint, peter_slice, requests_of, tiny_net, weights
 
 DP = {**TINY, "max_epochs": 2, "dp_epsilon": 8.0, "dp_seed": 0}
 

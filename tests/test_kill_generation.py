@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from feedbackgen.models import create
-from test_peter import TINY, peter_slice
+from support import TINY, peter_slice
 
 N_REQUESTS = 3000
 SHARD = 50

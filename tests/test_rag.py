@@ -25,7 +25,7 @@ from feedbackgen.models.peter import PETER, PeterShape
 from feedbackgen.models.peter.rag import RagContext
 from feedbackgen.models.vocab import EOS, PAD
 from feedbackgen.types import FeedbackRequest
-from test_peter import TINY, peter_slice, requests_of
+from support import TINY, peter_slice, requests_of
 
 RAG = {**TINY, "rag_k": 3, "rag_max_tokens": 36}
 

@@ -27,7 +27,7 @@ from feedbackgen.batch import requests_file, run_generation
 from feedbackgen.batch import ray_engine
 from feedbackgen.batch.ray_engine import run_generation_ray
 from feedbackgen.models import create, load
-from test_peter import TINY, peter_slice
+from support import TINY, peter_slice
 
 pytest.importorskip("ray")
 
