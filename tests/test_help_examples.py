@@ -44,6 +44,8 @@ SERVERS = ("serve", "annotate serve")
 QUICK = {"peter": ["--set", "max_epochs=1", "--set", "emsize=32", "--set", "nhid=64", "--set", "nhead=2",
                    "--set", "nlayers=1", "--set", "vocab_size=2000"],
          "ease": ["--set", "search=false"], "itemknn": ["--set", "search=false"]}
+# a model folder's name in the examples -> the model it holds, where the two differ
+MODEL_OF = {"user": "simulated_user", "pepler": "prompt_lm"}
 
 
 def _commands() -> dict[str, click.Command]:
@@ -119,7 +121,7 @@ class Workspace:
         if self.trained.get(path) == dataset:
             return
         self.dataset(dataset)
-        name = Path(path).name
+        name = MODEL_OF.get(Path(path).name, Path(path).name)
         _run(["train", dataset, "--model", name, "--out", path, *QUICK.get(name, [])])
         self.trained[path] = dataset
 
