@@ -20,6 +20,7 @@ from functools import partial
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
 from feedbackgen.recommend.ranking import pool_of, ranked_rows
@@ -162,9 +163,10 @@ async def recommend(call: RecommendCall, svc: Service = Depends(ready_service)):
                             repeated=fb is not None and bool(fb.text) and texts.count(fb.text) > 1)
              for (item, score), fb in zip(pairs, feedback)]
     n_candidates = len(set(call.candidates)) if call.candidates else len(pool_of(svc.dataset).items)
-    return RecommendAnswer(user_id=call.user_id, ranker=svc.ranker.name if svc.ranker else served.name,
-                           model=served.name if explain else None, exclude=exclude, history=len(history),
-                           candidates=n_candidates, items=items, warnings=warnings)
+    answer_ = RecommendAnswer(user_id=call.user_id, ranker=svc.ranker.name if svc.ranker else served.name,
+                              model=served.name if explain else None, exclude=exclude, history=len(history),
+                              candidates=n_candidates, items=items, warnings=warnings)
+    return JSONResponse(answer_.model_dump(mode="json"))  # built and checked above: not validated twice
 
 
 @router.post("/events", response_model=EventsAnswer, summary="what users did since training, applied at once",
