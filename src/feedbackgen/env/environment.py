@@ -80,7 +80,7 @@ class SimulatedUserEnv(gym.Env):
         self.observation_space = spaces.Dict({"user": spaces.Discrete(len(self.user_ids)),
                                               "history": spaces.MultiBinary(n_items)})
         self.action_space = spaces.MultiDiscrete(np.full(slate_size, n_items, dtype=np.int64))
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_users = cache_users or max(1, CACHE_CELLS // n_items)
         self._first_seed = seed
         self._user: str | None = None
@@ -99,14 +99,17 @@ class SimulatedUserEnv(gym.Env):
     def _store(self, user: str, row: np.ndarray) -> None:
         if len(self._cache) >= self._cache_users:
             self._cache.popitem(last=False)
-        self._cache[user] = row
+        history = np.zeros(len(self.pool.items), dtype=np.int8)
+        history[self.pool.masked(user, "train+valid")] = 1
+        self._cache[user] = (row, history)
 
-    def _p_row(self, user: str) -> np.ndarray:
-        row = self._cache.get(user)
-        if row is None:
-            row = self.rows.rows([user])[0].astype(np.float32)
-            self._store(user, row)
-        return row
+    def _user_rows(self, user: str) -> tuple[np.ndarray, np.ndarray]:
+        """(P(engage) over the catalogue, float32; the history, int8 0/1) of a user, cached."""
+        hit = self._cache.get(user)
+        if hit is None:
+            self._store(user, self.rows.rows([user])[0].astype(np.float32))
+            hit = self._cache[user]
+        return hit
 
     def _obs(self) -> dict[str, Any]:
         return {"user": self._u, "history": self._history.copy()}
@@ -123,32 +126,38 @@ class SimulatedUserEnv(gym.Env):
         else:
             self._u = int(self.np_random.integers(len(self.user_ids)))
         self._user = self.user_ids[self._u]
-        self._p = self._p_row(self._user)
-        self._history = np.zeros(len(self.pool.items), dtype=np.int8)
-        self._history[self.pool.masked(self._user, "train+valid")] = 1
-        self._seen = self._history.astype(bool)  # taken before, or shown in this episode: never taken again
+        self._p, history = self._user_rows(self._user)
+        self._history = history.copy()
+        self._seen = history.astype(bool)  # taken before, or shown in this episode: never taken again
         self._taken, self._steps = 0, 0
         return self._obs(), {"user_id": self._user}
+
+    def _slate(self, action: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the slate as int64 indices, a mask of each index's first place or None when all differ);
+        raises FeedbackgenError for a wrong shape or an index outside the catalogue."""
+        a = np.asarray(action).astype(np.int64, copy=False).ravel()
+        if a.shape != (self.slate_size,):
+            raise FeedbackgenError(f"a slate is {self.slate_size} item indices, got shape {np.shape(action)}")
+        n_items, indices = len(self.pool.items), a.tolist()  # a short list: Python's min/max/set are quicker
+        if min(indices) < 0 or max(indices) >= n_items:
+            bad = next(i for i in indices if not 0 <= i < n_items)
+            raise FeedbackgenError(f"item index {bad} out of range [0, {n_items}) "
+                                   f"(the catalogue: env.unwrapped.pool.items)")
+        if len(set(indices)) == len(indices):
+            return a, None
+        first = np.zeros(len(a), dtype=bool)  # a repeated index is judged once, at its first place
+        first[np.unique(a, return_index=True)[1]] = True
+        return a, first
 
     def step(self, action: Any):
         if self._user is None:
             raise FeedbackgenError("call reset() before step()")
-        a = np.asarray(action).astype(np.int64, copy=False).ravel()
-        n_items = len(self.pool.items)
-        if a.shape != (self.slate_size,):
-            raise FeedbackgenError(f"a slate is {self.slate_size} item indices, got shape {np.shape(action)}")
-        bad = (a < 0) | (a >= n_items)
-        if bad.any():
-            raise FeedbackgenError(f"item index {int(a[bad][0])} out of range [0, {n_items}) "
-                                   f"(the catalogue: env.unwrapped.pool.items)")
-        ordered = np.sort(a)
-        if (ordered[1:] != ordered[:-1]).all():
-            first = np.ones(len(a), dtype=bool)
-        else:  # a repeated index is judged once, at its first place
-            first = np.zeros(len(a), dtype=bool)
-            first[np.unique(a, return_index=True)[1]] = True
-        repeat = self._seen[a] & first
-        p = np.where(first & ~repeat, self._p[a].astype(np.float64), 0.0)
+        a, first = self._slate(action)
+        repeat = self._seen[a] if first is None else self._seen[a] & first
+        p = self._p[a].astype(np.float64)
+        p[repeat] = 0.0
+        if first is not None:
+            p[~first] = 0.0
         engaged, used = decide(p, self.np_random.random(len(a)), self._taken, self.exit.satiation)
         self._seen[a] = True
         taken = a[engaged]
@@ -156,8 +165,8 @@ class SimulatedUserEnv(gym.Env):
         self._taken += len(taken)
         self._steps += 1
         info = {"user_id": self._user, "engaged": taken, "engaged_items": self.pool.items[taken].tolist(),
-                "p_engage": used, "duplicates": int((~first).sum()), "repeats": int(repeat.sum()),
-                "ratings": None, "texts": None}
+                "p_engage": used, "duplicates": 0 if first is None else int((~first).sum()),
+                "repeats": int(np.count_nonzero(repeat)), "ratings": None, "texts": None}
         if self.generator is not None:
             info["ratings"], info["texts"] = self._feedback(info["engaged_items"])
         terminated = bool(self.np_random.random() < self.exit.leave_probability(len(taken) > 0))

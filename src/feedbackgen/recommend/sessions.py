@@ -136,7 +136,7 @@ def decide(p: np.ndarray, u: np.ndarray, taken_before: int, satiation: float) ->
     k = items taken before it in the session (one pass per item taken, not per item shown)."""
     used = p * satiation ** taken_before if satiation != 1.0 else p
     taken = u < used
-    if satiation == 1.0:
+    if satiation == 1.0 or True not in taken.tolist():  # (the environment's step: mostly nothing taken)
         return taken, used
     used, start = used.copy(), 0
     while True:
