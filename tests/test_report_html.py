@@ -80,3 +80,19 @@ def test_markdown_subset():
     out = markdown_to_html(md, [])
     assert "<h3>Title</h3>" in out and "<code>code</code>" in out and "<strong>bold</strong>" in out
     assert "<td>1 | 2</td>" in out and "<li>one</li><li>two</li>" in out
+
+
+def test_the_panel_verdict_is_said_in_words():
+    """The first screen reads the agreement line `fidelity --protocol recommenders` writes."""
+    from feedbackgen.evaluation.report_html import _panel_sentence
+    from feedbackgen.recommend.panel import panel_markdown
+
+    row = {"recommender": "ease", "precision@10": 0.02, "real_ci": (0.01, 0.03), "hr@10": 0.2, "ndcg@10": 0.09,
+           "expected_engagement_at_k": 0.03, "expected_ci": (0.02, 0.04), "calibration_ratio": 1.5}
+    result = {"k": 10, "users": 700, "rows": [row], "kendall_tau": 0.6, "kendall_tau_ci": (0.2, 0.9),
+              "spearman_rho": 0.7, "spearman_rho_ci": (0.3, 0.9), "ordered_right": 9, "significant_pairs": 11,
+              "share_ordered_right": 9 / 11, "self_preference": [], "simulator_family": []}
+    said = _panel_sentence([{"markdown": panel_markdown(result)}])
+    assert "much the same order (Kendall τ 0.600, 95% interval 0.200 to 0.900" in said
+    assert "orders 9 of the 11 clearly different pairs right" in said
+    assert _panel_sentence([{"markdown": "no panel here"}]) == ""

@@ -3,8 +3,9 @@
     render_html(report, out_dir) -> str      (evaluate writes it to out_dir/report.html)
 
 The first screen says in words what was measured and what it means (`summary_paragraphs`), then a
-headline table (provenance and item grounding beside the text and rating metrics), the plots, and
-the whole of report.md below. Every image is inlined as a base64 PNG and the style sheet is in the
+headline table (provenance and item grounding beside the text and rating metrics), the plots (the
+report's, then the PNGs beside each included section, such as fidelity's panel.png), and the whole
+of report.md below. Every image is inlined as a base64 PNG and the style sheet is in the
 page, so the file can be mailed or archived alone and opens offline. The Markdown is converted by
 the small converter below (headings, tables, lists, code, images, emphasis), enough for report.md
 and the sections other commands write; it escapes all text, so a review cannot inject HTML.
@@ -157,10 +158,34 @@ def summary_paragraphs(report: dict) -> list[str]:
         said.append(f"<strong>Ratings.</strong> Lowest error: <strong>{html.escape(best)}</strong>, off by "
                     f"{rated[best]:.2f} stars (RMSE)" + (f"; the others up to {max(rated.values()):.2f}"
                                                          if len(set(rated.values())) > 1 else "") + ".")
+    panel = _panel_sentence(report.get("sections") or ())
+    if panel:
+        said.append(panel)
     if report.get("sections"):
         said.append("<strong>Also below:</strong> " + "; ".join(html.escape(s["title"]) for s in report["sections"])
                     + " — written by the commands named in each section.")
     return said
+
+
+def _panel_sentence(sections) -> str:
+    """The recommender panel's verdict in words, read from a `fidelity --protocol recommenders`
+    section's agreement line ("Kendall τ ... ordered right"); empty when no section has one."""
+    for section in sections:
+        tau = re.search(r"Kendall τ (-?[0-9.]+) \(95% CI (-?[0-9.]+)–(-?[0-9.]+)\)", section["markdown"])
+        if not tau:
+            continue
+        pairs = re.search(r"(\d+) of (\d+) significantly different pairs ordered right", section["markdown"])
+        value = float(tau.group(1))
+        agreement = ("the same order" if value >= 0.7 else "much the same order" if value >= 0.4
+                     else "a loosely related order" if value > 0.1 else "no better than a random order")
+        line = (f"<strong>Simulated users judging recommenders.</strong> A simulated user judged the lists of a "
+                f"panel of recommenders, and its ranking of them was set beside what real users went on to take in "
+                f"the test split: it puts them in {agreement} (Kendall τ {tau.group(1)}, 95% interval "
+                f"{tau.group(2)} to {tau.group(3)}; 1 is the real order, 0 unrelated)")
+        if pairs:
+            line += f", and orders {pairs.group(1)} of the {pairs.group(2)} clearly different pairs right"
+        return line + ". Details in the section below."
+    return ""
 
 
 def _meaning(writers: dict, copiers: dict) -> str:
@@ -195,8 +220,9 @@ def render_html(report: dict, out_dir: Path) -> str:
     each section's file."""
     out_dir = Path(out_dir)
     image_dirs = [out_dir] + [Path(s["file"]).parent for s in report.get("sections") or ()]
-    plots = "".join(f'<img alt="{html.escape(p)}" src="{uri}">' for p in report.get("plots") or ()
-                    if (uri := _png_data_uri(out_dir / p)))
+    pictures = [out_dir / p for p in report.get("plots") or ()]
+    pictures += [png for s in report.get("sections") or () for png in sorted(Path(s["file"]).parent.glob("*.png"))]
+    plots = "".join(f'<img alt="{html.escape(p.name)}" src="{uri}">' for p in pictures if (uri := _png_data_uri(p)))
     shown = {f"![{Path(p).stem}]({p})" for p in report.get("plots") or ()} | {"## Plots"}  # already at the top
     body = "\n".join(line for line in render_markdown(report).splitlines()[1:]  # without its "# ..." title
                      if line.strip() not in shown)
