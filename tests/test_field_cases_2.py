@@ -124,7 +124,7 @@ def verdicts(a4r, paths: list, *args) -> dict:
     assert code == 0, said
     summary = json.loads((out / "summary.json").read_text())
     checks = {c["recommender"]: c for c in summary["checks"]}
-    return {row["recommender"]: {**row, "check": checks[row["recommender"]], "said": said}
+    return {row["recommender"]: {**row, "check": checks[row["recommender"]], "said": said, "out": out.name}
             for row in summary["summary"]}
 
 
@@ -150,8 +150,9 @@ def judged(a4r, cases, tmp_path_factory) -> dict:
 
     floats = padded.with_name("as_floats.parquet")
     pl.read_csv(files[0]).with_columns(pl.col("user_id", "item_id").cast(pl.Float64)).write_parquet(floats)
-    files += [cases / "15-recbole-internal-ids" / "recbole_external.csv",
-              cases / "19-history-echo" / "ease_unfiltered.csv", padded, floats]
+    files += [cases / "15-recbole-internal-ids" / "recbole_external.csv", padded, floats]
+    files += [cases / "19-history-echo" / name for name in ("ease_filtered.csv", "ease_unfiltered.csv",
+                                                            "echo_history.csv")]
     return verdicts(a4r, files)
 
 
@@ -170,9 +171,10 @@ def test_15_internal_ids_are_refused_before_they_are_judged(a4r, cases, judged):
     # together: the run stops on the bad file; nothing is judged silently
     code, said = simulate(a4r, folder / "recbole_external.csv", folder / "recbole_internal.csv")
     assert code == 1 and "recbole_internal.csv" in said and "| recbole_external |" not in said
-    # asked to judge it anyway: its rows in the users' history are counted and left out
+    # asked to judge it anyway: its rows in the users' history are counted and judged as already owned
     forced = verdict(a4r, folder / "recbole_internal.csv", "--no-id-check")
-    assert forced["check"]["in_history_rows"] > 0 and forced["items"] == 500 - forced["check"]["in_history_rows"]
+    assert forced["check"]["in_history_rows"] > 0 and forced["items"] == 500
+    assert forced["engagement_at_k"] < right["engagement_at_k"] / 2
     assert forced["check"]["popularity_percentile"] < 0.6 < right["check"]["popularity_percentile"]
 
 
@@ -216,6 +218,8 @@ def test_17_rank_conventions_are_detected(judged):
 
 
 def test_19_a_list_cannot_win_by_echoing_the_history(a4r, cases, judged):
+    import polars as pl
+
     from feedbackgen.data.dataset import Dataset
 
     folder = cases / "19-history-echo"
@@ -223,11 +227,16 @@ def test_19_a_list_cannot_win_by_echoing_the_history(a4r, cases, judged):
     history = set(ds.interactions.filter(ds.interactions["split"] != "test").select("user_id", "item_id").iter_rows())
     rows = [tuple(line.split(",")[:2]) for line in (folder / "ease_unfiltered.csv").read_text().splitlines()[1:]]
     owned = sum(r in history for r in rows)
-    unfiltered = judged["ease_unfiltered"]
-    assert owned >= 437 and unfiltered["in_history_rows"] == owned and unfiltered["items"] == 500 - owned
-    assert "already in the user's train/valid history" in unfiltered["said"]
-    code, said = simulate(a4r, folder / "echo_history.csv")
-    assert code == 1 and "nothing in it can be judged" in said and "500 row(s) already in the user's" in said
+    unfiltered, filtered, echo = (judged[name] for name in ("ease_unfiltered", "ease_filtered", "echo_history"))
+    assert owned >= 437 and unfiltered["in_history_rows"] == owned and unfiltered["items"] == 500
+    assert "judged as already owned (skipped), never as new finds" in unfiltered["said"]
+    # handing users back what they had never beats the real recommender
+    assert echo["in_history_rows"] == 500 and echo["engagement_at_k"] == echo["expected_engagement_at_k"] == 0
+    assert unfiltered["engagement_at_k"] < filtered["engagement_at_k"]
+    assert unfiltered["expected_engagement_at_k"] < filtered["expected_engagement_at_k"]
+    items = pl.read_parquet(a4r["root"] / judged["echo_history"]["out"] / "simulated_items.parquet")
+    echoed = items.filter(pl.col("recommender") == "echo_history")
+    assert not echoed["engage"].any() and set(echoed["source"]) == {"already in the user's history: not a new find"}
 
 
 def test_padded_and_short_lists_are_counted_beside_the_verdict(judged):

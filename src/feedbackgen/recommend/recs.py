@@ -14,10 +14,10 @@ recommended item, from any recommender. What is read, and how:
 
 Cheap checks run here, before any model work or LLM call (`simulate` reads every file first):
 rows with a missing id or a bad rank, repeated (user, item) pairs (the best rank is kept), ranks
-beyond `k`, users and items absent from the training split, and items already in the user's own
-train or valid history (a list cannot win by handing users back what they had: such rows are
-counted and left out of the verdict, never judged as new finds) are counted and left out; users
-whose list is shorter than `k` are counted. A file is refused (DataError naming the likely cause)
+beyond `k`, and users and items absent from the training split are counted and left out; items
+already in the user's own train or valid history are counted and judged as already owned, a skip
+(`already_owned`): a list cannot win by handing users back what they had; users whose list is
+shorter than `k` are counted. A file is refused (DataError naming the likely cause)
 when most of its rows name unknown ids, when nothing in it can be judged, or when its items look
 like random draws from the catalogue (their popularity sits at the catalogue's median, where any
 recommender's sits far above it): the mark of ids from another tool's id space, e.g. RecBole's
@@ -36,7 +36,7 @@ import polars as pl
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError
 
-__all__ = ["MAX_LISTED", "RecommendationsCheck", "read_recommendations"]
+__all__ = ["MAX_LISTED", "RecommendationsCheck", "already_owned", "read_recommendations"]
 
 MAX_LISTED = 20  # unknown ids listed in the report (all are counted)
 COLUMNS = ("user_id", "item_id", "rank", "score")
@@ -70,18 +70,19 @@ class RecommendationsCheck:
     unknown_items: int = 0
     unknown_user_ids: list[str] = field(default_factory=list)  # the first MAX_LISTED, sorted
     unknown_item_ids: list[str] = field(default_factory=list)
-    in_history_rows: int = 0     # items the user already had in train or valid: left out
+    in_history_rows: int = 0     # items the user already had in train or valid: judged as skips
     in_history_users: int = 0
+    history: list[tuple[str, str, int]] = field(default_factory=list, repr=False)  # those (user, item, rank)
     short_lists: int = 0         # users whose judged list is shorter than k
     users: int = 0
     popularity_percentile: float | None = None  # mean over judged rows; random items give 0.5
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "history"}
 
     def worth_noting(self) -> bool:
         """Anything left out, or read in a way the user did not spell out."""
-        return (self.kept != self.rows or self.rank_from != "rank" or self.short_lists > 0
+        return (self.kept != self.rows or self.rank_from != "rank" or self.short_lists > 0 or self.in_history_rows > 0
                 or bool(self.columns) or not self.header)
 
     def describe(self) -> str:
@@ -94,7 +95,7 @@ class RecommendationsCheck:
                          + ", ".join(self.unknown_item_ids[:5]) + (" ..." if self.unknown_items > 5 else "") + ")")
         if self.in_history_rows:
             parts.append(f"{self.in_history_rows} row(s) already in the user's train/valid history "
-                         f"({self.in_history_users} user(s)): left out, not judged as new finds")
+                         f"({self.in_history_users} user(s)): judged as already owned (skipped), never as new finds")
         if self.bad_rows:
             parts.append(f"{self.bad_rows} bad row(s) (missing id or rank not a positive integer): "
                          + self.bad_lines())
@@ -303,6 +304,7 @@ def _known_and_new(df: pl.DataFrame, dataset: Dataset, check: RecommendationsChe
     df = df.join(history, on=["user_id", "item_id"], how="left", maintain_order="left")
     had = df.filter(pl.col("had").is_not_null())
     check.in_history_rows, check.in_history_users = len(had), had["user_id"].n_unique()
+    check.history = list(had.select("user_id", "item_id", pl.col("rank").cast(pl.Int64)).iter_rows())
     return df.filter(pl.col("had").is_null()).drop("had")
 
 
@@ -321,6 +323,23 @@ def _likely_cause(df: pl.DataFrame, dataset: Dataset) -> str:
     return "is it a list for another dataset, or in another id space (a tool's internal, remapped ids)?"
 
 
+def already_owned(check: RecommendationsCheck, probability: bool = False) -> pl.DataFrame:
+    """The verdict on the rows naming an item the user already had (train or valid): a re-consumption,
+    not a new find: no engagement (probability 0 where the simulated user gives probabilities), no
+    rating, no review; `source` says why. Columns as `SimulatedUser.judge` gives them, with user_id,
+    item_id and rank."""
+    users, items, ranks = (list(c) for c in zip(*check.history)) if check.history else ([], [], [])
+    n = len(users)
+    return pl.DataFrame({
+        "user_id": pl.Series(users, dtype=pl.Utf8), "item_id": pl.Series(items, dtype=pl.Utf8),
+        "rank": pl.Series(ranks, dtype=pl.Int64), "rating": pl.Series([None] * n, dtype=pl.Float64),
+        "stars": pl.Series([None] * n, dtype=pl.Int64), "text": pl.Series([None] * n, dtype=pl.Utf8),
+        "provenance": pl.Series([None] * n, dtype=pl.Utf8), "source_item": pl.Series([None] * n, dtype=pl.Utf8),
+        "source": pl.Series(["already in the user's history: not a new find"] * n, dtype=pl.Utf8),
+        "engage": pl.Series([False] * n, dtype=pl.Boolean),
+        "p_engage": pl.Series([0.0 if probability else None] * n, dtype=pl.Float64)})
+
+
 def _popularity_percentile(df: pl.DataFrame, dataset: Dataset) -> float | None:
     """The mean, over the rows, of the item's percentile in the catalogue by training count (ties
     averaged): 0.5 for items drawn at random, near 1 for any recommender's lists; None where too
@@ -335,7 +354,7 @@ def _popularity_percentile(df: pl.DataFrame, dataset: Dataset) -> float | None:
 def _refuse_implausible(df: pl.DataFrame, check: RecommendationsCheck) -> None:
     """Refuse a file with nothing to judge, or whose items are as popular as random draws from the
     catalogue: what a list in another id space looks like (it names valid but meaningless ids)."""
-    if not len(df):
+    if not len(df) and not check.in_history_rows:
         raise DataError(f"nothing in it can be judged ({check.describe()})", source=check.source)
     if check.popularity_percentile is not None and check.popularity_percentile < RANDOM_LOOKING:
         raise DataError(

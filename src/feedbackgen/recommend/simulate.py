@@ -51,7 +51,7 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import FeedbackgenError
 from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, json_ready
 from feedbackgen.recommend.ranking import simulator_name
-from feedbackgen.recommend.recs import RecommendationsCheck, read_recommendations
+from feedbackgen.recommend.recs import RecommendationsCheck, already_owned, read_recommendations
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
 
 BOOTSTRAP = 1000  # resamples of the users behind expected_engagement_ci
@@ -201,8 +201,11 @@ def simulate(model: Any, dataset: Dataset,
     for recommender, (recs, check) in read.items():
         checks.append(check)
         verdict = user.judge(recs["user_id"].to_list(), recs["item_id"].to_list(), decoding, write, feedback_for)
-        judged.append(pl.concat([recs.with_columns(pl.lit(recommender).alias("recommender")), verdict],
-                                how="horizontal"))
+        mine = pl.concat([recs, verdict], how="horizontal")
+        if check.history:  # items the user already had: a re-consumption (a skip), never a new find
+            mine = pl.concat([mine, already_owned(check, choice is not None)],
+                             how="diagonal_relaxed").sort("user_id", "rank")
+        judged.append(mine.with_columns(pl.lit(recommender).alias("recommender")))
     items = pl.concat(judged).select("recommender", "user_id", "rank", "item_id", "rating", "stars",
                                      "text", "provenance", "source_item", "source", "engage", "p_engage")
     # the same text for several items of one user's list says nothing about any of them
