@@ -276,7 +276,8 @@ def throughput(ds, args) -> list[dict]:
 
     from feedbackgen.config import Decoding
     from feedbackgen.models import create
-    from feedbackgen.models.llm.backends import LlamaCppBackend, OpenAIBackend, TransformersBackend
+    from feedbackgen.models.llm.backends import LlamaCppBackend, TransformersBackend
+    from feedbackgen.models.llm.openai_backend import OpenAIBackend
     from feedbackgen.models.llm.llm_user import ANSWER_PREFIX, JSON_TOKENS
     from feedbackgen.pretrained import DEFAULT_MODEL, packaged_gguf
     from feedbackgen.types import FeedbackRequest

@@ -26,7 +26,8 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import CollapseWarning, ConfigError, FeedbackgenError
 from feedbackgen.models import collapse, create, load
 from feedbackgen.models.llm.answers import CONTROL_TOKENS, answer_schema, read_answer
-from feedbackgen.models.llm.backends import Backend, Completion, OpenAIBackend, ResponseCache, TransformersBackend
+from feedbackgen.models.llm.backends import Backend, Completion, TransformersBackend
+from feedbackgen.models.llm.openai_backend import OpenAIBackend, ResponseCache
 from feedbackgen.models.text_units import target_rows
 from feedbackgen.types import FeedbackRequest
 

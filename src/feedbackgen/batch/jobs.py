@@ -23,7 +23,8 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from feedbackgen.config import Decoding, validate
-from feedbackgen.data.dataset import Dataset
+from feedbackgen.data.dataset import SPLITS, Dataset
+from feedbackgen.data.encoding import LineDecoder, UndecodableLine
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import ConfigError, DataError, FeedbackgenError
 from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_jsonl
@@ -41,7 +42,6 @@ def requests_from_split(dataset: Dataset, split: str = "test", with_aspect: bool
 def _request_records(path: Path, problems: Problems):
     """(line number, record) pairs in file order; unparsable JSON lines are reported as met."""
     if path.suffix in (".jsonl", ".json"):
-        from feedbackgen.data.encoding import LineDecoder, UndecodableLine
 
         # JSON is UTF-8 (a BOM allowed); lines decoded one by one, so a bad byte costs its request only
         decoder = LineDecoder(lambda: open(path, "rb"), "auto", detect=False)
@@ -145,8 +145,6 @@ def requests_file(path: str | Path, problems: Problems | None = None) -> Request
 def requests_from_dataset(folder: str | Path, split: str = "test", with_aspect: bool = False) -> RequestStream:
     """`requests_from_split` read from a dataset folder in batches, without loading the dataset."""
     import pyarrow.parquet as pq
-
-    from feedbackgen.data.dataset import SPLITS
 
     path = Path(folder) / "interactions.parquet"
     if split not in SPLITS:

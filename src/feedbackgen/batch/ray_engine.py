@@ -30,6 +30,8 @@ from feedbackgen.config import Decoding, validate
 from feedbackgen.data.problems import Problems
 from feedbackgen.errors import ConfigError, DataError, FeedbackgenError
 from feedbackgen.io import atomic_write
+from feedbackgen.models import load
+from feedbackgen.models.base import read_model_config
 from feedbackgen.types import FeedbackRequest
 
 # set on the driver, these reach the actors too (a `ray start` node does not inherit them)
@@ -42,7 +44,6 @@ class ShardWorker:
     """A Ray actor: loads the model once, then answers shards of requests."""
 
     def __init__(self, model_dir: str):
-        from feedbackgen.models import load
 
         self.model = load(model_dir)
 
@@ -60,7 +61,6 @@ def run_generation_ray(model_dir: str | Path, out: str | Path, decoding: Decodin
     `address`: a running cluster (`HOST:PORT`, `ray://HOST:PORT` or `auto`); None starts a local
     Ray in this process (or uses the one already started). `workers`: actors, one CPU each
     (default: every CPU of the cluster). Returns (`out`, number of requests)."""
-    from feedbackgen.models.base import read_model_config
 
     decoding = validate(Decoding, decoding, "decoding settings")
     if (dataset is None) == (requests is None):

@@ -40,6 +40,7 @@ from feedbackgen.data.fields import (AMAZON2014, AMAZON2018, AMAZON2023, YELP, Y
                                      ReviewFields, amazon_item, check_review_mapping, column_series,
                                      describe_value, generic_fields, generic_item, recbole_item, recbole_value,
                                      yelp_item)
+from feedbackgen.data.peter_format import read_peter
 from feedbackgen.data.problems import Problems
 from feedbackgen.data.readers import (csv_records, json_records, line_decoder, parquet_records, recbole_header,
                                       recbole_records)
@@ -357,7 +358,6 @@ def _load_recbole(paths: list[Path], meta: Path | None, mapping: dict[str, str] 
 def _load_peter(paths: list[Path], problems: Problems, index_dir: str, chunk_rows: int | None,
                 done: dict[str, Any]) -> Iterator[pl.DataFrame]:
     """reviews.pickle is one pickle, so it is read whole; it is still handed on in chunks."""
-    from feedbackgen.data.peter_format import read_peter
 
     if len(paths) != 1:
         raise DataError("the peter format takes one folder (holding reviews.pickle and index folders)")
@@ -447,11 +447,11 @@ def stream_tables(paths: list[Path] | list[str], fmt: str, *, meta: Path | str |
     elif fmt == "recbole":
         chunks = _load_recbole(paths, meta, mapping, problems, chunk_rows, done, encoding)
     elif fmt == "movielens":
-        from feedbackgen.data.movielens import load_movielens
+        from feedbackgen.data.movielens import load_movielens  # it imports this module
 
         chunks = load_movielens(paths, problems, chunk_rows, done)
     elif fmt == "lightgcn":
-        from feedbackgen.data.lightgcn import load_lightgcn
+        from feedbackgen.data.lightgcn import load_lightgcn  # it imports this module
 
         chunks = load_lightgcn(paths, meta, mapping, problems, chunk_rows, done)
     else:

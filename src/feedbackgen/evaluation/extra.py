@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from feedbackgen.embeddings import embed
 from feedbackgen.evaluation.grounding import GROUNDING_SOURCE
 from feedbackgen.evaluation.metrics import Metric, _ngrams
 
@@ -164,7 +165,6 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def embedding_similarity(generated: Sequence[str], references: Sequence[str]) -> float:
     """Mean cosine of all-MiniLM-L6-v2 embeddings of each generated text and its reference."""
-    from feedbackgen.embeddings import embed
 
     return mean_cosine(embed(list(generated)), embed(list(references)))
 

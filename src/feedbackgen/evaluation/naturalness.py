@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from feedbackgen.data.text import detokenize
-from feedbackgen.pretrained import DEFAULT_MODEL
+from feedbackgen.pretrained import DEFAULT_MODEL, load_causal_lm
 
 MAX_TOKENS = 128
 BATCH_SIZE = 16
@@ -41,7 +41,6 @@ class PerplexityScorer:
 
     def _load(self):
         if self._lm is None:
-            from feedbackgen.pretrained import load_causal_lm
 
             self._lm, self._tokenizer = load_causal_lm(self.model)
         return self._lm, self._tokenizer

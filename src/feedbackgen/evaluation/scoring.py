@@ -26,6 +26,7 @@ from feedbackgen.collapse import RULE, signal
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.duplicates import normalised_text
 from feedbackgen.data.text import tokenize
+from feedbackgen.embeddings import embed
 from feedbackgen.errors import ConfigError, DataError
 from feedbackgen.evaluation import extra
 from feedbackgen.evaluation.extra import NgramIndex
@@ -113,7 +114,6 @@ class Context:
         return self._indexes[column]
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        from feedbackgen.embeddings import embed
 
         new = list(dict.fromkeys(t for t in texts if t not in self._vectors))
         if new:

@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from feedbackgen.embeddings import embed
 from feedbackgen.errors import DataError
 from feedbackgen.models.base import IdIndex
 
@@ -76,7 +77,6 @@ class NeighbourIndex:
     def build(cls, texts: Sequence[str], user_ids: Sequence[str], item_ids: Sequence[str],
               users: IdIndex, items: IdIndex, embedding_model: str) -> NeighbourIndex:
         """Embed `texts` (one per training row, written by `user_ids` about `item_ids`)."""
-        from feedbackgen.embeddings import embed
 
         return cls(texts, users.lookup(list(user_ids)), items.lookup(list(item_ids)),
                    embed(list(texts), embedding_model), users, items)

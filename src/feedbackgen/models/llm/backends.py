@@ -42,6 +42,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from feedbackgen.config import Decoding, StrictModel
+from feedbackgen.decoding.constrained import SchemaConstraint
 from feedbackgen.decoding.search import hf_generate_kwargs
 from feedbackgen.errors import ConfigError
 from feedbackgen.pretrained import (
@@ -155,8 +156,6 @@ class TransformersBackend(Backend):
     def chat(self, conversations: list[Messages], decoding: Decoding, prefix: str = "",
              seeds: list[int] | None = None, schema: dict[str, Any] | None = None) -> list[Completion]:
         import torch
-
-        from feedbackgen.decoding.constrained import SchemaConstraint
 
         seeds = seeds or [0] * len(conversations)
         prompts = [self.render(m) + prefix for m in conversations]
@@ -333,7 +332,7 @@ def make_backend(c: BackendConfig) -> Backend:
         return LlamaCppBackend(c.model, c.n_ctx)
     if c.backend == "openai":
         key = os.environ.get(c.api_key_env) or os.environ.get("OPENAI_API_KEY")
-        from feedbackgen.models.llm.openai_backend import OpenAIBackend
+        from feedbackgen.models.llm.openai_backend import OpenAIBackend  # it imports this module
 
         return OpenAIBackend(c.base_url, c.served_model or os.environ.get("FEEDBACKGEN_LLM_MODEL") or c.model,
                              key, c.timeout_s, c.max_retries, c.backoff_s, c.concurrency, c.cache_dir,
@@ -343,11 +342,3 @@ def make_backend(c: BackendConfig) -> Backend:
         return VLLMBackend(c.model, c.dtype)
     raise ConfigError(f"unknown backend {c.backend!r}")
 
-
-def __getattr__(name: str):
-    # the HTTP back-end moved to openai_backend; `from ...backends import OpenAIBackend` still works
-    if name in ("OpenAIBackend", "ResponseCache", "RequestRefused"):
-        from feedbackgen.models.llm import openai_backend
-
-        return getattr(openai_backend, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,6 +47,7 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import truncate_tokens
 from feedbackgen.embeddings import DEFAULT_MODEL, embed
 from feedbackgen.features.profiles import Profiles, item_features, user_features
+from feedbackgen.io import atomic_write
 from feedbackgen.models.base import IdIndex
 from feedbackgen.models.llm.answers import strip_control_tokens
 from feedbackgen.models.neighbours import NeighbourIndex, Sources
@@ -101,7 +102,6 @@ class ReviewHistory:
 
     # -- persistence (beside the model's own files) -----------------------------------------
     def save(self, path: Path) -> None:
-        from feedbackgen.io import atomic_write
 
         atomic_write(path / "history.parquet", lambda p: self.rows.write_parquet(p, statistics=False))
         if self.items is not None:

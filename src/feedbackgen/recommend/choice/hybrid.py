@@ -21,6 +21,7 @@ import polars as pl
 from pydantic import Field
 
 from feedbackgen.data.dataset import Dataset
+from feedbackgen.embeddings import embed
 from feedbackgen.recommend.choice.base import (CHOICE_MODELS, ChoiceConfig, ChoiceModel, Interactions,
                                                register_choice)
 
@@ -81,7 +82,6 @@ class Hybrid(ChoiceModel):
         """The collaborative model and the item embeddings, computed once per fit and shared by
         every weight the search tries."""
         if self._parts is None or self._parts[0] is not data:
-            from feedbackgen.embeddings import embed
 
             cf = CHOICE_MODELS[self.config.base]({"search": self.config.search, "seed": self.config.seed,
                                                   **self.config.base_config}).fit(dataset)
