@@ -22,11 +22,6 @@ def mi_path(data_root):
     return data_root / "amazon_musical_instruments_5core" / "reviews_Musical_Instruments_5.json.gz"
 
 
-@pytest.fixture(scope="module")
-def mi(mi_path):
-    return prepare([mi_path], "amazon2014", progress=False)
-
-
 def steps_by_name(ds):
     return {s["step"]: s for s in ds.manifest["steps"]}
 
@@ -45,10 +40,10 @@ def synthetic_rows(n_users=12, n_items=6, rating=lambda u, i: 1 + (u + i) % 5):
 
 # -- Musical Instruments end to end ----------------------------------------------------------------
 
-def test_prepare_musical_instruments(mi, mi_path):
-    steps = steps_by_name(mi)
-    assert [s["step"] for s in mi.manifest["steps"]] == STEPS
-    for s in mi.manifest["steps"]:
+def test_prepare_musical_instruments(mi_dataset, mi_path):
+    steps = steps_by_name(mi_dataset)
+    assert [s["step"] for s in mi_dataset.manifest["steps"]] == STEPS
+    for s in mi_dataset.manifest["steps"]:
         assert {"step", "params", "rows_in", "rows_out", "touched"} <= set(s)
     assert steps["load"]["rows_in"] == steps["load"]["rows_out"] == 10_261
     assert steps["drop_empty"]["dropped_empty"] == 7
@@ -57,47 +52,48 @@ def test_prepare_musical_instruments(mi, mi_path):
     assert steps["normalize_ratings"]["touched"] == 0
     # five users posted one text on two items each: one copy of each is kept
     assert (steps["copies"]["same_user_groups"], steps["copies"]["dropped_copies"]) == (5, 5)
-    assert mi.interactions.height == 10_249
+    assert mi_dataset.interactions.height == 10_249
     sizes = steps["split"]["sizes"]
-    assert sizes == splits.split_sizes(mi.interactions) and sum(sizes.values()) == 10_249
+    assert sizes == splits.split_sizes(mi_dataset.interactions) and sum(sizes.values()) == 10_249
     assert abs(sizes["train"] - 0.8 * 10_249) < 10 and abs(sizes["test"] - 0.1 * 10_249) < 10
     assert steps["split"]["leaks"]["text_in_train_same_user"] == 0
     # move_to_train leaves no cold user or item in valid/test
     assert steps["split"]["cold_start"] == "move_to_train"
-    assert all(v["rows_cold"] == 0 for v in splits.cold_start_counts(mi.interactions).values())
+    assert all(v["rows_cold"] == 0 for v in splits.cold_start_counts(mi_dataset.interactions).values())
     assert steps["split"]["cold_after"]["test"]["rows_cold"] == 0
     expl = steps["explanations"]
     assert expl["with_explanation"] + expl["without_explanation"] == 10_249
     assert expl["with_explanation"] > 9_500
-    assert mi.interactions["explanation"].null_count() == expl["without_explanation"]
-    assert "guitar" in mi.manifest["aspects"] and len(mi.manifest["aspects"]) == 200
+    assert mi_dataset.interactions["explanation"].null_count() == expl["without_explanation"]
+    assert "guitar" in mi_dataset.manifest["aspects"] and len(mi_dataset.manifest["aspects"]) == 200
     # the manifest says where the data came from and how it was made
-    assert mi.manifest["source"]["files"][0]["sha256"] == sha256_file(mi_path)
-    assert mi.manifest["problems"]["skipped"] == 0
-    assert mi.manifest["config"] == PrepareConfig().model_dump(mode="json")
-    assert (mi.manifest["seed"], mi.manifest["split"], mi.manifest["format"]) == (1, "random", "amazon2014")
+    assert mi_dataset.manifest["source"]["files"][0]["sha256"] == sha256_file(mi_path)
+    assert mi_dataset.manifest["problems"]["skipped"] == 0
+    assert mi_dataset.manifest["config"] == PrepareConfig().model_dump(mode="json")
+    manifest = mi_dataset.manifest
+    assert (manifest["seed"], manifest["split"], manifest["format"]) == (1, "random", "amazon2014")
     # rows in source order; text decoded
-    assert mi.interactions["source_row"].is_sorted()
-    assert not mi.interactions["text"].str.contains("&#34;").any()
-    assert mi.interactions["text"].str.contains('"', literal=True).any()
+    assert mi_dataset.interactions["source_row"].is_sorted()
+    assert not mi_dataset.interactions["text"].str.contains("&#34;").any()
+    assert mi_dataset.interactions["text"].str.contains('"', literal=True).any()
 
 
-def test_prepare_is_deterministic(tmp_path, mi, mi_path):
+def test_prepare_is_deterministic(tmp_path, mi_dataset, mi_path):
     again = prepare([mi_path], "amazon2014", progress=False)
-    mi.save(tmp_path / "a")
+    mi_dataset.save(tmp_path / "a")
     again.save(tmp_path / "b")
     assert sha256_file(tmp_path / "a" / "interactions.parquet") == sha256_file(tmp_path / "b" / "interactions.parquet")
     assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == \
         json.loads((tmp_path / "b" / "manifest.json").read_text())
     loaded = Dataset.load(tmp_path / "a")
-    assert loaded.interactions.equals(mi.interactions)
-    assert loaded.summary() == mi.summary()
+    assert loaded.interactions.equals(mi_dataset.interactions)
+    assert loaded.summary() == mi_dataset.summary()
 
 
-def test_another_seed_gives_another_split(mi, mi_path):
+def test_another_seed_gives_another_split(mi_dataset, mi_path):
     other = prepare([mi_path], "amazon2014", seed=2, progress=False, config={"explanations": "off"})
     assert other.manifest["seed"] == 2
-    assert not other.interactions["split"].equals(mi.interactions["split"])
+    assert not other.interactions["split"].equals(mi_dataset.interactions["split"])
     assert "explanation" not in other.interactions.columns
 
 
@@ -149,10 +145,10 @@ def test_random_split_reproduces_the_peter_index_files(data_root):
     assert split_names(splits.random_split_codes(len(shared), seed=1)) == shared.to_list()
 
 
-def test_export_peter_round_trip(tmp_path, mi):
-    out = export_peter(mi, tmp_path / "peter")
+def test_export_peter_round_trip(tmp_path, mi_dataset):
+    out = export_peter(mi_dataset, tmp_path / "peter")
     df, split = read_peter(out)
-    kept = mi.interactions.filter(pl.col("explanation").is_not_null())
+    kept = mi_dataset.interactions.filter(pl.col("explanation").is_not_null())
     assert df.height == kept.height
     for ours, theirs in (("user_id", "user_id"), ("item_id", "item_id"), ("rating", "rating"),
                          ("explanation", "explanation"), ("aspect", "aspect"), ("sentiment", "sentiment")):
