@@ -31,8 +31,8 @@ feedbackgen train "$DATA" --model peter --out "$OUT/models/peter" --set emsize=1
 feedbackgen generate "$OUT/models/peter" --dataset "$DATA" --split test --out "$OUT/pred/peter.jsonl"
 
 # -- 2. the simulated user judges a panel of recommenders --------------------------------------
-# simulated_user: a calibrated choice model (will this user take this item, at this place in the
-# list?). The recommenders protocol fits a small built-in panel (random, popularity, itemknn, ease,
+# simulated_user: a stacked ensemble of choice models whose P(engage) is calibrated on the valid
+# split to what users really took (docs/simulated-user.md). The recommenders protocol fits a small built-in panel (random, popularity, itemknn, ease,
 # als, bpr and weakened variants) on train, lets the simulated user judge each one's lists, and
 # compares its verdict with what real users went on to take in the test split.
 step "the simulated user judges a panel of recommenders"
