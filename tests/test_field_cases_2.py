@@ -74,9 +74,13 @@ def planted_failures(tmp: Path) -> list[tuple[list, int, str]]:
 
 def test_17_every_command_exits_non_zero_on_a_planted_failure(tmp_path):
     for args, status, words in planted_failures(tmp_path):
-        code, said = run(*args)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = _run([str(a) for a in args])
+        said = " ".join((out.getvalue() + err.getvalue()).split())
         assert code == status and words in said, (args, code, said)
         assert "Traceback" not in said, args
+        assert err.getvalue().count("\n") == 1 and err.getvalue().startswith("error: "), err.getvalue()  # one line
 
 
 def test_17_the_process_exit_status_is_what_a_pipeline_sees(tmp_path):

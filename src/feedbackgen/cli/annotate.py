@@ -52,8 +52,9 @@ def annotate_serve(
     """
     from feedbackgen.serve import create_app, run
 
+    service = create_app(annotate=task)  # refuses a folder that is not a task before anything is announced
     err.print(f"annotation of {task} at http://{host}:{port}/annotate")
-    run(create_app(annotate=task), host=host, port=port)
+    run(service, host=host, port=port)
 
 
 @annotate_app.command("report")

@@ -66,8 +66,13 @@ def _run(args: list[str] | None = None) -> int:
         err.print("aborted")
         return 130
     except (click.ClickException, TyperException) as e:  # Typer >= 0.22 vendors its own click
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare command group: its help
+            e.show()
+            return e.exit_code or 2
         _did_you_mean(e)
-        e.show()
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        err.print(f"error: {e.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
         return e.exit_code or 1
     except FeedbackgenError as e:
         # soft_wrap: one line however narrow the terminal (rich wraps at 80 columns when piped)
