@@ -4,8 +4,10 @@ datasets are fixtures in conftest.py; test modules import nothing from one anoth
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -62,3 +64,19 @@ def run_until_first_checkpoint(train, monkeypatch) -> None:
 def fit_interrupted_after_first_checkpoint(cfg: dict, ds: Dataset, monkeypatch) -> None:
     """Train peter with `cfg` until its first checkpoint is written, then stop as a kill would."""
     run_until_first_checkpoint(lambda: create("peter", cfg).fit(ds), monkeypatch)
+
+
+def planted_rows(pools: Sequence[tuple[str, Sequence[str]]], per_split: tuple[int, int, int] = (4, 1, 1),
+                 seed: int = 0) -> list[dict]:
+    """The one planted-data builder: each user (`name`, `pool`) takes sum(per_split) distinct items
+    drawn, seeded, from its pool: the first per_split[0] in train, then valid, then test. One dict
+    per row: user_id, item_id, split and k (the row's place in its user's draw); tests add the
+    rating and text they need."""
+    rng = np.random.default_rng(seed)
+    splits = ["train"] * per_split[0] + ["valid"] * per_split[1] + ["test"] * per_split[2]
+    rows = []
+    for user, pool in pools:
+        chosen = rng.choice(list(pool), size=len(splits), replace=False)
+        rows += [{"user_id": user, "item_id": str(item), "split": split, "k": k}
+                 for k, (item, split) in enumerate(zip(chosen, splits))]
+    return rows

@@ -14,6 +14,8 @@ from feedbackgen.recommend.choice import base as choice_base
 from feedbackgen.recommend.choice.base import validation_ranks
 from feedbackgen.recommend.metrics import ndcg, ranking_metrics, recall
 
+from support import planted_rows
+
 PERSONAL = ["itemknn", "ease", "als", "bpr", "hybrid"]
 TEXT = {"a": ("guitar strings", "bright nickel strings for an acoustic guitar, easy to tune"),
         "b": ("drum sticks", "hickory drum sticks with nylon tips for rock drummers")}
@@ -23,15 +25,11 @@ def planted(seed=0, n_a=20, n_b=30):
     """Users of kind a take only a-items, users of kind b only b-items; b has more users, so
     popularity alone would push b-items to everyone. Each user takes 6 of their kind's 10 items:
     4 in train, 1 in valid, 1 in test. Item `a-cold` has metadata and no interaction."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for kind, n in (("a", n_a), ("b", n_b)):
-        for u in range(n):
-            taken = rng.choice(10, size=6, replace=False)
-            for k, (item, split) in enumerate(zip(taken, ["train"] * 4 + ["valid", "test"])):
-                title, text = TEXT[kind]
-                rows.append({"user_id": f"{kind}-user{u:02d}", "item_id": f"{kind}{item}", "rating": 5.0,
-                             "text": f"{text} ({k})", "summary": f"good {title}", "timestamp": k, "split": split})
+    pools = [(f"{kind}-user{u:02d}", [f"{kind}{i}" for i in range(10)]) for kind, n in (("a", n_a), ("b", n_b))
+             for u in range(n)]
+    rows = [{"user_id": r["user_id"], "item_id": r["item_id"], "rating": 5.0, "text": f"{TEXT[kind][1]} ({r['k']})",
+             "summary": f"good {TEXT[kind][0]}", "timestamp": r["k"], "split": r["split"]}
+            for r in planted_rows(pools, (4, 1, 1), seed) for kind in [r["user_id"][0]]]
     items = pl.DataFrame({"item_id": [f"{k}{i}" for k in "ab" for i in range(10)] + ["a-cold"],
                           "title": [TEXT[k][0] for k in "ab" for _ in range(10)] + ["guitar strings, new"],
                           "description": [TEXT[k][1] for k in "ab" for _ in range(10)] + [TEXT["a"][1]]})

@@ -14,6 +14,8 @@ from feedbackgen.recommend.metrics import (classification_metrics, hit_rate, ndc
                                            topic_error)
 from feedbackgen.recommend.ranking import ranking_queries, score_pairs
 
+from support import planted_rows
+
 
 # -- metrics on hand-computed cases ------------------------------------------------------------
 
@@ -90,14 +92,9 @@ def test_agentsociety_scores_by_hand():
 @pytest.fixture(scope="module")
 def planted():
     """40 users; each has 6 train, 1 valid and 2 test items drawn at random from 300."""
-    rng = np.random.default_rng(3)
-    rows = []
-    for u in range(40):
-        items = rng.choice(300, size=9, replace=False)
-        for n, i in enumerate(items):
-            split = "train" if n < 6 else "valid" if n == 6 else "test"
-            rows.append((f"u{u}", f"i{i:03d}", float(1 + (u + i) % 5), split))
-    return Dataset(pl.DataFrame(rows, schema=["user_id", "item_id", "rating", "split"], orient="row"))
+    rows = planted_rows([(f"u{u}", [f"i{i:03d}" for i in range(300)]) for u in range(40)], (6, 1, 2), seed=3)
+    rating = (1 + (pl.col("user_id").str.slice(1).cast(pl.Int64) + pl.col("item_id").str.slice(1).cast(pl.Int64)) % 5)
+    return Dataset(pl.DataFrame(rows).select("user_id", "item_id", rating.cast(pl.Float64).alias("rating"), "split"))
 
 
 class Oracle:

@@ -10,18 +10,14 @@ from feedbackgen.recommend import SimulatedUser, fidelity, fidelity_markdown
 from feedbackgen.recommend.fidelity import discrimination_agent4rec
 from feedbackgen.recommend.simulated_user import validation_pairs
 
+from support import planted_rows
+
 
 def planted(n_users=40, n_items=60, per_split=(6, 3, 3), seed=0):
     """Each user's items come from one of two halves of the catalogue ("kinds"), in every split."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        kind = u % 2
-        pool = [f"i{j:03d}" for j in range(n_items) if j % 2 == kind]
-        chosen = rng.choice(pool, size=sum(per_split), replace=False)
-        splits = ["train"] * per_split[0] + ["valid"] * per_split[1] + ["test"] * per_split[2]
-        rows += [{"user_id": f"u{u:03d}", "item_id": i, "rating": 4.0, "split": s} for i, s in zip(chosen, splits)]
-    return Dataset(pl.DataFrame(rows))
+    pools = [(f"u{u:03d}", [f"i{j:03d}" for j in range(n_items) if j % 2 == u % 2]) for u in range(n_users)]
+    rows = planted_rows(pools, per_split, seed)
+    return Dataset(pl.DataFrame(rows).select("user_id", "item_id", pl.lit(4.0).alias("rating"), "split"))
 
 
 class Oracle:
