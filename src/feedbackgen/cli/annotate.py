@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from feedbackgen.cli.app import app, err
+from feedbackgen.cli.options import DatasetOption
 from feedbackgen.errors import FeedbackgenError
 
 annotate_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -20,7 +21,7 @@ app.add_typer(annotate_app, name="annotate")
 def annotate_create(
     predictions: Annotated[list[Path], typer.Option(help="PRED.jsonl of two or more models (list them after "
                                                          "the option, or repeat it)")],
-    dataset: Annotated[Path, typer.Option(help="the dataset the predictions are for (for the users' past reviews)")],
+    dataset: DatasetOption,
     out: Annotated[Path, typer.Option(help="task folder to write")],
     more: Annotated[Optional[list[Path]], typer.Argument(help="more PRED.jsonl files", show_default=False)] = None,
     n: Annotated[int, typer.Option(help="number of items to judge")] = 50,

@@ -9,13 +9,14 @@ from typing import Annotated, Optional
 import typer
 
 from feedbackgen.cli.app import app, err, out
+from feedbackgen.cli.options import DatasetOption
 from feedbackgen.errors import FeedbackgenError
 
 
 @app.command()
 def evaluate(
     predictions: Annotated[list[Path], typer.Argument(help="PRED.jsonl file(s), one or more models")],
-    dataset: Annotated[Path, typer.Option(help="the dataset the predictions are for")],
+    dataset: DatasetOption,
     out: Annotated[Path, typer.Option(help="report folder to write")],
     split: Annotated[str, typer.Option(help="the split the predictions answer")] = "test",
     target: Annotated[Optional[str], typer.Option(help="explanation | review (default: from the rows)")] = None,

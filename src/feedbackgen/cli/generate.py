@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from feedbackgen.cli.app import app, err
+from feedbackgen.cli.options import OptionalDatasetOption
 from feedbackgen.config import Decoding, field_help
 from feedbackgen.errors import FeedbackgenError
 
@@ -26,7 +27,7 @@ def generate(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="a saved model folder")],
     out: Annotated[Path, typer.Option(help="PRED.jsonl to write")],
-    dataset: Annotated[Optional[Path], typer.Option(help="dataset whose split to generate for")] = None,
+    dataset: OptionalDatasetOption = None,
     split: Annotated[str, typer.Option(help="train | valid | test")] = "test",
     requests: Annotated[Optional[Path], typer.Option(
         help="JSONL/CSV/Parquet of user_id, item_id[, aspect, rating, seed]")] = None,

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from feedbackgen.cli.app import app, err
+from feedbackgen.cli.options import DatasetOption, EngageChoiceOption, RecsMapOption
 from feedbackgen.cli.sessions import run_sessions
 from feedbackgen.config import column_mapping
 from feedbackgen.errors import FeedbackgenError
@@ -46,15 +47,14 @@ ENGAGE_HELP = ("engage threshold (default: fitted on valid): a rating without --
 
 @app.command()
 def simulate(
-    dataset: Annotated[Path, typer.Option(help="the prepared dataset the models were trained on")],
+    dataset: DatasetOption,
     recommendations: Annotated[list[Path], typer.Option(
         help="RECS file(s): CSV/Parquet/JSONL of user_id, item_id[, rank] from any recommender")] = [],
     model: Annotated[Optional[Path], typer.Argument(
         help="a saved generator folder: the simulated user's ratings and reviews (optional with --choice)")] = None,
     more_recommendations: Annotated[Optional[list[Path]], typer.Argument(
         hidden=True, help="further RECS files (`--recommendations A B` is read as A and B)")] = None,
-    choice: Annotated[Optional[Path], typer.Option(
-        help="a choice-model folder (`feedbackgen train D --model ease`): decides engage/skip")] = None,
+    choice: EngageChoiceOption = None,
     k: Annotated[int, typer.Option(help="judge each user's top k")] = 10,
     threshold: Annotated[Optional[float], typer.Option(help=ENGAGE_HELP)] = None,
     reviews: Annotated[bool, typer.Option(help="also write each review (off: ratings and decisions only)")] = True,
@@ -63,9 +63,7 @@ def simulate(
     out: Annotated[Optional[Path], typer.Option(help="folder for simulated items/users Parquet and the summary")] = None,
     calibration_pairs: Annotated[Optional[int], typer.Option(
         help="fit the engage rule on a seeded sample of this many validation pairs")] = None,
-    map: Annotated[list[str], typer.Option(
-        "--map", help="RECS column mapping ours=theirs: user_id, item_id, rank, score (e.g. user_id=uid; a "
-                      "header-less file's columns by position from 1: item_id=2)")] = [],
+    map: RecsMapOption = [],
     id_check: Annotated[bool, typer.Option(
         help="refuse a RECS file whose ids mostly miss or look like another id space (--no-id-check: "
              "judge it anyway, e.g. a random baseline)")] = True,
@@ -118,10 +116,10 @@ def simulate(
 
 @app.command()
 def fidelity(
-    dataset: Annotated[Path, typer.Option(help="the prepared dataset the models were trained on")],
+    dataset: DatasetOption,
     model: Annotated[Optional[Path], typer.Argument(
         help="a saved generator folder: ratings and reviews (optional with --choice)")] = None,
-    choice: Annotated[Optional[Path], typer.Option(help="a choice-model folder: decides engage/skip")] = None,
+    choice: EngageChoiceOption = None,
     protocol: Annotated[str, typer.Option(
         help="pooled (test pairs vs 1, 3, 9x never-seen items) | agent4rec (Agent4Rec's per-user lists, "
              "ratios 1, 2, 3, 9) | recommenders (does the simulated user order a panel of recommenders as real "
@@ -132,8 +130,7 @@ def fidelity(
     builtin_panel: Annotated[bool, typer.Option(
         help="with --protocol recommenders: include the built-in panel (random, popularity, itemknn, ease, als, "
              "bpr and weakened variants, fitted on train)")] = True,
-    map: Annotated[list[str], typer.Option(
-        "--map", help="RECS column mapping ours=theirs, as in `simulate`")] = [],
+    map: RecsMapOption = [],
     out: Annotated[Optional[Path], typer.Option(help="folder for fidelity.json, fidelity.md and the plot")] = None,
     max_users: Annotated[Optional[int], typer.Option(help="a seeded sample of test users (faster)")] = None,
     threshold: Annotated[Optional[float], typer.Option(help=ENGAGE_HELP)] = None,
