@@ -32,9 +32,9 @@ Generation is batched with Hugging Face `generate` on `inputs_embeds` (left padd
 with every `Decoding` option through `feedbackgen.decoding` (each request samples from
 its own random stream). Texts are returned as the model writes them.
 
-Saved folder: `model.safetensors` (prompt vectors, rating head, rating baseline), `state.json`
-(ids, aspect words), and `lm/` (a Hugging Face folder) when phase 2 changed the LM; otherwise the
-base `model` is loaded again.
+Saved folder (`feedbackgen.models.folder`): `model.safetensors` (prompt vectors, rating head, rating
+baseline), `ids.json` (the user and item ids), `state.json` (aspect words), and `lm/` (a Hugging Face
+folder, written by `save_extra`) when phase 2 changed the LM; otherwise the base `model` is loaded again.
 
 Training cost (`bench/llm_training.py`): `group_by_length` batches texts of similar lengths;
 `autocast` runs the training and validation passes under bfloat16 autocast; the output layer sees
