@@ -237,7 +237,7 @@ def test_cached_and_uncached_decoding_agree(fitted, ds):
 
 
 def test_beam_search_with_one_beam_is_greedy(fitted, ds):
-    users, items, aspects = fitted._ids(requests_of(ds.test))
+    users, items, aspects = fitted.encode(requests_of(ds.test))
     dec = Decoding(max_new_tokens=20)
     greedy, fin_g, _ = fitted.model.generate(users, items, aspects, dec)
     processors = logits_processors(dec, EOS, suppress=NEVER, min_new_tokens=1)
@@ -266,7 +266,7 @@ def test_sampling_is_seeded_and_constraints_hold(fitted, ds):
     greedy, _ = fitted.generate_text(reqs, Decoding(max_new_tokens=20))
     assert k1 == greedy
     # no_repeat_ngram_size: no token id bigram twice
-    users, items, aspects = fitted._ids(reqs)
+    users, items, aspects = fitted.encode(reqs)
     out, _, _ = fitted.model.generate(users, items, aspects,
                                       Decoding(max_new_tokens=25, no_repeat_ngram_size=2))
     for row in out.tolist():
@@ -332,7 +332,7 @@ def test_generation_runs_on_the_process_threads_not_the_training_setting(fitted,
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_min_new_tokens_holds_back_end_of_sentence(fitted, ds, num_beams, monkeypatch):
-    users, items, aspects = fitted._ids(requests_of(ds.test)[:8])
+    users, items, aspects = fitted.encode(requests_of(ds.test)[:8])
     net = fitted.model
     plain_logits = net.logits
 

@@ -268,7 +268,9 @@ class Peter(Generator):
             max_len=3 + 2 + max(self.config.max_words, MAX_NEW_TOKENS) + (c.rag_max_tokens if c.rag_k else 0))
 
     # -- prediction --------------------------------------------------------------------------
-    def _ids(self, requests: Sequence[FeedbackRequest]):
+    def encode(self, requests: Sequence[FeedbackRequest]):
+        """The network's inputs for `requests`: (users, items, aspects) id tensors of shape (rows,),
+        0 for an id not seen in training; aspects None when the model has no aspect vocabulary."""
         users = torch.from_numpy(self.users.lookup([r.user_id for r in requests]))
         items = torch.from_numpy(self.items.lookup([r.item_id for r in requests]))
         aspects = None
@@ -278,7 +280,7 @@ class Peter(Generator):
 
     def predict_rating(self, requests: Sequence[FeedbackRequest]) -> np.ndarray:
         self.check_fitted()
-        users, items, _ = self._ids(requests)
+        users, items, _ = self.encode(requests)
         out = []
         self.model.eval()
         with torch.no_grad():
@@ -303,7 +305,7 @@ class Peter(Generator):
         for message in self.decoding_warnings(decoding):
             warnings.warn(message, DecodingWarning, stacklevel=3)
         requests = with_seeds(requests, decoding)
-        users, items, aspects = self._ids(requests)
+        users, items, aspects = self.encode(requests)
         context = None if self.rag is None else self.rag.encode(
             self.vocab, [r.user_id for r in requests], [r.item_id for r in requests])
         texts, metas = [], []
