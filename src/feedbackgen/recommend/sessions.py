@@ -285,7 +285,8 @@ def sessions(model: Any, dataset: Dataset,
     depth = cfg.page_size * cfg.max_pages
     read = {r: read_recommendations(src, dataset, depth, r, mapping=mapping, check_ids=check_ids)
             for r, src in (recommendations or {}).items()}
-    user = SimulatedUser(None, dataset, seed=cfg.seed, calibration_pairs=calibration_pairs, choice=choice)
+    # the calibration keeps its own seed (1): a session seed changes the draws, not P(engage)
+    user = SimulatedUser(None, dataset, calibration_pairs=calibration_pairs, choice=choice)
     p_rows = EngageRows.of(user, dataset)
     sources = {r: (RecsPages(recs, cfg.page_size), check) for r, (recs, check) in read.items()}
     sources.update({r: (LivePages(m, dataset, cfg.page_size), None) for r, m in (live or {}).items()})
