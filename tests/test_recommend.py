@@ -498,3 +498,16 @@ def test_factor_fold_in_recovers_a_users_trained_scores(mi_small, rankers):
     rows = als.user_rows(users)
     folded, trained = als.score_history(als.seen[rows]), als.dense(rows)
     assert all(np.corrcoef(f, t)[0, 1] > 0.99 for f, t in zip(folded, trained))
+
+
+def test_hybrid_scores_a_visitor_through_its_collaborative_part(mi_small):
+    from feedbackgen.recommend import create_choice, top_k
+
+    hybrid = create_choice("hybrid", {"search": False, "base": "ease", "base_config": {"search": False}}).fit(mi_small)
+    assert hybrid.folds_history
+    user = known_test_users(mi_small, 1)[0]
+    train_items = sorted(mi_small.train.filter(pl.col("user_id") == user)["item_id"])
+    visitor = top_k(hybrid, ["visitor"], 5, dataset=mi_small, history={"visitor": train_items})
+    known = top_k(hybrid, [user], 5, exclude="train", dataset=mi_small)
+    assert visitor["item_id"].to_list() == known["item_id"].to_list()
+    assert visitor["score"].to_list() == pytest.approx(known["score"].to_list())

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 from pydantic import Field
 
 from feedbackgen.data.dataset import Dataset
@@ -115,11 +116,21 @@ class Hybrid(ChoiceModel):
             self.search_record["base_search"] = self.base_search
         return self
 
+    @property
+    def folds_history(self) -> bool:  # a history is scored when the collaborative part can score one
+        return self.base.folds_history
+
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
-        cf_scores = self.base.score_rows(rows)
+        return self.blend(self.base.score_rows(rows), self.seen[rows])
+
+    def score_history(self, taken: sp.csr_matrix) -> np.ndarray:
+        return self.blend(self.base.score_history(taken[:, self.base_cols].tocsr()), taken)
+
+    def blend(self, cf_scores: np.ndarray, taken: sp.csr_matrix) -> np.ndarray:
+        """The collaborative scores (of the base's items) blended with the content score of the
+        mean embedding of the `taken` items (rows x our items)."""
         collaborative = np.repeat(cf_scores.mean(axis=1, keepdims=True), len(self.item_ids), axis=1)
         collaborative[:, self.base_cols] = cf_scores
-        taken = self.seen[rows]
         counts = np.asarray(taken.sum(axis=1)).ravel()
         profiles = (taken @ self.item_embeddings) / np.maximum(counts, 1.0)[:, None]
         norms = np.linalg.norm(profiles, axis=1, keepdims=True)
