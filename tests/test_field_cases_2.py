@@ -248,6 +248,10 @@ def test_padded_and_short_lists_are_counted_beside_the_verdict(judged):
     assert (got["items"], got["duplicates"], got["short_lists"]) == (150, 350, 50)
     assert "350 repeated (user, item) row(s)" in got["said"]
     assert "50 of 50 user(s) with a list shorter than k" in got["said"]
+    # an empty slot is a skip (engaged / k, as precision@k): three items cannot beat the real top 10
+    real = judged["ranked_1based"]
+    assert got["expected_engagement_at_k"] < real["expected_engagement_at_k"]
+    assert got["engagement_at_k"] < real["engagement_at_k"]
 
 
 # -- LLM servers that misbehave cost one row, not the run (24, 25) -----------------------------------

@@ -63,7 +63,7 @@ def test_simulation_on_a_small_real_slice(mi_small, popular, two_recommenders, t
         per_user = sim.users.filter(pl.col("recommender") == row["recommender"])
         assert row["mean_rating"] == pytest.approx(mine["rating"].mean())
         assert row["share_rated_4_plus"] == pytest.approx((mine["stars"] >= 4).mean())
-        assert row["engagement_at_k"] == pytest.approx(per_user["engagement"].mean())
+        assert row["engagement_at_k"] == pytest.approx(per_user["engaged"].mean() / sim.k)  # engaged / k
         assert row["unknown_users"] == row["unknown_items"] == row["rows_left_out"] == 0
     # the ranking by the simulator's own rating looks at least as good to it as the popularity one
     means = dict(zip(sim.summary["recommender"], sim.summary["mean_rating"]))
@@ -282,7 +282,8 @@ def test_cli_simulated_user_judges_a_panel_and_lists_with_expected_engagement(mi
     low, high = summary["expected_engagement_ci"]
     assert 0 < low <= summary["expected_engagement_at_k"] <= high < 1 and "expected engagement@10" in out
     items = pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet")
-    assert items["p_engage"].mean() == pytest.approx(summary["expected_engagement_at_k"])
+    per_user = items.group_by("user_id").agg(pl.col("p_engage").sum() / 10)
+    assert per_user["p_engage"].mean() == pytest.approx(summary["expected_engagement_at_k"])
     # the engaged items, and only they, got the generator's rating and text
     assert items.filter(pl.col("engage"))["text"].null_count() == 0
     assert items.filter(~pl.col("engage"))["rating"].null_count() == int((~items["engage"]).sum())

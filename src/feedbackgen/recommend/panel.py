@@ -90,8 +90,9 @@ def random_lists(dataset: Dataset, users: Sequence[str], k: int, seed: int) -> p
 
 def per_user_scores(recs: pl.DataFrame, p: np.ndarray, truth: Mapping[str, set[str]], users: Sequence[str],
                     k: int) -> np.ndarray:
-    """Per user (rows in `users` order): precision@k, hit@k, NDCG@k and the mean P(engage) of the
-    list, shape (len(users), 4). A user without a list scores 0 real and NaN simulated."""
+    """Per user (rows in `users` order): precision@k, hit@k, NDCG@k and the list's P(engage) summed
+    and divided by k (its predicted precision@k), shape (len(users), 4). A user without a list
+    scores 0 real and NaN simulated."""
     index = {u: n for n, u in enumerate(users)}
     out = np.zeros((len(users), 4))
     out[:, 3] = np.nan
@@ -109,7 +110,7 @@ def per_user_scores(recs: pl.DataFrame, p: np.ndarray, truth: Mapping[str, set[s
     out[:, 0] = hits.sum(axis=1) / k
     out[:, 1] = hits.any(axis=1)
     out[:, 2] = np.divide(hits @ discount, ideal, out=np.zeros(len(users)), where=ideal > 0)
-    out[:, 3] = np.divide(sums, counts, out=np.full(len(users), np.nan), where=counts > 0)
+    out[:, 3] = np.where(counts > 0, sums / k, np.nan)  # per slot, as precision: an empty slot is a skip
     return out
 
 

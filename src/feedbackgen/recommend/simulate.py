@@ -30,10 +30,13 @@ at least one item). Per recommender: users, items judged, mean simulated rating 
 engagement@K (mean over users of engaged / judged among the top K), share of rated items rated 4 or more
 (mean rating and this share are over the items that got a rating: with a choice model, the engaged ones),
 share of users satisfied, the counts of what was left out, and, with a choice model,
-`expected_engagement_at_k`: the mean p_engage over the judged items (the expected share of listed
-items users take; compare it with a list's real precision@K) with a 95 % bootstrap interval over
-users (`expected_engagement_ci`, `BOOTSTRAP` resamples, seeded). `engagement@K` counts the sampled
-decisions, so it scatters around the expected value.
+`expected_engagement_at_k`: the sum of p_engage over each user's judged items divided by K, averaged
+over users (the expected share of the K slots whose item the user takes: a list's predicted
+precision@K) with a 95 % bootstrap interval over users (`expected_engagement_ci`, `BOOTSTRAP`
+resamples, seeded). `engagement@K` counts the drawn decisions the same way (engaged / K), so it
+scatters around the expected value. Both divide by K, as precision@K does: a slot left empty (a
+short list, a repeated item, an item the user already had) counts as a skip, so a top 3 padded to
+10 by repetition cannot beat a real top 10.
 """
 
 from __future__ import annotations
@@ -136,17 +139,16 @@ def _num(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
-def _expected(items: pl.DataFrame, seed: int) -> dict[str, Any]:
-    """expected_engagement_at_k (mean p_engage over the judged items) and its 95 % bootstrap
-    interval over users; None without probabilities (the rating rule)."""
+def _expected(items: pl.DataFrame, k: int, seed: int) -> dict[str, Any]:
+    """expected_engagement_at_k (per user, the sum of p_engage over the judged items / k; averaged
+    over users) and its 95 % bootstrap interval over users; None without probabilities (the rating rule)."""
     judged = items.filter(pl.col("p_engage").is_not_null())
     if not len(judged):
         return {"expected_engagement_at_k": None, "expected_engagement_ci": None}
-    per_user = judged.group_by("user_id").agg(pl.col("p_engage").sum().alias("p"), pl.len().alias("n")).sort("user_id")
-    p, n = per_user["p"].to_numpy(), per_user["n"].to_numpy().astype(np.float64)
+    p = items.group_by("user_id").agg(pl.col("p_engage").fill_null(0.0).sum()).sort("user_id")["p_engage"].to_numpy() / k
     draws = np.random.default_rng(seed).integers(0, len(p), size=(BOOTSTRAP, len(p)))
-    boot = p[draws].sum(axis=1) / n[draws].sum(axis=1)
-    return {"expected_engagement_at_k": float(p.sum() / n.sum()),
+    boot = p[draws].mean(axis=1)
+    return {"expected_engagement_at_k": float(p.mean()),
             "expected_engagement_ci": [float(v) for v in np.percentile(boot, [2.5, 97.5])]}
 
 
@@ -221,8 +223,8 @@ def simulate(model: Any, dataset: Dataset,
         rows.append({
             "recommender": check.recommender, "users": len(mine_users), "items": len(mine_items),
             "mean_rating": None if empty else mine_items["rating"].mean(),
-            **_expected(mine_items, seed),
-            "engagement_at_k": None if empty else float(mine_users["engagement"].mean()),
+            **_expected(mine_items, k, seed),
+            "engagement_at_k": None if empty else float(mine_users["engaged"].mean() / k),
             "share_rated_4_plus": None if empty else (mine_items["stars"] >= 4).mean(),
             "share_users_engaging": None if empty else float(mine_users["satisfied"].mean()),
             "unknown_users": check.unknown_users, "unknown_items": check.unknown_items,
