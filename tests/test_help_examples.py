@@ -7,7 +7,7 @@ file names: `reviews_Musical_Instruments_5.json.gz` there is a slice of the real
 reviews, so that the whole test stays short) and `agent4rec/` a slice of the Agent4Rec split. What an
 example reads but no earlier example wrote — a model folder, a prediction or recommendation file,
 G.txt — is made first with the ordinary commands, on the dataset the example names. Commands run in
-process (one import of torch for all); the two servers run as processes and must answer /healthz.
+process (one import of torch for all); the servers run as processes and must become ready (/readyz).
 
 Also: an option name that does not exist is answered with the closest valid one.
 """
@@ -38,7 +38,7 @@ from feedbackgen.cli import app
 MI_REVIEWS = 400  # the first reviews of the Musical Instruments file: about 40 items
 A4R_USERS = 60
 ORDER = ("prepare", "train", "models", "generate", "evaluate", "report", "metrics", "recommend", "simulate",
-         "fidelity", "api-key", "annotate create", "annotate report", "serve", "annotate serve")
+         "fidelity", "api-key", "annotate create", "annotate report", "serve", "annotate serve", "events export")
 SERVERS = ("serve", "annotate serve")
 # settings that make a model folder an example needs quick to train; the example itself is never changed
 QUICK = {"peter": ["--set", "max_epochs=1", "--set", "emsize=32", "--set", "nhid=64", "--set", "nhead=2",
@@ -181,8 +181,10 @@ def _port_taken(port: int) -> bool:
 
 def _serve(args: list[str]) -> None:
     """Start the server as written (on a free port when its port is taken by someone else's run) and
-    wait for /healthz; then stop it."""
-    if "--port" in args and _port_taken(int(args[args.index("--port") + 1])):
+    wait until /readyz answers 200 (every model and the dataset loaded); then stop it."""
+    if "--port" not in args and _port_taken(8000):  # the commands' default port
+        args += ["--port", str(_free_port())]
+    elif "--port" in args and _port_taken(int(args[args.index("--port") + 1])):
         args[args.index("--port") + 1] = str(_free_port())
     port = int(args[args.index("--port") + 1]) if "--port" in args else 8000
     proc = subprocess.Popen([sys.executable, "-m", "feedbackgen.cli", *args], stdout=subprocess.PIPE,
@@ -193,12 +195,12 @@ def _serve(args: list[str]) -> None:
             if proc.poll() is not None:
                 raise AssertionError(f"`feedbackgen {shlex.join(args)}` exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
                     assert answer.status == 200
                     return
             except OSError:
                 time.sleep(0.5)
-        raise AssertionError(f"`feedbackgen {shlex.join(args)}` did not answer /healthz in 180 s")
+        raise AssertionError(f"`feedbackgen {shlex.join(args)}` was not ready (/readyz) in 180 s")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
