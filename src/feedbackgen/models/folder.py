@@ -105,10 +105,6 @@ class Contents:
     arrays: dict[str, Any]
     state: dict[str, Any]
 
-    @property
-    def kind(self) -> str:
-        return self.meta["kind"]
-
 
 def read_config(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     """The folder's config.json, with `kind` filled in for a format-1 generator folder.
@@ -162,6 +158,8 @@ def split_ids(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any], 
     plain, ids = {}, {}
     for key, value in state.items():
         if isinstance(value, IdIndex):
+            if "." in key:  # the dot separates the path's parts in ids.json
+                raise FeedbackgenError(f"an id map's key may not hold a dot: {prefix + key!r}")
             ids[prefix + key] = value.ids
         elif isinstance(value, dict) and all(isinstance(k, str) for k in value):
             plain[key], inner = split_ids(value, f"{prefix}{key}.")
