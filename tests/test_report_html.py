@@ -96,3 +96,16 @@ def test_the_panel_verdict_is_said_in_words():
     assert "much the same order (Kendall τ 0.600, 95% interval 0.200 to 0.900" in said
     assert "orders 9 of the 11 clearly different pairs right" in said
     assert _panel_sentence([{"markdown": "no panel here"}]) == ""
+
+
+def test_what_it_means_weighs_the_writer_against_the_copier():
+    from feedbackgen.evaluation.report_html import _meaning
+
+    def row(rouge, memorisation, grounding):
+        return {"metrics": {"rougeL_f": rouge, "memorisation": memorisation, "item_grounding": grounding}}
+
+    off_item = _meaning({"peter": row(16.3, 0.0, 0.01)}, {"retrieval": row(12.8, 0.89, 0.99)})
+    assert "ahead of the best copier, retrieval, on ROUGE-L (16.30 against 12.80)" in off_item
+    assert "only 1 % of its texts are about the item they explain, against 99 %" in off_item
+    on_item = _meaning({"sft": row(12.0, 0.1, 0.9)}, {"retrieval": row(12.8, 0.89, 0.99)})
+    assert "behind the best copier" in on_item and "item grounding 0.90 against 0.99" in on_item

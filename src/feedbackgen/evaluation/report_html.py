@@ -200,10 +200,17 @@ def _meaning(writers: dict, copiers: dict) -> str:
             f"copier, {html.escape(c)}, on ROUGE-L ({wr:.2f} against {cr:.2f})")
     wm, cm = _metric(writers[w], "memorisation"), _metric(copiers[c], "memorisation")
     if wm is not None and cm is not None:
-        line += (f", while {100 * wm:.0f} % of its texts repeat 8 words of a training review against "
+        line += (f"; {100 * wm:.0f} % of its texts repeat 8 words of a training review, against "
                  f"{100 * cm:.0f} % of {html.escape(c)}'s")
-    return line + (": the copier is a baseline to beat, the writer is what can describe an item in words no "
-                   "one has written yet.")
+    wg, cg = _metric(writers[w], "item_grounding"), _metric(copiers[c], "item_grounding")
+    if wg is not None and cg is not None and wg < cg - 0.2:
+        return line + (f". But only {100 * wg:.0f} % of its texts are about the item they explain, against "
+                       f"{100 * cg:.0f} % of {html.escape(c)}'s: it has learnt how these users write more than what "
+                       "they say about each item. Train it longer, or use a bigger generator, before relying on its "
+                       "explanations; the copier stays the baseline to beat.")
+    if wg is not None and cg is not None:
+        line += f", and it stays on the item about as often (item grounding {wg:.2f} against {cg:.2f})"
+    return line + ": it describes items in words no training review holds."
 
 
 def _headline_table(report: dict) -> str:
