@@ -168,7 +168,7 @@ def test_ratings_free_dataset_end_to_end_through_the_cli(data_root, tmp_path):
     c = json.loads((tmp_path / "sim" / "summary.json").read_text())["calibration"]
     rule = (f"engage with P(choose) from ease (stacked log-rank, isotonic), calibrated on {c['pairs']} ranked "
             f"valid candidates of {c['users']} users; in 1:1 protocols engage when P ≥ {c['threshold']:.3f} "
-            f"(accuracy {c['accuracy']:.3f} on the same rows)")
+            f"(accuracy {c['accuracy']:.3f} on valid pairs, real vs never-seen 1:1, each user weighted once)")
     assert f"Simulated user: `ease`; {rule}." in out  # the folder is named after the model: said once
     items = pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet")
     assert items["engage"].sum() > 0 and items["rating"].null_count() == len(items)  # no generator, no ratings

@@ -174,13 +174,11 @@ class EngageModel:
         rng = np.random.default_rng(seed)
         if len(chosen) > users:
             chosen = sorted(rng.choice(chosen, size=users, replace=False).tolist())
-        x, y, w, sampled, owner = _calibration_rows(models, pool, chosen, truth, depth, random_items, rng)
+        x, y, w = _calibration_rows(models, pool, chosen, truth, depth, random_items, rng)
         stack = LogisticRegression(C=1.0, max_iter=2000).fit(basis(x), y, sample_weight=w)
         z = stack.decision_function(basis(x))
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, y, sample_weight=w)
-        threshold, accuracy = one_to_one_threshold(after_valid_probability(iso.predict(z), 1.0), y, w, sampled, owner)
-        record = {"split": labels, "threshold_1to1": threshold, "accuracy_1to1": accuracy,
-                  "users": len(chosen), "rows": int(len(y)), "positives": int(y.sum()),
+        record = {"split": labels, "users": len(chosen), "rows": int(len(y)), "positives": int(y.sum()),
                   "depth": depth, "random_items": random_items, "seed": seed,
                   "models": [getattr(m, "name", type(m).__name__) for m in models],
                   "expected_positives": float(np.dot(w, iso.predict(z))), "weighted_positives": float(np.dot(w, y))}
@@ -203,11 +201,10 @@ def after_valid_probability(p: np.ndarray, future_ratio: float = 1.0) -> np.ndar
 
 def _calibration_rows(models: Sequence[Any], pool: Pool, users: list[str], truth: dict[str, set[str]],
                       depth: int, random_items: int, rng: np.random.Generator
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(log ranks, labels, weights, sampled, owner) of the calibration rows: per user (`owner`: its
-    index), each model's top `depth` candidates, plus a uniform sample of the other candidates
-    (`sampled`) weighted by how many each stands for."""
-    feats, labels, weights, sampled, owner = [], [], [], [], []
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log ranks, labels, weights) of the calibration rows: per user, each model's top `depth`
+    candidates, plus a uniform sample of the other candidates weighted by how many each stands for."""
+    feats, labels, weights = [], [], []
     for start in range(0, len(users), USERS_PER_BATCH):
         batch = users[start:start + USERS_PER_BATCH]
         blocks = [pool_scores(m, pool, batch) for m in models]
@@ -222,37 +219,7 @@ def _calibration_rows(models: Sequence[Any], pool: Pool, users: list[str], truth
             feats.append(np.column_stack([np.log(ranks_in(b[n], cand, cols)) for b in blocks]))
             weights.append(np.concatenate([np.ones(len(top)), np.full(len(sample), len(rest) / max(len(sample), 1))]))
             labels.append(np.array([i in truth[user] for i in pool.items[cols]], dtype=np.float64))
-            sampled.append(np.arange(len(cols)) >= len(top))
-            owner.append(np.full(len(cols), start + n))
-    return (np.concatenate(feats), np.concatenate(labels), np.concatenate(weights), np.concatenate(sampled),
-            np.concatenate(owner))
+    return np.concatenate(feats), np.concatenate(labels), np.concatenate(weights)
 
 
-def one_to_one_threshold(p: np.ndarray, y: np.ndarray, w: np.ndarray, sampled: np.ndarray,
-                         owner: np.ndarray) -> tuple[float, float]:
-    """(threshold, accuracy): the probability that best tells real held-out items (y = 1) from
-    uniformly drawn candidates (the `sampled` rows with y = 0) mixed 1:1, each user (`owner`) weighing
-    once on each side as in Agent4Rec's per-user protocol, and each row by the candidates it stands
-    for (`w`: most positives outside the models' tops are represented by few sampled rows); the
-    middle threshold when several tie."""
-    pos, neg = y == 1, sampled & (y == 0)
-    if not pos.any() or not neg.any():
-        return 0.5, float("nan")
-    mass_pos = np.bincount(owner[pos], weights=w[pos], minlength=owner.max() + 1)
-    mass_neg = np.bincount(owner[neg], weights=w[neg], minlength=owner.max() + 1)
-    wp = w[pos] / mass_pos[owner[pos]]
-    keep = neg & (mass_pos[owner] > 0)
-    wn = w[keep] / mass_neg[owner[keep]]
-    grid = np.unique(np.round(p[pos | keep], 6))
-
-    def share_at_least(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        order = np.argsort(values)
-        cum = np.concatenate([[0.0], np.cumsum(weights[order])])
-        return 1.0 - cum[np.searchsorted(values[order], grid, "left")] / cum[-1]
-
-    accuracy = 0.5 * (share_at_least(p[pos], wp) + 1.0 - share_at_least(p[keep], wn))
-    best = grid[np.flatnonzero(accuracy >= accuracy.max() - 1e-12)]
-    return float(best[len(best) // 2]), float(accuracy.max())
-
-
-__all__ = ["EngageModel", "after_valid_probability", "log_ranks", "one_to_one_threshold", "pool_scores", "ranks_in"]
+__all__ = ["EngageModel", "after_valid_probability", "log_ranks", "pool_scores", "ranks_in"]

@@ -79,7 +79,8 @@ class Calibration:
                         "threshold given (not fitted: no calibration accuracy)")
             return (f"engage with P(choose) from {self.choice_model} ({self.method}), calibrated on "
                     f"{self.pairs} ranked {self.split} candidates of {self.users} users; in 1:1 protocols "
-                    f"engage when P ≥ {self.threshold:.3f} (accuracy {self.accuracy:.3f} on the same rows)")
+                    f"engage when P ≥ {self.threshold:.3f} (accuracy {self.accuracy:.3f} on {self.split} "
+                    "pairs, real vs never-seen 1:1, each user weighted once)")
         rule = f"engage when the predicted rating ≥ {self.threshold:.2f}"
         if self.split == "given":
             return f"{rule}, threshold given (not fitted: no calibration accuracy)"
@@ -120,8 +121,14 @@ def best_threshold(scores: np.ndarray, actual: np.ndarray, grid: np.ndarray,
                    weight: np.ndarray | None = None) -> tuple[float, float]:
     """(threshold, accuracy): the grid value whose `scores >= t` matches `actual` best (weighted
     accuracy when `weight` is given); the middle one when several tie."""
-    accuracy = np.array([np.average((scores >= t) == actual, weights=weight) for t in grid])
-    best = grid[np.flatnonzero(accuracy == accuracy.max())]
+    scores, actual = np.asarray(scores, dtype=np.float64), np.asarray(actual, dtype=bool)
+    weight = np.ones(len(scores)) if weight is None else np.asarray(weight, dtype=np.float64)
+    order = np.argsort(scores, kind="stable")
+    below = np.searchsorted(scores[order], grid, "left")  # rows scoring below t: predicted "skip"
+    pos = np.concatenate([[0.0], np.cumsum(weight[order] * actual[order])])
+    neg = np.concatenate([[0.0], np.cumsum(weight[order] * ~actual[order])])
+    accuracy = np.clip((neg[below] + pos[-1] - pos[below]) / weight.sum(), 0.0, 1.0)  # cumsum rounding
+    best = grid[np.flatnonzero(accuracy >= accuracy.max() - 1e-12)]
     return float(best[len(best) // 2]), float(accuracy.max())
 
 
@@ -139,10 +146,10 @@ class ChoiceEngage:
     """P(engage | user, item) from a choice model (module docstring): the model's own calibrated
     probability when it has one (`simulated_user`), otherwise an `EngageModel` fitted now on valid."""
 
-    def __init__(self, choice: Any, dataset: Dataset, *, seed: int = 1, users: int = 3000):
+    def __init__(self, choice: Any, dataset: Dataset, *, seed: int = 1):
         self.choice, self.dataset = choice, dataset
         self.own = hasattr(choice, "engage_probability")
-        self.model = choice.engage if self.own else EngageModel.fit([choice], dataset, users=users, seed=seed)
+        self.model = choice.engage if self.own else EngageModel.fit([choice], dataset, seed=seed)
 
     def probability(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """Calibrated P(engage) after the valid period, shape (n,) (`feedbackgen.recommend.engage`)."""
@@ -153,14 +160,18 @@ class ChoiceEngage:
 
 def calibrate_choice(choice: Any, dataset: Dataset, *, seed: int = 1, max_pairs: int | None = None
                      ) -> tuple[ChoiceEngage, Calibration]:
-    """The choice rule's probability and its 1:1 threshold (module docstring). max_pairs: most
-    valid users the calibration samples (default 3,000)."""
-    if max_pairs is not None and (not isinstance(max_pairs, int) or max_pairs < 1):
-        raise FeedbackgenError(f"calibration pairs must be a positive integer, got {max_pairs!r}")
-    engage = ChoiceEngage(choice, dataset, seed=seed, users=max_pairs or 3000)
+    """The choice rule's probability and its 1:1 threshold (module docstring): the probability that
+    best tells each real validation pair from an item the user never touched (1:1, each user
+    weighing once, as Agent4Rec's per-user protocol does). max_pairs: a seeded sample of that many
+    validation pairs for the threshold."""
+    users, items, actual, split = validation_pairs(dataset, seed, max_pairs)
+    engage = ChoiceEngage(choice, dataset, seed=seed)
+    p = engage.probability(users, items)
+    _, inverse, counts = np.unique(np.asarray(users, dtype=object), return_inverse=True, return_counts=True)
+    threshold, accuracy = best_threshold(p, actual, np.unique(np.round(p, 6)), 1.0 / counts[inverse])
     r = engage.model.record
     name = getattr(choice, "name", type(choice).__name__)
-    return engage, Calibration(r["threshold_1to1"], r["accuracy_1to1"], r["rows"], r["split"],
+    return engage, Calibration(threshold, accuracy, r["rows"], r["split"],
                                rule=f"engage with P(choose) from {name}", method="stacked log-rank, isotonic",
                                choice_model=name, features=[f"log_rank_{m}" for m in r["models"]],
                                users=r["users"])
