@@ -17,7 +17,7 @@ The texts are collapsed when USR < `USR_MIN` (0.05), or repetition > `REPETITION
 the most frequent text is at least `TOP_SHARE` (0.5) of them, this last from `MIN_OUTPUTS` (10)
 texts on (one or two texts are alike by chance). The thresholds sit far from healthy models: the
 default `peter` preset trained on the whole Musical Instruments data reaches USR 0.4-0.7 with no
-repeated runs (README, "How much data the text generators need").
+repeated runs (docs/generators.md, "How much data the text generators need").
 """
 
 from __future__ import annotations

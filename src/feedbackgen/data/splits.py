@@ -1,6 +1,6 @@
 """Train / valid / test splits, and the cold-start rule applied after them.
 
-README.md ("Splits and cold start") defines each split for users; the definitions here are those.
+docs/preparation.md ("Step order, splits and cold start") defines each split for users; the definitions here are those.
 
 - `random`: PETER's protocol. Row positions (in source order) are shuffled with
   `random.Random(seed).shuffle`; the first int(0.8 n) are train, the next int(0.1 n) valid, the

@@ -56,7 +56,7 @@ def message(name: str, sig: dict[str, Any], n_train: int, epochs: int) -> str:
         fired.append(f"USR {sig['usr']:.3f}, repetition {sig['repetition']:.0%}")
     return (f"warning: {name} answers every request alike: of {sig['n']} validation requests "
             + " and ".join(fired) + f", after {n_train} training reviews and {epochs} epoch(s): give it more "
-            "data or more epochs (README: how much data the text generators need)")
+            "data or more epochs (docs/generators.md: how much data the text generators need)")
 
 
 def announce(name: str, sig: dict[str, Any], n_train: int, epochs: int) -> dict[str, Any]:
