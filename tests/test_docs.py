@@ -45,6 +45,6 @@ def test_every_benchmark_table_says_when_where_and_how():
             continue
         heading = section.splitlines()[0]
         assert re.search(r"20\d\d-\d\d-\d\d", section), f"{heading}: a table without a date"
-        assert re.search(r"commit `?[0-9a-f]{7,40}", section), f"{heading}: a table without a commit"
+        assert re.search(r"(?i)commit[:\s]*`?[0-9a-f]{7,40}", section), f"{heading}: a table without a commit"
         assert re.search(r"(?i)VM|machine|H100|H200|core", section), f"{heading}: a table without a machine"
         assert re.search(r"python bench/|feedbackgen |make |Reproduce", section), f"{heading}: a table without a command"
