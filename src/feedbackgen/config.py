@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -146,3 +146,34 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return data
+
+
+class ServeConfig(StrictModel):
+    """The service's limits and defaults (`feedbackgen serve` flags, `create_app(config=...)`). Here, not in
+    `serve`, so the command line reads its help and defaults without loading the service."""
+
+    max_batch: int = Field(32, ge=1, le=4096, description="most requests in one model batch (1 = no micro-batching)")
+    max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0,
+                               description="longest a request waits for others to join its batch")
+    max_queue: int = Field(1024, ge=1, le=1_000_000,
+                           description="requests waiting per model; a call that does not fit gets 503")
+    max_requests: int = Field(64, ge=1, le=100_000, description="most requests in one /v1/feedback call (more: 413)")
+    # the cost of one call: what a client may ask the model's thread to do
+    max_new_tokens: int = Field(128, ge=1, le=1024, description="largest decoding.max_new_tokens of a call (more: 422)")
+    max_beams: int = Field(4, ge=1, le=32, description="largest decoding.num_beams of a call (more: 422)")
+    max_call_tokens: int = Field(8192, ge=1, le=100_000_000,
+                                 description="largest requests × num_beams × max_new_tokens of a call (more: 422)")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads for every model "
+                                "(None = torch's default); a model's own training setting is never used")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="largest request body (more: 413)")
+    unknown: Literal["fallback", "reject"] = Field(
+        "fallback", description="users/items without training reviews: answer with the model's fallback "
+                                "(and say so in `fallback`), or refuse with 404")
+    exclude: Literal["none", "train", "train+valid", "all"] = Field(
+        "train+valid", description="a /v1/recommend call's default: which of the user's own items (by split) "
+                                   "are never recommended back")
+    max_events: int = Field(1000, ge=1, le=1_000_000, description="most events in one /v1/events call (more: 413)")
+    max_history: int = Field(1000, ge=1, le=1_000_000,
+                             description="most items in a /v1/recommend call's history (more: 413)")
+    request_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds a client has to send a whole "
+                                   "request body; a slower one gets 408 and the connection is closed")

@@ -10,7 +10,7 @@ default from the model (`config_option`, `config_default`), as `generate` does f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, get_args, get_origin
 
 import typer
 from pydantic import BaseModel
@@ -30,8 +30,11 @@ EngageChoiceOption = Annotated[Optional[Path], typer.Option("--choice", help=ENG
 
 
 def config_option(model: type[BaseModel], name: str, **kwargs: Any) -> Any:
-    """A `typer.Option` for the field `name` of `model`: its description and range as the help."""
-    return typer.Option(help=field_help(model, name), **kwargs)
+    """A `typer.Option` for the field `name` of `model`: its description and range as the help,
+    and its choices when the field takes one of a few words."""
+    annotation = model.model_fields[name].annotation
+    choices = f": {' | '.join(get_args(annotation))}" if get_origin(annotation) is Literal else ""
+    return typer.Option(help=field_help(model, name) + choices, **kwargs)
 
 
 def config_default(model: type[BaseModel], name: str) -> Any:

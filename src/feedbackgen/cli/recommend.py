@@ -10,13 +10,15 @@ import typer
 from rich.console import Console
 
 from feedbackgen.cli.app import app, err
+from feedbackgen.cli.options import DatasetOption
 from feedbackgen.errors import FeedbackgenError
+from feedbackgen.tables import markdown_table
 
 
 @app.command()
 def recommend(
     model: Annotated[Path, typer.Argument(help="a saved model folder: a generator or a choice model")],
-    dataset: Annotated[Path, typer.Option(help="the prepared dataset the model was trained on")],
+    dataset: DatasetOption,
     choice: Annotated[Optional[Path], typer.Option(
         help="a choice-model folder that ranks, while MODEL (a generator) explains each item")] = None,
     user: Annotated[Optional[str], typer.Option(help="recommend for this user")] = None,
@@ -107,7 +109,7 @@ def recommend(
 def _evaluate(ranker, ranker_path: Path, ds, dataset: Path, out: Optional[Path], max_users: Optional[int]) -> None:
     """`recommend --evaluate`: HR@K / NDCG@K / Recall@K of the ranker beside popularity and MF."""
     from feedbackgen.models import create
-    from feedbackgen.recommend import Popularity, evaluate_ranking, markdown_table
+    from feedbackgen.recommend import Popularity, evaluate_ranking
     from feedbackgen.recommend.ranking import RANKING_FORMATS, simulator_name, write_ranking
 
     t0 = time.time()

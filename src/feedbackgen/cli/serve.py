@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from feedbackgen.cli.app import app, err
+from feedbackgen.cli.options import OptionalDatasetOption, config_default, config_option
+from feedbackgen.config import ServeConfig, validate
 from feedbackgen.errors import FeedbackgenError
 
 
@@ -16,8 +18,7 @@ def serve(
     models: Annotated[Optional[list[Path]], typer.Argument(
         help="saved generator folder(s), each served under its folder name (they write the feedback); "
              "a choice-model folder here is taken as --choice")] = None,
-    dataset: Annotated[Optional[Path], typer.Option(
-        help="dataset for users, items, candidates and the explorer")] = None,
+    dataset: OptionalDatasetOption = None,
     choice: Annotated[Optional[Path], typer.Option(
         help="a choice-model folder (`feedbackgen train DATA --model ease`): ranks /v1/recommend, "
              "the generator explains the top k")] = None,
@@ -27,13 +28,10 @@ def serve(
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         help="a web origin whose pages may call the API from a browser, e.g. https://shop.example.com "
              "(repeat for several; none by default)")] = None,
-    exclude: Annotated[str, typer.Option(
-        help="/v1/recommend's default mask: which of a user's own items are never recommended back, by "
-             "split: train+valid | all | train | none (a call may set its own)")] = "train+valid",
-    max_events: Annotated[int, typer.Option(help="most events in one /v1/events call (more: 413)")] = 1000,
-    max_history: Annotated[int, typer.Option(help="most items in one /v1/recommend history (more: 413)")] = 1000,
-    request_timeout: Annotated[float, typer.Option(
-        help="seconds a client has to send a whole request; slower: 408 and the connection closed")] = 30.0,
+    exclude: Annotated[str, config_option(ServeConfig, "exclude")] = config_default(ServeConfig, "exclude"),
+    max_events: Annotated[int, config_option(ServeConfig, "max_events")] = config_default(ServeConfig, "max_events"),
+    max_history: Annotated[int, config_option(ServeConfig, "max_history")] = config_default(ServeConfig, "max_history"),
+    request_timeout: Annotated[float, config_option(ServeConfig, "request_timeout")] = config_default(ServeConfig, "request_timeout"),
     max_connections: Annotated[int, typer.Option(
         help="most open connections (lowered to fit `ulimit -n`); more get 503 at once")] = 1000,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -41,18 +39,16 @@ def serve(
     annotate: Annotated[Optional[Path], typer.Option(help="also serve this annotation task at /annotate")] = None,
     api_keys: Annotated[Optional[Path], typer.Option(help="file of hashed API keys (see `feedbackgen api-key`); "
                                                           "with it, every /v1 call needs a key")] = None,
-    max_batch: Annotated[int, typer.Option(help="most requests per model batch (1 = no micro-batching)")] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help="longest a request waits for a batch to fill")] = 5.0,
-    max_queue: Annotated[int, typer.Option(help="requests waiting per model before 503")] = 1024,
-    max_requests: Annotated[int, typer.Option(help="most requests in one /v1/feedback call (more: 413)")] = 64,
-    max_body_bytes: Annotated[int, typer.Option(help="largest request body (more: 413)")] = 1 << 20,
-    max_new_tokens: Annotated[int, typer.Option(help="largest decoding.max_new_tokens of a call (more: 422)")] = 128,
-    max_beams: Annotated[int, typer.Option(help="largest decoding.num_beams of a call (more: 422)")] = 4,
-    max_call_tokens: Annotated[int, typer.Option(
-        help="largest requests × num_beams × max_new_tokens of a call (more: 422)")] = 8192,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads of the server (default: torch's)")] = None,
-    unknown: Annotated[str, typer.Option(
-        help="users/items without training reviews: fallback | reject (404)")] = "fallback",
+    max_batch: Annotated[int, config_option(ServeConfig, "max_batch")] = config_default(ServeConfig, "max_batch"),
+    max_wait_ms: Annotated[float, config_option(ServeConfig, "max_wait_ms")] = config_default(ServeConfig, "max_wait_ms"),
+    max_queue: Annotated[int, config_option(ServeConfig, "max_queue")] = config_default(ServeConfig, "max_queue"),
+    max_requests: Annotated[int, config_option(ServeConfig, "max_requests")] = config_default(ServeConfig, "max_requests"),
+    max_body_bytes: Annotated[int, config_option(ServeConfig, "max_body_bytes")] = config_default(ServeConfig, "max_body_bytes"),
+    max_new_tokens: Annotated[int, config_option(ServeConfig, "max_new_tokens")] = config_default(ServeConfig, "max_new_tokens"),
+    max_beams: Annotated[int, config_option(ServeConfig, "max_beams")] = config_default(ServeConfig, "max_beams"),
+    max_call_tokens: Annotated[int, config_option(ServeConfig, "max_call_tokens")] = config_default(ServeConfig, "max_call_tokens"),
+    threads: Annotated[Optional[int], config_option(ServeConfig, "threads")] = config_default(ServeConfig, "threads"),
+    unknown: Annotated[str, config_option(ServeConfig, "unknown")] = config_default(ServeConfig, "unknown"),
     graceful_timeout: Annotated[float, typer.Option(help="seconds to finish in-flight requests on shutdown")] = 30.0,
 ):
     """Serve feedback over HTTP (with micro-batching), the explorer at `/` and the API docs at `/docs`.
@@ -60,10 +56,9 @@ def serve(
     Example: `feedbackgen serve models/peter --choice models/ease --dataset data/mi --events runs/events.sqlite`
     (docs/serve.md: the calls, and what to put in front of a public deployment)
     """
-    from feedbackgen.config import validate
     from feedbackgen.models.base import read_model_config
     from feedbackgen.recommend.choice.base import is_choice_folder, read_choice_config
-    from feedbackgen.serve import ServeConfig, create_app, run
+    from feedbackgen.serve import create_app, run
     from feedbackgen.serve.keys import read_key_file
 
     models = models or []

@@ -17,8 +17,8 @@ from feedbackgen.recommend.ranking import evaluate_ranking, top_k
 from feedbackgen.recommend.recs import RecommendationsCheck, read_recommendations
 from feedbackgen.recommend.simulate import Simulation, simulate
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser, calibrate_choice, calibrate_threshold
-from feedbackgen.tables import markdown_table
 from feedbackgen.recommend.user_model import SimulatedUserModel
+from feedbackgen.tables import markdown_table
 
 __all__ = ["ANCHORS", "CHOICE_MODELS", "DEFAULT_CHOICE_MODEL", "Calibration", "ChoiceModel", "Popularity",
            "RecommendationsCheck", "SimulatedUser", "SimulatedUserModel", "Simulation", "calibrate_choice", "calibrate_threshold",

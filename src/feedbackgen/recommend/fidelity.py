@@ -51,7 +51,10 @@ import polars as pl
 
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
+from feedbackgen.embeddings import embed
 from feedbackgen.errors import DataError, FeedbackgenError
+from feedbackgen.evaluation.extra import vader_compound
+from feedbackgen.evaluation.metrics import mean_absolute_error, root_mean_square_error
 from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, json_ready
 from feedbackgen.recommend.metrics import (classification_metrics, preference_estimation,
                                            review_score_without_emotion, sentiment_error, star_histogram,
@@ -59,6 +62,7 @@ from feedbackgen.recommend.metrics import (classification_metrics, preference_es
 from feedbackgen.recommend.panel import judge_panel, panel_markdown, plot_panel
 from feedbackgen.recommend.ranking import UnseenSampler, simulator_name
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
+from feedbackgen.tables import number, table_lines
 
 RATIOS = (1, 3, 9)
 AGENT4REC_RATIOS = (1, 2, 3, 9)
@@ -211,7 +215,6 @@ def fidelity(model: Any, dataset: Dataset, *, ratios: Sequence[int] = RATIOS, th
     test = test.filter(pl.col("rating").is_not_null())
     frame = simulated_user.judge(test["user_id"].to_list(), test["item_id"].to_list(), decoding, write, "all")
     simulated, real = frame["rating"].to_numpy(), test["rating"].to_numpy()
-    from feedbackgen.evaluation.metrics import mean_absolute_error, root_mean_square_error
 
     real_hist, sim_hist = star_histogram(real, STARS), star_histogram(simulated, STARS)
     result["rating"] = {
@@ -238,8 +241,6 @@ def _embed_once(embed: Callable[[list[str]], np.ndarray], texts: tuple[str, ...]
 
 def review_fidelity(generated: list[str], test: pl.DataFrame, column: str) -> dict[str, Any]:
     """AgentSociety's sentiment and topic errors, and the review score without the emotion term."""
-    from feedbackgen.embeddings import embed
-    from feedbackgen.evaluation.extra import vader_compound
 
     references = test[column].to_list()
     keep = [n for n, (g, r) in enumerate(zip(generated, references))
@@ -253,10 +254,6 @@ def review_fidelity(generated: list[str], test: pl.DataFrame, column: str) -> di
 
 # -- output ------------------------------------------------------------------------------------
 
-def _num(x: Any, digits: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
-
-
 def fidelity_markdown(results: Sequence[dict[str, Any]], dataset_label: str = "this dataset",
                       anchors: Sequence[dict[str, Any]] = ANCHORS, same_data: bool = False) -> str:
     """The fidelity table (ours, then the published anchors), and the per-ratio precision/recall.
@@ -269,23 +266,23 @@ def fidelity_markdown(results: Sequence[dict[str, Any]], dataset_label: str = "t
     ratios = list(results[0]["discrimination"]) if results else [f"1:{r}" for r in RATIOS]
     head = (["simulator", "data", "users"] + [f"acc {r}" for r in ratios] + [f"F1 {r}" for r in ratios]
             + ["RMSE", "MAE", "star TVD", "pref. est.", "review (no emotion)†", "text vs"])
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 3) + ["---"]) + "|"]
+    rows = []
     for res in results:
         d, r, a = res["discrimination"], res.get("rating") or {}, res.get("agentsociety") or {}
-        cells = ([res["model"], dataset_label, str(res["users"])] + [_num(d[x]["accuracy"]) for x in ratios]
-                 + [_num(d[x]["f1"]) for x in ratios]
-                 + [_num(r.get("rmse")), _num(r.get("mae")), _num(r.get("distribution_tvd")),
-                    _num(a.get("preference_estimation")), _num(a.get("review_score_without_emotion")),
+        cells = ([res["model"], dataset_label, str(res["users"])] + [number(d[x]["accuracy"]) for x in ratios]
+                 + [number(d[x]["f1"]) for x in ratios]
+                 + [number(r.get("rmse")), number(r.get("mae")), number(r.get("distribution_tvd")),
+                    number(a.get("preference_estimation")), number(a.get("review_score_without_emotion")),
                     a.get("reference", "–")])
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     protocol = results[0].get("protocol", "pooled") if results else "pooled"
     for anchor in anchors:
         cells = ([anchor["model"], anchor_data(anchor, same_data), "–"]
-                 + [_num(anchor.get("accuracy_1_1")) if x == "1:1" else "–" for x in ratios]
-                 + [_num(anchor.get("f1_1_1")) if x == "1:1" else "–" for x in ratios]
-                 + [_num(anchor.get("rmse")), "–", "–", "–", "–", "–"])
-        lines.append("| " + " | ".join(cells) + " |")
+                 + [number(anchor.get("accuracy_1_1")) if x == "1:1" else "–" for x in ratios]
+                 + [number(anchor.get("f1_1_1")) if x == "1:1" else "–" for x in ratios]
+                 + [number(anchor.get("rmse")), "–", "–", "–", "–", "–"])
+        rows.append(cells)
+    lines = table_lines(head, rows, align="ll" + "r" * (len(head) - 3) + "l")
     basis = ("Agent4Rec's protocol: per user, min(held-out, ⌊20/(r+1)⌋) of their valid ∪ test items and r× as "
              "many never-seen items, shuffled; metrics per user, averaged" if protocol == "agent4rec" else
              "pooled protocol: every test pair of the users against r× as many never-seen items, metrics over "
@@ -298,13 +295,14 @@ def fidelity_markdown(results: Sequence[dict[str, Any]], dataset_label: str = "t
               "real text the generated one is compared with (the generator's target). – : not measured "
               "(no generator, or no ratings in the data).", ""]
     lines += ["Basis (what each row's figures rest on):"] + [f"- {basis_line(res)}" for res in results] + [""]
-    lines += ["| simulator | engage rule | pairs / users " + "".join(f"| P / R {r} " for r in ratios) + "|",
-              "|---|---|---:|" + "---:|" * len(ratios)]
+    pr_rows = []
     for res in results:
         d = res["discrimination"]
         sizes = ", ".join(_pairs_users(d[x]) for x in ratios)
-        lines.append(f"| {res['model']} | {_rule(res['calibration'])} | {sizes} | "
-                     + " | ".join(f"{_num(d[x]['precision'])} / {_num(d[x]['recall'])}" for x in ratios) + " |")
+        pr_rows.append([res["model"], _rule(res["calibration"]), sizes]
+                       + [f"{number(d[x]['precision'])} / {number(d[x]['recall'])}" for x in ratios])
+    lines += table_lines(["simulator", "engage rule", "pairs / users"] + [f"P / R {r}" for r in ratios], pr_rows,
+                         align="llr" + "r" * len(ratios))
     return "\n".join(lines) + "\n"
 
 

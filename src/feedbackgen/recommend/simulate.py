@@ -56,6 +56,7 @@ from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, j
 from feedbackgen.recommend.ranking import simulator_name
 from feedbackgen.recommend.recs import RecommendationsCheck, already_owned, read_recommendations
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
+from feedbackgen.tables import number, table_lines
 
 BOOTSTRAP = 1000  # resamples of the users behind expected_engagement_ci
 
@@ -85,14 +86,16 @@ class Simulation:
                 f"engagement@{k}", "rated ≥ 4★",
                 "users engaging", "unknown users", "unknown items"]
         lines = [f"Simulated user: `{self.model}`; {self.calibration.describe()}.", "",
-                 "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+                 ]
+        rows = []
         for r in self.summary.iter_rows(named=True):
             ci = r["expected_engagement_ci"]
             expected = ("–" if r["expected_engagement_at_k"] is None else
                         f"{r['expected_engagement_at_k']:.4f} ({ci[0]:.4f}–{ci[1]:.4f})")
-            lines.append(f"| {r['recommender']} | {r['users']} | {r['items']} | {_num(r['mean_rating'])} | "
-                         f"{expected} | {_num(r['engagement_at_k'])} | {_num(r['share_rated_4_plus'])} | "
-                         f"{_num(r['share_users_engaging'])} | {r['unknown_users']} | {r['unknown_items']} |")
+            rows.append([r["recommender"], r["users"], r["items"], number(r["mean_rating"]), expected,
+                         number(r["engagement_at_k"]), number(r["share_rated_4_plus"]),
+                         number(r["share_users_engaging"]), r["unknown_users"], r["unknown_items"]])
+        lines += table_lines(head, rows, align="l" + "r" * (len(head) - 1))
         user_sets = [set(self.users.filter(pl.col("recommender") == r)["user_id"].to_list())
                      for r in self.summary["recommender"]]
         if len(user_sets) > 1 and any(s != user_sets[0] for s in user_sets):
@@ -133,10 +136,6 @@ class Simulation:
         atomic_write_json(out_dir / "summary.json", json_ready(self.to_dict()))
         atomic_write_text(out_dir / "summary.md", self.markdown())
         return out_dir
-
-
-def _num(x: float | None) -> str:
-    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
 def _expected(items: pl.DataFrame, k: int, seed: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from feedbackgen import __version__
 from feedbackgen.config import validate
 from feedbackgen.data.dataset import Dataset
+from feedbackgen.evaluation.human import AnnotationTask
 from feedbackgen.models.base import Generator
 from feedbackgen.recommend.choice import ChoiceModel
 from feedbackgen.serve import recommend
@@ -118,7 +119,6 @@ def create_app(models: Mapping[str, Generator | str | Path] | Sequence[str | Pat
         models = model_names(models)
     task = None
     if annotate is not None:
-        from feedbackgen.evaluation.human import AnnotationTask
 
         task = AnnotationTask(annotate)
     service = Service(models, dataset, config, key_hashes, task, choice=choice, events=events)

@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 import torch
 from fastapi import HTTPException
-from pydantic import Field
 
-from feedbackgen.config import Decoding, StrictModel
+from feedbackgen.config import Decoding, ServeConfig
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import ConfigError, FeedbackgenError
+from feedbackgen.models import load
 from feedbackgen.models.base import Generator
 from feedbackgen.recommend.choice import ChoiceModel, load_choice
 from feedbackgen.recommend.ranking import pool_of
@@ -31,34 +31,6 @@ from feedbackgen.serve.telemetry import Metrics
 from feedbackgen.types import FeedbackRequest
 
 log = logging.getLogger("feedbackgen.serve")
-
-
-class ServeConfig(StrictModel):
-    max_batch: int = Field(32, ge=1, le=4096, description="most requests in one model batch (1 = no micro-batching)")
-    max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0,
-                               description="longest a request waits for others to join its batch")
-    max_queue: int = Field(1024, ge=1, le=1_000_000,
-                           description="requests waiting per model; a call that does not fit gets 503")
-    max_requests: int = Field(64, ge=1, le=100_000, description="most requests in one /v1/feedback call (more: 413)")
-    # the cost of one call: what a client may ask the model's thread to do
-    max_new_tokens: int = Field(128, ge=1, le=1024, description="largest decoding.max_new_tokens of a call (more: 422)")
-    max_beams: int = Field(4, ge=1, le=32, description="largest decoding.num_beams of a call (more: 422)")
-    max_call_tokens: int = Field(8192, ge=1, le=100_000_000,
-                                 description="largest requests × num_beams × max_new_tokens of a call (more: 422)")
-    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads for every model "
-                                "(None = torch's default); a model's own training setting is never used")
-    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="largest request body (more: 413)")
-    unknown: Literal["fallback", "reject"] = Field(
-        "fallback", description="users/items without training reviews: answer with the model's fallback "
-                                "(and say so in `fallback`), or refuse with 404")
-    exclude: Literal["none", "train", "train+valid", "all"] = Field(
-        "train+valid", description="a /v1/recommend call's default: which of the user's own items (by split) "
-                                   "are never recommended back")
-    max_events: int = Field(1000, ge=1, le=1_000_000, description="most events in one /v1/events call (more: 413)")
-    max_history: int = Field(1000, ge=1, le=1_000_000,
-                             description="most items in a /v1/recommend call's history (more: 413)")
-    request_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds a client has to send a whole "
-                                   "request body; a slower one gets 408 and the connection is closed")
 
 
 # the command-line flag of each limit, named in refusals so that a client knows what to ask for
@@ -163,7 +135,6 @@ class Service:
         self._loading = asyncio.get_running_loop().create_task(self._load(), name="load-models")
 
     async def _load(self) -> None:
-        from feedbackgen.models import load
 
         try:
             if self.config.threads:  # the process's setting: generators never set threads themselves
