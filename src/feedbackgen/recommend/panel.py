@@ -43,6 +43,7 @@ from feedbackgen.errors import DataError
 from feedbackgen.io import atomic_write
 from feedbackgen.recommend.choice import create_choice
 from feedbackgen.recommend.ranking import pool_of, top_k
+from feedbackgen.tables import number, table_lines
 
 BOOTSTRAP = 1000
 # (label, model, settings): weakened variants spread the panel's quality
@@ -202,15 +203,15 @@ def panel_markdown(result: dict[str, Any], simulator: str = "the simulated user"
     """The panel table, the agreement line and the self-preference line, as Markdown."""
     k = result["k"]
     lines = [f"### Recommender panel: real test behaviour vs {simulator} ({result['users']} test users, top {k})",
-             "",
-             f"| recommender | real precision@{k} (95% CI) | HR@{k} | NDCG@{k} | simulated expected_engagement_at_k "
-             "(95% CI) | simulated / real |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in sorted(result["rows"], key=lambda r: -r[f"precision@{k}"]):
-        ratio = "–" if r["calibration_ratio"] is None else f"{r['calibration_ratio']:.2f}"
-        lines.append(f"| {r['recommender']} | {r[f'precision@{k}']:.4f} ({r['real_ci'][0]:.4f}–{r['real_ci'][1]:.4f}) | "
-                     f"{r[f'hr@{k}']:.3f} | {r[f'ndcg@{k}']:.4f} | {r['expected_engagement_at_k']:.4f} "
-                     f"({r['expected_ci'][0]:.4f}–{r['expected_ci'][1]:.4f}) | {ratio} |")
+             ""]
+    head = ["recommender", f"real precision@{k} (95% CI)", f"HR@{k}", f"NDCG@{k}",
+            "simulated expected_engagement_at_k (95% CI)", "simulated / real"]
+    rows = [[r["recommender"], f"{r[f'precision@{k}']:.4f} ({r['real_ci'][0]:.4f}–{r['real_ci'][1]:.4f})",
+             number(r[f"hr@{k}"]), number(r[f"ndcg@{k}"], ".4f"),
+             f"{r['expected_engagement_at_k']:.4f} ({r['expected_ci'][0]:.4f}–{r['expected_ci'][1]:.4f})",
+             number(r["calibration_ratio"], ".2f")]
+            for r in sorted(result["rows"], key=lambda r: -r[f"precision@{k}"])]
+    lines += table_lines(head, rows, align="lrrrrr")
     share = result["share_ordered_right"]
     lines += ["", f"Kendall τ {result['kendall_tau']:.3f} (95% CI {result['kendall_tau_ci'][0]:.3f}–"
               f"{result['kendall_tau_ci'][1]:.3f}), Spearman ρ {result['spearman_rho']:.3f} (95% CI "
