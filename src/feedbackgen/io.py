@@ -66,6 +66,19 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return atomic_write(path, write)
 
 
+def write_run(out_dir: str | Path, frames: dict[str, Any], summary: dict, markdown: str) -> Path:
+    """A run's folder (`simulate`, sessions): each polars frame as NAME.parquet (zstd), the summary as
+    summary.json (`json_ready`) and summary.md, each file written atomically. Returns `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, df in frames.items():
+        atomic_write(out_dir / f"{name}.parquet",
+                     lambda p, df=df: df.write_parquet(p, compression="zstd", statistics=False))
+    atomic_write_json(out_dir / "summary.json", json_ready(summary))
+    atomic_write_text(out_dir / "summary.md", markdown)
+    return out_dir
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, json_ready
+from feedbackgen.io import write_run
 from feedbackgen.recommend.recs import RecommendationsCheck
 from feedbackgen.tables import markdown_table
 
@@ -94,14 +94,8 @@ class Sessions:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write sessions.parquet (the log), sessions_users.parquet, summary.json and summary.md."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, df in (("sessions", self.log), ("sessions_users", self.sessions)):
-            atomic_write(out_dir / f"{name}.parquet",
-                         lambda p, df=df: df.write_parquet(p, compression="zstd", statistics=False))
-        atomic_write_json(out_dir / "summary.json", json_ready(self.to_dict()))
-        atomic_write_text(out_dir / "summary.md", self.markdown())
-        return out_dir
+        return write_run(out_dir, {"sessions": self.log, "sessions_users": self.sessions}, self.to_dict(),
+                         self.markdown())
 
 
 __all__ = ["Sessions", "per_recommender", "per_session"]

@@ -52,7 +52,7 @@ import polars as pl
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import FeedbackgenError
-from feedbackgen.io import atomic_write, atomic_write_json, atomic_write_text, json_ready
+from feedbackgen.io import write_run
 from feedbackgen.recommend.ranking import simulator_name
 from feedbackgen.recommend.recs import RecommendationsCheck, already_owned, read_recommendations
 from feedbackgen.recommend.simulated_user import Calibration, SimulatedUser
@@ -128,14 +128,8 @@ class Simulation:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write simulated_items.parquet, simulated_users.parquet, summary.json and summary.md."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, df in (("simulated_items", self.items), ("simulated_users", self.users)):
-            atomic_write(out_dir / f"{name}.parquet",
-                         lambda p, df=df: df.write_parquet(p, compression="zstd", statistics=False))
-        atomic_write_json(out_dir / "summary.json", json_ready(self.to_dict()))
-        atomic_write_text(out_dir / "summary.md", self.markdown())
-        return out_dir
+        return write_run(out_dir, {"simulated_items": self.items, "simulated_users": self.users}, self.to_dict(),
+                         self.markdown())
 
 
 def _expected(items: pl.DataFrame, k: int, seed: int) -> dict[str, Any]:
