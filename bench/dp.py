@@ -37,7 +37,7 @@ from pathlib import Path
 
 from machine import cpu_model  # bench/machine.py
 
-from feedbackgen.tables import number
+from feedbackgen.tables import number, table_lines
 from peter import MAX_NEW_TOKENS, load_data, score  # bench/peter.py: same data, decoding, metrics
 
 EPSILONS = [8.0, 3.0, 1.0]
@@ -135,16 +135,16 @@ def main(argv: list[str] | None = None) -> None:
         results.append(result)
 
     cols = ["BLEU-1", "BLEU-4", "R-L F", "USR", "RMSE", "MAE", "epochs", "train s", "ε spent", "δ"]
-    print()
-    print("| target ε | " + " | ".join(cols) + " |")
-    print("|---|" + "---:|" * len(cols))
+    rows = []
     for r in results:
         m, priv = r["metrics"], r["privacy"] or {}
         cells = [number(m["bleu1"], ".2f"), number(m["bleu4"], ".2f"), number(m["rougeL_f"], ".2f"),
                  number(m["usr"], ".3f"), number(m["rmse"], ".4f"), number(m["mae"], ".4f"),
                  f"{r['epochs']} ({r['best_epoch']})", number(r["fit_seconds"], ".0f"),
                  number(priv.get("epsilon"), ".3f"), number(priv.get("delta"), ".0e")]
-        print(f"| {label(r['eps'])} | " + " | ".join(cells) + " |")
+        rows.append([label(r["eps"]), *cells])
+    print()
+    print("\n".join(table_lines(["target ε", *cols], rows, align="l" + "r" * len(cols))))
 
 
 if __name__ == "__main__":

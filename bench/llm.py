@@ -73,7 +73,7 @@ from pathlib import Path  # noqa: E402
 from machine import cpu_model  # bench/machine.py
 
 from feedbackgen.config import key_values
-from feedbackgen.tables import number
+from feedbackgen.tables import number, table_lines
 
 ROWS = ["retrieval", "peter (default)", "llm zero-shot", "llm few-shot", "sft (LoRA)", "prompt_lm"]
 SLUG = {r: r.replace(" (", "-").replace(")", "").replace(" ", "-") for r in ROWS}
@@ -423,8 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(f"pers. rank: lower is better; chance = {number(chance, '.1f')}. natural.: median perplexity "
               f"(lower is more natural); the references' own: {references['median']:.1f}")
-        print("| model | " + " | ".join(cols) + " |")
-        print("|---|" + "---:|" * (len(cols) - 3) + "---|---|---:|")
+    rows = []
     for r in results:
         m, a = r["metrics"], r["answers"]
         answers = "/".join(str(a.get(k, 0)) for k in ("valid", "repaired", "retried", "fallback")) if a else "—"
@@ -433,7 +432,9 @@ def main(argv: list[str] | None = None) -> None:
                  number(m["sentiment_rating"], ".3f"), number(m["rmse"], ".3f"), number(m["mae"], ".3f"),
                  number(m["copy"], ".3f"), number(m["naturalness"], ".1f"), number(r["fit_s"], ".0f"), f"{r['trained_on']} rows", number(r["gen_per_s"], ".2f"), r["backend"], answers,
                  number(r["prompt_tokens"], ".0f")]
-        print(f"| {r['row']} | " + " | ".join(cells) + " |")
+        rows.append([r["row"], *cells])
+    if results:
+        print("\n".join(table_lines(["model", *cols], rows, align="l" + "r" * (len(cols) - 3) + "llr")))
     for machine in sorted({r["machine"] for r in results if r.get("machine")}):
         print(f"trained and generated on: {machine}")
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from machine import cpu_model  # bench/machine.py
 
 from feedbackgen.config import key_values
-from feedbackgen.tables import number
+from feedbackgen.tables import number, table_lines
 
 ROWS = {
     "popular": ("popular", {}),
@@ -267,9 +267,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cols = ["BLEU-1", "BLEU-4", "R-1 F", "R-2 F", "R-L F", "USR", "FMR", "FCR", "DIV", "RMSE", "MAE", "emb",
             "copy", "s/epoch", "train/s", "gen/s", "peak MB", "FLOP %"]
-    print()
-    print("| model | " + " | ".join(cols) + " |")
-    print("|---|" + "---:|" * len(cols))
+    rows = []
     for r in results:
         m = r["metrics"]
         flops = r.get("train_flops_per_s")
@@ -280,7 +278,9 @@ def main(argv: list[str] | None = None) -> None:
                  number(m["copy"], ".3f"), number(r.get("epoch_seconds"), ".1f"), number(r.get("train_samples_per_s"), ".0f"),
                  number(r["gen_samples_per_s"], ".0f"), number(r["peak_mb"], ".0f"),
                  number(100 * flops / (rate * 1e9) if flops else None, ".1f")]
-        print(f"| {r['row']} | " + " | ".join(cells) + " |")
+        rows.append([r["row"], *cells])
+    print()
+    print("\n".join(table_lines(["model", *cols], rows, align="l" + "r" * len(cols))))
 
 
 if __name__ == "__main__":
