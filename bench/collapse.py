@@ -28,6 +28,7 @@ import polars as pl
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.prepare import prepare
 from feedbackgen.models import create
+from feedbackgen.tables import table_lines
 
 SLICES = [300, 1000, 3000, None]  # None = every training review
 EPOCHS = [1, 3, 10]
@@ -75,11 +76,8 @@ def main() -> None:
             cells.append(f"{sig['usr']:.3f} / {sig['repetition']:.2f}" + (" collapsed" if sig["collapsed"] else ""))
             print(f"# {n or n_all} reviews, {e} epoch(s): {sig}", file=sys.stderr, flush=True)
         rows.append([f"{n or n_all:,}" + (" (all)" if n is None else "")] + cells)
-    print("| training reviews | " + " | ".join(f"{e} epoch{'s' if e > 1 else ''}: USR / repetition"
-                                             for e in epochs) + " |")
-    print("|---|" + "---|" * len(epochs))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    head = ["training reviews"] + [f"{e} epoch{'s' if e > 1 else ''}: USR / repetition" for e in epochs]
+    print("\n".join(table_lines(head, rows)))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ import time  # noqa: E402
 
 from machine import cpu_model  # bench/machine.py
 
-from feedbackgen.tables import number
+from feedbackgen.tables import number, table_lines
 
 SHORT_RAG = {"prompt_style": "short", "shots": 0, "rag_k": 3}
 
@@ -264,12 +264,12 @@ def main(argv: list[str] | None = None) -> None:
 
     baseline = {r["base"]: r["rows_s"] for r in reversed(results)}
     print()
-    print(f"| model | step | prompt tok | padding | rows/s | × | min/epoch ({whole_split:,} rows) | valid NLL |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r['kind']} | {r['step']} | {r['prompt']:.0f} | {100 * r['padding']:.1f} % | {r['rows_s']:.2f} | "
-              f"{r['rows_s'] / baseline[r['base']]:.1f} | {whole_split / r['rows_s'] / 60:.0f} | "
-              f"{number(r['valid'], '.3f')} |")
+    head = ["model", "step", "prompt tok", "padding", "rows/s", "×", f"min/epoch ({whole_split:,} rows)", "valid NLL"]
+    rows = [[r["kind"], r["step"], f"{r['prompt']:.0f}", f"{100 * r['padding']:.1f} %", f"{r['rows_s']:.2f}",
+             f"{r['rows_s'] / baseline[r['base']]:.1f}", f"{whole_split / r['rows_s'] / 60:.0f}",
+             number(r["valid"], ".3f")]
+            for r in results]
+    print("\n".join(table_lines(head, rows, align="llrrrrrr")))
 
     if "sft" in args.only:
         print("\nsft prompt shapes over the whole training split (prompt tokens; padding shuffled → grouped, "
