@@ -924,7 +924,8 @@ BODIES = st.one_of(
 def test_http_body_validation_gives_a_validation_error_or_valid_requests(body):
     from pydantic import ValidationError
 
-    from feedbackgen.serve.api import FeedbackCall, RecommendCall
+    from feedbackgen.serve.api import FeedbackCall
+    from feedbackgen.serve.recommend import RecommendCall
 
     try:
         with wall_bound(10):

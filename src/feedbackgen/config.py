@@ -66,7 +66,12 @@ def validate(model_cls: type[BaseModel], values: dict[str, Any] | BaseModel | No
             if err["type"] == "extra_forbidden":  # a typo in a name: say so, and what was meant
                 import difflib
 
-                close = difflib.get_close_matches(str(err["loc"][-1]), list(model_cls.model_fields), n=1)
+                # a nested settings group's names are accepted flat too (`--set lr=...`): suggest them
+                names = list(model_cls.model_fields) + [
+                    name for f in model_cls.model_fields.values()
+                    if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+                    for name in f.annotation.model_fields]
+                close = difflib.get_close_matches(str(err["loc"][-1]), names, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(model_cls.model_fields)}"
                 problems.append(f"{loc}: unknown setting ({hint})")
                 continue
