@@ -248,7 +248,8 @@ def test_default_model_is_converted_once_and_reloaded():
 
 # -- llm: zero- and few-shot ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shots", [0, 2])
+# few-shot under make test-all: the zero-shot case keeps the contract check in make test (< 10 minutes)
+@pytest.mark.parametrize("shots", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_llm_answers_keep_the_contract_and_reload(tiny, tmp_path, shots):
     model = create("llm", {"shots": shots, "num_threads": 1}).fit(tiny)
     reqs = requests_for(tiny, 1)
@@ -470,8 +471,10 @@ def test_sft_lora_layers_adapt_only_the_top_layers_and_backward_stops_below_them
 
 @pytest.mark.parametrize("cfg", [
     {"discrete_prompt": True, "rating_head": "mlp", "full_epochs": 1},
-    # retrieved reviews quoted; trained under bfloat16 autocast
-    {"discrete_prompt": False, "rating_head": "none", "full_epochs": 0, "rag_k": 2, "autocast": True},
+    # retrieved reviews quoted; trained under bfloat16 autocast (make test-all: test_rag covers prompt_lm's
+    # quoted neighbours in make test)
+    pytest.param({"discrete_prompt": False, "rating_head": "none", "full_epochs": 0, "rag_k": 2, "autocast": True},
+                 marks=pytest.mark.slow),
 ])
 def test_prompt_lm_trains_in_phases_saves_and_loads(tiny, tmp_path, cfg):
     cfg = {**cfg, "max_train_samples": 8, "max_valid_samples": 4, "batch_size": 8, "num_threads": 1,
@@ -584,8 +587,9 @@ def alike_valid(ds: Dataset, n: int = 21) -> Dataset:
 @pytest.mark.parametrize("name, cfg", [
     ("prompt_lm", {"max_train_samples": 8, "max_valid_samples": 4, "batch_size": 8, "prompt_epochs": 1,
                    "full_epochs": 0}),
-    ("sft", {"shots": 0, "max_train_samples": 2, "max_valid_samples": 1, "batch_size": 2, "lora_r": 4,
-             "lora_alpha": 8}),
+    # sft's announcement goes through the same check as prompt_lm's: make test-all
+    pytest.param("sft", {"shots": 0, "max_train_samples": 2, "max_valid_samples": 1, "batch_size": 2, "lora_r": 4,
+                         "lora_alpha": 8}, marks=pytest.mark.slow),
 ])
 def test_a_collapsed_llm_generator_is_announced_on_stderr_in_the_log_and_the_folder(tiny, tmp_path, capsys,
                                                                                     name, cfg):
@@ -624,6 +628,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # make test keeps llama.cpp through test_llm_against_a_real_llama_cpp_server (< 10 minutes)
 def test_llm_on_llama_cpp_in_process(tiny):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make setup builds it)")
     model = create("llm", {"shots": 2, "backend": "llama_cpp", "num_threads": 1}).fit(tiny)
