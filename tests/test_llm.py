@@ -430,6 +430,7 @@ def assert_finite_float32_training(model, tiny) -> None:
     assert all(isinstance(f.text, str) for f in model.generate(requests_for(tiny, 1), QUICK))
 
 
+@pytest.mark.slow  # make test keeps sft's LoRA training through test_sft_trains_saves_merges_and_loads
 def test_sft_lora_layers_adapt_only_the_top_layers_and_backward_stops_below_them(tiny):
     # trained under bfloat16 autocast too (one fit for both: an LM fit is the costly part of a test)
     model = create("sft", {**SFT_TINY, "lora_layers": 2, "autocast": True}).fit(tiny)

@@ -61,6 +61,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow  # make test keeps Ray through test_cli_on_a_ray_start_cluster_matches_the_local_engine
 def test_in_process_ray_resumes_and_matches_the_local_engine(job, tmp_path, monkeypatch, local_ray):
     out, parts = tmp_path / "ray.jsonl", tmp_path / "ray.jsonl.parts"
     args = dict(workers=2, shard_size=SHARD, progress=False)
