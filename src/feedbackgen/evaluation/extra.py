@@ -1,7 +1,8 @@
 """Metrics beyond PETER's: diversity, meaning, sentiment, personalisation, length, memorisation.
 
 PETER's metrics reward n-gram overlap with one reference. These ask the other questions a
-reader of generated feedback has: is it varied (distinct-n, self-BLEU), does it say the same
+reader of generated feedback has: is it varied (distinct-n, self-BLEU), does it loop (loops: the
+share of texts repeating a phrase, `feedbackgen.collapse`), does it say the same
 thing as the real review (embedding similarity), does its tone match the stars (sentiment vs
 rating), is it *this* user's review rather than anyone's (personalisation), is it the right
 length, and is it copied from the training set (memorisation). `EXTRA_METRICS` documents each key.
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from feedbackgen.collapse import LOOP_RULE
 from feedbackgen.embeddings import embed
 from feedbackgen.evaluation.grounding import GROUNDING_SOURCE
 from feedbackgen.evaluation.metrics import Metric, _ngrams
@@ -42,6 +44,10 @@ EXTRA_METRICS: dict[str, Metric] = {
                          "method1", "lower",
                          f"mean BLEU-4 of each generated text against the others as references, on at "
                          f"most {SELF_BLEU_MAX_SAMPLES} texts sampled with a fixed seed, ×100"),
+    "loops": Metric("Loops", "feedbackgen.collapse (seq-rep-4 after Welleck et al. 2019, Neural Text "
+                    "Degeneration with Unlikelihood Training, arXiv:1908.04319)", "lower",
+                    f"share of generated texts with a looping phrase: {LOOP_RULE}, on the texts' words "
+                    "(the rule the collapse check applies; real Musical Instruments reviews: 0.28 %)"),
     "embedding_sim": Metric("Embedding similarity", "Reimers & Gurevych 2019; all-MiniLM-L6-v2", "higher",
                             "mean cosine between the embeddings of each generated text and its reference"),
     "sentiment_rating_rho": Metric("Sentiment–rating ρ", "Hutto & Gilbert 2014 (VADER); Spearman", "higher",

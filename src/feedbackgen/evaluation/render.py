@@ -18,7 +18,8 @@ from feedbackgen.types import ANSWER_KINDS
 ALL_METRICS = {**METRICS, **EXTRA_METRICS}
 # The headline table, in this order; every other metric goes to the second table.
 MAIN_COLUMNS = ("bleu1", "bleu4", "rouge1_f", "rouge2_f", "rougeL_f", "usr", "fmr", "fcr", "div",
-                "rmse", "mae", "embedding_sim", "distinct2", "memorisation", "item_grounding")
+                "rmse", "mae", "embedding_sim", "distinct2", "memorisation", "item_grounding", "loops",
+                "sentiment_rating_rho", "sentiment_pred_rating_rho")
 MISSING = "—"
 COLLAPSED, PARTIAL = "collapsed*", "partial†"
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from feedbackgen.collapse import RULE, signal
+from feedbackgen.collapse import RULE, loop_share, signal
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.duplicates import normalised_text
 from feedbackgen.data.text import tokenize
@@ -82,13 +82,16 @@ def rating_confusion(predicted: Sequence[float], true: Sequence[float]) -> list[
 
 
 def collapse(texts: Sequence[str], usr: float | None) -> dict[str, Any]:
-    """{"collapsed", "usr", "top_share", "top_text", "repetition", "rule"} of one group's texts, by
-    `feedbackgen.collapse.signal` with the group's PETER USR; not collapsed when it has no text."""
+    """{"collapsed", "looping", "usr", "top_share", "top_text", "repetition", "loop_example", "rule"}
+    of one group's texts, by `feedbackgen.collapse.signal` with the group's PETER USR (`repetition`:
+    the share of looping texts, the `loops` metric); not collapsed when it has no text."""
     if not texts:
-        return {"collapsed": False, "usr": usr, "top_share": 0.0, "top_text": "", "repetition": 0.0, "rule": RULE}
+        return {"collapsed": False, "looping": False, "usr": usr, "top_share": 0.0, "top_text": "",
+                "repetition": 0.0, "loop_example": None, "rule": RULE}
     sig = signal(texts, usr)
-    return {"collapsed": sig["collapsed"], "usr": sig["usr"], "top_share": sig["top_share"],
-            "top_text": sig["top_text"], "repetition": sig["repetition"], "rule": RULE}
+    return {"collapsed": sig["collapsed"], "looping": sig["looping"], "usr": sig["usr"],
+            "top_share": sig["top_share"], "top_text": sig["top_text"], "repetition": sig["repetition"],
+            "loop_example": sig["loop_example"], "rule": RULE}
 
 
 class Context:
@@ -145,6 +148,7 @@ def _text_metrics(rows: pl.DataFrame, ctx: Context, column: str) -> dict[str, An
     out["distinct1"] = extra.distinct_n(generated, 1)
     out["distinct2"] = extra.distinct_n(generated, 2)
     out["self_bleu4"] = extra.self_bleu(generated, seed=ctx.seed)
+    out["loops"] = loop_share(generated_text)
     out.update(extra.length_stats(generated, "gen"))
     out.update(extra.length_stats(references, "ref"))
     out.update(extra.memorisation(generated, ctx.training_index(column)))
