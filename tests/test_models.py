@@ -139,5 +139,6 @@ def test_unknown_users_and_items_fall_back(mi_small, retrieval):
     # explanation that says so, never the user's sentence about something else
     assert out[0].text and out[0].meta["provenance"] == "copied" and out[0].meta["source_item"] == item
     for fb in out[1:]:
-        assert fb.text == "" and fb.meta == {"provenance": "none", "fallback": "no sentence about this item"}
+        assert fb.text == "" and fb.meta == {"provenance": "none", "fallback": "no sentence about this item",
+                                             "unknown_item": True}
     assert all(1.0 <= fb.rating <= 5.0 for fb in out)

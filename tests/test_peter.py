@@ -207,8 +207,9 @@ def test_generated_text_is_tokenized_and_ratings_clipped(fitted, ds):
 def test_unknown_users_and_items_still_get_feedback(fitted):
     reqs = [FeedbackRequest("nobody", "nothing"), FeedbackRequest("nobody", fitted.items.ids[0]),
             FeedbackRequest(fitted.users.ids[0], "nothing")]
-    out = fitted.generate(reqs)
+    out = fitted.generate(reqs, {"unknown_item": "generate"})  # the default writes nothing for them
     assert all(fb.text for fb in out)
+    assert [bool(fb.text) for fb in fitted.generate(reqs)] == [False, True, False]
     assert [fb.meta["unknown_user"] for fb in out] == [True, True, False]
     assert [fb.meta["unknown_item"] for fb in out] == [True, False, True]
     assert all(fitted.rating_range[0] <= fb.rating <= fitted.rating_range[1] for fb in out)

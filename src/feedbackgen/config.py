@@ -42,6 +42,10 @@ class Decoding(StrictModel):
     batch_size: int = Field(128, ge=1, le=8192, description="requests decoded together (output does not depend on it)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED,
                              description="seed of requests without their own (None = draw one per request)")
+    unknown_item: Literal["none", "fallback", "generate"] = Field(
+        "none", description="an item the model knows nothing about: no text (none), a text saying there are "
+                            "no reviews yet (fallback), or the model's own text (generate); meta.unknown_item "
+                            "says which items were unknown (feedbackgen.models.unknown)")
 
     @model_validator(mode="after")
     def _no_beam_sampling(self) -> Decoding:

@@ -46,6 +46,8 @@ def generate(
     batch_size: Annotated[int, typer.Option(help=_help("batch_size"))] = _D["batch_size"].default,
     seed: Annotated[Optional[int], typer.Option(
         help="seed of requests without their own (default: drawn per request, written in meta.seed)")] = None,
+    unknown_item: Annotated[str, typer.Option(
+        help=_help("unknown_item") + ": none | fallback | generate")] = _D["unknown_item"].default,
     threads: Annotated[Optional[int], typer.Option(
         min=1, help="torch CPU threads (default: torch's; never the model's training setting)")] = None,
     engine: Annotated[str, typer.Option(help="local | ray: a pool of Ray actors (docs/distributed.md)")] = "local",

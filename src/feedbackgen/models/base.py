@@ -26,6 +26,7 @@ from feedbackgen.decoding.seeds import with_seeds
 from feedbackgen.errors import CollapseWarning, ConfigError, NotFittedError
 from feedbackgen.models.folder import IdIndex, SavedModel, read_config, register_kind  # noqa: F401  (IdIndex: re-exported)
 from feedbackgen.models.trainer import flat_settings
+from feedbackgen.models.unknown import apply_policy
 from feedbackgen.types import Feedback, FeedbackRequest
 
 
@@ -56,12 +57,14 @@ class Generator(SavedModel, ABC):
     def generate(self, requests: Sequence[FeedbackRequest],
                  decoding: Decoding | dict | None = None) -> list[Feedback]:
         """One `Feedback` per request, in order. Sampled text records its request's seed in
-        `meta["seed"]` (drawn when neither the request nor `decoding` gives one)."""
+        `meta["seed"]` (drawn when neither the request nor `decoding` gives one). An item the model
+        knows nothing about gets the text `decoding.unknown_item` says (`feedbackgen.models.unknown`)."""
         self.check_fitted()
         decoding = validate(Decoding, decoding, "decoding settings")
         requests = with_seeds(requests, decoding)
         ratings = self.predict_rating(requests)
         texts, metas = self.generate_text(requests, decoding)
+        texts, metas = apply_policy(self, requests, decoding, texts, metas)  # unknown items
         if decoding.do_sample and self.produces_text:
             for r, meta in zip(requests, metas):
                 meta["seed"] = r.seed

@@ -42,6 +42,7 @@ from feedbackgen.models.llm.answers import ONLY_REASONING, answer_schema, read_a
 from feedbackgen.models.llm.backends import Backend, BackendConfig, Completion, make_backend
 from feedbackgen.models.llm.prompts import PromptConfig, ReviewHistory, build_messages, clean
 from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
+from feedbackgen.models.unknown import apply_policy
 from feedbackgen.types import FALLBACK, GENERATED, Feedback, FeedbackRequest, provenance
 
 JSON_TOKENS = 16  # `{"rating": 4, "review": "` ... `"}` in a byte-level BPE, with room to spare
@@ -180,13 +181,34 @@ class LLMUser(Generator):
         self.check_fitted()
         decoding = validate(Decoding, decoding, "decoding settings")
         requests = list(requests)
-        out = []
-        for r, (rating, text, meta) in zip(requests, self.answer(requests, decoding)):
-            meta.update(shots=self.config.shots, unknown_user=not self.history.knows_user(r.user_id),
-                        unknown_item=not self.history.knows_item(r.item_id))
-            out.append(Feedback(r.user_id, r.item_id, float(self.clip(np.array([rating]))[0]), text,
-                                [r.aspect] if r.aspect else [], self.name, meta))
-        return out
+        answers = self.answers_for_known_items(requests, decoding)
+        for r, (_, _, meta) in zip(requests, answers):
+            meta.update(shots=self.config.shots, unknown_user=not self.history.knows_user(r.user_id))
+        # an item with neither a training review nor a catalogue entry: as decoding.unknown_item says
+        texts, metas = apply_policy(self, requests, decoding, [a[1] for a in answers], [a[2] for a in answers])
+        return [Feedback(r.user_id, r.item_id, float(self.clip(np.array([rating]))[0]), text,
+                         [r.aspect] if r.aspect else [], self.name, meta)
+                for r, (rating, _, _), text, meta in zip(requests, answers, texts, metas)]
+
+    def answers_for_known_items(self, requests: list[FeedbackRequest], decoding: Decoding) -> list[tuple]:
+        """`answer`'s (rating, text, meta) per request; the model is not asked about an unknown item
+        whose text `decoding.unknown_item` replaces anyway: its rating is the `rating_model`
+        baseline's, as for a fallback answer (meta["answer"] = "fallback", counted in `answer_counts`)."""
+        ask = [k for k, known in enumerate(self.knows_items([r.item_id for r in requests]))
+               if known or decoding.unknown_item == "generate"]
+        out: list[tuple | None] = [None] * len(requests)
+        for k, answer in zip(ask, self.answer([requests[k] for k in ask], decoding) if ask else []):
+            out[k] = answer
+        skipped = [k for k, answer in enumerate(out) if answer is None]
+        if skipped:
+            for k, rating in zip(skipped, self.rating.predict_rating([requests[k] for k in skipped])):
+                out[k] = (float(rating), "", {"answer": "fallback"})
+            self.answer_counts["fallback"] += len(skipped)
+        return out  # type: ignore[return-value]
+
+    def knows_items(self, item_ids: Sequence[str]) -> list[bool]:
+        """Whether each item has a training review or a catalogue entry (`feedbackgen.models.unknown`)."""
+        return [self.history.knows_item(i) for i in item_ids]
 
     def generate_text(self, requests: list[FeedbackRequest],
                       decoding: Decoding) -> tuple[list[str], list[dict[str, Any]]]:
