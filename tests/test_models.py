@@ -38,6 +38,33 @@ def test_bias_baseline_recovers_planted_biases():
     assert np.allclose(pred, np.clip([r for *_, r in rows], *model.rating_range), atol=1e-6)
 
 
+def test_mf_learns_planted_factors_through_the_trainer():
+    """Ratings of rank-2 tastes: the factors must beat the biases on test, and training is the
+    shared Trainer's (a log entry per epoch with the validation RMSE, early stopping on it)."""
+    import polars as pl
+
+    from feedbackgen.data.dataset import Dataset
+    from support import planted_rows
+
+    rng = np.random.default_rng(1)
+    items = [f"i{k}" for k in range(40)]
+    rows = planted_rows([(f"u{k}", items) for k in range(80)], per_split=(20, 5, 5), seed=1)
+    p, q = rng.normal(0, 0.8, (80, 2)), rng.normal(0, 0.8, (40, 2))
+    for r in rows:
+        u, i = int(r["user_id"][1:]), int(r["item_id"][1:])
+        r["rating"] = float(3.0 + p[u] @ q[i] + rng.normal(0, 0.1))
+    ds = Dataset(pl.DataFrame(rows).drop("k"))
+    bias = rmse(create("bias").fit(ds), ds)
+    mf = create("mf", {"lr": 0.05, "training.max_epochs": 200})
+    assert (mf.config.training.lr, mf.config.training.max_epochs) == (0.05, 200)  # flat and dotted names
+    mf.fit(ds)
+    assert rmse(mf, ds) < 0.5 * bias
+    log = mf.training_log
+    assert [e["epoch"] for e in log] == list(range(1, len(log) + 1)) and len(log) <= 200
+    assert log[-1]["valid"]["rmse"] < log[0]["valid"]["rmse"]
+    assert all(e["valid"]["rmse"] == pytest.approx(e["valid"]["mse"] ** 0.5) for e in log)
+
+
 def test_unfitted_model_says_what_to_call():
     with pytest.raises(NotFittedError, match="call fit"):
         create("popular").generate([FeedbackRequest("u", "i")])

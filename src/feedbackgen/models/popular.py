@@ -10,7 +10,7 @@ from pydantic import Field
 from feedbackgen.config import StrictModel
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.models.base import Generator, register
-from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
+from feedbackgen.models.rating import DelegatedRating, rating_model_from_state, rating_model_state
 from feedbackgen.models.text_units import Target, target_column, target_rows
 from feedbackgen.types import COPIED, FALLBACK, NO_ITEM_SENTENCE, NO_TEXT, provenance
 
@@ -21,7 +21,7 @@ class PopularConfig(StrictModel):
 
 
 @register
-class Popular(Generator):
+class Popular(DelegatedRating, Generator):
     """For (user, item[, aspect]): the most frequent training text of the item (with that aspect,
     when one is asked for and the item has it); ties go to the earliest. Unknown items get the most
     frequent text of the whole training split, marked as a fallback, for `target="review"`; for
@@ -60,14 +60,9 @@ class Popular(Generator):
         if len(rows):
             overall = most_frequent([]).row(0, named=True)
             self.fallback, self.fallback_source = overall[col], [overall["source_user"], overall["source_item"]]
-        self.rating = fit_rating_model(self.config.rating_model, dataset)
-        self.rating_range = self.rating.rating_range
+        self.fit_rating(dataset)
         self.is_fitted = True
         return self
-
-    def predict_rating(self, requests):
-        self.check_fitted()
-        return self.rating.predict_rating(requests)
 
     def generate_text(self, requests, decoding):
         texts, metas = [], []

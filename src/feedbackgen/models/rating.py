@@ -1,21 +1,25 @@
 """Rating baselines: the global mean, regularised user/item biases, and biased matrix factorisation.
 
-They produce no text; text generators reuse them for their ratings (`retrieval`, `popular`), and
-they are the rating rows of every report.
+They produce no text; text generators reuse them for their ratings (`retrieval` and `popular`
+through `DelegatedRating`), and they are the rating rows of every report.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from feedbackgen.config import StrictModel
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.models.base import Generator, IdIndex, register
+from feedbackgen.models.trainer import TRAINING_FIELDS, Trainer, TrainingArguments, flat_settings, nest_training
 from feedbackgen.types import FeedbackRequest
 
 
@@ -120,23 +124,37 @@ class BiasBaseline(RatingModel):
         self._set_ids(state)
 
 
+# full batches (as many rows as a batch may hold), Adam at a constant rate, no clipping; quiet, as
+# it is fitted inside other generators (`popular`, `retrieval`, the LLMs' ratings)
+MF_TRAINING = {"lr": 0.01, "schedule": "plateau", "lr_decay": 1.0, "clip": 0.0, "batch_size": 65536,
+               "max_epochs": 300, "patience": 20, "progress": False}
+# the flat name `weight_decay` is mf's L2 penalty in the loss (Koren et al.); AdamW's decoupled decay
+# stays at 0, reachable as `training.weight_decay` only
+MF_FLAT = tuple(f for f in TRAINING_FIELDS if f != "weight_decay")
+
+
 class MFConfig(StrictModel):
     factors: int = Field(16, ge=1, le=1024)
-    weight_decay: float = Field(0.05, ge=0.0, description="L2 penalty on factors and biases")
-    lr: float = Field(0.01, gt=0.0, le=1.0)
-    max_epochs: int = Field(300, ge=1, le=100_000, description="full-batch Adam steps")
-    patience: int = Field(20, ge=1, description="stop after this many steps without a better valid RMSE")
-    seed: int = Field(1, ge=0)
+    weight_decay: float = Field(0.05, ge=0.0, description="L2 penalty on the batch's factors and biases, in the loss")
+    training: TrainingArguments = Field(default_factory=lambda: TrainingArguments(**MF_TRAINING))
+    phased_training: ClassVar[tuple[str, ...]] = ("weight_decay",)  # listed by its flat name: the penalty
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_training(cls, values: Any) -> Any:
+        return nest_training(values, MF_TRAINING, MF_FLAT)
 
 
 @register
 class BiasedMF(RatingModel):
     """Biased matrix factorisation r = mu + b_u + b_i + p_u . q_i (Koren, Bell, Volinsky, IEEE
-    Computer 2009), full-batch Adam with L2, early stopping on validation RMSE.
+    Computer 2009), trained by the shared `Trainer` (full batches of Adam, L2 in the loss, early
+    stopping on validation RMSE; `MF_TRAINING`).
 
-    The biases start from the regularised `bias` baseline, so training starts where that baseline
-    ends and early stopping keeps the factors only if they help on validation data. Unknown ids
-    fall back to the global mean term (their rows stay zero)."""
+    The biases start from the regularised `bias` baseline, and the start is kept when no epoch
+    beats its validation RMSE: the factors stay only if they help on validation data. Unknown ids
+    fall back to the global mean term (their rows stay zero). With no validation split, the
+    training rows stand in for it (training then runs until their RMSE stops falling)."""
 
     name = "mf"
     Config = MFConfig
@@ -144,53 +162,63 @@ class BiasedMF(RatingModel):
     def fit(self, dataset: Dataset) -> BiasedMF:
         u, i, r = self._index(dataset)
         c = self.config
-        g = torch.Generator().manual_seed(c.seed)
+        g = torch.Generator().manual_seed(c.training.seed)
         biases = BiasBaseline().fit(dataset)
         self.mean = biases.mean
-        params = {
-            "user_bias": torch.from_numpy(biases.user_bias).float(),
-            "item_bias": torch.from_numpy(biases.item_bias).float(),
-            "user_factors": torch.randn(len(self.users), c.factors, generator=g) * 0.05,
-            "item_factors": torch.randn(len(self.items), c.factors, generator=g) * 0.05,
-        }
+        start = {"user_bias": torch.from_numpy(biases.user_bias).float(),
+                 "item_bias": torch.from_numpy(biases.item_bias).float(),
+                 "user_factors": torch.randn(len(self.users), c.factors, generator=g) * 0.05,
+                 "item_factors": torch.randn(len(self.items), c.factors, generator=g) * 0.05}
         for name in ("user_factors", "item_factors"):
-            params[name][IdIndex.UNKNOWN] = 0.0
-        for p in params.values():
-            p.requires_grad_(True)
-        opt = torch.optim.Adam(params.values(), lr=c.lr)
-        ut, it, rt = torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(r).float()
+            start[name][IdIndex.UNKNOWN] = 0.0
+        module = torch.nn.ParameterDict({k: torch.nn.Parameter(v.clone()) for k, v in start.items()})
+        self.params = module
+        train = (torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(r).float())
         valid = dataset.valid
-        vreq = [FeedbackRequest(a, b) for a, b in zip(valid["user_id"], valid["item_id"])]
-        vr = valid["rating"].to_numpy()
-        self.params = params
-        self.training_log: list[dict[str, Any]] = []
-        best, misses = np.inf, 0
-        best_state = {k: v.detach().clone() for k, v in params.items()}
-        if len(vr):
-            best = float(np.sqrt(np.mean((self.predict_rating_raw(vreq) - vr) ** 2)))
-        for step in range(c.max_epochs):
-            opt.zero_grad()
-            pred = self._forward(ut, it)
-            pu, qi = params["user_factors"][ut], params["item_factors"][it]
-            penalty = (pu.pow(2).sum(1) + qi.pow(2).sum(1)
-                       + params["user_bias"][ut].pow(2) + params["item_bias"][it].pow(2)).mean()
-            loss = torch.nn.functional.mse_loss(pred, rt) + c.weight_decay * penalty
-            loss.backward()
-            opt.step()
-            if len(vr):
-                with torch.no_grad():
-                    vrmse = float(np.sqrt(np.mean((self.predict_rating_raw(vreq) - vr) ** 2)))
-                self.training_log.append({"step": step, "loss": loss.item(), "valid_rmse": vrmse})
-                if vrmse < best - 1e-5:
-                    best, misses = vrmse, 0
-                    best_state = {k: v.detach().clone() for k, v in params.items()}
-                else:
-                    misses += 1
-                    if misses >= c.patience:
-                        break
-        self.params = best_state if len(vr) else {k: v.detach() for k, v in params.items()}
+        if len(valid):
+            valid = (torch.from_numpy(self.users.lookup(valid["user_id"].to_list())),
+                     torch.from_numpy(self.items.lookup(valid["item_id"].to_list())),
+                     torch.from_numpy(valid["rating"].to_numpy().astype(np.float32)))
+        else:
+            valid = train
+        start_rmse = self._rmse(*valid)
+        trainer = Trainer(module, c.training, n_train=len(r), n_valid=len(valid[0]),
+                          make_batch=lambda idx, is_train: tuple(t[idx] for t in (train if is_train else valid)),
+                          loss_fn=self._loss, valid_loss_fn=lambda b: {"mse": self._squared_error(*b).mean()},
+                          valid_extra=lambda out: {**out, "rmse": math.sqrt(out["mse"])}, criterion="rmse",
+                          terms={"loss": f"mse + {c.weight_decay:g}·(|p_u|² + |q_i|² + b_u² + b_i²), "
+                                         "each the mean over the batch's rows"},
+                          fingerprint=self._fingerprint(train, valid), desc="mf")
+        result = trainer.fit()
+        self.training_log = result.log
+        kept = start if start_rmse <= result.best_valid else dict(module.items())
+        self.params = {k: v.detach().clone() for k, v in kept.items()}
         self.is_fitted = True
         return self
+
+    def _squared_error(self, u: torch.Tensor, i: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return (self._forward(u, i) - r) ** 2
+
+    def _loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        u, i, r = batch
+        p = self.params
+        mse = self._squared_error(u, i, r).mean()
+        penalty = (p["user_factors"][u].pow(2).sum(1) + p["item_factors"][i].pow(2).sum(1)
+                   + p["user_bias"][u].pow(2) + p["item_bias"][i].pow(2)).mean()
+        return {"loss": mse + self.config.weight_decay * penalty, "mse": mse}
+
+    def _rmse(self, u: torch.Tensor, i: torch.Tensor, r: torch.Tensor) -> float:
+        with torch.no_grad():
+            return math.sqrt(float(self._squared_error(u, i, r).mean()))
+
+    def _fingerprint(self, train: tuple[torch.Tensor, ...], valid: tuple[torch.Tensor, ...]) -> str:
+        """What a checkpoint must match to be resumed: the settings and the rows."""
+        skip = {"checkpoint_dir", "progress"}
+        h = hashlib.sha256(json.dumps({k: v for k, v in flat_settings(self.config).items() if k not in skip},
+                                      sort_keys=True).encode())
+        for t in (*train, *valid):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def _forward(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         p = self.params
@@ -221,6 +249,22 @@ RATING_MODELS = {"global_mean": GlobalMean, "bias": BiasBaseline, "mf": BiasedMF
 def fit_rating_model(name: str, dataset: Dataset) -> RatingModel:
     """The rating model a text generator delegates its ratings to."""
     return RATING_MODELS[name]().fit(dataset)
+
+
+class DelegatedRating:
+    """Mixin for a text generator whose ratings are a rating model's, named by its config's
+    `rating_model` (`popular`, `retrieval`): `fit_rating` fits it on the dataset and takes its
+    rating range; `predict_rating` asks it. Put it before `Generator` among the bases."""
+
+    rating: RatingModel
+
+    def fit_rating(self, dataset: Dataset) -> None:
+        self.rating = fit_rating_model(self.config.rating_model, dataset)
+        self.rating_range = self.rating.rating_range
+
+    def predict_rating(self, requests: Sequence[FeedbackRequest]) -> np.ndarray:
+        self.check_fitted()
+        return self.rating.predict_rating(requests)
 
 
 def rating_model_state(model: RatingModel) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -31,7 +31,7 @@ from feedbackgen.data.dataset import Dataset
 from feedbackgen.embeddings import DEFAULT_MODEL
 from feedbackgen.models.base import Generator, IdIndex, register
 from feedbackgen.models.neighbours import NeighbourIndex
-from feedbackgen.models.rating import fit_rating_model, rating_model_from_state, rating_model_state
+from feedbackgen.models.rating import DelegatedRating, rating_model_from_state, rating_model_state
 from feedbackgen.models.text_units import Target, target_column, target_rows
 from feedbackgen.types import COPIED, FALLBACK, NO_ITEM_SENTENCE, NO_TEXT, provenance
 
@@ -45,7 +45,7 @@ class RetrievalConfig(StrictModel):
 
 
 @register
-class Retrieval(Generator):
+class Retrieval(DelegatedRating, Generator):
     name = "retrieval"
     Config = RetrievalConfig
 
@@ -57,14 +57,9 @@ class Retrieval(Generator):
         self.index = NeighbourIndex.build(rows[target_column(self.config.target)].to_list(),
                                           rows["user_id"].to_list(), rows["item_id"].to_list(),
                                           users, items, self.config.embedding_model)
-        self.rating = fit_rating_model(self.config.rating_model, dataset)
-        self.rating_range = self.rating.rating_range
+        self.fit_rating(dataset)
         self.is_fitted = True
         return self
-
-    def predict_rating(self, requests):
-        self.check_fitted()
-        return self.rating.predict_rating(requests)
 
     def generate_text(self, requests, decoding):
         ix = self.index
