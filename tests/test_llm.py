@@ -28,6 +28,7 @@ from feedbackgen.models import collapse, create, load
 from feedbackgen.models.llm.answers import CONTROL_TOKENS, answer_schema, read_answer
 from feedbackgen.models.llm.backends import Backend, Completion, TransformersBackend
 from feedbackgen.models.llm.openai_backend import OpenAIBackend, ResponseCache
+from feedbackgen.models.llm.training import IGNORE, pad_right
 from feedbackgen.models.text_units import target_rows
 from feedbackgen.types import FeedbackRequest
 
@@ -446,7 +447,10 @@ def test_sft_lora_layers_adapt_only_the_top_layers_and_backward_stops_below_them
     assert adapted == {top, top + 1}
     # a training pass: no layer below the adapters is recorded for autograd, and only adapters get gradients
     model.lm.train()
-    batch = model._batch(model.encode(target_rows(tiny, "train", "explanation").head(2)), torch.arange(2))
+    encoded = model.encode(target_rows(tiny, "train", "explanation").head(2))  # right-padded, as sft trains
+    batch = {"input_ids": pad_right([ids for ids, _ in encoded], model.tokenizer.pad_token_id),
+             "labels": pad_right([labels for _, labels in encoded], IGNORE),
+             "attention_mask": pad_right([[1] * len(ids) for ids, _ in encoded], 0)}
     recorded = {}
     hooks = [layer.register_forward_hook(lambda _m, _i, out, k=k: recorded.__setitem__(
                  k, (out[0] if isinstance(out, tuple) else out).requires_grad))
