@@ -36,6 +36,10 @@ class Decoding(StrictModel):
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens when sampling (0 = off)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1 = off)")
     num_beams: int = Field(1, ge=1, le=32, description="beams of beam search (1 = greedy or sampling)")
+    num_candidates: int | None = Field(None, ge=1, le=64,
+                                       description="texts decoded per request, the one of best utility kept "
+                                       "(grounding, fluency, tone–rating agreement; docs/explanations.md); "
+                                       "None = the model's own default, 1 = off")
     repetition_penalty: float = Field(1.0, ge=1.0, le=10.0,
                                       description="CTRL penalty on tokens already generated (1 = off)")
     no_repeat_ngram_size: int = Field(0, ge=0, le=10, description="never repeat an n-gram of this size (0 = off)")

@@ -94,7 +94,7 @@ def list_models():
 
     Example: `feedbackgen models`
     """
-    from feedbackgen.models import REGISTRY, effective_defaults
+    from feedbackgen.models import ALIASES, REGISTRY, effective_defaults
     from feedbackgen.recommend.choice import CHOICE_MODELS, DEFAULT_CHOICE_MODEL
 
     out.print("[bold underline]generators[/bold underline] (rating and text); the values a model trains "
@@ -104,6 +104,10 @@ def list_models():
         out.print(f"[bold]{name}[/bold]  {fields}", highlight=False)
     out.print("null: off, or the library's own choice (each setting's meaning: docs and `--set` errors)",
               highlight=False)
+    out.print("\n[bold underline]aliases[/bold underline] (a model with chosen settings; `--set` still overrides)")
+    for name, alias in sorted(ALIASES.items()):
+        fields = ", ".join(f"{k}={set_value(v)}" for k, v in alias.settings.items())
+        out.print(f"[bold]{name}[/bold] = {alias.model} with {fields}: {alias.means}", highlight=False)
     out.print("\n[bold underline]choice models[/bold underline] (will the user take the item?); "
               "hyper-parameters marked * are chosen on the valid split unless set or search=false")
     for name, cls in sorted(CHOICE_MODELS.items()):

@@ -1,11 +1,12 @@
 """Decoding: how every generator turns next-token scores into text (below `models`; it knows
 nothing of generators).
 
-One implementation of each piece (modules `search`, `seeds`, `constrained`), used by `peter` (its
+One implementation of each piece (modules `search`, `seeds`, `constrained`, `plan`), used by `peter` (its
 own KV-cached network), `prompt_lm` and the `transformers` LLM back-end (Hugging Face `generate`):
 
 - **logits processors** (`search.logits_processors`): Hugging Face's own — suppressed tokens,
-  `min_new_tokens`, `repetition_penalty`, `no_repeat_ngram_size` — then a grammar constraint
+  `min_new_tokens`, `repetition_penalty`, `no_repeat_ngram_size` — then a plan's bias toward the
+  words a text should mention (`plan.PlanBias`, when given), then a grammar constraint
   (`constrained.SchemaConstraint`, when given), then, when sampling,
   `temperature`, `top_k`, `top_p` and `RowSampler`, in the order `generate` applies them;
 - **sampling** (`search.RowSampler`): each row draws from its own `torch.Generator`, seeded from its

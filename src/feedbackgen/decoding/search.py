@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from feedbackgen.config import Decoding
+from feedbackgen.decoding.loops import NoRepeatGeneratedNGram
 from feedbackgen.errors import DataError
 
 
@@ -40,19 +41,21 @@ class RowSampler:
 
 def logits_processors(d: Decoding, eos_token_id: int | list[int], *, prompt_length: int = 0,
                       min_new_tokens: int | None = None, suppress: Sequence[int] = (),
-                      seeds: Sequence[int] | None = None, device: str | torch.device = "cpu", constraint=None):
+                      seeds: Sequence[int] | None = None, device: str | torch.device = "cpu", constraint=None,
+                      bias=None):
     """Hugging Face's `LogitsProcessorList` for `d`, applied to (input_ids, scores) at every step.
 
     `prompt_length`: leading columns of input_ids that are prompt, not generated text (for
-    `min_new_tokens`); `min_new_tokens` overrides `d.min_new_tokens`; `suppress`: tokens never
+    `min_new_tokens`, and for `no_repeat_ngram_size`, which counts generated n-grams only);
+    `min_new_tokens` overrides `d.min_new_tokens`; `suppress`: tokens never
     generated; `seeds`: one stream seed per row (`stream_seed`), needed when `d.do_sample`;
     `constraint`: a processor that masks tokens outside a grammar (`constrained.SchemaConstraint`),
-    applied before the warpers so that they, and the sampler, see only allowed tokens.
+    applied before the warpers so that they, and the sampler, see only allowed tokens; `bias`: a
+    processor that adds to some tokens' scores (`plan.PlanBias`), applied before the constraint.
     Raises ValueError when sampling without seeds."""
     from transformers.generation.logits_process import (
         LogitsProcessorList,
         MinNewTokensLengthLogitsProcessor,
-        NoRepeatNGramLogitsProcessor,
         RepetitionPenaltyLogitsProcessor,
         SuppressTokensLogitsProcessor,
         TemperatureLogitsWarper,
@@ -69,7 +72,9 @@ def logits_processors(d: Decoding, eos_token_id: int | list[int], *, prompt_leng
     if d.repetition_penalty != 1.0:
         out.append(RepetitionPenaltyLogitsProcessor(d.repetition_penalty))
     if d.no_repeat_ngram_size:
-        out.append(NoRepeatNGramLogitsProcessor(d.no_repeat_ngram_size))
+        out.append(NoRepeatGeneratedNGram(d.no_repeat_ngram_size, prompt_length))
+    if bias is not None:
+        out.append(bias)
     if constraint is not None:
         out.append(constraint)
     if d.do_sample:

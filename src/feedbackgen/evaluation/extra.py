@@ -19,6 +19,7 @@ import numpy as np
 from feedbackgen.collapse import LOOP_RULE
 from feedbackgen.embeddings import embed
 from feedbackgen.evaluation.grounding import GROUNDING_SOURCE
+from feedbackgen.features.sentences import vader_compound  # noqa: F401  (re-exported: one definition)
 from feedbackgen.evaluation.metrics import Metric, _ngrams
 
 Tokens = Sequence[str]
@@ -176,14 +177,6 @@ def embedding_similarity(generated: Sequence[str], references: Sequence[str]) ->
 
 
 # -- sentiment ---------------------------------------------------------------------------------
-
-def vader_compound(texts: Sequence[str]) -> np.ndarray:
-    """VADER compound score in [-1, 1] per text (negative to positive)."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyzer = SentimentIntensityAnalyzer()
-    return np.array([analyzer.polarity_scores(t)["compound"] for t in texts], dtype=np.float64)
-
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Spearman's ρ; None when undefined (fewer than 3 pairs, or either side constant)."""

@@ -15,9 +15,10 @@ Definition (feedbackgen). The reference pool is the training split's sentences o
 they were written about. Each prediction's text and each pool sentence becomes a TF-IDF vector
 (scikit-learn `TfidfVectorizer` fitted on the pool: lower-cased, words of two or more
 characters, smoothed idf, l2-normalised); the prediction's nearest pool sentence is the one of
-highest cosine similarity (`NearestNeighbors`, brute force, cosine metric; exact ties are
-broken in scikit-learn's order, which is deterministic). A prediction is *grounded* when its item is among
-that sentence's items. `item_grounding` is the share of scored predictions that are grounded;
+highest cosine similarity (exact ties: the first in pool order). The pool and the rule are
+`feedbackgen.features.sentences.SentencePool`, which the generators' candidate choice uses too
+(`feedbackgen.models.rerank`). A prediction is *grounded* when its item is among that sentence's
+items. `item_grounding` is the share of scored predictions that are grounded;
 higher is better. A text copied from the item's own training sentences scores 1 by construction;
 one copied from another item's scores 0 unless that very sentence was also written about the
 item.
@@ -37,6 +38,7 @@ import polars as pl
 
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.errors import DataError
+from feedbackgen.features.sentences import SentencePool
 
 GROUNDING_SOURCE = ("feedbackgen: item-level analogue of PETER's FMR/FCR (Li et al., ACL 2021); nearest "
                     "training sentence by TF-IDF cosine (scikit-learn)")
@@ -73,39 +75,26 @@ def item_grounding(predictions: pl.DataFrame | Iterable[Any], dataset: Dataset,
     "column": column}. Raises DataError when the dataset lacks `column` or has no training text
     in it, or when a prediction has no item_id / text.
     """
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.neighbors import NearestNeighbors
-
     if column not in dataset.interactions.columns:
         raise DataError(f"item grounding needs the {column!r} column, which this dataset lacks "
                         f"(columns: {', '.join(dataset.interactions.columns)})")
     train = dataset.train.filter(pl.col(column).is_not_null() & (pl.col(column).str.strip_chars() != ""))
     if not len(train):
         raise DataError(f"item grounding: the training split has no {column!r} text to ground in")
-    pool = (train.with_row_index("order").group_by(column)
-            .agg(pl.col("item_id").unique(), pl.col("order").min()).sort("order"))
-    items_of = [set(items) for items in pool["item_id"].to_list()]
-    known_items = set(train["item_id"].unique().to_list())
+    pool = SentencePool(train[column].to_list(), train["item_id"].to_list())
 
     df = _prediction_frame(predictions)
     texts, items = df["text"].to_list(), df["item_id"].to_list()
     empty = [not t or not t.strip() for t in texts]
-    unknown = [not e and i not in known_items for e, i in zip(empty, items)]
+    unknown = [not e and i not in pool.known_items for e, i in zip(empty, items)]
     candidates = [n for n in range(len(df)) if not empty[n] and not unknown[n]]
-
-    vectorizer = TfidfVectorizer(lowercase=True)
-    pool_vectors = vectorizer.fit_transform(pool[column].to_list())
     grounded = scored = out_of_vocabulary = 0
     if candidates:
-        query = vectorizer.transform([texts[n] for n in candidates])
-        has_words = np.asarray(query.getnnz(axis=1) > 0)
+        nearest, has_words = pool.nearest([texts[n] for n in candidates])
         out_of_vocabulary = int((~has_words).sum())
-        if has_words.any():
-            index = NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute").fit(pool_vectors)
-            _, nearest = index.kneighbors(query[has_words])
-            kept = [n for n, ok in zip(candidates, has_words) if ok]
-            grounded = sum(items[n] in items_of[j] for n, j in zip(kept, nearest[:, 0]))
-            scored = len(kept)
+        kept = [(n, j) for n, j, ok in zip(candidates, nearest, has_words) if ok]
+        grounded = sum(items[n] in pool.items_of[j] for n, j in kept)
+        scored = len(kept)
     return {"item_grounding": grounded / scored if scored else None, "grounded": int(grounded),
             "scored": scored, "empty": int(sum(empty)), "unknown_item": int(sum(unknown)),
             "out_of_vocabulary": out_of_vocabulary, "column": column}

@@ -4,6 +4,8 @@ The LLM generators (`prompt_lm`, `sft`, `llm`) import transformers and peft only
 """
 
 from feedbackgen.models import llm, peter, popular, rating, retrieval  # noqa: F401  (registration)
-from feedbackgen.models.base import REGISTRY, Generator, IdIndex, create, effective_defaults, load, register
+from feedbackgen.models.base import (ALIASES, REGISTRY, Alias, Generator, IdIndex, create, effective_defaults, load,
+                                     register)
 
-__all__ = ["REGISTRY", "Generator", "IdIndex", "create", "effective_defaults", "load", "register"]
+__all__ = ["ALIASES", "REGISTRY", "Alias", "Generator", "IdIndex", "create", "effective_defaults", "load",
+           "register"]

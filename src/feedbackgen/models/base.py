@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -142,9 +143,26 @@ def register(cls: type[Generator]) -> type[Generator]:
     return cls
 
 
+@dataclass(frozen=True)
+class Alias:
+    """A name for one model with chosen settings (`feedbackgen train --model explainer`): `create`
+    builds `model` with `settings`, which the caller's own settings override. The folder it saves is
+    an ordinary `model` folder."""
+
+    model: str
+    settings: dict[str, Any]
+    means: str  # one line for `feedbackgen models`
+
+
+ALIASES: dict[str, Alias] = {}
+
+
 def create(name: str, config: dict[str, Any] | None = None) -> Generator:
+    if name in ALIASES:
+        alias = ALIASES[name]
+        return create(alias.model, {**alias.settings, **(config or {})})
     if name not in REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(REGISTRY))}")
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted([*REGISTRY, *ALIASES]))}")
     return REGISTRY[name](config)
 
 

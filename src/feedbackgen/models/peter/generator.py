@@ -70,21 +70,26 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+import torch.nn.functional as F
 
 from feedbackgen.config import Decoding
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import tokenize
 from feedbackgen.errors import ConfigError, DataError, DecodingWarning
+from feedbackgen.decoding.plan import PlanBias
 from feedbackgen.decoding.seeds import stream_seed, with_seeds
-from feedbackgen.models import collapse, distributed
-from feedbackgen.models.base import Generator, IdIndex, register
+from feedbackgen.models import collapse, distributed, rerank
+from feedbackgen.models.base import ALIASES, Alias, Generator, IdIndex, register
 from feedbackgen.models.peter.model import MAX_NEW_TOKENS, PETER, PeterConfig, PeterShape
 from feedbackgen.models.peter.rag import PREFIX as RAG_PREFIX, RagContext
+from feedbackgen.models.plan import ContentPlan
 from feedbackgen.models.privacy import PrivacySettings, default_delta
 from feedbackgen.models.text_units import target_column, target_rows
 from feedbackgen.models.trainer import Trainer, flat_settings, read_checkpoint_extra
-from feedbackgen.models.vocab import BOS, EOS, PAD, Vocab
+from feedbackgen.models.vocab import BOS, EOS, PAD, UNK, Vocab
 from feedbackgen.types import GENERATED, FeedbackRequest, provenance
+
+NEVER_BIASED = (PAD, BOS, EOS, UNK)  # a plan never raises these
 
 # -- the generator -------------------------------------------------------------------------------
 
@@ -104,6 +109,7 @@ class Peter(Generator):
         self.privacy: dict[str, Any] | None = None  # the spent (ε, δ) of a DP-trained model
         self.training_summary: dict[str, Any] | None = None  # loss terms, collapse signal (training.json)
         self.rag: RagContext | None = None  # the retrieval index when rag_k > 0
+        self.plan: ContentPlan | None = None  # what each item's training sentences say (plan_words, candidates)
 
     # -- data --------------------------------------------------------------------------------
     def _rows(self, dataset: Dataset, split: str) -> pl.DataFrame:
@@ -201,6 +207,9 @@ class Peter(Generator):
         if c.rag_k:
             texts = [" ".join(t) for t in self._sentences(train)]
             self.rag = RagContext.fit(train, texts, self.users, self.items, c)
+        if self.uses_plan:
+            self.plan = ContentPlan.fit(train["user_id"].to_list(), train["item_id"].to_list(),
+                                        [" ".join(t) for t in self._sentences(train)])
         torch.manual_seed(c.training.seed)
         self.model = PETER(self._shape(), float(ratings.mean()) if len(ratings) else 0.0)
         tr, va = self._encode(train, leave_out=True), self._encode(valid)
@@ -250,6 +259,11 @@ class Peter(Generator):
         return {"loss": f"{c.text_weight:g}·nll_text + {c.context_weight:g}·nll_context + "
                         f"{c.rating_weight:g}·mse_rating",
                 "criterion": "nll_text + mse_rating (valid only: early stopping, as the reference)"}
+
+    @property
+    def uses_plan(self) -> bool:
+        """Whether this model keeps a content plan: it raises plan words, or chooses among candidates."""
+        return bool(self.config.plan_words) or self.config.candidates > 1
 
     @property
     def max_text_tokens(self) -> int:
@@ -305,32 +319,101 @@ class Peter(Generator):
         for message in self.decoding_warnings(decoding):
             warnings.warn(message, DecodingWarning, stacklevel=3)
         requests = with_seeds(requests, decoding)
-        users, items, aspects = self.encode(requests)
+        ids = self.encode(requests)
         context = None if self.rag is None else self.rag.encode(
             self.vocab, [r.user_id for r in requests], [r.item_id for r in requests])
+        bias = self._plan_bias(requests)
+        tokens, finished, scores = self._decode(requests, ids, context, bias, decoding, 0, use_cache)
+        k = decoding.num_candidates or self.config.candidates
+        chosen = utilities = None
+        if k > 1 and requests:  # the request's own decoding, then k - 1 sampled candidates
+            sampled = rerank.candidate_decoding(decoding)
+            runs = [(tokens, finished)] + [
+                self._decode(requests, ids, context, bias, sampled, rerank.candidate_salt(j), use_cache)[:2]
+                for j in range(1, k)]
+            chosen, utilities = self._choose(requests, ids, context, [t for t, _ in runs], k)
+            pick = torch.from_numpy(chosen)
+            tokens = torch.stack([t for t, _ in runs], 1)[torch.arange(len(requests)), pick]
+            finished = torch.stack([f for _, f in runs], 1)[torch.arange(len(requests)), pick]
+        users, items, aspects = ids
         texts, metas = [], []
-        self.model.eval()
+        for i, row in enumerate(tokens.tolist()):
+            words = tokenize(" ".join(self.vocab.decode(row)))
+            texts.append(" ".join(words))
+            meta = {**provenance(GENERATED), "tokens": len(words),
+                    "stopped": "eos" if bool(finished[i]) else "length",
+                    "unknown_user": int(users[i]) == 0, "unknown_item": int(items[i]) == 0}
+            if aspects is not None:
+                meta["unknown_aspect"] = int(aspects[i]) == 0
+            if scores is not None and chosen is None:
+                meta["beam_score"] = float(scores[i])
+            if context is not None:
+                meta["retrieved"] = int((context[i] == EOS).sum())  # sentences read
+            if bias is not None:
+                meta["plan"] = [w for w, _ in self.plan.words(requests[i].user_id, requests[i].item_id,
+                                                               self.config.plan_words)]
+            if chosen is not None:
+                meta["candidate"], meta["utility"] = int(chosen[i]), round(float(utilities[i, chosen[i]]), 4)
+            metas.append(meta)
+        return texts, metas
+
+    def _decode(self, requests, ids, context, bias, decoding: Decoding, salt: int, use_cache: bool):
+        """One decoding of every request, in batches: (tokens (rows, max_new_tokens) padded after
+        <eos>, finished (rows,), beam scores (rows,) or None). `salt`: the streams' (candidates)."""
+        users, items, aspects = ids
+        outs, fins, scores = [], [], []
         for start in range(0, len(requests), decoding.batch_size):
             sl = slice(start, start + decoding.batch_size)
-            seeds = [stream_seed(r) for r in requests[sl]] if decoding.do_sample else None
-            out, finished, scores = self.model.generate(
+            seeds = [stream_seed(r, salt) for r in requests[sl]] if decoding.do_sample else None
+            out, finished, score = self.model.generate(
                 users[sl], items[sl], aspects[sl] if aspects is not None else None, decoding, seeds, use_cache,
-                context[sl] if context is not None else None)
-            for r, row in enumerate(out.tolist()):
-                i = start + r
-                words = tokenize(" ".join(self.vocab.decode(row)))
-                texts.append(" ".join(words))
-                meta = {**provenance(GENERATED), "tokens": len(words),
-                        "stopped": "eos" if bool(finished[r]) else "length",
-                        "unknown_user": int(users[i]) == 0, "unknown_item": int(items[i]) == 0}
-                if aspects is not None:
-                    meta["unknown_aspect"] = int(aspects[i]) == 0
-                if scores is not None:
-                    meta["beam_score"] = float(scores[r])
-                if context is not None:
-                    meta["retrieved"] = int((context[i] == EOS).sum())  # sentences read
-                metas.append(meta)
-        return texts, metas
+                context[sl] if context is not None else None, bias.rows_slice(sl) if bias is not None else None)
+            outs.append(out)
+            fins.append(finished)
+            scores.append(score)
+        width = decoding.max_new_tokens
+        tokens = torch.cat([F.pad(o, (0, width - o.size(1)), value=PAD) for o in outs]) if outs else \
+            torch.zeros(0, width, dtype=torch.long)
+        finished = torch.cat(fins) if fins else torch.zeros(0, dtype=torch.bool)
+        return tokens, finished, (torch.cat(scores) if scores and scores[0] is not None else None)
+
+    def _plan_bias(self, requests: Sequence[FeedbackRequest]) -> PlanBias | None:
+        """The content plan of each request as a logits bias (None without a plan)."""
+        c = self.config
+        if self.plan is None or not c.plan_words or not c.plan_strength:
+            return None
+        bonuses = []
+        for r in requests:
+            bonus = {}
+            for word, weight in self.plan.words(r.user_id, r.item_id, c.plan_words):
+                pieces = self.vocab.encode([word])
+                if pieces and pieces[0] not in NEVER_BIASED:
+                    bonus[pieces[0]] = max(bonus.get(pieces[0], 0.0), c.plan_strength * weight)
+            bonuses.append(bonus)
+        return PlanBias(bonuses)
+
+    def _choose(self, requests, ids, context, runs: list[torch.Tensor], k: int):
+        """The utility choice among each request's `k` candidates (`feedbackgen.models.rerank`)."""
+        users, items, aspects = ids
+        c = self.config
+        logprobs = torch.stack([self._logprob(ids, context, t) for t in runs], 1).reshape(-1).numpy()
+        texts = [" ".join(tokenize(" ".join(self.vocab.decode(row))))
+                 for n in range(len(requests)) for row in (t[n].tolist() for t in runs)]
+        item_ids = [r.item_id for r in requests for _ in range(k)]
+        ratings = np.repeat(self.predict_rating(requests), k)
+        pool = self.plan.pool if self.plan is not None else None
+        return rerank.choose(texts, item_ids, ratings, logprobs, k, pool, self.rating_range,
+                             (c.utility_grounding, c.utility_fluency, c.utility_sentiment))
+
+    def _logprob(self, ids, context, tokens: torch.Tensor, batch: int = 512) -> torch.Tensor:
+        users, items, aspects = ids
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(tokens), batch):
+                sl = slice(s, s + batch)
+                out.append(self.model.text_logprob(users[sl], items[sl], aspects[sl] if aspects is not None else None,
+                                                   tokens[sl], context[sl] if context is not None else None))
+        return torch.cat(out)
 
     # -- state -------------------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -344,6 +427,8 @@ class Peter(Generator):
             rag_tensors, rag_state = self.rag.get_state()
             tensors.update(rag_tensors)
             state.update(rag_state)
+        if self.plan is not None:
+            state.update(self.plan.get_state())
         return tensors, state
 
     def set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -353,6 +438,7 @@ class Peter(Generator):
         self.model = PETER(self._shape(state["n_tokens"]))
         if self.config.rag_k:
             self.rag = RagContext.from_state(tensors, state, self.users, self.items, self.config)
+        self.plan = ContentPlan.from_state(state) if "plan.sentences" in state else None
         tensors = {k: v for k, v in tensors.items() if not k.startswith(RAG_PREFIX)}
         if self.config.tie_weights:
             tensors = {**tensors, "head.weight": tensors["word_emb.weight"]}
@@ -364,3 +450,10 @@ class Peter(Generator):
 
     def load_extra(self, path: Path, arrays: dict[str, torch.Tensor]) -> None:
         self.vocab = Vocab.load(path)
+
+
+# The recommended explainer (docs/explanations.md: what was measured to choose it).
+EXPLAINER = {"plan_words": 6, "plan_strength": 3.0, "candidates": 8}
+ALIASES["explainer"] = Alias(
+    "peter", EXPLAINER, "the recommended explainer: peter (default preset) writing from a content plan of "
+    "the item's training words, 8 candidates per request, the best utility kept (grounding, fluency, tone)")

@@ -129,6 +129,16 @@ class PeterConfig(StrictModel):
         "both", description="the item's sentences by similar users, the user's about similar items, or both")
     rag_embedding_model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers folder or name "
                                      "for the user/item similarity of the retrieval")
+    # plan-then-write and the choice among candidates (feedbackgen.models.plan, .rerank; docs/explanations.md)
+    plan_words: int = Field(0, ge=0, le=64, description="words of the content plan (what others wrote about the "
+                            "item, ranked for the user) raised while decoding (0 = off)")
+    plan_strength: float = Field(2.0, ge=0.0, le=20.0, description="logit bonus of the plan's best word "
+                                 "(the others by their weight), until the text has it")
+    candidates: int = Field(1, ge=1, le=64, description="texts decoded per request unless the call says "
+                            "(Decoding.num_candidates); the best utility is kept (1 = off)")
+    utility_grounding: float = Field(1.0, ge=0.0, le=100.0, description="utility weight of item grounding")
+    utility_fluency: float = Field(0.2, ge=0.0, le=100.0, description="utility weight of mean log-probability")
+    utility_sentiment: float = Field(0.2, ge=0.0, le=100.0, description="utility weight of tone–rating agreement")
     # loss
     text_weight: float = Field(1.0, ge=0.0, le=100.0)
     context_weight: float = Field(1.0, ge=0.0, le=100.0)
@@ -438,11 +448,24 @@ class PETER(nn.Module):
         return step
 
     @torch.no_grad()
+    def text_logprob(self, user, item, aspect, tokens: torch.Tensor, context: torch.Tensor | None = None,
+                     ) -> torch.Tensor:
+        """Mean log-probability per token (nats) of each row of `tokens` (B, T) — generated words
+        then `<eos>`, padded with `<pad>` — after `<bos>` and the row's ids: shape (B,)."""
+        bos = torch.full((tokens.size(0), 1), BOS, dtype=torch.long)
+        h = self.forward(user, item, torch.cat([bos, tokens[:, :-1]], 1), aspect, context=context)
+        logp = F.log_softmax(self.logits(h[:, self.prefix_len:]).float(), dim=-1)
+        logp = logp.gather(2, tokens.unsqueeze(-1)).squeeze(-1)
+        real = (tokens != PAD).float()
+        return (logp * real).sum(1) / real.sum(1).clamp(min=1)
+
+    @torch.no_grad()
     def generate(self, user, item, aspect, d: Decoding, seeds: Sequence[int] | None = None,
-                 use_cache: bool = True, context: torch.Tensor | None = None,
+                 use_cache: bool = True, context: torch.Tensor | None = None, bias=None,
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Decode `d` for B rows of ids (B,). `seeds`: one stream seed per row, needed to sample.
-        context: (B, n_context) retrieved-sentence tokens (RAG models only).
+        context: (B, n_context) retrieved-sentence tokens (RAG models only). bias: a
+        `decoding.plan.PlanBias` with one plan per row.
 
         Returns (tokens (B, max_new_tokens) padded after <eos>, finished (B,), beam scores or None)."""
         K = d.num_beams
@@ -450,8 +473,9 @@ class PETER(nn.Module):
             user, item = user.repeat_interleave(K), item.repeat_interleave(K)
             aspect = aspect.repeat_interleave(K) if aspect is not None else None
             context = context.repeat_interleave(K, 0) if context is not None else None
+            bias = bias.repeat(K) if bias is not None else None
         processors = logits_processors(d, EOS, suppress=NEVER, min_new_tokens=max(1, d.min_new_tokens),
-                                       seeds=seeds)
+                                       seeds=seeds, bias=bias)
         step = self.stepper(user, item, aspect, d.max_new_tokens, use_cache, context)
         return decode(step, user.size(0) // K, d, processors, eos=EOS, pad=PAD)
 

@@ -1,0 +1,101 @@
+"""A content plan: the words this user would say about this item, from the training sentences.
+
+What an explanation of item i should mention is what other buyers wrote about i: its aspects and
+the opinions on them. `ContentPlan.fit` reads the training split's sentences (the generator's
+target column) and keeps, per item, its distinctive words — TF-IDF over one document per item
+(all its training sentences; scikit-learn `TfidfVectorizer`, English stop words removed, words of
+three or more letters, sub-linear term frequency), so words every product gets ("great", "price")
+weigh little and the item's own ("capo", "tuner", "strap") much — and, per user, the words the user
+has written before. `words(user, item, k)` ranks the item's words for that user: the item's weight,
+raised by `user_boost` for words the user uses (personalised aspect ranking in the spirit of
+Li et al.'s PETER+ feature selection and the user-aware aspect ranking of explainable
+recommendation, e.g. He et al., "TriRank", CIKM 2015), and returns the top `k` with weights
+scaled to a maximum of 1.
+
+The plan is one input of plan-then-write decoding (`feedbackgen.decoding.plan.PlanBias` raises
+the planned words until the text has said them) and the sentences are the pool that candidate
+texts are scored against (`feedbackgen.features.sentences.SentencePool`, `models.rerank`). It
+is kept in the model folder as the training triples (user, item, sentence) and rebuilt
+deterministically on load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from feedbackgen.errors import DataError
+from feedbackgen.features.sentences import SentencePool
+
+ITEM_WORDS = 24  # words kept per item: more than any plan asks for
+USER_BOOST = 0.5  # a word the user has written before weighs (1 + USER_BOOST) times more
+
+
+class ContentPlan:
+    """Per item its distinctive training words, per user the words they use, and the sentence pool.
+
+    Build with `ContentPlan.fit(users, items, sentences)`: three aligned sequences, the training rows
+    (one user id, item id and target sentence each). Raises DataError when no sentence has a word."""
+
+    def __init__(self, users: Sequence[str], items: Sequence[str], sentences: Sequence[str],
+                 user_boost: float = USER_BOOST):
+        self.users, self.items, self.sentences = list(users), list(items), list(sentences)
+        self.user_boost = user_boost
+        self.pool = SentencePool(self.sentences, self.items)
+        by_item: dict[str, list[str]] = {}
+        by_user: dict[str, list[str]] = {}
+        for u, i, s in zip(self.users, self.items, self.sentences):
+            if s:
+                by_item.setdefault(i, []).append(s)
+                by_user.setdefault(u, []).append(s)
+        vectorizer = TfidfVectorizer(lowercase=True, stop_words="english", sublinear_tf=True,
+                                     token_pattern=r"(?u)\b[a-z][a-z']{2,}\b")
+        names = list(by_item)
+        try:
+            weights = vectorizer.fit_transform([" ".join(by_item[i]) for i in names]).tocsr()
+        except ValueError as e:  # scikit-learn: "empty vocabulary"
+            raise DataError(f"content plan: the training sentences have no word to plan with ({e})") from None
+        vocab = vectorizer.get_feature_names_out()
+        self.item_words: dict[str, list[tuple[str, float]]] = {}
+        for n, item in enumerate(names):
+            row = weights.getrow(n)
+            order = np.argsort(-row.data, kind="stable")[:ITEM_WORDS]
+            self.item_words[item] = [(str(vocab[row.indices[j]]), float(row.data[j])) for j in order]
+        analyzer = vectorizer.build_analyzer()
+        self.user_words = {u: set(analyzer(" ".join(texts))) for u, texts in by_user.items()}
+
+    @classmethod
+    def fit(cls, users: Sequence[str], items: Sequence[str], sentences: Sequence[str]) -> ContentPlan:
+        if not (len(users) == len(items) == len(sentences)):
+            raise DataError(f"content plan: {len(users)} users, {len(items)} items and {len(sentences)} "
+                            "sentences; expected one of each per training row")
+        return cls(users, items, sentences)
+
+    def knows(self, item_id: str) -> bool:
+        """Whether the item has a training sentence (so a plan and a grounding score)."""
+        return item_id in self.item_words
+
+    def words(self, user_id: str, item_id: str, k: int) -> list[tuple[str, float]]:
+        """The `k` words this user would most likely say about this item, best first, with weights
+        in (0, 1] (the best is 1); [] for an item without training sentences."""
+        own = self.user_words.get(user_id, set())
+        scored = [(w, x * (1.0 + self.user_boost * (w in own))) for w, x in self.item_words.get(item_id, [])]
+        scored.sort(key=lambda p: -p[1])
+        top = scored[:k]
+        if not top:
+            return []
+        best = top[0][1]
+        return [(w, x / best) for w, x in top]
+
+    def get_state(self) -> dict[str, Any]:
+        return {"plan.users": self.users, "plan.items": self.items, "plan.sentences": self.sentences}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ContentPlan:
+        return cls(state["plan.users"], state["plan.items"], state["plan.sentences"])
+
+
+__all__ = ["ContentPlan"]
