@@ -34,6 +34,8 @@ import statistics
 import time
 from pathlib import Path
 
+from feedbackgen.tables import number, table_lines
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -122,8 +124,8 @@ def scores(train_on, dataset, few: list[str], lists: dict, seed: int) -> dict[st
 
 def mean_sd(values: list[float]) -> str:
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return number(values[0], ".4f")
+    return f"{number(statistics.mean(values), '.4f')} ± {number(statistics.stdev(values), '.4f')}"
 
 
 def main() -> None:
@@ -148,7 +150,7 @@ def main() -> None:
     t0 = time.time()
     header = ["dataset", "training data", "few-review users", "rows added", "RMSE all", "RMSE few",
               "NDCG@10 full all", "NDCG@10 full few", "NDCG@10 sampled all", "NDCG@10 sampled few"]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    rows = []
     for key in args.datasets:
         label = DATASETS[key][0]
         dataset = prepare_dataset(key)
@@ -170,9 +172,9 @@ def main() -> None:
             print(f"  {name}: done ({time.time() - t0:.0f}s)", flush=True)
         for name, (results, added) in runs.items():
             cells = [mean_sd([r[m] for r in results]) for m in METRICS]
-            lines.append(f"| {label} | {name} | {len(few)} | {added} | " + " | ".join(cells) + " |")
+            rows.append([label, name, len(few), added, *cells])
     print()
-    print("\n".join(lines))
+    print("\n".join(table_lines(header, rows, align="ll" + "r" * (len(header) - 2))))
     print(f"\nRMSE: lower is better; NDCG@10: higher is better. Mean ± sd over seeds {args.seeds}; "
           f"few = users with <= {args.max_train_reviews} training reviews, {args.per_user} generated rows each. "
           f"{time.time() - t0:.0f}s on {os.cpu_count()} CPU(s).")

@@ -23,6 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from ranking import load_dataset  # noqa: E402
 
+from feedbackgen.tables import number, table_lines  # noqa: E402
+
 
 def implicit_bpr():
     """feedbackgen's BPR with its factors from implicit's BPR instead of cornac's (same grid)."""
@@ -62,11 +64,11 @@ def main() -> None:
         models[name] = model
     table = evaluate_ranking(models, dataset, protocols=("full",))
     print(f"{label}: {dataset.summary()}\n")
-    print("| library / model | HR@10 | NDCG@10 | Recall@10 | fit (s) | search (s) | chosen on valid |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for row, extra in zip(table.iter_rows(named=True), rows):
-        print(f"| {row['model']} | {row['hr@10']:.4f} | {row['ndcg@10']:.4f} | {row['recall@10']:.4f} "
-              f"| {extra['fit_s']:.2f} | {extra['search_s']:.1f} | {extra['chosen']} |")
+    head = ["library / model", "HR@10", "NDCG@10", "Recall@10", "fit (s)", "search (s)", "chosen on valid"]
+    print("\n".join(table_lines(head, ([row["model"], *(number(row[k], ".4f") for k in ("hr@10", "ndcg@10", "recall@10")),
+                                       number(extra["fit_s"], ".2f"), number(extra["search_s"], ".1f"), extra["chosen"]]
+                                      for row, extra in zip(table.iter_rows(named=True), rows)),
+                                 align="lrrrrrl")))
     print("\ninstall (CPU wheels, Python 3.11):")
     for dist in ("implicit", "cornac"):
         try:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from feedbackgen.tables import MISSING, number, table_lines
+
 LIMITS = {
     "popularity": "no limit in practice: one count per item",
     "itemknn": "co-occurrences cost Σ_u (items of u)²; items x 1024 dense block (8 KB x items) + items x k sparse",
@@ -91,10 +93,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     dataset = synthetic(args.users, args.items, args.interactions, args.seed)
-    print(f"synthetic log: {dataset.summary()} ({time.perf_counter() - t0:.0f}s to make)\n")
-    print("| model | validation search | fit (s) | recommend 1,000 users (s) | peak RSS (GB) | "
-          "RSS after loading (GB) | chosen | stops scaling |")
-    print("|---|---|---:|---:|---:|---:|---|---|")
+    print(f"synthetic log: {dataset.summary()} ({time.perf_counter() - t0:.0f}s to make)\n", flush=True)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         dataset.save(Path(tmp) / "ds")
         for model in args.models:
@@ -103,14 +103,18 @@ def main() -> None:
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
                 r = json.loads(done.stdout.strip().splitlines()[-1])
-                print(f"| {model} | {'on' if search else 'off'} | {r['fit_s']:.1f} | {r['recommend_1000_s']:.1f} | "
-                      f"{r['peak_rss_mb'] / 1024:.2f} | {r['rss_data_mb'] / 1024:.2f} | {r['chosen'] or '–'} | "
-                      f"{LIMITS.get(model, '')} |", flush=True)
+                cells = [number(r["fit_s"], ".1f"), number(r["recommend_1000_s"], ".1f"),
+                         number(r["peak_rss_mb"] / 1024, ".2f"), number(r["rss_data_mb"] / 1024, ".2f"),
+                         r["chosen"] or MISSING]
             except subprocess.TimeoutExpired:
-                print(f"| {model} | {'on' if search else 'off'} | > {args.timeout} | – | – | – | – | "
-                      f"{LIMITS.get(model, '')} |")
+                cells = [f"> {args.timeout}", *[MISSING] * 4]
             except subprocess.CalledProcessError as e:
-                print(f"| {model} | failed: {e.stderr.strip().splitlines()[-1]} |")
+                cells = [f"failed: {e.stderr.strip().splitlines()[-1]}", *[""] * 4]
+            rows.append([model, "on" if search else "off", *cells, LIMITS.get(model, "")])
+            print(f"  {model}: done", file=sys.stderr, flush=True)
+    head = ["model", "validation search", "fit (s)", "recommend 1,000 users (s)", "peak RSS (GB)",
+            "RSS after loading (GB)", "chosen", "stops scaling"]
+    print("\n".join(table_lines(head, rows, align="llrrrrll")))
     print(f"\n{os.cpu_count()} CPU(s); the default model ({DEFAULT_CHOICE_MODEL}) fits with its validation search")
 
 

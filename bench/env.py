@@ -47,6 +47,11 @@ from feedbackgen.env import ENV_ID, make_env  # noqa: E402
 from feedbackgen.models import create, load  # noqa: E402
 from feedbackgen.recommend import create_choice, load_choice, top_k  # noqa: E402
 from feedbackgen.recommend.sessions import sessions  # noqa: E402
+from feedbackgen.tables import number, table_lines  # noqa: E402
+
+ENV_HEAD = ["data", "users × items", "steps/s (make_env)", "steps/s (gymnasium.make)", "steps per episode",
+            "cold reset, ms", "warm(), s"]
+SESSIONS_HEAD = ["run", "sessions", "items shown", "pages per session", "engaged", "texts", "seconds"]
 
 SIMULATOR = {"components": ["ease", "itemknn", "als", "popularity"], "search": False}
 
@@ -85,7 +90,8 @@ def steps_per_second(env, actions: np.ndarray, seed: int = 1) -> tuple[float, in
     return len(actions) / (time.perf_counter() - t), episodes
 
 
-def bench_env(work: Path, names: list[str], steps: int) -> list[str]:
+def bench_env(work: Path, names: list[str], steps: int) -> list[list[str]]:
+    """A row of `ENV_HEAD` per dataset."""
     rows = []
     for name in names:
         ds = dataset(name, work)
@@ -106,13 +112,15 @@ def bench_env(work: Path, names: list[str], steps: int) -> list[str]:
         for k in range(50):
             cold.reset(seed=k)
         cold_ms = (time.perf_counter() - t) / 50 * 1000
-        rows.append(f"| {name} | {len(env.user_ids):,} × {n_items:,} | {rate:,.0f} | {made_rate:,.0f} | "
-                    f"{steps / max(episodes, 1):.2f} | {cold_ms:.1f} | {warm:.1f} |")
-        print(rows[-1], flush=True)
+        rows.append([name, f"{len(env.user_ids):,} × {n_items:,}", number(rate, ",.0f"), number(made_rate, ",.0f"),
+                     number(steps / max(episodes, 1), ".2f"), number(cold_ms, ".1f"), number(warm, ".1f")])
+        print(f"  env {name}: done", file=sys.stderr, flush=True)
     return rows
 
 
-def bench_sessions(work: Path, n_sessions: int, peter_dir: Path | None, peter_epochs: int) -> list[str]:
+def bench_sessions(work: Path, n_sessions: int, peter_dir: Path | None,
+                   peter_epochs: int) -> tuple[list[list[str]], str]:
+    """Rows of `SESSIONS_HEAD` (decisions only, then with peter's texts), and where peter came from."""
     ds = dataset("mi", work)
     sim = simulator(ds, work / "user_mi")
     if peter_dir is not None:
@@ -136,12 +144,12 @@ def bench_sessions(work: Path, n_sessions: int, peter_dir: Path | None, peter_ep
         seconds = time.perf_counter() - t
         s = run.summary.row(0, named=True)
         texts = run.log["text"].drop_nulls().len()
-        rows.append(f"| {'ease top-50, peter text' if write else 'ease top-50, decisions only'} | {n_sessions:,} "
-                    f"({len(set(users)):,} distinct) | {len(run.log):,} | {s['pages_viewed']:.2f} | "
-                    f"{int(run.log['engaged'].sum()):,} | {texts:,} | {seconds:.1f} |")
-        print(rows[-1], flush=True)
-    print(f"(peter {trained})")
-    return rows
+        rows.append(["ease top-50, peter text" if write else "ease top-50, decisions only",
+                     f"{n_sessions:,} ({len(set(users)):,} distinct)", number(len(run.log), ",d"),
+                     number(s["pages_viewed"], ".2f"), number(int(run.log["engaged"].sum()), ",d"),
+                     number(texts, ",d"), number(seconds, ".1f")])
+        print(f"  sessions{' with texts' if write else ''}: done", file=sys.stderr, flush=True)
+    return rows, trained
 
 
 def main() -> None:
@@ -162,13 +170,12 @@ def main() -> None:
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_model()}, {os.cpu_count()} cores, commit {commit}, "
           f"load average before {load_before[0]:.2f} / {load_before[1]:.2f} (1 / 5 min)\n")
     if "env" in args.parts:
-        print("| data | users × items | steps/s (make_env) | steps/s (gymnasium.make) | steps per episode | "
-              "cold reset, ms | warm(), s |\n|---|---:|---:|---:|---:|---:|---:|")
-        bench_env(args.work, ["mi"] if args.quick else ["a4r", "mi"], args.steps)
+        rows = bench_env(args.work, ["mi"] if args.quick else ["a4r", "mi"], args.steps)
+        print("\n".join(table_lines(ENV_HEAD, rows, align="l" + "r" * 6)), flush=True)
     if "sessions" in args.parts:
-        print("\n| run | sessions | items shown | pages per session | engaged | texts | seconds |\n"
-              "|---|---:|---:|---:|---:|---:|---:|")
-        bench_sessions(args.work, args.sessions, args.peter, args.peter_epochs)
+        rows, trained = bench_sessions(args.work, args.sessions, args.peter, args.peter_epochs)
+        print("\n" + "\n".join(table_lines(SESSIONS_HEAD, rows, align="l" + "r" * 6)))
+        print(f"(peter {trained})")
     after = os.getloadavg()
     print(f"\nload average after {after[0]:.2f} / {after[1]:.2f} (1 / 5 min)")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,12 @@ from feedbackgen.data.dataset import Dataset  # noqa: E402
 from feedbackgen.recommend import SimulatedUser, create_choice, fidelity  # noqa: E402
 from feedbackgen.recommend.panel import judge_panel, panel_markdown  # noqa: E402
 from feedbackgen.recommend.ranking import pool_of  # noqa: E402
+from feedbackgen.tables import number, table_lines  # noqa: E402
+
+SUMMARY_HEAD = ["data", "simulator", "Kendall τ", "significant pairs ordered right",
+                "simulated / real (non-random lists)",
+                "largest self-preference: places (past significantly better lists)",
+                "place of the held-out list among the panel, by the simulated user", "Agent4Rec 1:1 accuracy"]
 
 SIMULATORS = ("simulated_user", "ease", "itemknn", "als", "popularity")
 
@@ -84,17 +91,19 @@ def outside_lists(ds: Dataset, users: list[str], k: int, seed: int) -> dict[str,
     return {name: pl.DataFrame(rows, schema=["user_id", "rank", "item_id"], orient="row") for name, rows in out.items()}
 
 
-def summary_row(name: str, label: str, res: dict, held: dict, a4r_acc: float | None) -> str:
+def summary_row(name: str, label: str, res: dict, held: dict, a4r_acc: float | None) -> list[str]:
+    """The cells of a `SUMMARY_HEAD` row."""
     rows = [r for r in res["rows"] if r["recommender"] != "random" and r["calibration_ratio"]]
     ratios = [r["calibration_ratio"] for r in rows]
     moved = max((s["moved_up"] for s in res["self_preference"]), default=0)
     passed = max((s["passed_better"] for s in res["self_preference"]), default=0)
     share = res["share_ordered_right"]
     held_place = 1 + sum(r["expected_engagement_at_k"] > held["expected_engagement_at_k"] for r in res["rows"])
-    return (f"| {label} | {name} | {res['kendall_tau']:.3f} | {res['ordered_right']}/{res['significant_pairs']}"
-            f" ({share:.2f}) | {min(ratios):.2f}–{max(ratios):.2f} | {moved:+d} ({passed}) | "
-            f"{held_place} (real {held['precision@' + str(res['k'])]:.3f}, simulated "
-            f"{held['expected_engagement_at_k']:.3f}) | {'–' if a4r_acc is None else f'{a4r_acc:.3f}'} |")
+    return [label, name, number(res["kendall_tau"]),
+            f"{res['ordered_right']}/{res['significant_pairs']} ({number(share, '.2f')})",
+            f"{number(min(ratios), '.2f')}–{number(max(ratios), '.2f')}", f"{moved:+d} ({passed})",
+            f"{held_place} (real {number(held['precision@' + str(res['k'])])}, simulated "
+            f"{number(held['expected_engagement_at_k'])})", number(a4r_acc)]
 
 
 def main() -> None:
@@ -125,11 +134,8 @@ def main() -> None:
             summary.append(summary_row(name, path.name, res, held, a4r["discrimination"]["1:1"]["accuracy"]))
             details.append(f"#### {path.name}, simulator {name} ({time.time() - t0:.0f} s)\n\n"
                            + panel_markdown(res, name))
-            print(summary[-1], flush=True)
-    head = ("| data | simulator | Kendall τ | significant pairs ordered right | simulated / real (non-random "
-            "lists) | largest self-preference: places (past significantly better lists) | place of the held-out list among the panel, by the simulated user | Agent4Rec 1:1 accuracy |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|")
-    text = "\n".join([head, *summary, "", *details])
+            print(f"  {path.name}, {name}: done ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    text = "\n".join([*table_lines(SUMMARY_HEAD, summary, align="llrrrrrr"), "", *details])
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

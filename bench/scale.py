@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu_model  # noqa: E402
 
+from feedbackgen.tables import number, table_lines  # noqa: E402
+
 SOURCE = "amazon_musical_instruments_5core/reviews_Musical_Instruments_5.json.gz"
 CLI = [sys.executable, "-c", "from feedbackgen.cli import main; main()"]
 
@@ -140,12 +142,12 @@ def measure(rows: int, work: Path, env: dict[str, str], chunk_rows: int, keep: b
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| rows | input MB | prepare wall s | prepare peak RSS MB | generate wall s | generate peak RSS MB "
-             "| rows/s |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {r['rows']:,} | {r['input_mb']:,.0f} | {r['prepare_s']:.1f} | {r['prepare_mb']:,.0f} "
-                     f"| {r['generate_s']:.1f} | {r['generate_mb']:,.0f} | {r['rows_per_s']:,.0f} |")
-    return "\n".join(lines)
+    head = ["rows", "input MB", "prepare wall s", "prepare peak RSS MB", "generate wall s", "generate peak RSS MB",
+            "rows/s"]
+    specs = {"rows": ",d", "input_mb": ",.0f", "prepare_s": ".1f", "prepare_mb": ",.0f", "generate_s": ".1f",
+             "generate_mb": ",.0f", "rows_per_s": ",.0f"}
+    rows = ([number(r[k], spec) for k, spec in specs.items()] for r in results)
+    return "\n".join(table_lines(head, rows, align="r" * len(head)))
 
 
 def main(argv: list[str] | None = None) -> None:

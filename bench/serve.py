@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 
+from feedbackgen.tables import number, table_lines
 from machine import cpu_model  # bench/machine.py
 
 
@@ -205,11 +206,11 @@ def main() -> None:
     print(f"\n`feedbackgen serve` load test: model `{config['model']}` ({args.model_dir}), one (user, item) "
           f"request per call, max_new_tokens={args.max_new_tokens}, {args.seconds:g} s per row after "
           f"{args.warmup:g} s warm-up; {cpu_model()}, {os.cpu_count()} cores; client in a second process.\n")
-    print("| serving | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
-              f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r['mean_batch']:.1f} |")
+    head = ["serving", "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "mean batch"]
+    print("\n".join(table_lines(head, ([r["mode"], r["concurrency"], r["requests"],
+                                       *(number(r[k], ".1f") for k in ("rps", "p50_ms", "p95_ms", "p99_ms")),
+                                       r["errors"], number(r["mean_batch"], ".1f")] for r in rows),
+                                 align="l" + "r" * 8)))
     top = max(args.concurrency)
     single = next(r for r in rows if r["mode"] == "batch size 1" and r["concurrency"] == top)
     batched = next(r for r in rows if r["mode"] != "batch size 1" and r["concurrency"] == top)

@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 
+from feedbackgen.tables import number, table_lines
 from machine import cpu_model  # bench/machine.py
 from serve import Server, load  # bench/serve.py
 
@@ -144,11 +145,10 @@ def bench_recommend(args) -> None:
     print(f"\n`/v1/recommend` k=10 on {args.dataset.name}: ranked by `{args.choice.name}`{explainer}; "
           f"{args.seconds:g} s per row after {args.warmup:g} s warm-up; {cpu_model()}, {os.cpu_count()} cores; "
           "client in a second process.\n")
-    print("| call | concurrency | calls | calls/s | p50 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['scenario']} | {r['concurrency']} | {r['requests']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {r['errors']} |")
+    print("\n".join(table_lines(["call", "concurrency", "calls", "calls/s", "p50 ms", "p99 ms", "errors"],
+                                ([r["scenario"], r["concurrency"], r["requests"],
+                                  *(number(r[k], ".1f") for k in ("rps", "p50_ms", "p99_ms")), r["errors"]]
+                                 for r in rows), align="l" + "r" * 6)))
     print(f"\nAn event to the next recommendation (POST /v1/events, then POST /v1/recommend, {event['calls']} users "
           f"in turn): p50 {event['p50_ms']:.1f} ms, p99 {event['p99_ms']:.1f} ms; the event's item left the list for "
           f"{event['applied']} of {event['calls']}.")

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu_model  # noqa: E402
 
+from feedbackgen.tables import number, table_lines  # noqa: E402
+
 CHOICE = ("popularity", "itemknn", "ease", "als", "bpr")
 MI = ("amazon_musical_instruments_5core/reviews_Musical_Instruments_5.json.gz", "amazon2014")
 
@@ -63,11 +65,17 @@ def fit_choice(name, dataset):
     return model, time.time() - t
 
 
-def row(name, seconds, result):
+def row(name, seconds, result) -> list[str]:
+    """A discrimination table's cells: the simulator, its fit seconds, accuracy / F1 per ratio."""
     d = result["discrimination"]
-    cells = [name, f"{seconds:.1f}" if seconds is not None else "–"]
-    cells += [f"{d[r]['accuracy']:.3f} / {d[r]['f1']:.3f}" for r in d]
-    return "| " + " | ".join(cells) + " |"
+    print(f"  {name}: done", file=sys.stderr, flush=True)
+    return [name, number(seconds, ".1f"), *(f"{number(d[r]['accuracy'])} / {number(d[r]['f1'])}" for r in d)]
+
+
+def print_table(ratios: str, rows: list[list[str]]) -> None:
+    """A discrimination table: one column of accuracy / F1 per ratio in `ratios` ("1239": 1:1 ... 1:9)."""
+    head = ["simulator", "fit s", *(f"1:{r} acc / F1" for r in ratios)]
+    print("\n".join(table_lines(head, rows, align="l" + "r" * (len(head) - 1))))
 
 
 def part_agent4rec(args) -> None:
@@ -76,15 +84,15 @@ def part_agent4rec(args) -> None:
     t0 = time.time()
     ds = agent4rec_dataset()
     print(f"\n## Agent4Rec's MovieLens-1M split ({ds.summary()['interactions']:,} interactions, "
-          f"prepared in {time.time() - t0:.1f}s), Agent4Rec's protocol\n")
-    print("| simulator | fit s | 1:1 acc / F1 | 1:2 acc / F1 | 1:3 acc / F1 | 1:9 acc / F1 |")
-    print("|---|---:|---:|---:|---:|---:|")
+          f"prepared in {time.time() - t0:.1f}s), Agent4Rec's protocol\n", flush=True)
+    rows = []
     for name in args.choice:
         model, seconds = fit_choice(name, ds)
         result = fidelity(None, ds, choice=model, protocol="agent4rec", seed=args.seed)
-        print(row(f"{name} (engage: calibrated choice)", seconds, result), flush=True)
-    print("| Agent4Rec (SIGIR 2024, published, same data) | – | 0.691 / 0.698 | – | – | – |")
-    print("| SimUSER (2025, published, MovieLens) | – | 0.791 / – | – | – | – |")
+        rows.append(row(f"{name} (engage: calibrated choice)", seconds, result))
+    rows += [["Agent4Rec (SIGIR 2024, published, same data)", "–", "0.691 / 0.698", "–", "–", "–"],
+             ["SimUSER (2025, published, MovieLens)", "–", "0.791 / –", "–", "–", "–"]]
+    print_table("1239", rows)
 
 
 def part_mi(args) -> None:
@@ -92,25 +100,25 @@ def part_mi(args) -> None:
     from feedbackgen.recommend import fidelity
 
     ds = mi_dataset()
-    print("\n## Musical Instruments, pooled protocol (test pairs against 1, 3, 9× never-seen items)\n")
-    print("| simulator | fit s | 1:1 acc / F1 | 1:3 acc / F1 | 1:9 acc / F1 |")
-    print("|---|---:|---:|---:|---:|")
+    print("\n## Musical Instruments, pooled protocol (test pairs against 1, 3, 9× never-seen items)\n",
+          flush=True)
     t = time.time()
     popular = create("popular", {"target": "review"}).fit(ds)
     seconds = time.time() - t
-    print(row("popular (engage: rating ≥ threshold, as before)", seconds,
-              fidelity(popular, ds, review=False, seed=args.seed)), flush=True)
+    rows = [row("popular (engage: rating ≥ threshold, as before)", seconds,
+                fidelity(popular, ds, review=False, seed=args.seed))]
     for name in args.choice:
         model, seconds = fit_choice(name, ds)
-        print(row(f"{name} (engage: calibrated choice)", seconds,
-                  fidelity(None, ds, choice=model, seed=args.seed)), flush=True)
-    print("\n## Musical Instruments, Agent4Rec's protocol\n")
-    print("| simulator | fit s | 1:1 acc / F1 | 1:2 acc / F1 | 1:3 acc / F1 | 1:9 acc / F1 |")
-    print("|---|---:|---:|---:|---:|---:|")
+        rows.append(row(f"{name} (engage: calibrated choice)", seconds,
+                        fidelity(None, ds, choice=model, seed=args.seed)))
+    print_table("139", rows)
+    print("\n## Musical Instruments, Agent4Rec's protocol\n", flush=True)
+    rows = []
     for name in args.choice:
         model, seconds = fit_choice(name, ds)
-        print(row(f"{name} (engage: calibrated choice)", seconds,
-                  fidelity(None, ds, choice=model, protocol="agent4rec", seed=args.seed)), flush=True)
+        rows.append(row(f"{name} (engage: calibrated choice)", seconds,
+                        fidelity(None, ds, choice=model, protocol="agent4rec", seed=args.seed)))
+    print_table("1239", rows)
 
 
 def part_simulate(args) -> None:
@@ -135,9 +143,10 @@ def part_simulate(args) -> None:
         seconds = time.time() - t
     engaged = int(sim.items["engage"].sum())
     print(f"\n## simulate: {len(known):,} users × 20 items = {len(sim.items):,} judged (peter {trained})\n")
-    print("| simulated user | items judged | engaged (texts written) | wall s | items/s |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| ease + peter | {len(sim.items):,} | {engaged:,} | {seconds:.1f} | {len(sim.items) / seconds:,.0f} |")
+    print("\n".join(table_lines(["simulated user", "items judged", "engaged (texts written)", "wall s", "items/s"],
+                                [["ease + peter", number(len(sim.items), ",d"), number(engaged, ",d"),
+                                  number(seconds, ".1f"), number(len(sim.items) / seconds, ",.0f")]],
+                                align="lrrrr")))
     print(f"\ncalibration: {sim.calibration.describe()}")
 
 
