@@ -36,6 +36,7 @@ import torch
 
 from feedbackgen.config import Decoding, validate
 from feedbackgen.data.dataset import Dataset
+from feedbackgen.decoding.loops import guard_loops
 from feedbackgen.decoding.seeds import stream_seed, with_seeds
 from feedbackgen.models.base import Generator, register
 from feedbackgen.models.llm.answers import ONLY_REASONING, answer_schema, read_answer
@@ -97,8 +98,11 @@ class LLMUser(Generator):
 
     def answer(self, requests: Sequence[FeedbackRequest], decoding: Decoding) -> list[tuple[float, str, dict]]:
         """(rating, text, meta) per request: checked answers, retried, else the fallback. A sampled
-        answer (or a retry, which always samples) records its request's seed in meta["seed"]."""
+        answer (or a retry, which always samples) records its request's seed in meta["seed"]. On the
+        `transformers` back-end, repeated 4-grams are blocked unless the caller set
+        `no_repeat_ngram_size` (`decoding.loops.guard_loops`; meta["decoding_defaults"] says so)."""
         c = self.config
+        decoding, defaults = guard_loops(decoding) if self.backend.name == "transformers" else (decoding, {})
         constrain = c.constrained and self.backend.constrains
         schema = answer_schema(self.rating_range, c.review_words) if constrain else None
         prefix = "" if schema else ANSWER_PREFIX  # a grammar starts at the answer's first token
@@ -154,6 +158,8 @@ class LLMUser(Generator):
                     results[i][2].update(attempts=1, refused=done.refused)
         for _, _, meta in results:
             self.answer_counts[meta["answer"]] += 1
+            if defaults:
+                meta["decoding_defaults"] = defaults
         return results  # type: ignore[return-value]
 
     def _usage(self, done: Completion) -> dict[str, Any]:

@@ -60,6 +60,7 @@ from pydantic import Field, model_validator
 from feedbackgen.config import Decoding, StrictModel
 from feedbackgen.data.dataset import Dataset
 from feedbackgen.data.text import truncate_tokens
+from feedbackgen.decoding.loops import guard_loops
 from feedbackgen.decoding.search import hf_generate_kwargs
 from feedbackgen.decoding.seeds import stream_seed, with_seeds
 from feedbackgen.errors import ConfigError, DataError
@@ -375,7 +376,10 @@ class PromptLM(Generator):
         return self.clip(r)
 
     def generate_text(self, requests: list[FeedbackRequest], decoding: Decoding) -> tuple[list[str], list[dict]]:
+        """Texts and meta per request; repeated 4-grams are blocked unless the caller set
+        `no_repeat_ngram_size` (`decoding.loops.guard_loops`; meta["decoding_defaults"] says so)."""
         self.check_fitted()
+        decoding, defaults = guard_loops(decoding)
         requests = with_seeds(requests, decoding)
         user, item = self._ids(requests)
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
@@ -399,7 +403,8 @@ class PromptLM(Generator):
                 seq = seq[:seq.index(eos)] if stopped else seq
                 texts.append(" ".join(self.tokenizer.decode(seq, skip_special_tokens=True).split()))
                 metas.append({**provenance(GENERATED), "tokens": len(seq), "stopped": "eos" if stopped else "length",
-                              "unknown_user": int(u[row]) == 0, "unknown_item": int(i[row]) == 0})
+                              "unknown_user": int(u[row]) == 0, "unknown_item": int(i[row]) == 0,
+                              **({"decoding_defaults": defaults} if defaults else {})})
         return texts, metas
 
     def _left_padded_inputs(self, u: torch.Tensor, i: torch.Tensor, prefixes: list[list[int]], width: int):
