@@ -1,6 +1,7 @@
 """Loops are caught (issue 25): the one rule (`feedbackgen.collapse`) flags the phrase loops seen in
 the field, leaves real reviews alone, makes the check after training announce a model that loops
-in 13 % of its texts, and is the `loops` share `evaluate` reports."""
+in 13 % of its texts, and is the `loops` share `evaluate` reports; and the LM generators decode
+with a guard that makes such loops impossible (`feedbackgen.decoding.loops`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import itertools
 import json
 
 import pytest
+import torch
 
 from support import peter_slice
 
 from feedbackgen import collapse
+from feedbackgen.config import Decoding
+from feedbackgen.decoding.loops import LOOP_GUARD_NGRAM, NoRepeatGeneratedNGram, guard_loops
 from feedbackgen.data.text import tokenize
 from feedbackgen.evaluation.extra import EXTRA_METRICS
 from feedbackgen.evaluation.report import evaluate
@@ -100,3 +104,46 @@ def test_evaluate_reports_the_loops_share_and_sentiment_agreement_in_its_main_ta
 def test_signal_keeps_its_keys_for_no_loop():
     sig = collapse.signal(["great sound", "fine tuner", "great sound"])
     assert (sig["looping_texts"], sig["loop_example"], sig["looping"], sig["repetition"]) == (0, None, False, 0.0)
+
+
+# -- decoding that does not loop (feedbackgen.decoding.loops) -----------------------------------------
+
+def test_the_ngram_block_counts_generated_tokens_only_as_hugging_face_does_on_them():
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    gen = torch.randint(0, 50, (3, 30), generator=torch.Generator().manual_seed(1))
+    gen[0, 10:14] = gen[0, 26:30] = torch.tensor([1, 2, 3, 4])  # row 0 ends on a 4-gram it wrote before
+    prompt = torch.tensor([[7, 1, 2, 3, 4, 9]] * 3)
+    scores = torch.randn(3, 50, generator=torch.Generator().manual_seed(2))
+    for n in (1, 2, 3, 4):
+        ours = NoRepeatGeneratedNGram(n, prompt.shape[1])(torch.cat([prompt, gen], 1), scores.clone())
+        assert torch.equal(ours, NoRepeatNGramLogitsProcessor(n)(gen, scores.clone())), n
+    # a phrase of the prompt (1 2 3 4, as an item description or a JSON key) may be written once
+    wrote = torch.cat([prompt, torch.tensor([[5, 1, 2, 3]] * 3)], 1)
+    assert NoRepeatGeneratedNGram(4, prompt.shape[1])(wrote, scores.clone())[0, 4] == scores[0, 4]
+    assert NoRepeatNGramLogitsProcessor(4)(wrote, scores.clone())[0, 4] == -float("inf")
+
+
+def test_the_lm_generators_default_guard_yields_to_the_callers_setting():
+    guarded, defaults = guard_loops(Decoding(max_new_tokens=30))
+    assert guarded.no_repeat_ngram_size == LOOP_GUARD_NGRAM == 4 and defaults == {"no_repeat_ngram_size": 4}
+    assert guard_loops(guarded) == (guarded, {})  # applied once
+    for asked in (0, 3):  # 0 is a choice too: the caller turned it off
+        d = Decoding.model_validate({"no_repeat_ngram_size": asked})
+        assert guard_loops(d) == (d, {})
+
+
+@pytest.mark.slow
+def test_a_real_lm_that_loops_greedily_does_not_with_the_guard():
+    # SmolLM2-135M-Instruct, greedy, says "I'm so glad to hear that you're looking for a new guitar." twice
+    # in a row for this request (measured 2026-12-06); with the default guard it goes on instead
+    from feedbackgen.models.llm.backends import TransformersBackend
+
+    backend = TransformersBackend()
+    chat = [[{"role": "user", "content": "Write a customer review of guitar strings in which you say how glad "
+                                         "you are, again and again."}]]
+    plain = Decoding(max_new_tokens=40)
+    looped = backend.chat(chat, plain)[0].text
+    assert collapse.loops(looped), looped
+    guarded = backend.chat(chat, guard_loops(plain)[0])[0].text
+    assert not collapse.loops(guarded) and len(guarded.split()) >= 20, guarded

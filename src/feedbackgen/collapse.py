@@ -19,9 +19,9 @@ evaluation never imports models.
    Degeneration with Unlikelihood Training", arXiv:1908.04319, 2019, ICLR 2020; there on the
    4-grams of 100-token continuations).
 
-Measured on real texts (docs/evaluation.md, "Loops", gives the command): 29 of the 10,261 Musical
-Instruments 5-core reviews loop by this rule (0.28 %: "a cable is a cable is a cable", "love love
-love") and 3 of the 9,846 PETER-format explanations (0.03 %); both loops of issue 25 do.
+Measured on real texts (docs/metrics.md, "Loops and tone", gives the command): 29 of the 10,261
+Musical Instruments 5-core reviews loop by this rule (0.28 %: "a cable is a cable is a cable",
+"love love love") and 3 of the 9,846 PETER-format explanations (0.03 %); both loops of issue 25 do.
 
 Three numbers of a set of texts:
 

@@ -66,7 +66,7 @@ def loop_message(name: str, sig: dict[str, Any], n_train: int, epochs: int) -> s
     return (f"warning: {name} loops: {sig['looping_texts']} of its {sig['n']} validation texts "
             f"({sig['repetition']:.0%}, above {LOOP_MAX:.0%}) repeat themselves ({LOOP_RULE}), e.g. {example!r}, "
             f"after {n_train} training reviews and {epochs} epoch(s): decode with no_repeat_ngram_size=3 or "
-            "repetition_penalty=1.2, or give it more data or epochs (docs/evaluation.md: loops)")
+            "repetition_penalty=1.2, or give it more data or epochs (docs/metrics.md: loops)")
 
 
 def announce(name: str, sig: dict[str, Any], n_train: int, epochs: int) -> dict[str, Any]:
