@@ -30,7 +30,8 @@ Main table columns: BLEU-1/4, ROUGE-L F (×100, PETER's definitions), USR, disti
 reference among 1 + K other users' references, by cosine with the generated text; lower is
 better, chance is printed), sent.-rating ρ (Spearman between VADER sentiment and the rating),
 RMSE, MAE, copy (share of texts copying an 8-gram verbatim from the training texts,
-`evaluation.extra.memorisation`), naturalness (median perplexity of the texts under SmolLM2-135M,
+`evaluation.extra.memorisation`), loops (share of texts with a looping phrase, `feedbackgen.collapse`,
+the report's `loops`), naturalness (median perplexity of the texts under SmolLM2-135M,
 `evaluation.naturalness`; the references' own median is printed above the table; lower is more
 natural), train s, gen/s (samples per second), back-end, and for LLM rows how the JSON answers
 went (valid / repaired / retried / fallback) and the mean prompt length in tokens. `--constrained
@@ -236,6 +237,7 @@ def read_raw(paths: list[str], pairs: list[list[str]]):
 def score(result: dict, ds, copies) -> dict:
     import numpy as np
 
+    from feedbackgen.collapse import loop_share
     from feedbackgen.data.text import tokenize
     from feedbackgen.embeddings import embed
     from feedbackgen.evaluation.extra import (distinct_n, mean_cosine, memorisation, personalisation,
@@ -259,6 +261,7 @@ def score(result: dict, ds, copies) -> dict:
     m["sentiment_rating"] = sentiment_rating_agreement([" ".join(t) for t in gen_tokens], result["ratings"])
     m["ratings_constant"] = float(np.ptp(result["ratings"])) == 0.0
     m["copy"] = memorisation(gen_tokens, copies)["memorisation"]
+    m["loops"] = loop_share(result["texts"])
     m["naturalness"] = naturalness([t for t in result["texts"] if t and t.strip()])["median"]
     return m
 
@@ -417,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
 
     chance = next((r["metrics"].get("personalisation_chance_mean_rank") for r in results), None)
     cols = ["BLEU-1", "BLEU-4", "ROUGE-L F", "USR", "distinct-2", "emb", "pers. rank", "sent.-rating ρ",
-            "RMSE", "MAE", "copy", "natural.", "train s", "trained on", "gen/s", "back-end", "JSON valid/repaired/retried/fallback",
+            "RMSE", "MAE", "copy", "loops", "natural.", "train s", "trained on", "gen/s", "back-end", "JSON valid/repaired/retried/fallback",
             "prompt tok"]
     if results:
         print()
@@ -430,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = [number(m["bleu1"], ".2f"), number(m["bleu4"], ".2f"), number(m["rougeL_f"], ".2f"), number(m["usr"], ".3f"),
                  number(m["distinct2"], ".3f"), number(m["emb"], ".3f"), number(m.get("personalisation_mean_rank"), ".1f"),
                  number(m["sentiment_rating"], ".3f"), number(m["rmse"], ".3f"), number(m["mae"], ".3f"),
-                 number(m["copy"], ".3f"), number(m["naturalness"], ".1f"), number(r["fit_s"], ".0f"), f"{r['trained_on']} rows", number(r["gen_per_s"], ".2f"), r["backend"], answers,
+                 number(m["copy"], ".3f"), number(m["loops"], ".3f"), number(m["naturalness"], ".1f"), number(r["fit_s"], ".0f"), f"{r['trained_on']} rows", number(r["gen_per_s"], ".2f"), r["backend"], answers,
                  number(r["prompt_tokens"], ".0f")]
         rows.append([r["row"], *cells])
     if results:
