@@ -7,7 +7,9 @@
     python bench/peter.py --only "peter (rag)" --set rag_k=3 --set rag_max_tokens=48
 
 Rows: `popular`, `retrieval`, `peter (reference preset)`, `peter (default)`, `peter+ (aspect)`,
-`peter (rag)` (retrieval-augmented: the 4 training sentences nearest the request read as context).
+`peter (rag)` (retrieval-augmented: the 4 training sentences nearest the request read as context),
+`explainer` (the recommended explainer: `peter` writing from a content plan, several candidates per
+request, the best utility kept; docs/explanations.md).
 `--set key=value` overrides a setting of every PETER row run (and is shown in its name).
 Each row runs in its own subprocess (so each peak memory is its own), trains on the train split
 (early stopping on valid), then answers every test (user, item[, aspect]) greedily at batch 128
@@ -19,6 +21,12 @@ cosine between each text and its reference, and prints:
   epoch (the machine is shared: the best epoch is the least disturbed one);
 - copy: share of generated texts that copy an 8-gram verbatim from the training texts
   (`feedbackgen.evaluation.extra.memorisation`; lower means less copying);
+- ground: item grounding, the share of texts whose nearest training sentence was written about the
+  same item (`feedbackgen.evaluation.grounding`); D-2: Distinct-2; loops: share of texts with a
+  looping phrase (`feedbackgen.collapse.loops`); ρ(tone, ★) and ρ(tone, ★̂): Spearman of the VADER
+  compound with the true and with the model's own rating; PPL: median perplexity under
+  SmolLM2-135M of `--naturalness` seeded texts (lower = more natural). The last line gives the
+  references' own D-2, ρ and PPL;
 - gen/s: generated samples per second; peak MB: the subprocess's peak resident memory;
 - FLOP %: achieved training FLOP/s (FLOPs of a training step counted by torch's FlopCounterMode
   × the best epoch's steps per second) as a share of this machine's fp32 matmul rate, measured in
@@ -53,7 +61,9 @@ ROWS = {
     "peter (default)": ("peter", {"preset": "default"}),
     "peter+ (aspect)": ("peter", {"preset": "default", "use_aspect": True}),
     "peter (rag)": ("peter", {"preset": "default", "rag_k": 4}),
+    "explainer": ("explainer", {}),  # the recommended explainer: peter writing from a plan, candidates chosen
 }
+PETER_KINDS = ("peter", "explainer")
 MAX_NEW_TOKENS = 20  # PETER's --words 20
 QUICK = {"rows": 600, "epochs": 1, "test_rows": 100}
 
@@ -140,7 +150,7 @@ def run_row(name: str, args) -> dict:
     torch.set_num_threads(args.threads)
     kind, cfg = ROWS[name]
     cfg = dict(cfg)
-    if kind == "peter":
+    if kind in PETER_KINDS:
         cfg["progress"] = False
         cfg.update(key_values(args.set or []))
         if args.epochs:
@@ -151,7 +161,7 @@ def run_row(name: str, args) -> dict:
     model.fit(ds)
     fit_seconds = time.perf_counter() - t
     out = {"row": name, "fit_seconds": fit_seconds}
-    if kind == "peter":
+    if kind in PETER_KINDS:
         log = model.training_log
         best = max(log, key=lambda e: e["samples_per_s"])
         out.update(epochs=len(log), best_epoch=max((e["epoch"] for e in log if e["best"]), default=0),
@@ -161,7 +171,7 @@ def run_row(name: str, args) -> dict:
         flops = training_flops_per_sample(model)
         out["train_flops_per_s"] = flops * best["samples_per_s"] if flops else None
     test = ds.test
-    aspect = kind == "peter" and cfg.get("use_aspect")
+    aspect = kind in PETER_KINDS and cfg.get("use_aspect")
     has_aspect = "aspect" in test.columns
     reqs = [FeedbackRequest(u, i, (a or None) if aspect else None)
             for u, i, a in test.select("user_id", "item_id",
@@ -177,9 +187,13 @@ def run_row(name: str, args) -> dict:
 
 # -- the table -----------------------------------------------------------------------------------
 
-def score(result: dict, ds, feature_set, copies) -> dict:
+def score(result: dict, ds, feature_set, copies, naturalness_rows: int) -> dict:
+    import polars as pl
+
+    from feedbackgen.collapse import loops
     from feedbackgen.data.text import tokenize
-    from feedbackgen.evaluation.extra import embedding_similarity, memorisation
+    from feedbackgen.evaluation.extra import distinct_n, embedding_similarity, memorisation, spearman, vader_compound
+    from feedbackgen.evaluation.grounding import item_grounding
     from feedbackgen.evaluation.metrics import peter_metrics
 
     test = ds.test
@@ -188,9 +202,29 @@ def score(result: dict, ds, feature_set, copies) -> dict:
     ref_features = [a.lower() if a else None for a in test["aspect"].to_list()] if feature_set else None
     m = peter_metrics([t.split() for t in result["texts"]], [tokenize(r) for r in refs], feature_set,
                       ref_features, result["ratings"], test["rating"].to_list())
-    m["emb"] = embedding_similarity(result["texts"], refs)
-    m["copy"] = memorisation([t.split() for t in result["texts"]], copies)["memorisation"]
+    texts = result["texts"]
+    m["emb"] = embedding_similarity(texts, refs)
+    m["copy"] = memorisation([t.split() for t in texts], copies)["memorisation"]
+    m["ground"] = item_grounding(pl.DataFrame({"item_id": test["item_id"], "text": texts}), ds)["item_grounding"]
+    m["d2"] = distinct_n([t.split() for t in texts], 2)
+    m["loops"] = sum(loops(t) for t in texts) / len(texts)
+    compound = vader_compound(texts)
+    m["rho"], m["rho_pred"] = spearman(compound, test["rating"].to_list()), spearman(compound, result["ratings"])
+    m["ppl"] = median_perplexity(texts, naturalness_rows)
     return m
+
+
+def median_perplexity(texts: list[str], rows: int) -> float | None:
+    """Median perplexity under SmolLM2-135M (`feedbackgen.evaluation.naturalness`) of `rows` texts
+    drawn with seed 0 (the same rows for every model and the references); None when rows is 0."""
+    import numpy as np
+
+    from feedbackgen.evaluation.naturalness import naturalness
+
+    if not rows:
+        return None
+    pick = np.random.default_rng(0).permutation(len(texts))[:rows]
+    return naturalness([texts[i] for i in sorted(pick)])["median"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="override a setting of every PETER row (repeatable), e.g. --set rag_k=3")
+    p.add_argument("--naturalness", type=int, default=200, metavar="N",
+                   help="texts scored for naturalness (median perplexity under SmolLM2-135M); 0 = skip")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -260,13 +296,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name}: done in {time.perf_counter() - t:.0f} s"
               + (f" ({result['epochs']} epochs, best {result['best_epoch']})" if "epochs" in result else ""),
               flush=True)
-        if kind == "peter" and args.set:
+        if kind in PETER_KINDS and args.set:
             result["row"] += " " + " ".join(args.set)
-        result["metrics"] = score(result, ds, feature_set, copies)
+        result["metrics"] = score(result, ds, feature_set, copies, args.naturalness)
         results.append(result)
 
     cols = ["BLEU-1", "BLEU-4", "R-1 F", "R-2 F", "R-L F", "USR", "FMR", "FCR", "DIV", "RMSE", "MAE", "emb",
-            "copy", "s/epoch", "train/s", "gen/s", "peak MB", "FLOP %"]
+            "copy", "ground", "D-2", "loops", "ρ(tone, ★)", "ρ(tone, ★̂)", "PPL", "s/epoch", "train/s", "gen/s",
+            "peak MB", "FLOP %"]
     rows = []
     for r in results:
         m = r["metrics"]
@@ -275,12 +312,27 @@ def main(argv: list[str] | None = None) -> None:
                  number(m["rouge2_f"], ".2f"), number(m["rougeL_f"], ".2f"), number(m["usr"], ".3f"),
                  number(m.get("fmr"), ".3f"), number(m.get("fcr"), ".3f"), number(m.get("div"), ".3f"),
                  number(m["rmse"], ".4f"), number(m["mae"], ".4f"), number(m["emb"], ".3f"),
-                 number(m["copy"], ".3f"), number(r.get("epoch_seconds"), ".1f"), number(r.get("train_samples_per_s"), ".0f"),
+                 number(m["copy"], ".3f"), number(m["ground"], ".3f"), number(m["d2"], ".3f"),
+                 number(m["loops"], ".3f"), number(m["rho"], ".3f"), number(m["rho_pred"], ".3f"),
+                 number(m["ppl"], ".0f"), number(r.get("epoch_seconds"), ".1f"), number(r.get("train_samples_per_s"), ".0f"),
                  number(r["gen_samples_per_s"], ".0f"), number(r["peak_mb"], ".0f"),
                  number(100 * flops / (rate * 1e9) if flops else None, ".1f")]
         rows.append([r["row"], *cells])
     print()
     print("\n".join(table_lines(["model", *cols], rows, align="l" + "r" * len(cols))))
+    print("\n" + reference_line(ds, args.naturalness))
+
+
+def reference_line(ds, naturalness_rows: int) -> str:
+    """The test references' own Distinct-2, tone–rating ρ and median perplexity (the bar to compare with)."""
+    from feedbackgen.data.text import tokenize
+    from feedbackgen.evaluation.extra import distinct_n, spearman, vader_compound
+
+    refs = ds.test["explanation"].to_list()
+    rho = spearman(vader_compound(refs), ds.test["rating"].to_list())
+    ppl = median_perplexity([" ".join(tokenize(r)) for r in refs], naturalness_rows)
+    return (f"references: D-2 {number(distinct_n([tokenize(r) for r in refs], 2), '.3f')}, "
+            f"ρ(tone, ★) {number(rho, '.3f')}, PPL {number(ppl, '.0f')}")
 
 
 if __name__ == "__main__":

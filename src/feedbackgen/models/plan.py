@@ -64,8 +64,10 @@ class ContentPlan:
             row = weights.getrow(n)
             order = np.argsort(-row.data, kind="stable")[:ITEM_WORDS]
             self.item_words[item] = [(str(vocab[row.indices[j]]), float(row.data[j])) for j in order]
-        analyzer = vectorizer.build_analyzer()
-        self.user_words = {u: set(analyzer(" ".join(texts))) for u, texts in by_user.items()}
+        self.analyzer = vectorizer.build_analyzer()
+        self.idf = dict(zip(vocab, vectorizer.idf_))
+        self.user_words = {u: set(self.analyzer(" ".join(texts))) for u, texts in by_user.items()}
+        self.item_sentences = {i: list(dict.fromkeys(texts)) for i, texts in by_item.items()}
 
     @classmethod
     def fit(cls, users: Sequence[str], items: Sequence[str], sentences: Sequence[str]) -> ContentPlan:
@@ -89,6 +91,24 @@ class ContentPlan:
             return []
         best = top[0][1]
         return [(w, x / best) for w, x in top]
+
+    def sentence_plans(self, user_id: str, item_id: str, n: int, k: int) -> list[list[tuple[str, float]]]:
+        """Up to `n` plans, one per training sentence of the item: that sentence's `k` rarest content
+        words (by idf over items; weights scaled to a maximum of 1), the sentences ordered by how many
+        of their words this user has written before (then by training order). Each says one thing
+        other buyers said about the item, for a candidate text to be written from."""
+        own = self.user_words.get(user_id, set())
+        scored = []
+        for order, sentence in enumerate(self.item_sentences.get(item_id, [])):
+            words = list(dict.fromkeys(w for w in self.analyzer(sentence) if w in self.idf))
+            if words:
+                scored.append((-sum(w in own for w in words) / len(words), order, words))
+        plans = []
+        for _, _, words in sorted(scored)[:n]:
+            top = sorted(words, key=lambda w: -self.idf[w])[:k]
+            best = self.idf[top[0]]
+            plans.append([(w, self.idf[w] / best) for w in top])
+        return plans
 
     def get_state(self) -> dict[str, Any]:
         return {"plan.users": self.users, "plan.items": self.items, "plan.sentences": self.sentences}

@@ -322,14 +322,16 @@ class Peter(Generator):
         ids = self.encode(requests)
         context = None if self.rag is None else self.rag.encode(
             self.vocab, [r.user_id for r in requests], [r.item_id for r in requests])
-        bias = self._plan_bias(requests)
-        tokens, finished, scores = self._decode(requests, ids, context, bias, decoding, 0, use_cache)
+        plans = [self._plans(requests, 0)]  # each candidate's plan per request (None: no plan)
+        tokens, finished, scores = self._decode(requests, ids, context, self._bias(plans[0]), decoding, 0, use_cache)
         k = decoding.num_candidates or self.config.candidates
         chosen = utilities = None
         if k > 1 and requests:  # the request's own decoding, then k - 1 sampled candidates
             sampled = rerank.candidate_decoding(decoding)
+            plans += [self._plans(requests, j) for j in range(1, k)]
             runs = [(tokens, finished)] + [
-                self._decode(requests, ids, context, bias, sampled, rerank.candidate_salt(j), use_cache)[:2]
+                self._decode(requests, ids, context, self._bias(plans[j]), sampled, rerank.candidate_salt(j),
+                             use_cache)[:2]
                 for j in range(1, k)]
             chosen, utilities = self._choose(requests, ids, context, [t for t, _ in runs], k)
             pick = torch.from_numpy(chosen)
@@ -349,9 +351,8 @@ class Peter(Generator):
                 meta["beam_score"] = float(scores[i])
             if context is not None:
                 meta["retrieved"] = int((context[i] == EOS).sum())  # sentences read
-            if bias is not None:
-                meta["plan"] = [w for w, _ in self.plan.words(requests[i].user_id, requests[i].item_id,
-                                                               self.config.plan_words)]
+            if plans[0] is not None:  # the plan the kept text was written from
+                meta["plan"] = [w for w, _ in plans[0 if chosen is None else chosen[i]][i]]
             if chosen is not None:
                 meta["candidate"], meta["utility"] = int(chosen[i]), round(float(utilities[i, chosen[i]]), 4)
             metas.append(meta)
@@ -377,18 +378,36 @@ class Peter(Generator):
         finished = torch.cat(fins) if fins else torch.zeros(0, dtype=torch.bool)
         return tokens, finished, (torch.cat(scores) if scores and scores[0] is not None else None)
 
-    def _plan_bias(self, requests: Sequence[FeedbackRequest]) -> PlanBias | None:
-        """The content plan of each request as a logits bias (None without a plan)."""
+    def _plans(self, requests: Sequence[FeedbackRequest], candidate: int = 0) -> list | None:
+        """Each request's content plan, [(word, weight)], for one candidate (None without a plan): the item's plan
+        for the request's own decoding (`candidate` 0); with `candidate_plans="sentences"`,
+        candidate j ≥ 1 writes from the words of the item's j-th training sentence for this user
+        (`ContentPlan.sentence_plans`), or from the item's plan when it has fewer sentences."""
         c = self.config
         if self.plan is None or not c.plan_words or not c.plan_strength:
             return None
-        bonuses = []
+        out = []
         for r in requests:
+            plan = self.plan.words(r.user_id, r.item_id, c.plan_words)
+            if candidate and c.candidate_plans == "sentences":
+                plans = self.plan.sentence_plans(r.user_id, r.item_id, candidate, c.plan_words)
+                plan = plans[candidate - 1] if len(plans) >= candidate else plan
+            if r.aspect:  # the caller's plan ("explain it in terms of price") comes first, at full weight
+                plan = [(w, 1.0) for w in tokenize(r.aspect)] + plan
+            out.append(plan)
+        return out
+
+    def _bias(self, plans: list | None) -> PlanBias | None:
+        """Plans as a logits bias: `plan_strength` × weight on each word's (first) token."""
+        if plans is None:
+            return None
+        bonuses = []
+        for plan in plans:
             bonus = {}
-            for word, weight in self.plan.words(r.user_id, r.item_id, c.plan_words):
+            for word, weight in plan:
                 pieces = self.vocab.encode([word])
                 if pieces and pieces[0] not in NEVER_BIASED:
-                    bonus[pieces[0]] = max(bonus.get(pieces[0], 0.0), c.plan_strength * weight)
+                    bonus[pieces[0]] = max(bonus.get(pieces[0], 0.0), self.config.plan_strength * weight)
             bonuses.append(bonus)
         return PlanBias(bonuses)
 

@@ -136,6 +136,9 @@ class PeterConfig(StrictModel):
                                  "(the others by their weight), until the text has it")
     candidates: int = Field(1, ge=1, le=64, description="texts decoded per request unless the call says "
                             "(Decoding.num_candidates); the best utility is kept (1 = off)")
+    candidate_plans: Literal["item", "sentences"] = Field(
+        "sentences", description="what candidates 2..n write from: the item's plan, or each one the words "
+        "of one of the item's training sentences")
     utility_grounding: float = Field(1.0, ge=0.0, le=100.0, description="utility weight of item grounding")
     utility_fluency: float = Field(0.2, ge=0.0, le=100.0, description="utility weight of mean log-probability")
     utility_sentiment: float = Field(0.2, ge=0.0, le=100.0, description="utility weight of tone–rating agreement")
