@@ -136,7 +136,7 @@ def test_retrieval_of_whole_reviews(mi_small):
 
     from feedbackgen.data.dataset import Dataset
 
-    items = mi_small.interactions["item_id"].unique().sort().head(8).implode()
+    items = mi_small.interactions["item_id"].unique().sort().head(3).implode()  # whole reviews embed slowly
     tiny = Dataset(mi_small.interactions.filter(pl.col("item_id").is_in(items)))
     model = create("retrieval", {"target": "review"}).fit(tiny)
     out = model.generate(requests_from_split(tiny, "test"))
