@@ -1,6 +1,7 @@
 """What keeps `sft`'s LoRA training within a laptop's memory (`models.llm.training`): gradient
 checkpointing and micro-batches are on by default, keep far fewer activations for the backward
-pass, and compute the same loss and gradient as one plain pass over the batch.
+pass, and compute the same loss and gradient as one plain pass over the batch; the merged copy
+(`merge=True`) is saved without a second model in memory.
 
 On the real SmolLM2-135M with rank-4 adapters and four short real reviews: seconds. The peak
 memory itself is measured by `bench/llm_training.py --memory` (a whole fit, minutes).
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from feedbackgen.data.peter_format import read_peter
-from feedbackgen.models.llm.sft import SFT_TRAINING, SFTConfig
+from feedbackgen.models.llm.sft import SFT_TRAINING, LoRASFT, SFTConfig
 from feedbackgen.models.llm.training import IGNORE, accumulated_nll, checkpoint_layers, pad_right, target_nll
 from feedbackgen.pretrained import load_causal_lm
 
@@ -98,3 +99,31 @@ def test_checkpointing_and_micro_batches_keep_less_and_compute_the_same_step(lm_
     finally:
         lm.get_base_model().activation_checkpointing_disable()
         lm.eval()
+
+
+def test_merged_folder_is_the_merged_model_and_the_adapted_model_stays_exactly_as_it_was(lm_and_batch, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    lm, batch = lm_and_batch
+    lm.eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # adapters that change something (B starts at zero)
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+        before = {k: v.clone() for k, v in lm.state_dict().items()}
+        want = float(target_nll(lm, batch["labels"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+        with lm.disable_adapter():
+            plain = float(target_nll(lm, batch["labels"], input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"]))
+    assert want != pytest.approx(plain, rel=1e-3)  # the adapters matter
+    sft = LoRASFT()
+    sft.lm = lm
+    sft._save_merged(tmp_path / "merged")
+    after = lm.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # put back exactly, not unmerged by subtraction
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert not any("lora" in k or "base_layer" in k for k in merged.state_dict())
+    with torch.no_grad():
+        got = float(target_nll(merged, batch["labels"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+    assert got == pytest.approx(want, rel=1e-4)
