@@ -55,6 +55,23 @@ def mi_small(mi_dataset):
                    manifest=mi_dataset.manifest)
 
 
+@pytest.fixture(scope="session")
+def a4r_prepared(data_root, tmp_path_factory):
+    """Agent4Rec's MovieLens-1M split prepared once, through the command line as a user runs it
+    (`feedbackgen prepare DIR --format lightgcn --meta movie_detail.csv --map item_id=movie_id`):
+    (the dataset folder, what the command printed). Tests read the folder and write elsewhere."""
+    from typer.testing import CliRunner
+
+    from feedbackgen.cli import app
+
+    src = data_root / "movielens_1m_agent4rec"
+    out = tmp_path_factory.mktemp("a4r") / "a4r"
+    result = CliRunner().invoke(app, ["prepare", str(src), "--format", "lightgcn", "--meta",
+                                      str(src / "movie_detail.csv"), "--map", "item_id=movie_id", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
 # -- field case 13: one seeded request, whatever it is batched with ----------------------------------
 
 def _post_concurrently(app, bodies: list) -> tuple[list, float]:

@@ -104,15 +104,12 @@ def test_17_a_huge_k_is_a_clear_usage_error_or_the_whole_list(a4r, cases):
 # -- recommendation lists read as meant or refused (15, 16, 17, 19) ---------------------------------
 
 @pytest.fixture(scope="module")
-def a4r(data_root, tmp_path_factory) -> dict:
-    """Case 15's set-up: the Agent4Rec MovieLens-1M split prepared, and ALS trained on it."""
+def a4r(a4r_prepared, tmp_path_factory) -> dict:
+    """Case 15's set-up: the Agent4Rec MovieLens-1M split prepared (the session's), and ALS trained on it."""
     root = tmp_path_factory.mktemp("a4r")
-    source = data_root / "movielens_1m_agent4rec"
-    assert _run(["prepare", str(source), "--format", "lightgcn", "--meta", str(source / "movie_detail.csv"),
-                 "--map", "item_id=movie_id", "--out", str(root / "data")]) == 0
-    assert _run(["train", str(root / "data"), "--model", "als", "--out", str(root / "als"),
-                 "--set", "search=false"]) == 0
-    return {"data": root / "data", "choice": root / "als", "root": root}
+    data = a4r_prepared[0]
+    assert _run(["train", str(data), "--model", "als", "--out", str(root / "als"), "--set", "search=false"]) == 0
+    return {"data": data, "choice": root / "als", "root": root}
 
 
 def simulate(a4r, *args) -> tuple[int, str]:

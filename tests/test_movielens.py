@@ -193,14 +193,9 @@ def test_lightgcn_adjacency_lists_empty_lines_and_bad_ids(tmp_path):
         load(tmp_path / "test.txt", "lightgcn")
 
 
-def test_agent4rec_split_through_the_cli(data_root, tmp_path):
-    folder = data_root / "movielens_1m_agent4rec"
-    out = tmp_path / "a4r"
-    result = CliRunner().invoke(app, ["prepare", str(folder), "--format", "lightgcn", "--meta",
-                                      str(folder / "movie_detail.csv"), "--map", "item_id=movie_id",
-                                      "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "no review text and no ratings" in result.output
+def test_agent4rec_split_through_the_cli(a4r_prepared):
+    out, said = a4r_prepared  # `feedbackgen prepare` on the split, once for every test that needs it
+    assert "no review text and no ratings" in said
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["summary"]["splits"] == {"train": 74_271, "valid": 55_486, "test": 55_492}
     assert (manifest["summary"]["users"], manifest["summary"]["items"]) == (1_000, 3_292)

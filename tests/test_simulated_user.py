@@ -139,15 +139,16 @@ def test_fidelity_with_a_choice_model_alone_reports_its_rule(mi_small):
     assert "P(choose)" in table and "Agent4Rec" in table and "per user" in table
 
 
-def test_ratings_free_dataset_end_to_end_through_the_cli(data_root, tmp_path):
-    """Agent4Rec's split (interactions only): prepare → train ease → recommend → simulate → fidelity."""
+def test_ratings_free_dataset_end_to_end_through_the_cli(a4r_prepared, tmp_path):
+    """Agent4Rec's split (interactions only): prepare (the session's `feedbackgen prepare` run) → train
+    ease → recommend → simulate → fidelity."""
     import json
 
     from typer.testing import CliRunner
 
     from feedbackgen.cli import app
 
-    src = data_root / "movielens_1m_agent4rec"
+    a4r = a4r_prepared[0]
     runner = CliRunner()
 
     def run(*args):
@@ -155,15 +156,13 @@ def test_ratings_free_dataset_end_to_end_through_the_cli(data_root, tmp_path):
         assert res.exit_code == 0, res.output
         return res.output
 
-    run("prepare", src, "--format", "lightgcn", "--meta", src / "movie_detail.csv", "--map", "item_id=movie_id",
-        "--out", tmp_path / "a4r")
-    run("train", tmp_path / "a4r", "--model", "ease", "--set", "search=false", "--out", tmp_path / "ease")
+    run("train", a4r, "--model", "ease", "--set", "search=false", "--out", tmp_path / "ease")
     (tmp_path / "users.txt").write_text("0\n1\n2\n")
-    run("recommend", tmp_path / "ease", "--dataset", tmp_path / "a4r", "--users", tmp_path / "users.txt",
+    run("recommend", tmp_path / "ease", "--dataset", a4r, "--users", tmp_path / "users.txt",
         "--k", "20", "--out", tmp_path / "recs.parquet")
     recs = pl.read_parquet(tmp_path / "recs.parquet")
     assert len(recs) == 60 and recs["predicted_rating"].null_count() == 60 and recs["title"].null_count() == 0
-    out = run("simulate", "--choice", tmp_path / "ease", "--dataset", tmp_path / "a4r",
+    out = run("simulate", "--choice", tmp_path / "ease", "--dataset", a4r,
               "--recommendations", tmp_path / "recs.parquet", "--out", tmp_path / "sim")
     c = json.loads((tmp_path / "sim" / "summary.json").read_text())["calibration"]
     rule = (f"engage with P(choose) from ease (stacked log-rank, isotonic), calibrated on {c['pairs']} ranked "
@@ -172,7 +171,7 @@ def test_ratings_free_dataset_end_to_end_through_the_cli(data_root, tmp_path):
     assert f"Simulated user: `ease`; {rule}." in out  # the folder is named after the model: said once
     items = pl.read_parquet(tmp_path / "sim" / "simulated_items.parquet")
     assert items["engage"].sum() > 0 and items["rating"].null_count() == len(items)  # no generator, no ratings
-    out = run("fidelity", "--choice", tmp_path / "ease", "--dataset", tmp_path / "a4r", "--protocol", "agent4rec",
+    out = run("fidelity", "--choice", tmp_path / "ease", "--dataset", a4r, "--protocol", "agent4rec",
               "--no-reviews", "--max-users", "200", "--out", tmp_path / "fid")
     # the same simulator, the same name and the same engage rule as `simulate` printed, digit for digit
     assert f"| ease | {rule} |" in out and "ease (ease)" not in out
@@ -181,5 +180,5 @@ def test_ratings_free_dataset_end_to_end_through_the_cli(data_root, tmp_path):
     # EASE separates a user's held-out movies from never-seen ones far better than chance
     assert result["discrimination"]["1:1"]["accuracy"] > 0.7
     assert "same data (Agent4Rec's ML-1M split)" in (tmp_path / "fid" / "fidelity.md").read_text()
-    res = runner.invoke(app, ["train", str(tmp_path / "a4r"), "--model", "retrieval", "--out", str(tmp_path / "r")])
+    res = runner.invoke(app, ["train", str(a4r), "--model", "retrieval", "--out", str(tmp_path / "r")])
     assert res.exit_code != 0 and "needs review text" in str(res.exception) + res.output
