@@ -487,7 +487,7 @@ def test_sft_lora_layers_adapt_only_the_top_layers_and_backward_stops_below_them
                  marks=pytest.mark.slow),
 ])
 def test_prompt_lm_trains_in_phases_saves_and_loads(tiny, tmp_path, cfg):
-    cfg = {**cfg, "max_train_samples": 8, "max_valid_samples": 4, "batch_size": 8, "num_threads": 1,
+    cfg = {**cfg, "max_train_samples": 4, "max_valid_samples": 2, "batch_size": 4, "num_threads": 1,
            "progress": False, "prompt_epochs": 1, "collapse_requests": 4, "collapse_max_new_tokens": 4}
     model = create("prompt_lm", cfg).fit(tiny)
     if cfg.get("autocast"):
