@@ -41,16 +41,19 @@ class ContentPlan:
     (one user id, item id and target sentence each). Raises DataError when no sentence has a word."""
 
     def __init__(self, users: Sequence[str], items: Sequence[str], sentences: Sequence[str],
-                 user_boost: float = USER_BOOST):
+                 ratings: Sequence[float | None] | None = None, user_boost: float = USER_BOOST):
         self.users, self.items, self.sentences = list(users), list(items), list(sentences)
+        self.ratings = list(ratings) if ratings is not None else [None] * len(self.sentences)
         self.user_boost = user_boost
         self.pool = SentencePool(self.sentences, self.items)
         by_item: dict[str, list[str]] = {}
         by_user: dict[str, list[str]] = {}
-        for u, i, s in zip(self.users, self.items, self.sentences):
+        stars: dict[tuple[str, str], float | None] = {}  # (item, sentence) -> the rating it came with
+        for u, i, s, r in zip(self.users, self.items, self.sentences, self.ratings):
             if s:
                 by_item.setdefault(i, []).append(s)
                 by_user.setdefault(u, []).append(s)
+                stars.setdefault((i, s), r)
         vectorizer = TfidfVectorizer(lowercase=True, stop_words="english", sublinear_tf=True,
                                      token_pattern=r"(?u)\b[a-z][a-z']{2,}\b")
         names = list(by_item)
@@ -67,14 +70,18 @@ class ContentPlan:
         self.analyzer = vectorizer.build_analyzer()
         self.idf = dict(zip(vocab, vectorizer.idf_))
         self.user_words = {u: set(self.analyzer(" ".join(texts))) for u, texts in by_user.items()}
-        self.item_sentences = {i: list(dict.fromkeys(texts)) for i, texts in by_item.items()}
+        self.item_sentences = {i: [(t, stars[i, t]) for t in dict.fromkeys(texts)] for i, texts in by_item.items()}
 
     @classmethod
-    def fit(cls, users: Sequence[str], items: Sequence[str], sentences: Sequence[str]) -> ContentPlan:
-        if not (len(users) == len(items) == len(sentences)):
-            raise DataError(f"content plan: {len(users)} users, {len(items)} items and {len(sentences)} "
-                            "sentences; expected one of each per training row")
-        return cls(users, items, sentences)
+    def fit(cls, users: Sequence[str], items: Sequence[str], sentences: Sequence[str],
+            ratings: Sequence[float | None] | None = None) -> ContentPlan:
+        """ratings: the star rating each sentence's review gave (None where unknown), so that a plan
+        can say what buyers who rated the item alike said."""
+        if not (len(users) == len(items) == len(sentences)) or (ratings is not None and len(ratings) != len(users)):
+            raise DataError(f"content plan: {len(users)} users, {len(items)} items, {len(sentences)} sentences"
+                            f"{'' if ratings is None else f' and {len(ratings)} ratings'}; expected one of each "
+                            "per training row")
+        return cls(users, items, sentences, ratings)
 
     def knows(self, item_id: str) -> bool:
         """Whether the item has a training sentence (so a plan and a grounding score)."""
@@ -92,30 +99,35 @@ class ContentPlan:
         best = top[0][1]
         return [(w, x / best) for w, x in top]
 
-    def sentence_plans(self, user_id: str, item_id: str, n: int, k: int) -> list[list[tuple[str, float]]]:
+    def sentence_plans(self, user_id: str, item_id: str, n: int, k: int,
+                       rating: float | None = None) -> list[list[tuple[str, float]]]:
         """Up to `n` plans, one per training sentence of the item: that sentence's `k` rarest content
-        words (by idf over items; weights scaled to a maximum of 1), the sentences ordered by how many
-        of their words this user has written before (then by training order). Each says one thing
-        other buyers said about the item, for a candidate text to be written from."""
+        words (by idf over items; weights scaled to a maximum of 1). The sentences come ordered by
+        how far their review's stars are from `rating` (the rating this text goes with: what buyers
+        who liked the item as much said), then by the share of their words this user has written
+        before, then by training order. Each says one thing other buyers said about the item, for a
+        candidate text to be written from."""
         own = self.user_words.get(user_id, set())
         scored = []
-        for order, sentence in enumerate(self.item_sentences.get(item_id, [])):
+        for order, (sentence, stars) in enumerate(self.item_sentences.get(item_id, [])):
             words = list(dict.fromkeys(w for w in self.analyzer(sentence) if w in self.idf))
             if words:
-                scored.append((-sum(w in own for w in words) / len(words), order, words))
+                gap = abs(round(rating) - stars) if rating is not None and stars is not None else 0
+                scored.append((gap, -sum(w in own for w in words) / len(words), order, words))
         plans = []
-        for _, _, words in sorted(scored)[:n]:
+        for *_, words in sorted(scored)[:n]:
             top = sorted(words, key=lambda w: -self.idf[w])[:k]
             best = self.idf[top[0]]
             plans.append([(w, self.idf[w] / best) for w in top])
         return plans
 
     def get_state(self) -> dict[str, Any]:
-        return {"plan.users": self.users, "plan.items": self.items, "plan.sentences": self.sentences}
+        return {"plan.users": self.users, "plan.items": self.items, "plan.sentences": self.sentences,
+                "plan.ratings": self.ratings}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ContentPlan:
-        return cls(state["plan.users"], state["plan.items"], state["plan.sentences"])
+        return cls(state["plan.users"], state["plan.items"], state["plan.sentences"], state.get("plan.ratings"))
 
 
 __all__ = ["ContentPlan"]

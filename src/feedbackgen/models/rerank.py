@@ -12,7 +12,10 @@ candidate's number (`candidate_salt`), so the choice is reproducible and does no
 - fluency: the generator's mean log-probability per token of the text (nats, ≤ 0), scored without
   the plan's bias, so a text the model finds unnatural loses;
 - sentiment agreement: −|VADER compound − the predicted rating mapped to [-1, 1]| (the rating
-  range's midpoint maps to 0), so the tone follows the stars the model gives.
+  range's midpoint maps to 0), so the tone follows the stars the model gives;
+
+and a candidate that loops (`feedbackgen.collapse.loops`: a word three times in a row, a phrase
+said twice in a row) loses `LOOP_PENALTY`, so it is kept only when every candidate loops.
 
 This is reranking of an n-best list (Shen, Sarkar & Och, NAACL 2004; for text generation with a
 utility rather than the model's score alone, e.g. Lee et al., "Discriminative Reranking for Neural
@@ -25,10 +28,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 import numpy as np
 
+from feedbackgen.collapse import loops
 from feedbackgen.config import Decoding
 from feedbackgen.features.sentences import SentencePool, vader_compound
 
 CANDIDATE_TOP_P = 0.9
+LOOP_PENALTY = 100.0  # a looping candidate (`feedbackgen.collapse.loops`) is kept only when all loop
 
 
 def candidate_decoding(decoding: Decoding) -> Decoding:
@@ -64,6 +69,7 @@ def choose(texts: Sequence[str], items: Sequence[str], ratings: np.ndarray, logp
     (requests, k))."""
     wg, wf, ws = weights
     u = wf * np.nan_to_num(np.asarray(logprobs, dtype=np.float64), nan=-1e9)
+    u = u - LOOP_PENALTY * np.array([loops(t) for t in texts], dtype=np.float64)
     if pool is not None and wg:
         u = u + wg * np.nan_to_num(pool.item_margin(texts, items), nan=0.0)
     if rating_range is not None and ws:

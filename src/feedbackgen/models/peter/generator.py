@@ -209,7 +209,7 @@ class Peter(Generator):
             self.rag = RagContext.fit(train, texts, self.users, self.items, c)
         if self.uses_plan:
             self.plan = ContentPlan.fit(train["user_id"].to_list(), train["item_id"].to_list(),
-                                        [" ".join(t) for t in self._sentences(train)])
+                                        [" ".join(t) for t in self._sentences(train)], train["rating"].to_list())
         torch.manual_seed(c.training.seed)
         self.model = PETER(self._shape(), float(ratings.mean()) if len(ratings) else 0.0)
         tr, va = self._encode(train, leave_out=True), self._encode(valid)
@@ -322,18 +322,22 @@ class Peter(Generator):
         ids = self.encode(requests)
         context = None if self.rag is None else self.rag.encode(
             self.vocab, [r.user_id for r in requests], [r.item_id for r in requests])
-        plans = [self._plans(requests, 0)]  # each candidate's plan per request (None: no plan)
+        stars = None  # the rating each text goes with: the request's own, else the predicted one
+        if self.plan is not None and requests:
+            stars = np.array([r.rating if r.rating is not None else p
+                              for r, p in zip(requests, self.predict_rating(requests))])
+        plans = [self._plans(requests, 0, stars)]  # each candidate's plan per request (None: no plan)
         tokens, finished, scores = self._decode(requests, ids, context, self._bias(plans[0]), decoding, 0, use_cache)
         k = decoding.num_candidates or self.config.candidates
         chosen = utilities = None
         if k > 1 and requests:  # the request's own decoding, then k - 1 sampled candidates
             sampled = rerank.candidate_decoding(decoding)
-            plans += [self._plans(requests, j) for j in range(1, k)]
+            plans += [self._plans(requests, j, stars) for j in range(1, k)]
             runs = [(tokens, finished)] + [
                 self._decode(requests, ids, context, self._bias(plans[j]), sampled, rerank.candidate_salt(j),
                              use_cache)[:2]
                 for j in range(1, k)]
-            chosen, utilities = self._choose(requests, ids, context, [t for t, _ in runs], k)
+            chosen, utilities = self._choose(requests, ids, context, [t for t, _ in runs], k, stars)
             pick = torch.from_numpy(chosen)
             tokens = torch.stack([t for t, _ in runs], 1)[torch.arange(len(requests)), pick]
             finished = torch.stack([f for _, f in runs], 1)[torch.arange(len(requests)), pick]
@@ -378,19 +382,23 @@ class Peter(Generator):
         finished = torch.cat(fins) if fins else torch.zeros(0, dtype=torch.bool)
         return tokens, finished, (torch.cat(scores) if scores and scores[0] is not None else None)
 
-    def _plans(self, requests: Sequence[FeedbackRequest], candidate: int = 0) -> list | None:
-        """Each request's content plan, [(word, weight)], for one candidate (None without a plan): the item's plan
-        for the request's own decoding (`candidate` 0); with `candidate_plans="sentences"`,
-        candidate j ≥ 1 writes from the words of the item's j-th training sentence for this user
-        (`ContentPlan.sentence_plans`), or from the item's plan when it has fewer sentences."""
+    def _plans(self, requests: Sequence[FeedbackRequest], candidate: int = 0, stars=None) -> list | None:
+        """Each request's content plan, [(word, weight)], for one candidate (None without a plan):
+        the item's plan for the request's own decoding (`candidate` 0); with
+        `candidate_plans="sentences"`, candidate j ≥ 1 writes from the words of the item's j-th
+        training sentence for this user (`ContentPlan.sentence_plans`, those whose stars are
+        closest to the request's rating, else the predicted `stars`, first), or from the item's plan
+        when it has fewer sentences. A request's `aspect` is a plan the caller gives: its words come
+        first, at full weight."""
         c = self.config
         if self.plan is None or not c.plan_words or not c.plan_strength:
             return None
         out = []
-        for r in requests:
+        for n, r in enumerate(requests):
             plan = self.plan.words(r.user_id, r.item_id, c.plan_words)
             if candidate and c.candidate_plans == "sentences":
-                plans = self.plan.sentence_plans(r.user_id, r.item_id, candidate, c.plan_words)
+                rating = r.rating if r.rating is not None else (float(stars[n]) if stars is not None else None)
+                plans = self.plan.sentence_plans(r.user_id, r.item_id, candidate, c.plan_words, rating)
                 plan = plans[candidate - 1] if len(plans) >= candidate else plan
             if r.aspect:  # the caller's plan ("explain it in terms of price") comes first, at full weight
                 plan = [(w, 1.0) for w in tokenize(r.aspect)] + plan
@@ -411,7 +419,7 @@ class Peter(Generator):
             bonuses.append(bonus)
         return PlanBias(bonuses)
 
-    def _choose(self, requests, ids, context, runs: list[torch.Tensor], k: int):
+    def _choose(self, requests, ids, context, runs: list[torch.Tensor], k: int, stars=None):
         """The utility choice among each request's `k` candidates (`feedbackgen.models.rerank`)."""
         users, items, aspects = ids
         c = self.config
@@ -419,7 +427,7 @@ class Peter(Generator):
         texts = [" ".join(tokenize(" ".join(self.vocab.decode(row))))
                  for n in range(len(requests)) for row in (t[n].tolist() for t in runs)]
         item_ids = [r.item_id for r in requests for _ in range(k)]
-        ratings = np.repeat(self.predict_rating(requests), k)
+        ratings = np.repeat(stars if stars is not None else self.predict_rating(requests), k)
         pool = self.plan.pool if self.plan is not None else None
         return rerank.choose(texts, item_ids, ratings, logprobs, k, pool, self.rating_range,
                              (c.utility_grounding, c.utility_fluency, c.utility_sentiment))
