@@ -56,6 +56,24 @@ def mi_small(mi_dataset):
 
 
 @pytest.fixture(scope="session")
+def tiny_peter(data_root):
+    """A tiny peter (`support.TINY`, 3 epochs) fitted on `support.peter_slice`: trained once for
+    test_peter's model checks and, saved (`tiny_peter_folder`), the batch-job tests' model."""
+    from feedbackgen.models import create
+    from support import TINY, peter_slice
+
+    return create("peter", {**TINY, "max_epochs": 3}).fit(peter_slice(data_root))
+
+
+@pytest.fixture(scope="session")
+def tiny_peter_folder(tiny_peter, tmp_path_factory):
+    """`tiny_peter` saved; tests copy it where they need a model folder of their own."""
+    folder = tmp_path_factory.mktemp("tiny_peter") / "model"
+    tiny_peter.save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def a4r_prepared(data_root, tmp_path_factory):
     """Agent4Rec's MovieLens-1M split prepared once, through the command line as a user runs it
     (`feedbackgen prepare DIR --format lightgcn --meta movie_detail.csv --map item_id=movie_id`):

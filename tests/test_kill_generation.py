@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,19 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from feedbackgen.models import create
-from support import TINY, peter_slice
-
 N_REQUESTS = 1600
 SHARD = 32
 
 
 @pytest.fixture(scope="module")
-def job(data_root, tmp_path_factory):
+def job(data_root, tiny_peter_folder, tmp_path_factory):
     from feedbackgen.data.peter_format import read_peter
 
     root = tmp_path_factory.mktemp("kill_job")
-    create("peter", {**TINY, "max_epochs": 3}).fit(peter_slice(data_root)).save(root / "model")
+    shutil.copytree(tiny_peter_folder, root / "model")  # TINY, 3 epochs on support.peter_slice
     df, _ = read_peter(Path(data_root) / "peter_format_musical_instruments")
     pairs = df.select("user_id", "item_id").head(N_REQUESTS)
     (root / "req.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs.iter_rows(named=True)))

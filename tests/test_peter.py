@@ -39,8 +39,8 @@ def ds(data_root) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def fitted(ds) -> Peter:
-    return create("peter", {**TINY, "max_epochs": 3}).fit(ds)
+def fitted(tiny_peter) -> Peter:
+    return tiny_peter  # TINY, 3 epochs on `ds`'s slice: the session's (conftest), shared with the batch-job tests
 
 
 # -- the mask and the heads ----------------------------------------------------------------------

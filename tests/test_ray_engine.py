@@ -26,8 +26,8 @@ from feedbackgen.errors import FeedbackgenError
 from feedbackgen.batch import requests_file, run_generation
 from feedbackgen.batch import ray_engine
 from feedbackgen.batch.ray_engine import run_generation_ray
-from feedbackgen.models import create, load
-from support import TINY, peter_slice
+from feedbackgen.models import load
+from support import peter_slice
 
 pytest.importorskip("ray")
 
@@ -37,12 +37,13 @@ N_SHARDS = 8  # 400 test requests
 
 
 @pytest.fixture(scope="module")
-def job(data_root, tmp_path_factory):
-    """A saved model, its dataset, the requests as JSONL and Parquet, and the local engine's output."""
+def job(data_root, tiny_peter_folder, tmp_path_factory):
+    """A saved model (the session's tiny peter: TINY, 3 epochs on peter_slice's training rows), its
+    dataset, the requests as JSONL and Parquet, and the local engine's output."""
     root = tmp_path_factory.mktemp("ray_job")
     ds = peter_slice(data_root, n_test=400)
     ds.save(root / "ds")
-    create("peter", {**TINY, "max_epochs": 3}).fit(ds).save(root / "model")
+    shutil.copytree(tiny_peter_folder, root / "model")
     pairs = ds.split("test").select("user_id", "item_id")
     pairs.write_parquet(root / "req.parquet")
     (root / "req.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs.iter_rows(named=True)))
