@@ -3,6 +3,7 @@
     python bench/llm_training.py                  # the default run (about 12 min on 2 shared cores)
     python bench/llm_training.py --rows 96        # more training rows per measurement
     python bench/llm_training.py --only sft --lora-layers 8
+    python bench/llm_training.py --memory --rows 8 --valid-rows 4    # peak memory of sft's defaults
 
 Data: the PETER-format Musical Instruments (split 1), target = the explanation sentence. Each row of
 the table fits the generator once, for one epoch, on the same seeded sample of `--rows` training
@@ -34,6 +35,15 @@ Below the table: prompt tokens of the three prompt shapes, the shared prefix (th
 what KV-cache reuse of a common prefix could save at generation), and the share of a training step
 that the frozen layers below `lora_layers` take (what caching their outputs could save from the
 second epoch on). Times depend on what else runs on the machine; the bench never asserts them.
+
+`--memory`: the peak resident memory of a default `sft` LoRA fit (the few-shot prompt, batch 8,
+LoRA on q/k/v/o of every layer, float32), each setting in a fresh process (`ru_maxrss` of the whole
+run: data, review embeddings, the model, training, validation and the collapse check), on the
+training reviews of the `--memory-users` most active users (30: about 620 reviews, the issue's
+"600 reviews"; their prompts are as long as anyone's) and `--rows` of them trained on: without
+gradient checkpointing or micro-batches, with checkpointing only, and with the defaults (both).
+Columns: peak MB, rows/s of the epoch, valid NLL after it (the same seeded rows: equal up to
+float rounding, since both settings change how a step is computed, not what).
 """
 
 from __future__ import annotations
@@ -48,6 +58,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 from machine import cpu_model  # bench/machine.py
@@ -66,6 +80,60 @@ def load_data():
 
     ds = load_whole(argparse.Namespace(dataset=None, rows=None, test_rows=None))
     return Dataset(pl.concat([ds.train, ds.valid], how="diagonal_relaxed"))
+
+
+def most_active(ds, users: int):
+    """`ds` restricted to the rows of its `users` most active users (ties by id)."""
+    import polars as pl
+
+    from feedbackgen.data.dataset import Dataset
+
+    df = ds.interactions
+    top = df.group_by("user_id").len().sort(["len", "user_id"], descending=[True, False]).head(users)["user_id"]
+    return Dataset(df.filter(pl.col("user_id").is_in(top.implode())))
+
+
+# -- --memory: the peak memory of a default sft fit, one process per setting -----------------------
+
+MEMORY_SETTINGS = [("no checkpointing, whole batches", {"gradient_checkpointing": False, "micro_batch_size": None}),
+                   ("gradient checkpointing", {"micro_batch_size": None}),
+                   ("defaults: checkpointing + micro-batches of 4", {})]
+
+
+def memory_child(args) -> None:
+    """Fit `sft` with its defaults and `--memory-child`'s settings; print one JSON line."""
+    import torch
+
+    from feedbackgen.models import create as create_model
+
+    torch.set_num_threads(args.threads)
+    ds = most_active(load_data(), args.memory_users)
+    cfg = {"num_threads": args.threads, "max_train_samples": args.rows, "max_valid_samples": args.valid_rows,
+           "progress": False, "collapse_requests": 2, "collapse_max_new_tokens": 4, **json.loads(args.memory_child)}
+    model = create_model("sft", cfg).fit(ds)
+    entry = model.training_log[-1]
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "train_rows": len(ds.train), "rows_s": entry["samples_per_s"],
+                      "valid": entry["valid"]["nll_answer"]}))
+
+
+def memory_table(args) -> None:
+    """One fresh process per `MEMORY_SETTINGS` entry; the table of their peaks."""
+    rows = []
+    for label, settings in MEMORY_SETTINGS:
+        t = time.perf_counter()
+        cmd = [sys.executable, __file__, "--memory-child", json.dumps(settings), "--rows", str(args.rows),
+               "--valid-rows", str(args.valid_rows), "--threads", str(args.threads),
+               "--memory-users", str(args.memory_users)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{label}: the fit failed:\n{done.stderr[-2000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"  {label}: {r['peak_mb']:.0f} MB ({time.perf_counter() - t:.0f} s)", flush=True)
+        rows.append([label, f"{r['peak_mb']:,.0f}", f"{r['rows_s']:.2f}", f"{r['valid']:.4f}"])
+    print(f"\nsft defaults otherwise; the {args.memory_users} most active users' {r['train_rows']} training "
+          f"reviews, {args.rows} trained on (batch 8), {args.valid_rows} validated; {args.threads} threads")
+    print("\n".join(table_lines(["setting", "peak MB", "rows/s", "valid NLL"], rows, align="lrrr")))
 
 
 def embed_once() -> None:
@@ -208,7 +276,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lora-layers", type=int, default=10, help="the lora_layers step's N (SmolLM2-135M has 30)")
     p.add_argument("--only", nargs="+", default=["sft", "prompt_lm"], choices=["sft", "prompt_lm"])
+    p.add_argument("--memory", action="store_true", help="the peak memory of sft's default training instead")
+    p.add_argument("--memory-users", type=int, default=30, help="--memory: train on these most active users' rows")
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)  # JSON settings: one --memory fit, in this process
     args = p.parse_args(argv)
+    if args.memory_child:
+        return memory_child(args)
+    if args.memory:
+        print(f"machine: {cpu_model()}, {os.cpu_count()} cores", flush=True)
+        return memory_table(args)
 
     import torch
 
