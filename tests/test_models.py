@@ -146,7 +146,7 @@ def test_retrieval_of_whole_reviews(mi_small):
     for fb in out:
         assert fb.meta["provenance"] == "copied" and reviews[(fb.meta["source_user"], fb.meta["source_item"])] == fb.text
     # nothing about the item nor by the user: the best of all texts, marked as a fallback
-    fb = model.generate([FeedbackRequest("never-seen", "never-seen")])[0]
+    fb = model.generate([FeedbackRequest("never-seen", "never-seen")], {"unknown_item": "generate"})[0]
     assert fb.meta["provenance"] == "fallback" and reviews[(fb.meta["source_user"], fb.meta["source_item"])] == fb.text
 
 

@@ -197,11 +197,13 @@ def test_fit_logs_and_save_load_round_trip(fitted, ds, tmp_path):
 def test_generated_text_is_tokenized_and_ratings_clipped(fitted, ds):
     out = fitted.generate(requests_of(ds.test))
     assert len(out) == len(ds.test)
+    assert not all(fb.meta["unknown_item"] for fb in out)
     for fb in out:
-        assert fb.text and fb.text == " ".join(tokenize(fb.text))
+        assert bool(fb.text) != fb.meta["unknown_item"]  # an item never seen gets no text by default
+        assert fb.text == " ".join(tokenize(fb.text))
         assert 1.0 <= fb.rating <= 5.0
-        assert fb.model == "peter" and fb.meta["stopped"] in ("eos", "length")
-        assert fb.meta["provenance"] == "generated"
+        assert fb.model == "peter" and (not fb.text or fb.meta["stopped"] in ("eos", "length"))
+        assert fb.meta["provenance"] == ("generated" if fb.text else "none")
 
 
 def test_unknown_users_and_items_still_get_feedback(fitted):
