@@ -145,7 +145,6 @@ def run_row(name: str, args) -> dict:
     import torch
 
     from feedbackgen.models import create
-    from feedbackgen.types import FeedbackRequest
 
     torch.set_num_threads(args.threads)
     kind, cfg = ROWS[name]
@@ -156,6 +155,14 @@ def run_row(name: str, args) -> dict:
         if args.epochs:
             cfg["max_epochs"] = args.epochs
     ds = load_data(args)
+    reuse = dict(pair.split("=", 1) for pair in args.model_dir or []).get(name)
+    if reuse:  # a folder this row's settings trained before (`feedbackgen train`): score it, train nothing
+        from feedbackgen.models import load
+
+        model = load(reuse)
+        if args.set:  # generation-time settings (plan, candidates, utility) apply to a loaded folder too
+            model.config = model.config.model_copy(update=key_values(args.set))
+        return {"row": name, "fit_seconds": None, **generate_row(model, kind, cfg, ds)}
     model = create(kind, cfg)
     t = time.perf_counter()
     model.fit(ds)
@@ -170,6 +177,14 @@ def run_row(name: str, args) -> dict:
         model._bench_train = model._encode(model._rows(ds, "train"))
         flops = training_flops_per_sample(model)
         out["train_flops_per_s"] = flops * best["samples_per_s"] if flops else None
+    return {**out, **generate_row(model, kind, cfg, ds)}
+
+
+def generate_row(model, kind: str, cfg: dict, ds) -> dict:
+    """Every test row answered greedily at batch 128 (with the model's own candidates, if any)."""
+    from feedbackgen.types import FeedbackRequest
+
+    out = {}
     test = ds.test
     aspect = kind in PETER_KINDS and cfg.get("use_aspect")
     has_aspect = "aspect" in test.columns
@@ -238,6 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="override a setting of every PETER row (repeatable), e.g. --set rag_k=3")
+    p.add_argument("--model-dir", action="append", default=None, metavar="ROW=DIR",
+                   help="score a model folder this row's settings trained before instead of training it "
+                        "(repeatable), e.g. --model-dir explainer=models/explainer")
+    p.add_argument("--examples", type=int, default=0, metavar="N",
+                   help="print the first N test requests' texts from every row, side by side")
     p.add_argument("--naturalness", type=int, default=200, metavar="N",
                    help="texts scored for naturalness (median perplexity under SmolLM2-135M); 0 = skip")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -287,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
                     cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             for pair in args.set or []:
                 cmd += ["--set", pair]
+            for pair in args.model_dir or []:
+                cmd += ["--model-dir", pair]
             t = time.perf_counter()
             proc = subprocess.run(cmd)
             if proc.returncode != 0:
@@ -321,6 +343,12 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("\n".join(table_lines(["model", *cols], rows, align="l" + "r" * len(cols))))
     print("\n" + reference_line(ds, args.naturalness))
+    for n in range(min(args.examples, len(ds.test))):  # the same requests' texts side by side
+        row = ds.test.row(n, named=True)
+        print(f"\nrequest {n + 1}: user {row['user_id']}, item {row['item_id']}, {row['rating']:g}★ — "
+              f"reference: {row['explanation']}")
+        for r in results:
+            print(f"  {r['row']}: {r['texts'][n]} ({r['ratings'][n]:.1f}★)")
 
 
 def reference_line(ds, naturalness_rows: int) -> str:

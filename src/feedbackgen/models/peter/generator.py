@@ -480,7 +480,8 @@ class Peter(Generator):
 
 
 # The recommended explainer (docs/explanations.md: what was measured to choose it).
-EXPLAINER = {"plan_words": 6, "plan_strength": 3.0, "candidates": 8}
+EXPLAINER = {"plan_words": 6, "plan_strength": 8.0, "candidates": 8}
 ALIASES["explainer"] = Alias(
-    "peter", EXPLAINER, "the recommended explainer: peter (default preset) writing from a content plan of "
-    "the item's training words, 8 candidates per request, the best utility kept (grounding, fluency, tone)")
+    "peter", EXPLAINER, "the recommended explainer: peter (default preset) writing from content plans (the "
+    "item's words; each candidate one of its training sentences' words), 8 candidates per request, the best "
+    "utility kept (grounding, fluency, tone)")
