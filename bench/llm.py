@@ -445,11 +445,10 @@ def main(argv: list[str] | None = None) -> None:
         print()
         rows = throughput(ds, args)
         print()
-        print("| back-end | batch | samples/s | tokens/s | tokens per answer |")
-        print("|---|---|---:|---:|---:|")
-        for r in rows:
-            print(f"| {r['backend']} | {r['batch']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
-                  f"{r['mean_tokens']:.1f} |")
+        print("\n".join(table_lines(
+            ["back-end", "batch", "samples/s", "tokens/s", "tokens per answer"],
+            [[r["backend"], r["batch"], number(r["samples_per_s"], ".2f"), number(r["tokens_per_s"], ".1f"),
+              number(r["mean_tokens"], ".1f")] for r in rows], align="llrrr")))
         tf1 = next((r for r in rows if r["backend"] == "transformers" and r["batch"] == "1"), None)
         lc1 = next((r for r in rows if r["backend"] == "llama.cpp"), None)
         if tf1 and lc1:
