@@ -134,6 +134,7 @@ def test_torchrun_trains_a_model_like_one_process_does(ds, ddp_run):
     assert not all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+@pytest.mark.slow  # make test keeps test_torchrun_trains_a_model_like_one_process_does and the one-process kill/resume tests
 def test_ranks_agree_and_a_killed_run_resumes_to_the_same_weights(ds, ddp_run):
     straight = ddp_run[0]
     folder = straight.parent / "killed"

@@ -214,7 +214,12 @@ def test_every_command_has_an_example():
     assert set(_commands()) <= names, f"commands without an `Example:` in --help: {set(_commands()) - names}"
 
 
-@pytest.mark.parametrize("command,example", EXAMPLES, ids=[f"{n}:{i}" for i, (n, _) in enumerate(EXAMPLES)])
+SLOW_EXAMPLES = {"evaluate:4"}  # the full report with embeddings and naturalness: under make test-all
+
+
+@pytest.mark.parametrize("command,example", [
+    pytest.param(n, e, id=f"{n}:{i}", marks=[pytest.mark.slow] if f"{n}:{i}" in SLOW_EXAMPLES else [])
+    for i, (n, e) in enumerate(EXAMPLES)])
 def test_help_example_runs_as_written(workspace, command, example):
     words = shlex.split(example)
     assert words[0] == "feedbackgen", f"{command}: the example should start with `feedbackgen`: {example}"

@@ -101,6 +101,7 @@ def test_checkpointing_and_micro_batches_keep_less_and_compute_the_same_step(lm_
         lm.eval()
 
 
+@pytest.mark.slow  # make test keeps test_llm's sft save/merge/load (merged folder = merged model)
 def test_merged_folder_is_the_merged_model_and_the_adapted_model_stays_exactly_as_it_was(lm_and_batch, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -124,7 +124,7 @@ def test_unknown_users_and_items_get_neighbours_from_the_known_side(planted, rag
     assert len(by_user) and all(index.author[by_user] == u)
     assert len(index.nearest(IdIndex.UNKNOWN, IdIndex.UNKNOWN, 3)) == 0
     out = rag_peter.generate([FeedbackRequest("never-seen", item), FeedbackRequest(user, "never-seen"),
-                              FeedbackRequest("never-seen", "never-seen")])
+                              FeedbackRequest("never-seen", "never-seen")], {"unknown_item": "generate"})
     assert [f.meta["retrieved"] for f in out[:2]] == [min(3, len(index.rows_of_item[i])),
                                                       min(3, len(index.rows_of_user[u]))]
     assert out[2].meta["retrieved"] == 0 and all(f.text for f in out)

@@ -42,6 +42,7 @@ def peak_mb_of_prepare(source, out, chunk_rows: int) -> float:
     return usage.ru_maxrss / 1024
 
 
+@pytest.mark.slow  # make test keeps the chunked preparation's equality; the memory bound runs under make test-all
 def test_peak_memory_does_not_grow_with_the_rows(data_root, tmp_path):
     small = replicate(data_root / MI, 20_000, tmp_path / "small.json")
     large = replicate(data_root / MI, 80_000, tmp_path / "large.json")

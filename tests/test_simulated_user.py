@@ -139,6 +139,7 @@ def test_fidelity_with_a_choice_model_alone_reports_its_rule(mi_small):
     assert "P(choose)" in table and "Agent4Rec" in table and "per user" in table
 
 
+@pytest.mark.slow  # make test keeps test_simulate's CLI run end to end and test_agent4rec_protocol_by_hand
 def test_ratings_free_dataset_end_to_end_through_the_cli(a4r_prepared, tmp_path):
     """Agent4Rec's split (interactions only): prepare (the session's `feedbackgen prepare` run) → train
     ease → recommend → simulate → fidelity."""
