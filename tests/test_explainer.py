@@ -16,7 +16,8 @@ from feedbackgen.decoding.plan import PlanBias
 from feedbackgen.features.sentences import SentencePool
 from feedbackgen.models import ALIASES, create, load
 from feedbackgen.models.plan import ContentPlan
-from feedbackgen.models.rerank import choose, sentiment_agreement
+from feedbackgen.features.sentences import vader_compound
+from feedbackgen.models.rerank import ToneScale, choose, sentiment_agreement
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_choice_weighs_grounding_fluency_and_tone(ds, plan):
     own = ds.train.filter(pl.col("item_id") == item)["explanation"][0]
     other = ds.train.filter(pl.col("item_id") != item)["explanation"][0]
     texts = [other, own]
-    args = dict(items=[item, item], ratings=np.array([5.0, 5.0]), k=2, pool=plan.pool, rating_range=(1.0, 5.0))
+    args = dict(items=[item, item], ratings=np.array([5.0, 5.0]), k=2, pool=plan.pool, tone=ToneScale.linear((1.0, 5.0)))
     chosen, u = choose(texts, logprobs=np.array([-1.0, -1.0]), weights=(1.0, 0.2, 0.0), **args)
     assert chosen[0] == 1 and u.shape == (1, 2)
     # a much likelier text wins when fluency weighs more than grounding
@@ -94,8 +95,26 @@ def test_choice_weighs_grounding_fluency_and_tone(ds, plan):
     assert chosen[0] == 0
     # tone: a 1-star rating prefers the negative text
     agree = sentiment_agreement(["this is terrible and broke", "this is great and works"], np.array([1.0, 1.0]),
-                                (1.0, 5.0))
+                                ToneScale.linear((1.0, 5.0)))
     assert agree[0] > agree[1]
+
+
+def test_tone_scale_spreads_crowded_predicted_ratings_over_the_tones_buyers_wrote(ds):
+    # predicted ratings crowd between 4 and 5 stars; the real training sentences' tones spread wide
+    tones = vader_compound(ds.train["explanation"].to_list())
+    predicted = np.random.default_rng(0).uniform(4.0, 4.8, size=len(tones))
+    scale = ToneScale(predicted, tones)
+    low, mid, high = scale(np.array([4.0, np.median(predicted), 4.8]))
+    assert (low, high) == pytest.approx((tones.min(), tones.max()))
+    assert mid == pytest.approx(np.median(tones), abs=0.05)
+    assert np.all(np.diff(scale(np.linspace(3.0, 5.5, 50))) >= 0)  # monotone; clipped outside the seen ratings
+    # the linear map asks nearly one tone of both ratings; the quantile map a plain text of the lower one
+    texts = ["the strings arrived on time", "these strings are great"]  # VADER 0.0 and 0.62
+    for rating, linear_pick, scaled_pick in ((4.05, 1, 0), (4.75, 1, 1)):
+        args = dict(texts=texts, items=["a", "a"], ratings=np.array([rating, rating]), logprobs=np.zeros(2), k=2,
+                    pool=None, weights=(0.0, 0.0, 1.0))
+        assert choose(**args, tone=ToneScale.linear((1.0, 5.0)))[0][0] == linear_pick
+        assert choose(**args, tone=scale)[0][0] == scaled_pick
 
 
 @pytest.fixture(scope="module")

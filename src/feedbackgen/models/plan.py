@@ -21,6 +21,7 @@ deterministically on load.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from feedbackgen.errors import DataError
-from feedbackgen.features.sentences import SentencePool
+from feedbackgen.features.sentences import SentencePool, vader_compound
 
 ITEM_WORDS = 24  # words kept per item: more than any plan asks for
 USER_BOOST = 0.5  # a word the user has written before weighs (1 + USER_BOOST) times more
@@ -120,6 +121,11 @@ class ContentPlan:
             best = self.idf[top[0]]
             plans.append([(w, self.idf[w] / best) for w in top])
         return plans
+
+    @functools.cached_property
+    def tones(self) -> np.ndarray:
+        """VADER compound of each training sentence, shape (rows,) (`features.sentences.vader_compound`)."""
+        return vader_compound(self.sentences)
 
     def get_state(self) -> dict[str, Any]:
         return {"plan.users": self.users, "plan.items": self.items, "plan.sentences": self.sentences,

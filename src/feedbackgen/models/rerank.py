@@ -11,8 +11,16 @@ candidate's number (`candidate_salt`), so the choice is reproducible and does no
   about its item; the rule `evaluation.grounding.item_grounding` counts);
 - fluency: the generator's mean log-probability per token of the text (nats, ≤ 0), scored without
   the plan's bias, so a text the model finds unnatural loses;
-- sentiment agreement: −|VADER compound − the predicted rating mapped to [-1, 1]| (the rating
-  range's midpoint maps to 0), so the tone follows the stars the model gives;
+- sentiment agreement: −|VADER compound − the tone a text with this rating should have|, so the
+  tone follows the stars the model gives. The expected tone is `ToneScale`'s: the rating's
+  quantile among the generator's own predicted ratings of its training rows, read off the same
+  quantile of its training sentences' tone (quantile mapping, as in equipercentile equating:
+  Kolen & Brennan, "Test Equating, Scaling, and Linking", ch. 2). Predicted ratings crowd
+  near the mean (on Musical Instruments most fall between 4 and 5 stars), so a linear map of the
+  rating range gave nearly one target to every request; the quantile map spreads them over the
+  tones buyers actually wrote (on PETER-format Musical Instruments the kept texts' tone–rating
+  Spearman ρ rose from 0.13 to about 0.4 at the same grounding; docs/explanations.md). Without a
+  scale (no training sentences), the rating range maps linearly onto [-1, 1];
 
 and a candidate that loops (`feedbackgen.collapse.loops`: a word three times in a row, a phrase
 said twice in a row) loses `LOOP_PENALTY`, so it is kept only when every candidate loops.
@@ -30,6 +38,7 @@ import numpy as np
 
 from feedbackgen.collapse import loops
 from feedbackgen.config import Decoding
+from feedbackgen.errors import DataError
 from feedbackgen.features.sentences import SentencePool, vader_compound
 
 CANDIDATE_TOP_P = 0.9
@@ -49,22 +58,48 @@ def candidate_salt(j: int) -> int:
     return -j
 
 
-def sentiment_agreement(texts: Sequence[str], ratings: np.ndarray, rating_range: tuple[float, float]) -> np.ndarray:
-    """−|VADER compound − rating mapped to [-1, 1]| per text, in [-2, 0]; shape (len(texts),)."""
-    lo, hi = rating_range
-    mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-9)
-    target = np.clip((np.asarray(ratings, dtype=np.float64) - mid) / half, -1.0, 1.0)
-    return -np.abs(vader_compound(texts) - target)
+class ToneScale:
+    """The tone (VADER compound, [-1, 1]) a text going with a given rating should have.
+
+    `ToneScale(ratings, tones)`: the generator's predicted ratings of its training rows and the
+    VADER compound of its training sentences (any lengths ≥ 1). A rating r maps to
+    Q_tone(F_rating(r)), both read from `QUANTILES` evenly spaced quantiles and interpolated
+    linearly; monotone, so a higher rating never asks for a worse tone. Raises DataError when either
+    sequence is empty."""
+
+    QUANTILES = 101
+
+    def __init__(self, ratings: Sequence[float], tones: Sequence[float]):
+        ratings, tones = np.asarray(ratings, dtype=np.float64), np.asarray(tones, dtype=np.float64)
+        if not len(ratings) or not len(tones):
+            raise DataError(f"a tone scale needs ratings and tones (got {len(ratings)} and {len(tones)})")
+        q = np.linspace(0.0, 1.0, self.QUANTILES)
+        self.rating_quantiles, self.tone_quantiles = np.quantile(ratings, q), np.quantile(tones, q)
+
+    @classmethod
+    def linear(cls, rating_range: tuple[float, float]) -> ToneScale:
+        """The rating range mapped linearly onto [-1, 1] (its midpoint to 0): the scale without data."""
+        return cls(list(rating_range), [-1.0, 1.0])
+
+    def __call__(self, ratings: np.ndarray) -> np.ndarray:
+        """Expected tone per rating, shape of `ratings`; ratings outside the seen ones clip to the ends."""
+        # np.interp needs increasing x: among tied rating quantiles it takes the last tone
+        return np.interp(np.asarray(ratings, dtype=np.float64), self.rating_quantiles, self.tone_quantiles)
+
+
+def sentiment_agreement(texts: Sequence[str], ratings: np.ndarray, scale: ToneScale) -> np.ndarray:
+    """−|VADER compound − `scale`(rating)| per text, in [-2, 0]; shape (len(texts),)."""
+    return -np.abs(vader_compound(texts) - scale(ratings))
 
 
 def choose(texts: Sequence[str], items: Sequence[str], ratings: np.ndarray, logprobs: np.ndarray, k: int,
-           pool: SentencePool | None, rating_range: tuple[float, float] | None,
+           pool: SentencePool | None, tone: ToneScale | None,
            weights: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Pick one of each request's `k` candidates.
 
     texts, items, ratings (the predicted rating, repeated), logprobs: one per candidate, request-major
     (request r's candidates at r·k … r·k + k − 1). weights: (grounding, fluency, sentiment). A term
-    is left out when its input is missing (no pool, no rating range) or for an item without training
+    is left out when its input is missing (no pool, no tone scale) or for an item without training
     sentences. Returns (the kept candidate's index within its request (requests,), the utilities
     (requests, k))."""
     wg, wf, ws = weights
@@ -72,10 +107,10 @@ def choose(texts: Sequence[str], items: Sequence[str], ratings: np.ndarray, logp
     u = u - LOOP_PENALTY * np.array([loops(t) for t in texts], dtype=np.float64)
     if pool is not None and wg:
         u = u + wg * np.nan_to_num(pool.item_margin(texts, items), nan=0.0)
-    if rating_range is not None and ws:
-        u = u + ws * sentiment_agreement(texts, ratings, rating_range)
+    if tone is not None and ws:
+        u = u + ws * sentiment_agreement(texts, ratings, tone)
     u = u.reshape(-1, k)
     return u.argmax(axis=1), u  # argmax keeps the first of equal utilities
 
 
-__all__ = ["CANDIDATE_TOP_P", "candidate_decoding", "candidate_salt", "choose", "sentiment_agreement"]
+__all__ = ["CANDIDATE_TOP_P", "ToneScale", "candidate_decoding", "candidate_salt", "choose", "sentiment_agreement"]
