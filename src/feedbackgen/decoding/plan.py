@@ -13,7 +13,7 @@ processor: `__call__(input_ids (rows, t), scores (rows, vocabulary)) -> scores`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -33,6 +33,23 @@ class PlanBias:
         self.rows = torch.tensor([r for r, b in enumerate(self.bonuses) for _ in b], dtype=torch.long)
         self.tokens = torch.tensor([t for b in self.bonuses for t in b], dtype=torch.long)
         self.values = torch.tensor([v for b in self.bonuses for v in b.values()], dtype=torch.float32)
+
+    @classmethod
+    def from_plans(cls, plans: Sequence[Sequence[tuple[str, float]]], encode: Callable[[str], list[int]],
+                   strength: float, never: Iterable[int] = ()) -> PlanBias:
+        """Word plans as token bonuses: per row, [(word, weight in (0, 1])] → `strength` × weight on
+        the word's first token (`encode(word)`: its token ids; a word's best weight wins), except on
+        the tokens in `never` (padding, sequence marks, unknown)."""
+        never = set(never)
+        bonuses = []
+        for plan in plans:
+            bonus: dict[int, float] = {}
+            for word, weight in plan:
+                pieces = encode(word)
+                if pieces and pieces[0] not in never:
+                    bonus[pieces[0]] = max(bonus.get(pieces[0], 0.0), strength * weight)
+            bonuses.append(bonus)
+        return cls(bonuses)
 
     def rows_slice(self, rows: slice) -> PlanBias:
         """The plans of `rows` (a batch of the requests)."""

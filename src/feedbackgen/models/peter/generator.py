@@ -413,15 +413,7 @@ class Peter(Generator):
         """Plans as a logits bias: `plan_strength` × weight on each word's (first) token."""
         if plans is None:
             return None
-        bonuses = []
-        for plan in plans:
-            bonus = {}
-            for word, weight in plan:
-                pieces = self.vocab.encode([word])
-                if pieces and pieces[0] not in NEVER_BIASED:
-                    bonus[pieces[0]] = max(bonus.get(pieces[0], 0.0), self.config.plan_strength * weight)
-            bonuses.append(bonus)
-        return PlanBias(bonuses)
+        return PlanBias.from_plans(plans, lambda w: self.vocab.encode([w]), self.config.plan_strength, NEVER_BIASED)
 
     def _choose(self, requests, ids, context, runs: list[torch.Tensor], k: int, stars=None):
         """The utility choice among each request's `k` candidates (`feedbackgen.models.rerank`)."""
