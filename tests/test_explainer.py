@@ -12,6 +12,7 @@ from support import TINY, peter_slice, requests_of
 from typer.testing import CliRunner
 
 from feedbackgen.cli import app
+from feedbackgen.collapse import loops
 from feedbackgen.decoding.plan import PlanBias
 from feedbackgen.features.sentences import SentencePool
 from feedbackgen.models import ALIASES, create, load
@@ -132,6 +133,18 @@ def test_peter_writes_from_the_plan_and_keeps_the_best_candidate(ds, planned, tm
     assert all("candidate" not in f.meta for f in single)
     own = {f.text for f in single}
     assert all(f.text in own for f in fb if f.meta["candidate"] == 0)  # candidate 0 is the own decoding
+    # with every weight at 0 the utilities tie, and a tie keeps candidate 0: the request's own decoding
+    weights = {"utility_grounding": planned.config.utility_grounding, "utility_fluency": planned.config.utility_fluency,
+               "utility_sentiment": planned.config.utility_sentiment}
+    planned.config = planned.config.model_copy(update={k: 0.0 for k in weights})
+    try:
+        # two words: too short to loop (this tiny model's longer greedy texts all do, and lose)
+        tied = planned.generate(reqs, {"max_new_tokens": 2})
+    finally:
+        planned.config = planned.config.model_copy(update=weights)
+    short = planned.generate(reqs, {"max_new_tokens": 2, "num_candidates": 1})
+    assert not any(loops(f.text) for f in short)
+    assert [(f.meta["candidate"], f.text) for f in tied] == [(0, f.text) for f in short]
     # the choice depends on the request and its seed, not on the batch
     again = planned.generate(reqs, {"max_new_tokens": 12, "batch_size": 5})
     assert [f.text for f in again] == [f.text for f in fb]
