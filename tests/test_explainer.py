@@ -4,6 +4,10 @@ margin, the choice among candidates, and `peter` writing from a plan with severa
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -178,3 +182,20 @@ def test_explainer_alias_trains_peter_with_its_settings_and_is_listed():
     assert m.config.training.max_epochs == 1  # the caller's settings still override
     out = CliRunner().invoke(app, ["models"])
     assert out.exit_code == 0 and "explainer = peter" in out.output
+
+
+def test_the_explainer_bench_replays_the_choice_and_bounds_it(ds, planned, tmp_path):
+    """bench/explainer.py on a tiny planned model: the valid grid and the test bounds, where the
+    ROUGE-L oracle beats the folder's own choice on ROUGE-L and its grounded twin on grounding."""
+    ds.save(tmp_path / "data")
+    planned.save(tmp_path / "m")
+    bench = Path(__file__).resolve().parents[1] / "bench" / "explainer.py"
+    out = subprocess.run([sys.executable, str(bench), "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / "data")],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+    assert "1 / 0.2 / 0.2, linear tone" in rows and len([r for r in rows if r[0].isdigit()]) == 14
+    own = next(v for k, v in rows.items() if k.endswith("(the folder's weights)"))
+    grounded = rows["oracle: best ROUGE-L among the grounded"]
+    oracle = rows["oracle: best ROUGE-L against the reference"]
+    assert float(oracle[1]) >= float(own[1]) and float(oracle[1]) >= float(grounded[1])  # ROUGE-L
+    assert float(grounded[2]) >= float(own[2]) and float(grounded[2]) >= float(oracle[2])  # grounding
