@@ -113,6 +113,11 @@ def test_tone_scale_spreads_crowded_predicted_ratings_over_the_tones_buyers_wrot
     assert (low, high) == pytest.approx((tones.min(), tones.max()))
     assert mid == pytest.approx(np.median(tones), abs=0.05)
     assert np.all(np.diff(scale(np.linspace(3.0, 5.5, 50))) >= 0)  # monotone; clipped outside the seen ratings
+    # a model that predicts one rating (or two) for every row: one tone per rating, never nonsense
+    constant = ToneScale(np.full(len(tones), 4.2), tones)
+    assert constant(np.array([1.0, 4.2, 5.0])) == pytest.approx([np.mean(np.quantile(tones, np.linspace(0, 1, 101)))] * 3)
+    two = ToneScale(np.repeat([4.0, 4.5], [len(tones) - len(tones) // 2, len(tones) // 2]), tones)
+    assert np.all(np.diff(two(np.linspace(3.9, 4.6, 30))) >= 0) and two(np.array([4.0]))[0] < two(np.array([4.5]))[0]
     # the linear map asks nearly one tone of both ratings; the quantile map a plain text of the lower one
     texts = ["the strings arrived on time", "these strings are great"]  # VADER 0.0 and 0.62
     for rating, linear_pick, scaled_pick in ((4.05, 1, 0), (4.75, 1, 1)):

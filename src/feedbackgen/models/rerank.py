@@ -64,8 +64,10 @@ class ToneScale:
     `ToneScale(ratings, tones)`: the generator's predicted ratings of its training rows and the
     VADER compound of its training sentences (any lengths ≥ 1). A rating r maps to
     Q_tone(F_rating(r)), both read from `QUANTILES` evenly spaced quantiles and interpolated
-    linearly; monotone, so a higher rating never asks for a worse tone. Raises DataError when either
-    sequence is empty."""
+    linearly; monotone, so a higher rating never asks for a worse tone. Tied rating quantiles (the
+    top ones when predictions clip at the highest rating; all of them for a model that predicts one
+    rating) keep one point with the mean of their tones. Raises DataError when either sequence is
+    empty."""
 
     QUANTILES = 101
 
@@ -74,7 +76,10 @@ class ToneScale:
         if not len(ratings) or not len(tones):
             raise DataError(f"a tone scale needs ratings and tones (got {len(ratings)} and {len(tones)})")
         q = np.linspace(0.0, 1.0, self.QUANTILES)
-        self.rating_quantiles, self.tone_quantiles = np.quantile(ratings, q), np.quantile(tones, q)
+        # np.interp needs strictly increasing x (ties give undefined results)
+        x, tied = np.unique(np.quantile(ratings, q), return_inverse=True)
+        self.rating_quantiles = x
+        self.tone_quantiles = np.bincount(tied, weights=np.quantile(tones, q)) / np.bincount(tied)
 
     @classmethod
     def linear(cls, rating_range: tuple[float, float]) -> ToneScale:
@@ -83,7 +88,6 @@ class ToneScale:
 
     def __call__(self, ratings: np.ndarray) -> np.ndarray:
         """Expected tone per rating, shape of `ratings`; ratings outside the seen ones clip to the ends."""
-        # np.interp needs increasing x: among tied rating quantiles it takes the last tone
         return np.interp(np.asarray(ratings, dtype=np.float64), self.rating_quantiles, self.tone_quantiles)
 
 
