@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
-# two worker processes (pytest-xdist), each test file on one of them: about 5.5 minutes on 2 cores
+# two worker processes (pytest-xdist), each test file on one of them: about 6.5 minutes on 2 cores
 # instead of 11 (TEST_JOBS=0: one process; each extra worker holds its own torch and models in memory)
 TEST_JOBS ?= 2
 test: $(STAMP)
