@@ -330,13 +330,12 @@ class Peter(Generator):
         if self.plan is not None and requests:
             stars = np.array([r.rating if r.rating is not None else p
                               for r, p in zip(requests, self.predict_rating(requests))])
-        plans = [self._plans(requests, 0, stars)]  # each candidate's plan per request (None: no plan)
-        tokens, finished, scores = self._decode(requests, ids, context, self._bias(plans[0]), decoding, 0, use_cache)
         k = decoding.num_candidates or self.config.candidates
+        plans = self._candidate_plans(requests, k, stars) or [None] * k  # per candidate, per request
+        tokens, finished, scores = self._decode(requests, ids, context, self._bias(plans[0]), decoding, 0, use_cache)
         chosen = utilities = None
         if k > 1 and requests:  # the request's own decoding, then k - 1 sampled candidates
             sampled = rerank.candidate_decoding(decoding)
-            plans += [self._plans(requests, j, stars) for j in range(1, k)]
             runs = [(tokens, finished)] + [
                 self._decode(requests, ids, context, self._bias(plans[j]), sampled, rerank.candidate_salt(j),
                              use_cache)[:2]
@@ -386,27 +385,27 @@ class Peter(Generator):
         finished = torch.cat(fins) if fins else torch.zeros(0, dtype=torch.bool)
         return tokens, finished, (torch.cat(scores) if scores and scores[0] is not None else None)
 
-    def _plans(self, requests: Sequence[FeedbackRequest], candidate: int = 0, stars=None) -> list | None:
-        """Each request's content plan, [(word, weight)], for one candidate (None without a plan):
-        the item's plan for the request's own decoding (`candidate` 0); with
+    def _candidate_plans(self, requests: Sequence[FeedbackRequest], k: int, stars=None) -> list | None:
+        """Each candidate's content plan per request, [(word, weight)] (None without a plan), k lists:
+        the item's plan for the request's own decoding (candidate 0); with
         `candidate_plans="sentences"`, candidate j ≥ 1 writes from the words of the item's j-th
         training sentence for this user (`ContentPlan.sentence_plans`, those whose stars are
-        closest to the request's rating, else the predicted `stars`, first), or from the item's plan
-        when it has fewer sentences. A request's `aspect` is a plan the caller gives: its words come
-        first, at full weight."""
+        closest to `stars`, the rating each text goes with, first), or from the item's plan when it
+        has fewer sentences. A request's `aspect` is a plan the caller gives: its words come first,
+        at full weight."""
         c = self.config
         if self.plan is None or not c.plan_words or not c.plan_strength:
             return None
-        out = []
+        out = [[] for _ in range(k)]
         for n, r in enumerate(requests):
             plan = self.plan.words(r.user_id, r.item_id, c.plan_words)
-            if candidate and c.candidate_plans == "sentences":
-                rating = r.rating if r.rating is not None else (float(stars[n]) if stars is not None else None)
-                plans = self.plan.sentence_plans(r.user_id, r.item_id, candidate, c.plan_words, rating)
-                plan = plans[candidate - 1] if len(plans) >= candidate else plan
-            if r.aspect:  # the caller's plan ("explain it in terms of price") comes first, at full weight
-                plan = [(w, 1.0) for w in tokenize(r.aspect)] + plan
-            out.append(plan)
+            others = []
+            if k > 1 and c.candidate_plans == "sentences":
+                rating = float(stars[n]) if stars is not None else None
+                others = self.plan.sentence_plans(r.user_id, r.item_id, k - 1, c.plan_words, rating)
+            given = [(w, 1.0) for w in tokenize(r.aspect)] if r.aspect else []  # "explain it in terms of price"
+            for j in range(k):
+                out[j].append(given + (others[j - 1] if 0 < j <= len(others) else plan))
         return out
 
     def _bias(self, plans: list | None) -> PlanBias | None:
